@@ -1,0 +1,205 @@
+"""One typed configuration: dataclasses are the single source of truth.
+
+Values are resolved in this order (later wins): dataclass defaults, the YAML file given with ``--config``,
+then dotted command-line overrides such as ``train.max_steps=100 renderer.mode=joint``. Every key and value is
+checked against the dataclasses before any work starts: an unknown key, a wrong type or a value outside a
+``Literal`` names the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used, with the key at fault and how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BankConfig:
+    """The fractal category bank: one 3D iterated function system (IFS) per category."""
+
+    num_classes: int = 1000
+    num_points: int = 10000
+    seed: int = 0
+    # "uniform": the 3D-OFDB recipe, 12 parameters per map from U(-1, 1), rejection by variance.
+    # "svd": contractive maps A = R1 diag(s) R2 with singular values s in (0, 1) (Anderson & Farrell).
+    sampler: Literal["uniform", "svd"] = "uniform"
+    min_variance: float = 0.05
+    min_maps: int = 2
+    max_maps: int = 7
+    burn_in: int = 100
+    # Where built banks are cached, keyed by the settings above.
+    cache_dir: str = "cache/banks"
+
+
+@dataclass
+class Config:
+    """Everything a run needs. ``output_dir`` receives the resolved config, logs and checkpoints."""
+
+    output_dir: str = "runs/default"
+    seed: int = 0
+    bank: BankConfig = field(default_factory=BankConfig)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Building and checking
+# --------------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"tuple[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Checks ``value`` against the annotation ``tp`` and returns it in that type (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != len(args):
+            raise ConfigError(f"config key '{key}': expected a list of {len(args)} ({_type_name(tp)}), "
+                              f"got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is bool or tp is str:
+        if isinstance(value, tp):
+            return value
+    else:  # pragma: no cover - a dataclass field with an annotation this module does not know
+        raise TypeError(f"config key '{key}' has an unsupported annotation {tp!r}")
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Builds dataclass ``cls`` from a nested mapping, checking every key and type."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}; valid keys"
+                              f"{' in ' + repr(prefix.rstrip('.')) if prefix else ''}: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, value if value is not None else {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config override '{dotted}': '{part}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
+    """Parses ``key.sub=value`` strings; values are read as YAML (``3`` is an int, ``[1, 2]`` a list)."""
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"config override {item!r} must look like 'section.key=value'")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config override {item!r}: value is not valid YAML ({err})") from err
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), cls: type = Config) -> Any:
+    """Defaults, then the YAML file at ``path``, then dotted ``overrides``; checked before returning."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist; the shipped ones are in configs/")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from err
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of sections, got {type(tree).__name__}")
+    for key, value in parse_overrides(overrides):
+        _set_dotted(tree, key, value)
+    return from_dict(cls, tree)
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain YAML-friendly types (tuples become lists)."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Writes the resolved config as YAML; ``load_config(path)`` reproduces ``cfg``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
+
+
+def add_config_args(parser) -> None:
+    """Adds the shared ``--config FILE`` option and trailing ``key=value`` overrides to an argparse parser."""
+    parser.add_argument("--config", type=str, default=None, help="YAML file under configs/")
+    parser.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. train.max_steps=100")

@@ -1,0 +1,69 @@
+import pytest
+
+from dr_fdsl.config import Config, ConfigError, load_config, save_config
+from tests.conftest import ROOT
+
+
+def test_defaults_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("output_dir: runs/a\nbank:\n  num_classes: 7\n  min_variance: 0.1\n")
+    cfg = load_config(path, ["bank.num_classes=9", "bank.sampler=svd"])
+    assert isinstance(cfg, Config)
+    assert cfg.output_dir == "runs/a"
+    assert cfg.bank.num_classes == 9  # the command line wins over the file
+    assert cfg.bank.min_variance == 0.1
+    assert cfg.bank.sampler == "svd"
+    assert cfg.bank.num_points == 10000  # the dataclass default
+
+
+def test_shipped_configs_load():
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        load_config(path)
+
+
+def test_int_widens_to_float_but_not_the_reverse():
+    assert load_config(None, ["bank.min_variance=0"]).bank.min_variance == 0.0
+    with pytest.raises(ConfigError, match=r"'bank.num_points': expected int, got 1.5"):
+        load_config(None, ["bank.num_points=1.5"])
+
+
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("bank.num_clases=3", r"unknown config key 'bank.num_clases' \(did you mean 'bank.num_classes'\?\)"),
+        ("nope=3", r"unknown config key 'nope'.*valid keys: output_dir, seed, bank"),
+        ("bank.num_classes=ten", r"'bank.num_classes': expected int, got 'ten'"),
+        ("bank.num_classes=true", r"'bank.num_classes': expected int"),
+        ("bank.sampler=gauss", r"'bank.sampler': 'gauss' is not one of 'uniform', 'svd'"),
+        ("bank=3", r"section 'bank' must be a mapping"),
+        ("bank.num_classes", r"must look like 'section.key=value'"),
+        ("seed.x=1", r"'seed': expected int, got \{'x': 1\}"),
+    ],
+)
+def test_bad_input_names_the_key(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, [override])
+
+
+def test_override_below_a_value_is_an_error():
+    with pytest.raises(ConfigError, match="'num_points' is a value, not a section"):
+        load_config(None, ["bank.num_points=5", "bank.num_points.x=1"])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file '.*nothere.yaml' does not exist"):
+        load_config(tmp_path / "nothere.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("bank: [1, 2\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(bad)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("bank:\n  colour: red\n")
+    with pytest.raises(ConfigError, match="unknown config key 'bank.colour'"):
+        load_config(unknown)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["bank.num_classes=3", "output_dir=runs/x"])
+    path = save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert load_config(path) == cfg

@@ -1,0 +1,157 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dr_fdsl.config import BankConfig
+from dr_fdsl.fractals import (
+    BankCacheError,
+    BankError,
+    build_bank,
+    cache_path,
+    chaos_game,
+    generate_bank,
+    normalize_cloud,
+    normalized_variance,
+    sample_systems,
+)
+from tests.conftest import ROOT
+
+
+def reference_cloud(affine, probs, num_maps, u, burn_in):
+    """The chaos game for one system, one point at a time in plain Python floats, then centred and scaled."""
+    x = [0.0, 0.0, 0.0]
+    points = []
+    cdf, acc = [], 0.0
+    for p in probs.tolist():
+        acc += p
+        cdf.append(acc)
+    for t, r in enumerate(u.tolist()):
+        k = min(sum(r >= c for c in cdf[:-1]), int(num_maps) - 1)
+        m = affine[k].tolist()
+        x = [m[i][0] * x[0] + m[i][1] * x[1] + m[i][2] * x[2] + m[i][3] for i in range(3)]
+        if t >= burn_in:
+            points.append(x)
+    cloud = torch.tensor(points, dtype=torch.float64)
+    cloud = cloud - cloud.mean(0)
+    return cloud / cloud.abs().max()
+
+
+def test_shapes_ranges_and_filter(small_bank):
+    b = small_bank
+    assert b.points.shape == (6, 600, 3) and b.points.dtype == torch.float32
+    assert b.affine.shape == (6, 7, 3, 4) and b.probs.shape == (6, 7) and b.num_maps.shape == (6,)
+    assert ((b.num_maps >= 2) & (b.num_maps <= 7)).all()
+    assert torch.isfinite(b.points).all()
+    # Centred on the centroid, largest coordinate exactly 1 in magnitude.
+    assert b.points.mean(1).abs().max() < 1e-5
+    assert torch.allclose(b.points.abs().amax(dim=(1, 2)), torch.ones(6))
+    assert (b.points.var(1, unbiased=False) > 0.05 - 1e-6).all()
+    # Unused maps are zero and never chosen; probabilities sum to one and follow |det A|.
+    for c in range(6):
+        n = int(b.num_maps[c])
+        assert (b.affine[c, n:] == 0).all() and (b.probs[c, n:] == 0).all()
+        det = torch.linalg.det(b.affine[c, :n, :, :3]).abs()
+        assert torch.allclose(b.probs[c, :n], det / det.sum())
+
+
+def test_points_match_a_one_point_at_a_time_reference(small_bank):
+    b = small_bank
+    u = torch.rand(100 + 600, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for c in range(3):
+        ref = reference_cloud(b.affine[c], b.probs[c], b.num_maps[c], u, burn_in=100)
+        assert torch.allclose(b.points[c].double(), ref, atol=1e-5)
+
+
+def test_deterministic_and_prefix_stable(small_bank):
+    again = build_bank(num_classes=6, num_points=600, seed=1, cache_dir=None)
+    assert torch.equal(again.points, small_bank.points) and torch.equal(again.affine, small_bank.affine)
+    fewer = build_bank(num_classes=2, num_points=600, seed=1, cache_dir=None)
+    assert torch.equal(fewer.points, small_bank.points[:2])
+    other = build_bank(num_classes=2, num_points=600, seed=2, cache_dir=None)
+    assert not torch.equal(other.affine, small_bank.affine[:2])
+
+
+def test_statistics_filter_equals_filter_on_the_cloud():
+    gen = torch.Generator().manual_seed(5)
+    affine, probs, num_maps = sample_systems(512, "uniform", 2, 7, gen)
+    u = torch.rand(50 + 300, generator=gen, dtype=torch.float64)
+    stats = chaos_game(affine, probs, num_maps, u, 50, keep_points=False)
+    cloud = normalize_cloud(chaos_game(affine, probs, num_maps, u, 50, keep_points=True))
+    finite = torch.isfinite(cloud).all(dim=(1, 2)) & torch.isfinite(stats).all(dim=(1, 2))
+    assert finite.sum() > 50
+    assert torch.allclose(normalized_variance(stats, 300)[finite], cloud.var(1, unbiased=False)[finite],
+                          rtol=1e-6, atol=1e-9)
+
+
+def test_svd_sampler_is_contractive():
+    affine, probs, num_maps = sample_systems(256, "svd", 2, 7, torch.Generator().manual_seed(0))
+    sv = torch.linalg.svdvals(affine[..., :3])
+    assert sv.max() <= 1 + 1e-12
+    bank = build_bank(num_classes=3, num_points=400, seed=0, sampler="svd", cache_dir=None)
+    assert (bank.points.var(1, unbiased=False) > 0.05 - 1e-6).all()
+
+
+def test_cache_round_trip(tmp_path, monkeypatch):
+    first = build_bank(num_classes=2, num_points=300, seed=3, cache_dir=str(tmp_path))
+    path = cache_path(BankConfig(num_classes=2, num_points=300, seed=3, cache_dir=str(tmp_path)))
+    assert path.is_file()
+    import dr_fdsl.fractals as fractals
+
+    monkeypatch.setattr(fractals, "generate_bank", lambda *a, **k: pytest.fail("cache was not used"))
+    second = build_bank(num_classes=2, num_points=300, seed=3, cache_dir=str(tmp_path))
+    assert torch.equal(first.points, second.points) and torch.equal(first.probs, second.probs)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_settings"])
+def test_corrupt_cache_is_a_clear_error_and_rebuild_fixes_it(tmp_path, damage):
+    kwargs = dict(num_classes=2, num_points=300, seed=3, cache_dir=str(tmp_path))
+    good = build_bank(**kwargs)
+    path = cache_path(BankConfig(**kwargs))
+    if damage == "garbage":
+        path.write_bytes(b"not a torch file")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:500])
+    else:  # a valid file made with other settings, under this name
+        other = build_bank(num_classes=2, num_points=300, seed=4, cache_dir=str(tmp_path))
+        path.write_bytes(cache_path(BankConfig(**{**kwargs, "seed": 4})).read_bytes())
+        assert not torch.equal(other.points, good.points)
+    with pytest.raises(BankCacheError, match="rebuild"):
+        build_bank(**kwargs)
+    assert torch.equal(build_bank(**kwargs, rebuild=True).points, good.points)
+    assert torch.equal(build_bank(**kwargs).points, good.points)
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(num_classes=0), "num_classes must be positive"),
+        (dict(num_points=-5), "num_points must be positive"),
+        (dict(min_variance=1.0), r"min_variance must be in \[0, 1\)"),
+        (dict(min_maps=3, max_maps=2), "min_maps"),
+    ],
+)
+def test_bad_settings_fail_fast(kwargs, pattern):
+    with pytest.raises(BankError, match=pattern):
+        build_bank(**{"num_classes": 2, "num_points": 100, "cache_dir": None, **kwargs})
+
+
+def test_unreachable_threshold_gives_up_after_bounded_draws():
+    cfg = BankConfig(num_classes=2, num_points=200, min_variance=0.9)
+    with pytest.raises(BankError, match=r"only 0 of 2 systems passed bank.min_variance=0.9 in 16384 draws"):
+        generate_bank(cfg, max_draws=16384)
+
+
+def test_make_bank_tool(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "make_bank.py"), "--config", str(ROOT / "configs/quickstart.yaml"),
+         "bank.num_classes=2", "bank.num_points=300", f"bank.cache_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "bank: 2 classes x 300 points, built from" in out.stdout
+    assert any(tmp_path.glob("bank-v1-uniform-c2-n300-s0-*.pt"))
+    bad = subprocess.run([sys.executable, str(ROOT / "tools" / "make_bank.py"), "bank.colour=1"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown config key 'bank.colour'" in bad.stderr

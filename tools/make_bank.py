@@ -1,0 +1,39 @@
+"""Builds (or finds in the cache) the fractal category bank for a config and prints where it is.
+
+    python tools/make_bank.py --config configs/quickstart.yaml [bank.num_classes=1000 ...] [--rebuild]
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dr_fdsl.config import ConfigError, add_config_args, load_config  # noqa: E402
+from dr_fdsl.fractals import BankCacheError, BankError, bank_from_config, cache_path  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    parser.add_argument("--rebuild", action="store_true", help="regenerate even when a cache file exists")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        path = cache_path(cfg.bank)
+        cached = path.exists() and not args.rebuild
+        start = time.perf_counter()
+        bank = bank_from_config(cfg.bank, rebuild=args.rebuild, progress=True)
+    except (ConfigError, BankError, BankCacheError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - start
+    how = "read from cache" if cached else f"built from {bank.draws} draws"
+    print(f"bank: {bank.num_classes} classes x {bank.num_points} points, {how} in {seconds:.1f} s")
+    print(f"bank file: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -48,12 +48,76 @@ class BankConfig:
 
 
 @dataclass
+class ViewConfig:
+    """Where the camera looks from; every value is drawn per image from its view seed. Angles in degrees."""
+
+    # "so3": uniform over all rotations; "euler": azimuth, elevation, roll from the ranges below; "none": fixed.
+    rotation: Literal["so3", "euler", "none"] = "so3"
+    azimuth: tuple[float, float] = (-180.0, 180.0)
+    elevation: tuple[float, float] = (-90.0, 90.0)
+    roll: tuple[float, float] = (0.0, 0.0)
+    projection: Literal["perspective", "orthographic"] = "perspective"
+    # Distance from the camera to the cloud's centroid, in cloud units (clouds lie in [-1, 1]^3).
+    distance: tuple[float, float] = (3.0, 3.0)
+    fov: tuple[float, float] = (45.0, 45.0)  # perspective: full field of view
+    ortho_scale: tuple[float, float] = (0.8, 0.8)  # orthographic: NDC units per cloud unit
+
+
+@dataclass
+class AugmentConfig:
+    """Point-cloud augmentations, drawn per image from its view seed. The defaults switch every one off."""
+
+    scale: tuple[float, float] = (1.0, 1.0)  # isotropic scale factor range
+    shift: float = 0.0  # max shift per axis, cloud units, after rotation
+    subsample: tuple[float, float] = (1.0, 1.0)  # range of the fraction of points kept
+    jitter: float = 0.0  # std of Gaussian noise per point, cloud units
+    # PointWOLF-style local deformation: anchors drawn among the points, each with a random local scale,
+    # rotation and shift, blended by a Gaussian kernel of width pointwolf_sigma.
+    pointwolf: bool = False
+    pointwolf_anchors: int = 4
+    pointwolf_sigma: float = 0.5
+    pointwolf_scale: tuple[float, float] = (0.8, 1.2)
+    pointwolf_rotation: float = 10.0  # max angle per axis, degrees
+    pointwolf_shift: float = 0.1
+    # Points of another random category replace this fraction of each cloud's points (with their colours).
+    mix: float = 0.0
+
+
+@dataclass
+class RendererConfig:
+    """The differentiable point renderer: learnable per-point colours and radii, PyTorch3D compositing."""
+
+    mode: Literal["frozen", "joint", "adversarial"] = "frozen"
+    image_size: int = 224
+    points_per_pixel: int = 8
+    compositor: Literal["alpha", "norm_weighted"] = "alpha"
+    # Radii are NDC units (the image spans [-1, 1]); kept in [radius_min, radius_max] by a scaled sigmoid.
+    radius_init: float = 0.015
+    radius_min: float = 0.005
+    radius_max: float = 0.05
+    # Colours are kept in (0, 1) by a sigmoid; "palette": each category draws palette_size random colours.
+    color_init: Literal["white", "grey", "random", "palette"] = "white"
+    palette_size: int = 4
+    share_colors: bool = False  # one colour table for all categories instead of one per category
+    share_radii: bool = False
+    init_seed: int = 0
+    # "color": background_color; "random_color": one random colour per image; "noise": uniform noise per
+    # pixel in [0, background_noise]. Composited softly through the transmittance.
+    background: Literal["color", "random_color", "noise"] = "color"
+    background_color: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    background_noise: float = 0.2
+    view: ViewConfig = field(default_factory=ViewConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
 class Config:
     """Everything a run needs. ``output_dir`` receives the resolved config, logs and checkpoints."""
 
     output_dir: str = "runs/default"
     seed: int = 0
     bank: BankConfig = field(default_factory=BankConfig)
+    renderer: RendererConfig = field(default_factory=RendererConfig)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from dr_fdsl.config import BankConfig
+from dr_fdsl.geometry import quaternion_to_matrix
 
 BANK_FORMAT = 1
 CHUNK = 8192  # candidate systems drawn and screened together; fixed so the bank does not depend on it
@@ -84,17 +85,6 @@ def random_rotations(n: int, generator: torch.Generator, dtype=torch.float64) ->
     """``(n, 3, 3)`` rotation matrices, uniform over SO(3) (normalised Gaussian quaternions)."""
     q = torch.randn(n, 4, generator=generator, dtype=dtype)
     return quaternion_to_matrix(q / q.norm(dim=-1, keepdim=True))
-
-
-def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
-    """Unit quaternions ``(..., 4)`` (w, x, y, z) to rotation matrices ``(..., 3, 3)``."""
-    w, x, y, z = q.unbind(-1)
-    rows = (
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    )
-    return torch.stack(rows, dim=-1).unflatten(-1, (3, 3))
 
 
 def sample_systems(

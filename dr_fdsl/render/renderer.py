@@ -1,0 +1,187 @@
+"""``FractalRenderer``: the bank's clouds with learnable per-point colours and radii, drawn in the training step."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dr_fdsl.config import ConfigError, RendererConfig
+from dr_fdsl.fractals import FractalBank
+from dr_fdsl.render import augment
+from dr_fdsl.render import random as rnd
+from dr_fdsl.render.points import MAX_POINTS_PER_PIXEL, OFFSCREEN, Scene, render_scene
+from dr_fdsl.render.streams import Stream
+from dr_fdsl.render.views import project, sample_views
+
+# Sigmoid parameterisations cannot reach their bounds: initial values are kept this far inside them.
+# White is then 1 - 1e-3, which still quantises to 255 in 8 bits.
+_INIT_MARGIN = 1e-3
+
+
+def check_renderer_config(cfg: RendererConfig) -> None:
+    """Fails with the key and the fix for settings the renderer cannot honour."""
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"config key 'renderer.{key}': {what}")
+
+    need(cfg.image_size >= 1, "image_size", f"must be positive, got {cfg.image_size}")
+    need(1 <= cfg.points_per_pixel <= MAX_POINTS_PER_PIXEL, "points_per_pixel",
+         f"must be in [1, {MAX_POINTS_PER_PIXEL}] (PyTorch3D's limit), got {cfg.points_per_pixel}")
+    need(0 < cfg.radius_min <= cfg.radius_init <= cfg.radius_max, "radius_init",
+         f"need 0 < radius_min <= radius_init <= radius_max, got {cfg.radius_min}, {cfg.radius_init}, "
+         f"{cfg.radius_max}")
+    need(cfg.palette_size >= 1, "palette_size", f"must be positive, got {cfg.palette_size}")
+    need(all(0 <= c <= 1 for c in cfg.background_color), "background_color", "channels must be in [0, 1]")
+    need(0 <= cfg.background_noise <= 1, "background_noise", "must be in [0, 1]")
+    view, aug = cfg.view, cfg.augment
+    for key in ("azimuth", "elevation", "roll", "distance", "fov", "ortho_scale"):
+        lo, hi = getattr(view, key)
+        need(lo <= hi, f"view.{key}", f"range [{lo}, {hi}] has low > high")
+    need(view.distance[0] > 0, "view.distance", "must be positive (camera to cloud centre)")
+    need(view.fov[0] > 0 and view.fov[1] < 180, "view.fov", "must lie in (0, 180) degrees")
+    need(view.ortho_scale[0] > 0, "view.ortho_scale", "must be positive")
+    need(0 < aug.scale[0] <= aug.scale[1], "augment.scale", f"need 0 < low <= high, got {aug.scale}")
+    need(0 < aug.subsample[0] <= aug.subsample[1] <= 1, "augment.subsample",
+         f"need 0 < low <= high <= 1 (fractions of points kept), got {aug.subsample}")
+    need(aug.shift >= 0 and aug.jitter >= 0, "augment.shift", "shift and jitter must be >= 0")
+    need(0 <= aug.mix < 1, "augment.mix", f"fraction of points from another category must be in [0, 1), "
+                                          f"got {aug.mix}")
+    need(aug.pointwolf_anchors >= 1 and aug.pointwolf_sigma > 0, "augment.pointwolf_anchors",
+         "need at least one anchor and a positive pointwolf_sigma")
+    need(0 < aug.pointwolf_scale[0] <= aug.pointwolf_scale[1], "augment.pointwolf_scale", "need 0 < low <= high")
+
+
+def _logit(p: torch.Tensor) -> torch.Tensor:
+    p = p.clamp(_INIT_MARGIN, 1 - _INIT_MARGIN)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def initial_colors(cfg: RendererConfig, tables: int, num_points: int, generator: torch.Generator) -> torch.Tensor:
+    """Initial colours ``(tables, N, 3)`` in [0, 1] for ``cfg.color_init``."""
+    if cfg.color_init == "white":
+        return torch.ones(tables, num_points, 3)
+    if cfg.color_init == "grey":
+        return torch.full((tables, num_points, 3), 0.5)
+    if cfg.color_init == "random":
+        return torch.rand(tables, num_points, 3, generator=generator)
+    palette = torch.rand(tables, cfg.palette_size, 3, generator=generator)
+    choice = torch.randint(0, cfg.palette_size, (tables, num_points), generator=generator)
+    return torch.gather(palette, 1, choice[..., None].expand(-1, -1, 3))
+
+
+class FractalRenderer(nn.Module):
+    """Renders (category, view seed) pairs of a fractal bank, differentiably in colours and radii.
+
+    Parameters (``share_*`` makes the leading dimension 1: one table for every category):
+        color_logits: ``(C, N, 3)``; colours are ``sigmoid(color_logits)`` in (0, 1).
+        radius_logits: ``(C, N)``; radii are ``radius_min + (radius_max - radius_min) * sigmoid(radius_logits)``.
+
+    The bank's points ``(C, N, 3)`` are a non-persistent buffer: they are rebuilt from the bank's settings, not
+    stored in checkpoints. With ``cfg.mode == "frozen"`` no parameter requires grad and the renderer draws the
+    classic static dataset.
+
+    Example:
+        >>> renderer = FractalRenderer(build_bank(num_classes=10, num_points=2000))
+        >>> images = renderer(torch.tensor([0, 3]), torch.tensor([17, 17]))  # (2, 3, 224, 224) in [0, 1]
+    """
+
+    def __init__(self, bank: FractalBank, cfg: RendererConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg if cfg is not None else RendererConfig()
+        check_renderer_config(cfg)
+        self.num_classes, self.num_points = bank.num_classes, bank.num_points
+        self.register_buffer("points", bank.points.float().clone(), persistent=False)
+        gen = torch.Generator().manual_seed(cfg.init_seed)
+        color_tables = 1 if cfg.share_colors else self.num_classes
+        radius_tables = 1 if cfg.share_radii else self.num_classes
+        colors = initial_colors(cfg, color_tables, self.num_points, gen)
+        self.color_logits = nn.Parameter(_logit(colors))
+        span = cfg.radius_max - cfg.radius_min
+        fraction = (cfg.radius_init - cfg.radius_min) / span if span > 0 else 0.5
+        self.radius_logits = nn.Parameter(_logit(torch.full((radius_tables, self.num_points), fraction)))
+        self.requires_grad_(cfg.mode != "frozen")
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
+
+    def colors(self) -> torch.Tensor:
+        """Colour tables ``(C or 1, N, 3)`` float32 in (0, 1)."""
+        return torch.sigmoid(self.color_logits)
+
+    def radii(self) -> torch.Tensor:
+        """Radius tables ``(C or 1, N)`` float32 in [radius_min, radius_max], NDC units."""
+        return self.cfg.radius_min + (self.cfg.radius_max - self.cfg.radius_min) * torch.sigmoid(self.radius_logits)
+
+    def scene(self, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> Scene:
+        """Everything but the drawing: augmented, projected points with their colours, radii and background.
+
+        Args:
+            class_ids: ``(B,)`` int64 in ``[0, C)``.
+            view_seeds: ``(B,)`` int64, any value; with the category it determines every random choice.
+        """
+        cfg, aug = self.cfg, self.cfg.augment
+        if class_ids.shape != view_seeds.shape or class_ids.ndim != 1:
+            raise ValueError(f"class_ids and view_seeds must both be (B,), got {tuple(class_ids.shape)} and "
+                             f"{tuple(view_seeds.shape)}")
+        if class_ids.numel() and not 0 <= int(class_ids.min()) <= int(class_ids.max()) < self.num_classes:
+            raise ValueError(f"class_ids must lie in [0, {self.num_classes}), got {class_ids.tolist()[:8]}...")
+        device = self.points.device
+        class_ids, view_seeds = class_ids.to(device), view_seeds.to(device)
+        n = self.num_points
+        keys = rnd.image_keys(class_ids, view_seeds)
+
+        # Which category each point comes from (its own, or another one's under mixing), as flat indices.
+        sources = augment.mix_sources(class_ids, keys, self.num_classes, n, aug)
+        point_index = torch.arange(n, device=device)
+        flat = sources * n + point_index
+        points = self.points.view(-1, 3)[flat]  # (B, N, 3)
+        # The parameterisations run on whole tables, then gather: torch's CPU sigmoid rounds an element
+        # differently (by one ulp) on its SIMD and scalar paths, chosen by the element's position, so applying
+        # it to the gathered batch would make an image depend on its place in the batch.
+        colors = self.colors().view(-1, 3)[flat if not cfg.share_colors else point_index]
+        radii = self.radii().view(-1)[flat if not cfg.share_radii else point_index]
+        if cfg.share_colors:
+            colors = colors.expand(len(class_ids), -1, -1)
+        if cfg.share_radii:
+            radii = radii.expand(len(class_ids), -1)
+
+        # Object-space augmentations, then the camera.
+        if aug.pointwolf:
+            points = augment.pointwolf(points, keys, aug)
+        points = augment.scale_and_jitter(points, keys, aug)
+        views = sample_views(keys, cfg.view)
+        if aug.shift > 0:
+            # A camera-space shift is a shift of the cloud along R^T s before the rotation.
+            shift = augment.random_shift(keys, aug)
+            points = points + shift[:, None] @ views.rotation
+        ndc, visible = project(points, views, cfg.view.projection)
+        keep = visible & augment.subsample_mask(keys, n, aug)
+        offscreen = torch.tensor([OFFSCREEN, OFFSCREEN, 1.0], device=device)
+        ndc = torch.where(keep[..., None], ndc, offscreen)
+        return Scene(ndc, colors, radii, self._background(keys))
+
+    def _background(self, keys: torch.Tensor) -> torch.Tensor:
+        cfg, b = self.cfg, keys.shape[0]
+        if cfg.background == "color":
+            return torch.tensor(cfg.background_color, device=keys.device).view(1, 3, 1, 1).expand(b, 3, 1, 1)
+        if cfg.background == "random_color":
+            return rnd.uniform(keys, Stream.BACKGROUND, (3, 1, 1))
+        size = cfg.image_size
+        return cfg.background_noise * rnd.uniform(keys, Stream.BACKGROUND, (3, size, size))
+
+    def forward(self, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> torch.Tensor:
+        """Renders ``(B,)`` categories from ``(B,)`` view seeds: ``(B, 3, H, W)`` float32 in [0, 1].
+
+        Always float32, outside autocast (PyTorch3D's kernels are float32 only). Image rows run top to bottom
+        and columns follow PyTorch3D's NDC (+x to the left).
+        """
+        with torch.autocast(device_type=self.points.device.type, enabled=False):
+            scene = self.scene(class_ids, view_seeds)
+            return render_scene(scene, self.cfg.image_size, self.cfg.points_per_pixel, self.cfg.compositor)
+
+    def extra_repr(self) -> str:
+        return (f"classes={self.num_classes}, points={self.num_points}, image_size={self.cfg.image_size}, "
+                f"mode={self.cfg.mode}, compositor={self.cfg.compositor}")
+

@@ -1,0 +1,280 @@
+import dataclasses
+
+import pytest
+import torch
+
+from dr_fdsl.config import AugmentConfig, ConfigError, RendererConfig, ViewConfig
+from dr_fdsl.fractals import FractalBank
+from dr_fdsl.render import FractalRenderer, Scene, fragment_weights, rasterize, render_grid, render_scene, save_grid
+from dr_fdsl.render.points import OFFSCREEN, bin_occupancy_bound
+from tests.reference_render import pixel_centres, reference_render
+
+SIZE = 32
+
+
+def random_scene(b=3, n=40, seed=0, noise_background=False):
+    g = torch.Generator().manual_seed(seed)
+    points = torch.rand(b, n, 3, generator=g) * 2.2 - 1.1  # some points fall outside the image
+    points[..., 2] = torch.rand(b, n, generator=g) * 3 + 0.1  # distinct depths in front of the camera
+    colors = torch.rand(b, n, 3, generator=g)
+    radii = torch.rand(b, n, generator=g) * 0.25 + 0.05
+    size = SIZE if noise_background else 1
+    background = torch.rand(b, 3, size, size, generator=g)
+    return Scene(points, colors, radii, background)
+
+
+def with_grad(scene):
+    return scene._replace(colors=scene.colors.clone().requires_grad_(),
+                          radii=scene.radii.clone().requires_grad_())
+
+
+@pytest.mark.parametrize("compositor", ["alpha", "norm_weighted"])
+@pytest.mark.parametrize("k, seed, noise", [(4, 0, False), (8, 1, True), (2, 2, False)])
+def test_pytorch3d_path_matches_reference_images_and_gradients(compositor, k, seed, noise):
+    scene = with_grad(random_scene(seed=seed, noise_background=noise))
+    fast = render_scene(scene, SIZE, k, compositor)
+    ref_scene = with_grad(scene._replace(colors=scene.colors.detach(), radii=scene.radii.detach()))
+    ref = reference_render(*ref_scene, SIZE, k, compositor)
+    assert (fast - ref).abs().max() < 1e-5
+    assert fast.min() >= 0 and fast.max() <= 1
+    probe = torch.rand(fast.shape, generator=torch.Generator().manual_seed(9))
+    (fast * probe).sum().backward()
+    (ref * probe).sum().backward()
+    assert scene.radii.grad.abs().max() > 0 and scene.colors.grad.abs().max() > 0
+    torch.testing.assert_close(scene.colors.grad, ref_scene.colors.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(scene.radii.grad, ref_scene.radii.grad, atol=1e-4, rtol=1e-3)
+
+
+def test_reference_gradients_are_true_derivatives():
+    """The reference's autograd, in float64, against finite differences (torch's gradcheck)."""
+    scene = random_scene(b=1, n=12, seed=3)
+    points, colors, radii, bg = (t.double() for t in scene)
+
+    def image(colors, radii):
+        return reference_render(points, colors, radii, bg, 12, 12)
+
+    assert torch.autograd.gradcheck(image, (colors.requires_grad_(), radii.requires_grad_()), eps=1e-6, atol=1e-5)
+
+
+def test_fast_gradients_match_finite_differences():
+    # K = N: every covering point is kept, so the image is continuous in the radii (w = 0 at a disk's edge).
+    scene = with_grad(random_scene(b=2, n=10, seed=4))
+    probe = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    (render_scene(scene, SIZE, 10) * probe).sum().backward()
+
+    def loss(colors, radii):
+        return float((render_scene(Scene(scene.points, colors, radii, scene.background), SIZE, 10) * probe).sum())
+
+    for b, n in [(0, 0), (0, 3), (1, 5), (1, 9)]:
+        eps = 1e-3
+        r_hi, r_lo = scene.radii.detach().clone(), scene.radii.detach().clone()
+        r_hi[b, n] += eps
+        r_lo[b, n] -= eps
+        numeric = (loss(scene.colors.detach(), r_hi) - loss(scene.colors.detach(), r_lo)) / (2 * eps)
+        assert numeric == pytest.approx(float(scene.radii.grad[b, n]), rel=2e-2, abs=5e-3)
+        c_hi, c_lo = scene.colors.detach().clone(), scene.colors.detach().clone()
+        c_hi[b, n, 1] += eps
+        c_lo[b, n, 1] -= eps
+        numeric = (loss(c_hi, scene.radii.detach()) - loss(c_lo, scene.radii.detach())) / (2 * eps)
+        assert numeric == pytest.approx(float(scene.colors.grad[b, n, 1]), rel=2e-2, abs=5e-3)
+
+
+def test_empty_slots_send_no_gradient_to_point_zero():
+    scene = with_grad(random_scene(b=1, n=5, seed=5))
+    points = scene.points.clone()
+    points[0, 0, :2] = OFFSCREEN  # point 0 covers nothing: every -1 slot must leave it alone
+    fragments = rasterize(points, scene.radii, SIZE, 4)
+    assert (fragments.idx < 0).any()
+    fragment_weights(fragments, scene.radii).sum().backward()
+    assert scene.radii.grad[0, 0] == 0 and scene.radii.grad[0, 1:].abs().sum() > 0
+
+
+def test_one_point_batch_of_one_and_nothing_in_view():
+    bg = torch.tensor([0.2, 0.4, 0.6]).view(1, 3, 1, 1)
+    one = Scene(torch.tensor([[[0.0, 0.0, 1.0]]]), torch.ones(1, 1, 3), torch.tensor([[0.3]]), bg)
+    image = render_scene(one, SIZE, 8)
+    torch.testing.assert_close(image, reference_render(*one, SIZE, 8), atol=1e-6, rtol=0)
+    xs, ys = pixel_centres(SIZE)
+    inside = (xs**2 + ys**2 < 0.09).view(SIZE, SIZE)
+    assert (image[0, :, ~inside] == bg.view(3, 1)).all()  # uncovered pixels are exactly the background
+    nothing = one._replace(points=torch.tensor([[[OFFSCREEN, OFFSCREEN, 1.0]]]))
+    assert torch.equal(render_scene(nothing, SIZE, 8), bg.expand(1, 3, SIZE, SIZE))
+    behind = one._replace(points=torch.tensor([[[0.0, 0.0, -1.0]]]))
+    assert torch.equal(render_scene(behind, SIZE, 8), bg.expand(1, 3, SIZE, SIZE))
+
+
+def test_kernels_are_float32_only():
+    scene = random_scene()
+    with pytest.raises(TypeError, match="float32 only"):
+        rasterize(scene.points.double(), scene.radii, SIZE, 4)
+
+
+def test_bin_occupancy_bound_counts_every_overlap():
+    """Against a brute-force count of padded footprints per 8x8-pixel bin, pixel by pixel."""
+    scene = random_scene(b=2, n=60, seed=6)
+    bound = bin_occupancy_bound(scene.points, scene.radii, SIZE, 8)
+    xs, ys = pixel_centres(SIZE)
+    pixel = 2 / SIZE
+    best = 0
+    for b in range(2):
+        p, r = scene.points[b], scene.radii[b] + pixel  # footprint padded by one pixel
+        near = ((xs[:, None] - p[:, 0]).abs() <= r + pixel / 2) & ((ys[:, None] - p[:, 1]).abs() <= r + pixel / 2)
+        near = near.view(SIZE // 8, 8, SIZE // 8, 8, -1).any(dim=(1, 3))
+        best = max(best, int(near.sum(-1).max()))
+    assert bound >= best and bound <= best + 6  # an upper bound, and a tight one
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The module
+# ------------------------------------------------------------------------------------------------------------
+
+
+def tiny_bank(num_classes=4, num_points=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    points = torch.rand(num_classes, num_points, 3, generator=g) * 2 - 1
+    return FractalBank(points, torch.zeros(num_classes, 7, 3, 4), torch.zeros(num_classes, 7),
+                       torch.full((num_classes,), 2), {"tiny": True}, 0)
+
+
+def cfg(**kw):
+    base = dict(image_size=SIZE, points_per_pixel=4, radius_init=0.04)
+    return RendererConfig(**{**base, **kw})
+
+
+ALL_AUGMENTATIONS = AugmentConfig(scale=(0.7, 1.2), shift=0.2, subsample=(0.3, 0.9), jitter=0.02, pointwolf=True,
+                                  mix=0.2)
+
+
+def test_default_construction_and_contract(small_bank):
+    renderer = FractalRenderer(small_bank)
+    assert renderer.cfg == RendererConfig() and renderer.image_size == 224
+    assert renderer.color_logits.shape == (6, 600, 3) and renderer.radius_logits.shape == (6, 600)
+    assert not any(p.requires_grad for p in renderer.parameters())  # default mode: frozen
+    small = FractalRenderer(small_bank, cfg())
+    images = small(torch.tensor([0, 5]), torch.tensor([1, 2]))
+    assert images.shape == (2, 3, SIZE, SIZE) and images.dtype == torch.float32
+    assert images.min() >= 0 and images.max() <= 1 and images.max() > 0.9  # white points on black
+    assert "points" not in small.state_dict()  # rebuilt from the bank, never checkpointed
+
+
+@pytest.mark.parametrize("augment", [AugmentConfig(), ALL_AUGMENTATIONS])
+@pytest.mark.parametrize("background", ["color", "random_color", "noise"])
+def test_frozen_images_are_reproducible_and_batch_independent(augment, background):
+    renderer = FractalRenderer(tiny_bank(), cfg(augment=augment, background=background, color_init="random"))
+    ids, seeds = torch.tensor([0, 1, 3, 1]), torch.tensor([5, 5, 9, 123456789012])
+    batch = renderer(ids, seeds)
+    assert torch.equal(batch, renderer(ids, seeds))
+    for i in range(4):  # each alone, and in another order
+        assert torch.equal(renderer(ids[i:i + 1], seeds[i:i + 1])[0], batch[i])
+    assert torch.equal(renderer(ids.flip(0), seeds.flip(0)), batch.flip(0))
+    assert not torch.equal(batch[0], batch[1])  # another category, same seed
+    assert not torch.equal(batch[1], renderer(ids[1:2], seeds[1:2] + 1)[0])  # same category, another seed
+
+
+def test_each_augmentation_switches_alone():
+    renderer = FractalRenderer(tiny_bank(), cfg())
+    ids, seeds = torch.tensor([0, 2]), torch.tensor([3, 4])
+    plain = renderer.scene(ids, seeds).points
+    for name, value in [("scale", (0.5, 0.8)), ("shift", 0.3), ("subsample", (0.2, 0.5)), ("jitter", 0.05),
+                        ("pointwolf", True), ("mix", 0.5)]:
+        one = FractalRenderer(tiny_bank(), cfg(augment=AugmentConfig(**{name: value})))
+        assert not torch.equal(one.scene(ids, seeds).points, plain), name
+    sub = FractalRenderer(tiny_bank(), cfg(augment=AugmentConfig(subsample=(0.25, 0.25))))
+    kept = (sub.scene(ids, seeds).points[..., 0] != OFFSCREEN).float().mean()
+    assert 0.18 < kept < 0.32
+
+
+def test_mixing_takes_points_and_colours_from_another_category():
+    bank = tiny_bank(num_classes=3)
+    renderer = FractalRenderer(bank, cfg(augment=AugmentConfig(mix=0.3), color_init="palette", palette_size=1))
+    scene = renderer.scene(torch.tensor([1]), torch.tensor([7]))
+    own = (scene.colors[0] - renderer.colors()[1]).abs().sum(-1) < 1e-6
+    assert 0.55 < own.float().mean() < 0.85  # ~70% own colour, the rest one other category's
+
+
+@pytest.mark.parametrize("view", [
+    ViewConfig(rotation="none"), ViewConfig(rotation="euler", azimuth=(0, 90), roll=(-10, 10)),
+    ViewConfig(projection="orthographic"), ViewConfig(distance=(2.5, 4.0), fov=(30, 60)),
+])
+def test_view_options_render(view):
+    images = FractalRenderer(tiny_bank(), cfg(view=view))(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    assert images.shape == (2, 3, SIZE, SIZE) and images.max() > 0.5
+
+
+def test_rotation_none_projects_by_hand():
+    bank = tiny_bank(num_classes=1, num_points=5)
+    renderer = FractalRenderer(bank, cfg(view=ViewConfig(rotation="none", distance=(3.0, 3.0), fov=(90.0, 90.0))))
+    ndc = renderer.scene(torch.tensor([0]), torch.tensor([0])).points[0]
+    p = bank.points[0]
+    torch.testing.assert_close(ndc[:, :2], p[:, :2] / (p[:, 2:] + 3.0))  # focal 1 at 90 degrees
+    torch.testing.assert_close(ndc[:, 2], p[:, 2] + 3.0)
+
+
+@pytest.mark.parametrize("init", ["white", "grey", "random", "palette"])
+def test_initialisation_and_bounds(init):
+    renderer = FractalRenderer(tiny_bank(), cfg(color_init=init, mode="joint", radius_min=0.01, radius_max=0.05))
+    colors = renderer.colors()
+    assert colors.shape == (4, 300, 3) and colors.min() > 0 and colors.max() < 1
+    if init == "white":
+        assert (colors * 255).round().min() == 255
+    if init == "palette":
+        assert len(torch.unique(colors[0].reshape(-1, 3), dim=0)) <= 4
+    torch.testing.assert_close(renderer.radii(), torch.full((4, 300), 0.04))
+    with torch.no_grad():  # the parameterisation keeps any value in range
+        renderer.radius_logits.fill_(1e4)
+        renderer.color_logits.fill_(-1e4)
+    assert renderer.radii().max() <= 0.05 and renderer.colors().min() >= 0
+    with torch.no_grad():
+        renderer.radius_logits.fill_(-1e4)
+    assert renderer.radii().min() >= 0.01
+
+
+@pytest.mark.parametrize("r", [(0.01, 0.01, 0.05), (0.05, 0.01, 0.05), (0.03, 0.03, 0.03)])
+def test_radius_at_its_bounds(r):
+    init, lo, hi = r
+    renderer = FractalRenderer(tiny_bank(), cfg(radius_init=init, radius_min=lo, radius_max=hi, mode="joint"))
+    assert renderer.radii().min() >= lo - 1e-7 and renderer.radii().max() <= hi + 1e-7
+    images = renderer(torch.tensor([0, 1]), torch.tensor([0, 0]))
+    images.mean().backward()
+    assert torch.isfinite(renderer.radius_logits.grad).all() and torch.isfinite(renderer.color_logits.grad).all()
+
+
+def test_shared_tables_and_joint_gradients():
+    shared = FractalRenderer(tiny_bank(), cfg(share_colors=True, share_radii=True, mode="joint"))
+    assert shared.color_logits.shape == (1, 300, 3) and shared.radius_logits.shape == (1, 300)
+    shared(torch.tensor([0, 3]), torch.tensor([0, 1])).mean().backward()
+    assert shared.color_logits.grad.abs().sum() > 0
+    per_class = FractalRenderer(tiny_bank(), cfg(mode="joint", color_init="grey"))
+    per_class(torch.tensor([2]), torch.tensor([0])).mean().backward()
+    touched = per_class.color_logits.grad.abs().sum(dim=(1, 2)) > 0
+    assert touched.tolist() == [False, False, True, False]  # only the rendered category learns
+    assert per_class.radius_logits.grad[2].abs().sum() > 0
+
+
+@pytest.mark.parametrize("key, value, pattern", [
+    ("radius_init", 0.5, "renderer.radius_init"),
+    ("points_per_pixel", 0, "renderer.points_per_pixel"),
+    ("augment", AugmentConfig(subsample=(0.0, 1.0)), "renderer.augment.subsample"),
+    ("augment", AugmentConfig(mix=1.0), "renderer.augment.mix"),
+    ("view", ViewConfig(fov=(10.0, 190.0)), "renderer.view.fov"),
+    ("view", ViewConfig(distance=(3.0, 2.0)), "renderer.view.distance"),
+])
+def test_bad_settings_name_the_key(key, value, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        FractalRenderer(tiny_bank(), dataclasses.replace(cfg(), **{key: value}))
+
+
+def test_bad_inputs():
+    renderer = FractalRenderer(tiny_bank(), cfg())
+    with pytest.raises(ValueError, match=r"class_ids must lie in \[0, 4\)"):
+        renderer(torch.tensor([4]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="must both be"):
+        renderer(torch.tensor([0, 1]), torch.tensor([0]))
+
+
+def test_grid_png(tmp_path):
+    renderer = FractalRenderer(tiny_bank(), cfg())
+    grid = render_grid(renderer, torch.arange(4), torch.zeros(4, dtype=torch.long), nrow=2)
+    assert grid.shape == (3, 2 * SIZE + 6, 2 * SIZE + 6)
+    path = save_grid(grid, tmp_path / "g.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

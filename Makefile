@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $(STAMP)
 
+# One process on whatever this machine has (CPU here); see configs/accelerate/ for GPUs and several machines.
 train: $(STAMP)
-	$(BIN)/python tools/make_bank.py --config $(CONFIG)
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		train.py --config $(CONFIG)
 
 test: $(STAMP)
 	$(BIN)/python -m ruff check .

@@ -108,6 +108,65 @@ class RendererConfig:
     background_noise: float = 0.2
     view: ViewConfig = field(default_factory=ViewConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Optimisation of the rendering parameters (modes "joint" and "adversarial"): AdamW on the logits.
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    # "adversarial": the renderer ascends the loss through a gradient reversal of this scale, and pays
+    # anchor_penalty * mean squared distance of its logits from their initial values.
+    adversarial_scale: float = 1.0
+    anchor_penalty: float = 1e-2
+
+
+@dataclass
+class ModelConfig:
+    """The classifier: any timm model by name, with ``num_classes`` = categories and the renderer's image size."""
+
+    name: str = "vit_tiny_patch16_224"
+    drop_path: float = 0.1
+
+
+@dataclass
+class OptimConfig:
+    """Classifier optimisation as in the FDSL recipes: AdamW, lr scaled by total batch / 512, warm-up + cosine."""
+
+    lr: float = 1e-3  # for a total batch of 512; the run uses lr * total_batch / 512
+    weight_decay: float = 0.05
+    warmup_steps: int = 100  # optimiser steps
+    min_lr: float = 1e-6
+    clip_grad: float = 1.0  # max global grad norm of classifier and of renderer, each; 0 switches it off
+
+
+@dataclass
+class ImageAugConfig:
+    """Image augmentations applied on the device after rendering (timm's Mixup/CutMix and RandomErasing)."""
+
+    mixup: float = 0.8  # Beta(alpha, alpha); 0 switches it off
+    cutmix: float = 1.0
+    mix_prob: float = 1.0
+    switch_prob: float = 0.5
+    label_smoothing: float = 0.1
+    random_erasing: float = 0.25
+    hflip: float = 0.5
+    vflip: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """The step-based loop. Steps are optimiser steps; ``batch_size`` is per process and per micro-batch."""
+
+    max_steps: int = 1000
+    batch_size: int = 64
+    grad_accum: int = 1
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    log_every: int = 10
+    eval_every: int = 200
+    eval_images: int = 512  # held-out (category, view) pairs with view seeds never drawn in training
+    image_every: int = 200  # image grid of fixed (category, view) renders in TensorBoard
+    ckpt_every: int = 500
+    keep_checkpoints: int = 3
+    probe: bool = True  # the colour-statistics leakage probe
+    probe_lr: float = 1e-2
+    progress: bool = True
 
 
 @dataclass
@@ -118,6 +177,10 @@ class Config:
     seed: int = 0
     bank: BankConfig = field(default_factory=BankConfig)
     renderer: RendererConfig = field(default_factory=RendererConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    image_aug: ImageAugConfig = field(default_factory=ImageAugConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 # --------------------------------------------------------------------------------------------------------

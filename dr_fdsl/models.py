@@ -1,0 +1,51 @@
+"""The classifier: a timm model whose classes are the bank's categories and whose input is the renderer's image."""
+
+from __future__ import annotations
+
+import difflib
+
+import timm
+import torch
+from torch import nn
+
+from dr_fdsl.config import ConfigError, ModelConfig
+
+
+def create_classifier(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
+    """``timm.create_model(cfg.name)`` for ``image_size`` px inputs, checked with one dry forward.
+
+    Raises:
+        ConfigError: an unknown model name, or a model that cannot take ``image_size`` px images.
+    """
+    if not timm.is_model(cfg.name):
+        close = difflib.get_close_matches(cfg.name, timm.list_models(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else " (see timm.list_models())"
+        raise ConfigError(f"config key 'model.name': unknown timm model {cfg.name!r}{hint}")
+    kwargs = dict(num_classes=num_classes, drop_path_rate=cfg.drop_path)
+    try:  # ViT-like models are built for the renderer's size; convolutional ones take any size
+        model = timm.create_model(cfg.name, img_size=image_size, **kwargs)
+    except TypeError:
+        model = timm.create_model(cfg.name, **kwargs)
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is not None and any(image_size % p for p in patch):
+        raise ConfigError(f"renderer.image_size={image_size} is not a multiple of {cfg.name}'s patch size "
+                          f"{tuple(patch)}; choose a multiple of it")
+    try:
+        with torch.no_grad():
+            was_training = model.training
+            logits = model.eval()(torch.zeros(1, 3, image_size, image_size))
+            model.train(was_training)
+    except Exception as err:
+        raise ConfigError(f"model {cfg.name!r} cannot take the renderer's {image_size} px images "
+                          f"(renderer.image_size): {err}") from err
+    if logits.shape != (1, num_classes):
+        raise ConfigError(f"model {cfg.name!r} returned {tuple(logits.shape)} for one image, not (1, {num_classes})")
+    return model
+
+
+def normalization(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's input mean and std, ``(1, 3, 1, 1)`` each (timm's pretrained config, ImageNet otherwise)."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean = cfg.get("mean", (0.485, 0.456, 0.406))
+    std = cfg.get("std", (0.229, 0.224, 0.225))
+    return torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)

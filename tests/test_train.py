@@ -1,0 +1,226 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from dr_fdsl.checkpoint import CheckpointError, list_checkpoints
+from dr_fdsl.config import ConfigError, load_config
+from dr_fdsl.engine import NonFiniteLossError, Trainer
+from dr_fdsl.fractals import bank_from_config
+from dr_fdsl.render import FractalRenderer
+from tests.conftest import ROOT
+
+BIN = os.path.dirname(sys.executable)
+
+
+def run_processes(args, timeout, env=None):
+    """Runs a launcher in its own process group; on a time-out the whole group is killed, leaving no workers."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{args[0]} timed out after {timeout} s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def bank_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("banks")
+
+
+def tiny(tmp_path, bank_dir, *overrides):
+    """A run of a few steps: 4 categories, 32 px, timm's test_vit, batch 8."""
+    base = [f"output_dir={tmp_path / 'run'}", f"bank.cache_dir={bank_dir}", "bank.num_classes=4",
+            "bank.num_points=300", "renderer.image_size=32", "renderer.points_per_pixel=4",
+            "renderer.radius_init=0.04", "model.name=test_vit", "model.drop_path=0.0", "train.batch_size=8",
+            "train.max_steps=4", "train.log_every=2", "train.eval_every=2", "train.eval_images=16",
+            "train.image_every=2", "train.ckpt_every=2", "train.progress=false", "optim.warmup_steps=1"]
+    return load_config(None, base + list(overrides))
+
+
+def renderer_params(trainer):
+    return [p.detach().clone() for p in trainer.unwrapped_renderer.parameters()]
+
+
+def model_params(trainer):
+    return [p.detach().clone() for p in trainer.accelerator.unwrap_model(trainer.model).parameters()]
+
+
+def tags(run_dir):
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0,
+                                                                        "histograms": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.mark.parametrize("mode", ["frozen", "joint", "adversarial"])
+def test_each_mode_trains_logs_and_checkpoints(tmp_path, bank_dir, mode):
+    cfg = tiny(tmp_path, bank_dir, f"renderer.mode={mode}")
+    trainer = Trainer(cfg)
+    before = renderer_params(trainer)
+    summary = trainer.fit()
+    after = renderer_params(trainer)
+    if mode == "frozen":
+        assert all(torch.equal(a, b) for a, b in zip(before, after))
+        fresh = FractalRenderer(bank_from_config(cfg.bank), cfg.renderer)
+        assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), after))
+    else:
+        assert not any(torch.equal(a, b) for a, b in zip(before, after))
+
+    run = tmp_path / "run"
+    events = tags(run)
+    expected = {"train/loss", "train/acc", "lr/classifier", "perf/images_per_s", "perf/render_share",
+                "grad_norm/classifier", "val/loss", "val/top1", "val/top5", "probe/val_acc", "probe/train_acc"}
+    if mode != "frozen":
+        expected |= {"lr/renderer", "grad_norm/renderer"}
+    assert expected <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("val/top1")] == [2, 4]
+    assert "renders" in events.Tags()["images"]
+    assert {"renderer/radii", "renderer/colors"} <= set(events.Tags()["histograms"])
+    assert [p.name for p in list_checkpoints(run)] == ["step_0000002", "step_0000004"]
+    assert load_config(run / "config.yaml") == cfg
+    assert summary["step"] == 4 and 0 <= summary["val/top1"] <= 1
+    assert json.loads((run / "summary.json").read_text())["mode"] == mode
+
+
+def test_joint_descends_and_adversarial_ascends(tmp_path, bank_dir):
+    """Same start, same batch: the two modes move the rendering parameters in exactly opposite directions."""
+    plain = ["image_aug.mixup=0", "image_aug.cutmix=0", "image_aug.random_erasing=0", "image_aug.hflip=0",
+             "renderer.anchor_penalty=0", "optim.clip_grad=0", "train.probe=false", "renderer.color_init=grey"]
+    deltas, grads = {}, {}
+    for mode in ("joint", "adversarial"):
+        trainer = Trainer(tiny(tmp_path / mode, bank_dir, f"renderer.mode={mode}", *plain))
+        start = renderer_params(trainer)
+        # The gradient of the loss itself, from the same batch the step will draw.
+        state = trainer.stream.state_dict()
+        ids, seeds = trainer.stream.draw(8)
+        trainer.stream.load_state_dict(state)
+        images = trainer.unwrapped_renderer(ids, seeds)
+        loss = torch.nn.functional.cross_entropy(trainer.model(trainer.normalize(images)), ids,
+                                                 label_smoothing=0.1)
+        grads[mode] = torch.autograd.grad(loss, list(trainer.unwrapped_renderer.parameters()))
+        trainer.train_step()
+        deltas[mode] = [a - b for a, b in zip(renderer_params(trainer), start)]
+    for j, a in zip(deltas["joint"], deltas["adversarial"]):
+        torch.testing.assert_close(j, -a)
+    for g, j in zip(grads["joint"], deltas["joint"]):
+        assert (g * j).sum() < 0  # joint: a descent direction of the classification loss
+    for g, a in zip(grads["adversarial"], deltas["adversarial"]):
+        assert (g * a).sum() > 0  # adversarial: an ascent direction
+
+
+def test_resume_is_exact(tmp_path, bank_dir):
+    args = ["renderer.mode=joint", "train.max_steps=6", "train.ckpt_every=3", "train.eval_every=3",
+            "image_aug.random_erasing=0.5", "renderer.augment.subsample=[0.5,1.0]"]
+    straight = Trainer(tiny(tmp_path / "a", bank_dir, *args))
+    straight.fit()
+    interrupted = Trainer(tiny(tmp_path / "b", bank_dir, *args))  # the same 6-step run, stopped after 3
+    while interrupted.step < 3:
+        interrupted.train_step()
+    interrupted.save_checkpoint()
+    resumed = Trainer(tiny(tmp_path / "b", bank_dir, *args))
+    resumed.resume("latest")
+    assert resumed.step == 3
+    resumed.fit()
+    for a, b in zip(model_params(straight) + renderer_params(straight),
+                    model_params(resumed) + renderer_params(resumed)):
+        assert torch.equal(a, b)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, bank_dir):
+    trainer = Trainer(tiny(tmp_path, bank_dir, "train.max_steps=2"))
+    trainer.fit()
+    broken = Trainer(tiny(tmp_path, bank_dir, "train.max_steps=4"))
+    broken.resume("latest")
+    with torch.no_grad():
+        next(broken.accelerator.unwrap_model(broken.model).parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"at step 3; .*last good checkpoint: .*step_0000002"):
+        broken.fit()
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_0000002"]
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path, bank_dir):
+    with pytest.raises(CheckpointError, match="no checkpoint under"):
+        Trainer(tiny(tmp_path, bank_dir)).resume("latest")
+    Trainer(tiny(tmp_path, bank_dir, "train.max_steps=2")).fit()
+    ckpt = list_checkpoints(tmp_path / "run")[-1]
+    with pytest.raises(CheckpointError, match=r"other settings \(bank: checkpoint"):
+        Trainer(tiny(tmp_path, bank_dir, "bank.num_classes=3")).resume("latest")
+    # An interrupted save leaves only a temporary folder, which is never taken for a checkpoint.
+    shutil.copytree(ckpt, ckpt.parent / ".incomplete_step_0000009")
+    assert list_checkpoints(tmp_path / "run") == [ckpt]
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="could not be loaded"):
+        Trainer(tiny(tmp_path, bank_dir)).resume(str(ckpt))
+    (ckpt / "trainer_state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="incomplete or corrupt"):
+        Trainer(tiny(tmp_path, bank_dir)).resume(str(ckpt))
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("model.name=vit_tiny_patch16_2244", r"unknown timm model 'vit_tiny_patch16_2244' \(did you mean"),
+    ("model.name=vit_tiny_patch16_224", r"image_size=32 is not a multiple of .*patch size \(16, 16\)"),
+    ("train.batch_size=0", r"'train.batch_size' must be >= 1"),
+])
+def test_bad_settings_fail_before_training(tmp_path, bank_dir, override, pattern):
+    cfg = tiny(tmp_path, bank_dir, override)
+    if "vit_tiny" in override and "2244" not in override:
+        cfg = tiny(tmp_path, bank_dir, override, "renderer.image_size=40")
+        pattern = pattern.replace("32", "40")
+    with pytest.raises(ConfigError, match=pattern):
+        Trainer(cfg)
+
+
+def test_train_py_rejects_unknown_keys_before_any_work(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/quickstart.yaml"),
+                          "train.max_step=5", f"output_dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2
+    assert "unknown config key 'train.max_step' (did you mean 'train.max_steps'?)" in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_render_different_streams_and_share_the_renderer(tmp_path, bank_dir):
+    """A real 2-process CPU run (gloo) through torchrun; accelerate's --cpu launcher would start one process."""
+    cfg_args = [f"output_dir={tmp_path / 'run'}", f"bank.cache_dir={bank_dir}", "bank.num_classes=4",
+                "bank.num_points=300", "renderer.image_size=32", "renderer.mode=joint", "model.name=test_vit",
+                "train.batch_size=8", "train.max_steps=4", "train.eval_every=2", "train.eval_images=16",
+                "train.ckpt_every=2", "train.progress=false"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    out = run_processes([os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", "2",
+                         str(ROOT / "train.py"), "--config", str(ROOT / "configs/quickstart.yaml"), *cfg_args],
+                        timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["total_batch"] == 16
+    first, second = summary["first_view_seeds"]
+    assert first != second  # every rank renders its own stream
+    a, b = summary["renderer_checksums"]
+    assert a == b  # synchronised gradients keep the rendering parameters identical
+    start = FractalRenderer(bank_from_config(load_config(tmp_path / "run" / "config.yaml").bank),
+                            load_config(tmp_path / "run" / "config.yaml").renderer)
+    assert a != sum(float(p.detach().double().sum()) * (i + 1) for i, p in enumerate(start.parameters()))  # moved
+
+
+@pytest.mark.slow
+def test_readme_main_command(tmp_path, bank_dir):
+    """The README's main job (`accelerate launch train.py --config configs/quickstart.yaml`), shortened."""
+    out = run_processes([os.path.join(BIN, "accelerate"), "launch", "--num_processes", "1", "--num_machines", "1",
+                         "--mixed_precision", "no", "--dynamo_backend", "no", "train.py",
+                         "--config", "configs/quickstart.yaml", "train.max_steps=20", "train.eval_every=10",
+                         f"output_dir={tmp_path / 'run'}", f"bank.cache_dir={bank_dir}"], timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "done: 20 steps" in out.stdout
+    assert "train (joint)" in out.stderr  # the progress bar
+    assert any((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))

@@ -17,8 +17,13 @@ def test_defaults_yaml_then_overrides(tmp_path):
 
 
 def test_shipped_configs_load():
-    for path in sorted((ROOT / "configs").glob("*.yaml")):
-        load_config(path)
+    from dr_fdsl.render.renderer import check_renderer_config
+
+    paths = sorted((ROOT / "configs").glob("*.yaml"))
+    assert {p.stem for p in paths} >= {"quickstart", "ofdb1k_vit_tiny_frozen", "ofdb1k_vit_tiny_joint",
+                                       "ofdb1k_vit_tiny_adversarial"}
+    for path in paths:
+        check_renderer_config(load_config(path).renderer)
 
 
 def test_int_widens_to_float_but_not_the_reverse():

@@ -224,3 +224,22 @@ def test_readme_main_command(tmp_path, bank_dir):
     assert "done: 20 steps" in out.stdout
     assert "train (joint)" in out.stderr  # the progress bar
     assert any((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_bf16_classifier_float32_renderer_and_accumulation(tmp_path, bank_dir):
+    trainer = Trainer(tiny(tmp_path, bank_dir, "train.mixed_precision=bf16", "train.grad_accum=2",
+                           "renderer.mode=joint"))
+    with trainer.accelerator.autocast():
+        images = trainer.renderer(torch.tensor([0, 1]), torch.tensor([0, 1]))
+        assert images.dtype == torch.float32  # PyTorch3D's kernels run outside autocast
+        assert trainer.model(trainer.normalize(images)).dtype == torch.float32  # Accelerate casts outputs back
+    summary = trainer.fit()
+    assert summary["step"] == 4 and summary["total_batch"] == 16  # 4 optimiser steps of 2 micro-batches
+
+
+def test_example_accelerate_configs_load():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    found = {p.stem: load_config_from_file(str(p)) for p in (ROOT / "configs" / "accelerate").glob("*.yaml")}
+    assert set(found) == {"one_gpu", "multi_gpu", "multi_node"}
+    assert found["multi_node"].num_machines == 2 and found["multi_gpu"].num_processes == 8

@@ -82,11 +82,6 @@ def held_out_views(count: int, num_classes: int, rank: int, world: int) -> tuple
     return index % num_classes, -(index + 1)
 
 
-def grad_norm(parameters) -> torch.Tensor:
-    grads = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
-    return torch.stack(grads).norm() if grads else torch.zeros(())
-
-
 class Trainer:
     """Builds everything from a :class:`Config` and runs the step-based loop (``fit``)."""
 

@@ -226,7 +226,20 @@ def test_readme_main_command(tmp_path, bank_dir):
     assert any((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_bf16_classifier_float32_renderer_and_accumulation(tmp_path, bank_dir):
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state; a test with another precision needs it cleared (as Accelerate's
+    own tests do), and cleared again for the tests after it."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def test_bf16_classifier_float32_renderer_and_accumulation(tmp_path, bank_dir, fresh_accelerate_state):
     trainer = Trainer(tiny(tmp_path, bank_dir, "train.mixed_precision=bf16", "train.grad_accum=2",
                            "renderer.mode=joint"))
     with trainer.accelerator.autocast():

@@ -77,9 +77,9 @@ class FractalRenderer(nn.Module):
         color_logits: ``(C, N, 3)``; colours are ``sigmoid(color_logits)`` in (0, 1).
         radius_logits: ``(C, N)``; radii are ``radius_min + (radius_max - radius_min) * sigmoid(radius_logits)``.
 
-    The bank's points ``(C, N, 3)`` are a non-persistent buffer: they are rebuilt from the bank's settings, not
-    stored in checkpoints. With ``cfg.mode == "frozen"`` no parameter requires grad and the renderer draws the
-    classic static dataset.
+    The bank's points ``(C, N, 3)`` are neither a parameter nor a buffer: they are rebuilt from the bank's
+    settings, not stored in checkpoints, and never broadcast by DDP. With ``cfg.mode == "frozen"`` no parameter
+    requires grad and the renderer draws the classic static dataset.
 
     Example:
         >>> renderer = FractalRenderer(build_bank(num_classes=10, num_points=2000))
@@ -91,7 +91,9 @@ class FractalRenderer(nn.Module):
         self.cfg = cfg = cfg if cfg is not None else RendererConfig()
         check_renderer_config(cfg)
         self.num_classes, self.num_points = bank.num_classes, bank.num_points
-        self.register_buffer("points", bank.points.float().clone(), persistent=False)
+        # A plain tensor, not a buffer: DDP broadcasts buffers from rank 0 at every forward (120 MB per step
+        # for 1,000 x 10,000 points), and the points never change. ``_apply`` moves it with the module.
+        self.points = bank.points.float().clone()
         gen = torch.Generator().manual_seed(cfg.init_seed)
         color_tables = 1 if cfg.share_colors else self.num_classes
         radius_tables = 1 if cfg.share_radii else self.num_classes
@@ -101,6 +103,11 @@ class FractalRenderer(nn.Module):
         fraction = (cfg.radius_init - cfg.radius_min) / span if span > 0 else 0.5
         self.radius_logits = nn.Parameter(_logit(torch.full((radius_tables, self.num_points), fraction)))
         self.requires_grad_(cfg.mode != "frozen")
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.points = fn(self.points)
+        return self
 
     @property
     def image_size(self) -> int:

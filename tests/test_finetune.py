@@ -1,0 +1,130 @@
+import csv
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torchvision.io import write_png
+
+from dr_fdsl import datasets
+from dr_fdsl.checkpoint import list_checkpoints
+from dr_fdsl.config import ConfigError
+from dr_fdsl.engine import Trainer
+from dr_fdsl.finetune import FinetuneSettings, cumulative_error, finetune, load_pretrained
+from tests.test_train import tiny
+
+
+@pytest.fixture(scope="module")
+def fashion_root():
+    if not (datasets.DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
+        pytest.fail("Debian's dataset-fashion-mnist is missing: `make setup` installs it "
+                    "(apt-get install dataset-fashion-mnist)")
+    return str(datasets.DEBIAN_FASHION_MNIST)
+
+
+def test_real_fashion_mnist_files(fashion_root):
+    train = datasets.load("fashion_mnist", True, fashion_root, 32)
+    test = datasets.load("fashion_mnist", False, fashion_root, 32)
+    assert train.images.shape == (60000, 3, 28, 28) and test.images.shape == (10000, 3, 28, 28)
+    assert train.images.dtype == torch.uint8 and train.num_classes == 10
+    assert torch.bincount(test.labels).tolist() == [1000] * 10
+    few = train.few_shot(5, seed=3)
+    assert torch.bincount(few.labels).tolist() == [5] * 10
+    assert torch.equal(few.images, train.few_shot(5, seed=3).images)
+    assert not torch.equal(few.images, train.few_shot(5, seed=4).images)
+
+
+def test_cifar_format_fixture_through_torchvision(tmp_path, monkeypatch):
+    """A CIFAR-10 folder in the real format (pickled batches), read by torchvision's own CIFAR10 class."""
+    import torchvision.datasets.cifar
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (4, 3072), dtype=np.uint8)  # rows: 1024 red, 1024 green, 1024 blue
+        batches[name] = (data, rng.integers(0, 10, 4).tolist())
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": batches[name][1]}, f)  # keys as latin1 reads them
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    # The fixture's MD5 sums are not the real files': skip torchvision's checksum test, keep its reader.
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
+    test = datasets.load("cifar10", False, tmp_path, 32, download=False)
+    assert test.images.shape == (4, 3, 32, 32) and test.num_classes == 10
+    data, labels = batches["test_batch"]
+    assert torch.equal(test.images, torch.from_numpy(data.reshape(4, 3, 32, 32)))
+    assert test.labels.tolist() == labels
+    assert len(datasets.load("cifar10", True, tmp_path, 32, download=False)) == 20
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    with pytest.raises(datasets.DataError, match="could not be downloaded"):
+        datasets.load("cifar100", True, tmp_path, 32, download=False)
+    with pytest.raises(datasets.DataError, match="not an image folder"):
+        datasets.load(f"folder:{tmp_path}", True, tmp_path, 32)
+    with pytest.raises(datasets.DataError, match="unknown dataset 'mnist'"):
+        datasets.load("mnist", True, tmp_path, 32)
+
+
+def test_image_folder(tmp_path):
+    for split in ("train", "val"):
+        for c, name in enumerate(["cat", "dog"]):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(3):
+                flat = torch.full((3, 20, 24), 40 * c + i, dtype=torch.uint8)
+                write_png(flat, str(tmp_path / split / name / f"{i}.png"))
+    train = datasets.load(f"folder:{tmp_path}", True, "unused", 16)
+    assert train.images.shape == (6, 3, 16, 16) and train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert train.images[4].float().mean() == 41  # resizing a flat image keeps its value
+
+
+def test_cumulative_error():
+    assert cumulative_error([0.5, 0.6, 0.7, 0.8]) == pytest.approx(30 + 20)
+    assert cumulative_error([0.1, 0.2, 0.9]) == pytest.approx(80 + 10)
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pre")
+    Trainer(tiny(root, root / "banks", "renderer.mode=joint")).fit()
+    return root / "run"
+
+
+def test_finetune_from_a_pretraining_run_and_from_scratch(tmp_path, pretrained_run, fashion_root):
+    model, size = load_pretrained(str(pretrained_run))
+    weights = load_file(str(list_checkpoints(pretrained_run)[-1] / "model.safetensors"))
+    assert size == 32 and all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    common = dict(dataset="fashion_mnist", data_root=fashion_root, epochs=2, per_class=5, max_test=100,
+                  batch_size=16, progress=False)
+    result = finetune(FinetuneSettings(pretrained=str(pretrained_run), output_dir=str(tmp_path / "ft"), **common))
+    assert result["train_images"] == 50 and result["test_images"] == 100 and len(result["top1"]) == 2
+    assert result["cumulative_error"] == pytest.approx(100 - 100 * result["top1"][1])
+    assert (tmp_path / "ft" / "finetune.json").is_file()
+    assert any((tmp_path / "ft" / "tensorboard").glob("events.out.tfevents.*"))
+    scratch = finetune(FinetuneSettings(pretrained=None, output_dir=str(tmp_path / "scratch"), **common))
+    assert 0 <= scratch["final_top1"] <= 1
+
+
+def test_bad_pretrained_path(tmp_path):
+    with pytest.raises(ConfigError, match="expected a pre-training output_dir"):
+        load_pretrained(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_compare_tool_end_to_end(tmp_path, fashion_root):
+    from tools.compare import main
+
+    out = tmp_path / "cmp"
+    assert main(["--preset", "cpu", "--out", str(out), "--steps", "4", "--epochs", "2", "--per-class", "5",
+                 "--max-test", "100", "--seeds", "0", "--data-root", fashion_root]) == 0
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["mode"] for r in rows] == ["none", "frozen", "joint", "adversarial"]
+    assert rows[0]["pretrain_top1"] == "" and rows[1]["pretrain_top1"] != ""
+    table = (out / "results.md").read_text()
+    for mode in ("none", "frozen", "joint", "adversarial"):
+        assert f"| {mode} | 1 |" in table
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,166 @@
+"""Did learnable rendering help? Pre-trains in each renderer mode (frozen, joint, adversarial) plus a
+no-pre-training baseline, with identical seeds and budgets, fine-tunes each on real data, repeats over seeds,
+and writes results.csv, results.md (mean and spread) and curves.png (fine-tuning and pre-training curves).
+
+    python tools/compare.py --preset cpu --out runs/compare_cpu        # minutes on a 2-core CPU
+    accelerate launch tools/compare.py --preset gpu --out runs/compare_gpu
+
+Budgets can be overridden: --steps, --epochs, --per-class, --max-test, --seeds, --dataset.
+"""
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = ("frozen", "joint", "adversarial")
+PRESETS = {
+    # 10 categories at 32 px with timm's test_vit; Fashion-MNIST with 20 images per class.
+    "cpu": dict(config="configs/quickstart.yaml", steps=150, batch=32, eval_every=50, dataset="fashion_mnist",
+                per_class=20, epochs=4, ft_batch=32, ft_lr=5e-4, max_test=1000, seeds=[0, 1],
+                model="test_vit", image_size=32),
+    # The 3D-OFDB-1k recipe (ViT-Tiny, 224 px) for 20k steps; CIFAR-10 with 100 images per class.
+    "gpu": dict(config="configs/ofdb1k_vit_tiny_{mode}.yaml", steps=20000, batch=256, eval_every=2000,
+                dataset="cifar10", per_class=100, epochs=30, ft_batch=64, ft_lr=5e-4, max_test=0, seeds=[0, 1, 2],
+                model="vit_tiny_patch16_224", image_size=224),
+}
+
+
+def pretrain(preset: dict, mode: str, seed: int, out: Path) -> dict:
+    from dr_fdsl.config import load_config
+    from dr_fdsl.engine import Trainer
+
+    config = ROOT / preset["config"].format(mode=mode)
+    cfg = load_config(config, [f"output_dir={out}", f"seed={seed}", f"renderer.mode={mode}",
+                               f"train.max_steps={preset['steps']}", f"train.batch_size={preset['batch']}",
+                               f"train.eval_every={preset['eval_every']}", f"train.image_every={preset['steps']}",
+                               f"train.ckpt_every={preset['steps']}", "train.progress=false"])
+    return Trainer(cfg).fit()
+
+
+def pretrain_curve(run: Path) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars("val/top1")] if "val/top1" in events.Tags()["scalars"] else []
+
+
+def summarize(rows: list[dict]) -> str:
+    """Markdown table: mean and standard deviation over seeds, per mode."""
+    lines = ["| pre-training | seeds | fine-tune top-1 (%) | cumulative error (2nd half) | pre-train val top-1 |"
+             " leakage probe |", "|---|---|---|---|---|---|"]
+
+    def spread(values: list[float], fmt: str) -> str:
+        if not values:
+            return "-"
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):{fmt}} ± {sd:{fmt}}"
+
+    for mode in ("none", *MODES):
+        mine = [r for r in rows if r["mode"] == mode]
+        if not mine:
+            continue
+        pre = [r["pretrain_top1"] for r in mine if r["pretrain_top1"] != ""]
+        probe = [r["probe_top1"] for r in mine if r["probe_top1"] != ""]
+        lines.append(f"| {mode} | {len(mine)} | {spread([100 * r['final_top1'] for r in mine], '.2f')} | "
+                     f"{spread([r['cumulative_error'] for r in mine], '.1f')} | {spread(pre, '.3f')} | "
+                     f"{spread(probe, '.3f')} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode in ("none", *MODES):
+        runs = [r["top1_curve"] for r in rows if r["mode"] == mode]
+        if runs:
+            mean = [100 * statistics.mean(c[i] for c in runs) for i in range(len(runs[0]))]
+            left.plot(range(1, len(mean) + 1), mean, marker="o", label=mode)
+        for seed, curve in curves.get(mode, {}).items():
+            if curve:
+                right.plot(*zip(*curve), marker=".", label=f"{mode} s{seed}", alpha=0.8)
+    left.set(xlabel="fine-tuning epoch", ylabel="test top-1 (%)", title="fine-tuning (mean over seeds)")
+    right.set(xlabel="pre-training step", ylabel="held-out view top-1", title="pre-training")
+    left.legend()
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    from accelerate import PartialState
+
+    from dr_fdsl.finetune import FinetuneSettings, finetune
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--out", default=None, help="results folder (default runs/compare_<preset>)")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--per-class", type=int)
+    parser.add_argument("--max-test", type=int)
+    parser.add_argument("--seeds", type=int, nargs="+")
+    parser.add_argument("--dataset")
+    parser.add_argument("--data-root", default="data")
+    args = parser.parse_args(argv)
+    preset = dict(PRESETS[args.preset])
+    for key in ("steps", "epochs", "per_class", "max_test", "seeds", "dataset"):
+        if getattr(args, key) is not None:
+            preset[key] = getattr(args, key)
+    preset["eval_every"] = min(preset["eval_every"], preset["steps"])
+    out = Path(args.out or f"runs/compare_{args.preset}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "preset.json").write_text(json.dumps(preset, indent=2))
+
+    is_main = PartialState().is_main_process
+    rows, curves = [], {}
+    for seed in preset["seeds"]:
+        for mode in ("none", *MODES):
+            run = out / "pretrain" / f"{mode}_s{seed}"
+            summary = pretrain(preset, mode, seed, run) if mode != "none" else {}
+            if mode != "none":
+                curves.setdefault(mode, {})[seed] = pretrain_curve(run)
+            result = finetune(FinetuneSettings(
+                dataset=preset["dataset"], data_root=args.data_root, pretrained=str(run) if summary else None,
+                model=preset["model"], image_size=preset["image_size"], epochs=preset["epochs"],
+                batch_size=preset["ft_batch"], lr=preset["ft_lr"], per_class=preset["per_class"],
+                max_test=preset["max_test"], seed=seed, output_dir=str(out / "finetune" / f"{mode}_s{seed}"),
+                progress=False))
+            rows.append({"seed": seed, "mode": mode, "pretrain_top1": summary.get("val/top1", ""),
+                         "probe_top1": summary.get("probe/val_acc", ""), "final_top1": result["final_top1"],
+                         "cumulative_error": result["cumulative_error"], "top1_curve": result["top1"]})
+            if is_main:
+                print(f"seed {seed} {mode:>11}: fine-tune top-1 {100 * result['final_top1']:.2f}%, "
+                      f"cumulative error {result['cumulative_error']:.1f}", flush=True)
+
+    if not is_main:  # under `accelerate launch`, every process ran the same runs; one writes the results
+        return 0
+
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "top1_curve": " ".join(f"{a:.4f}" for a in r["top1_curve"])} for r in rows)
+    table = summarize(rows)
+    (out / "results.md").write_text(
+        f"# Renderer modes compared ({args.preset} preset)\n\n{table}\n\n"
+        f"Budget: {json.dumps(preset)}\n\nMean ± standard deviation over seeds. Cumulative error: sum of "
+        "(100 - top-1 %) over the second half of the fine-tuning epochs; lower is better.\n")
+    plot(rows, curves, out / "curves.png")
+    print(table)
+    print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,23 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration that cannot be used, with the key at fault and how to fix it."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2 booleans: only true/false. YAML 1.1 also reads yes/no/on/off as booleans, which would
+    turn ``mixed_precision: no`` into False."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _read_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -91,6 +109,9 @@ class RendererConfig:
     image_size: int = 224
     points_per_pixel: int = 8
     compositor: Literal["alpha", "norm_weighted"] = "alpha"
+    # "pytorch3d": rasterize_points (naive kernel on CPU, binned on CUDA). "sort": the same fragments from
+    # footprint expansion and a (pixel, depth) sort in tensor ops (dr_fdsl/render/sort_raster.py).
+    raster_backend: Literal["pytorch3d", "sort"] = "pytorch3d"
     # Radii are NDC units (the image spans [-1, 1]); kept in [radius_min, radius_max] by a scaled sigmoid.
     radius_init: float = 0.015
     radius_min: float = 0.005
@@ -295,7 +316,7 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
         if not sep or not key:
             raise ConfigError(f"config override {item!r} must look like 'section.key=value'")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = _read_yaml(raw) if raw != "" else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"config override {item!r}: value is not valid YAML ({err})") from err
         parsed.append((key.strip(), value))
@@ -310,7 +331,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), c
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist; the shipped ones are in configs/")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = _read_yaml(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from err
         if not isinstance(tree, dict):

@@ -72,3 +72,13 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(None, ["bank.num_classes=3", "output_dir=runs/x"])
     path = save_config(cfg, tmp_path / "run" / "config.yaml")
     assert load_config(path) == cfg
+
+
+def test_yes_no_on_off_are_strings_not_booleans(tmp_path):
+    cfg = load_config(None, ["train.mixed_precision=no", "train.probe=false", "train.progress=True"])
+    assert cfg.train.mixed_precision == "no" and cfg.train.probe is False and cfg.train.progress is True
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  mixed_precision: no\n")
+    assert load_config(path).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="'train.probe': expected bool, got 'yes'"):
+        load_config(None, ["train.probe=yes"])

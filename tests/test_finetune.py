@@ -128,3 +128,22 @@ def test_compare_tool_end_to_end(tmp_path, fashion_root):
     for mode in ("none", "frozen", "joint", "adversarial"):
         assert f"| {mode} | 1 |" in table
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_bench_tool_writes_the_ratios(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--batch", "8", "--size", "32",
+                          "--points", "300", "--classes", "4", "--steps", "1", "--warmup", "1",
+                          "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "b.json")],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["ratio_frozen"] > 0 and result["ratio_learnable"] > 0
+    assert set(result["stage_ms"]) == {"points_and_camera", "rasterise", "composite_fwd_bwd", "image_augment",
+                                       "classifier_fwd_bwd", "optimiser"}

@@ -146,8 +146,15 @@ def composite(fragments: Fragments, weights: torch.Tensor, colors: torch.Tensor,
     return (image + transmittance * background).clamp(0, 1)
 
 
-def render_scene(scene: Scene, image_size: int, points_per_pixel: int, compositor: str = "alpha") -> torch.Tensor:
-    """Rasterise, weight and composite a :class:`Scene`: ``(B, 3, H, W)`` float32 in [0, 1]."""
-    fragments = rasterize(scene.points, scene.radii, image_size, points_per_pixel)
+def render_scene(scene: Scene, image_size: int, points_per_pixel: int, compositor: str = "alpha",
+                 backend: str = "pytorch3d") -> torch.Tensor:
+    """Rasterise (``backend``: ``"pytorch3d"`` or ``"sort"``), weight and composite a :class:`Scene`:
+    ``(B, 3, H, W)`` float32 in [0, 1]."""
+    if backend == "sort":
+        from dr_fdsl.render.sort_raster import rasterize_sorted  # imports Fragments from this module
+
+        fragments = rasterize_sorted(scene.points, scene.radii, image_size, points_per_pixel)
+    else:
+        fragments = rasterize(scene.points, scene.radii, image_size, points_per_pixel)
     weights = fragment_weights(fragments, scene.radii)
     return composite(fragments, weights, scene.colors, scene.background, compositor)

@@ -186,7 +186,8 @@ class FractalRenderer(nn.Module):
         """
         with torch.autocast(device_type=self.points.device.type, enabled=False):
             scene = self.scene(class_ids, view_seeds)
-            return render_scene(scene, self.cfg.image_size, self.cfg.points_per_pixel, self.cfg.compositor)
+            return render_scene(scene, self.cfg.image_size, self.cfg.points_per_pixel, self.cfg.compositor,
+                                self.cfg.raster_backend)
 
     def extra_repr(self) -> str:
         return (f"classes={self.num_classes}, points={self.num_points}, image_size={self.cfg.image_size}, "

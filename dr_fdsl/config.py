@@ -129,9 +129,9 @@ class RendererConfig:
     background_noise: float = 0.2
     view: ViewConfig = field(default_factory=ViewConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # Optimisation of the rendering parameters (modes "joint" and "adversarial"): AdamW on the logits.
+    # Optimisation of the rendering parameters (modes "joint" and "adversarial"): SparseAdam on the logits
+    # (lazy: only the rows of the categories a step drew move), warm-up and cosine like the classifier.
     lr: float = 1e-2
-    weight_decay: float = 0.0
     # "adversarial": the renderer ascends the loss through a gradient reversal of this scale, and pays
     # anchor_penalty * mean squared distance of its logits from their initial values.
     adversarial_scale: float = 1.0

@@ -30,6 +30,7 @@ from dr_fdsl.image_augment import ImageAugment
 from dr_fdsl.models import create_classifier, normalization
 from dr_fdsl.probe import LeakageProbe, colour_statistics
 from dr_fdsl.render import FractalRenderer, render_grid
+from dr_fdsl.sparse_sync import average_row_gradients, clip_sparse_grad_norm_
 from dr_fdsl.static import StaticViews, quantize, static_loader
 
 TB_DIR = "tensorboard"
@@ -125,19 +126,17 @@ class Trainer:
         self.mode = cfg.renderer.mode
         self.trainable_renderer = self.mode != "frozen"
         # The anchor of the adversarial penalty: the initial logits (identical on every process).
-        self.anchor = [p.detach().clone() for p in renderer.parameters()]
+        self.anchor = tuple(p.detach().clone() for p in renderer.parameters())
 
-        # Accelerate: prepare what trains. A frozen renderer has no trainable parameters, which DDP refuses;
-        # it stays a plain module, checkpointed as a registered object.
+        # Accelerate: prepare what trains. The renderer stays outside DDP: its gradients are row-sparse and are
+        # averaged row by row (sparse_sync), so a step pays for the categories it touched, not for all of them.
+        # It is checkpointed as a registered object; its SparseAdam goes through prepare like any optimiser.
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.renderer, self.renderer_optimizer = renderer, None
+        acc.register_for_checkpointing(renderer)
         if self.trainable_renderer:
-            renderer_optimizer = torch.optim.AdamW(renderer.parameters(), lr=cfg.renderer.lr,
-                                                   weight_decay=cfg.renderer.weight_decay)
-            self.schedulers.append(self.cosine(renderer_optimizer))
-            self.renderer, self.renderer_optimizer = acc.prepare(renderer, renderer_optimizer)
-        else:
-            self.renderer, self.renderer_optimizer = renderer, None
-            acc.register_for_checkpointing(renderer)
+            self.renderer_optimizer = acc.prepare(torch.optim.SparseAdam(renderer.parameters(), lr=cfg.renderer.lr))
+            self.schedulers.append(self.cosine(self.renderer_optimizer))
         self.probe = self.probe_optimizer = None
         if t.probe:
             probe = LeakageProbe(self.num_classes).to(acc.device)
@@ -202,7 +201,7 @@ class Trainer:
 
     @property
     def unwrapped_renderer(self) -> FractalRenderer:
-        return self.accelerator.unwrap_model(self.renderer)
+        return self.renderer  # never wrapped (see __init__); the name keeps call sites explicit
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
@@ -214,7 +213,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One micro-batch; an optimiser step when it completes an accumulation. Returns timings and metrics."""
         acc, t = self.accelerator, self.cfg.train
-        modules = [m for m in (self.model, self.renderer, self.probe) if m is not None]
+        modules = [m for m in (self.model, self.probe) if m is not None]
         timed = (self.step + 1) % t.log_every == 0 and acc.device.type == "cuda"
         start = time.perf_counter()
         with acc.accumulate(*modules):
@@ -236,8 +235,8 @@ class Trainer:
                     "raise optim.warmup_steps or use train.mixed_precision=no/bf16")
             total = loss
             if self.mode == "adversarial" and self.cfg.renderer.anchor_penalty > 0:
-                drift = sum(((p - a) ** 2).mean() for p, a in zip(self.unwrapped_renderer.parameters(), self.anchor))
-                total = total + self.cfg.renderer.anchor_penalty * drift
+                # On the rows this batch drew: the others do not move (SparseAdam is lazy).
+                total = total + self.cfg.renderer.anchor_penalty * self.renderer.drift(self.anchor)
             probe_correct = None
             if self.probe is not None:  # a separate graph on detached statistics: it never shapes the renderer
                 probe_logits = self.probe(colour_statistics(images, self.cfg.renderer.background_color[0]))
@@ -247,11 +246,14 @@ class Trainer:
 
             norms = {}
             if acc.sync_gradients:
+                if self.trainable_renderer:
+                    rows = average_row_gradients(self.renderer.parameters(), acc)
+                    norms["perf/renderer_rows_synced"] = torch.tensor(float(rows))
                 acc.unscale_gradients()  # once for all optimisers (fp16); no-op otherwise
                 clip = self.cfg.optim.clip_grad or math.inf
                 norms["grad_norm/classifier"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
                 if self.trainable_renderer:
-                    norms["grad_norm/renderer"] = torch.nn.utils.clip_grad_norm_(self.renderer.parameters(), clip)
+                    norms["grad_norm/renderer"] = clip_sparse_grad_norm_(self.renderer.parameters(), clip)
             for opt in (self.optimizer, self.renderer_optimizer, self.probe_optimizer):
                 if opt is not None:
                     opt.step()

@@ -49,7 +49,7 @@ def image_path(category: int, view: int) -> str:
 def dataset_settings(cfg: Config, views: int) -> dict:
     """What a dataset's pixels depend on: the bank, the renderer (as frozen), and the views per category."""
     renderer = to_dict(cfg.renderer)
-    for key in ("mode", "lr", "weight_decay", "adversarial_scale", "anchor_penalty"):
+    for key in ("mode", "lr", "adversarial_scale", "anchor_penalty"):
         renderer.pop(key)  # optimisation settings never change the initial (frozen) images
     bank = asdict(cfg.bank)
     bank.pop("cache_dir")

@@ -148,7 +148,7 @@ ALL_AUGMENTATIONS = AugmentConfig(scale=(0.7, 1.2), shift=0.2, subsample=(0.3, 0
 def test_default_construction_and_contract(small_bank):
     renderer = FractalRenderer(small_bank)
     assert renderer.cfg == RendererConfig() and renderer.image_size == 224
-    assert renderer.color_logits.shape == (6, 600, 3) and renderer.radius_logits.shape == (6, 600)
+    assert renderer.color_logits.shape == (6, 1800) and renderer.radius_logits.shape == (6, 600)
     assert not any(p.requires_grad for p in renderer.parameters())  # default mode: frozen
     small = FractalRenderer(small_bank, cfg())
     images = small(torch.tensor([0, 5]), torch.tensor([1, 2]))
@@ -236,19 +236,28 @@ def test_radius_at_its_bounds(r):
     assert renderer.radii().min() >= lo - 1e-7 and renderer.radii().max() <= hi + 1e-7
     images = renderer(torch.tensor([0, 1]), torch.tensor([0, 0]))
     images.mean().backward()
-    assert torch.isfinite(renderer.radius_logits.grad).all() and torch.isfinite(renderer.color_logits.grad).all()
+    assert all(torch.isfinite(p.grad.coalesce().values()).all() for p in renderer.parameters())
 
 
 def test_shared_tables_and_joint_gradients():
     shared = FractalRenderer(tiny_bank(), cfg(share_colors=True, share_radii=True, mode="joint"))
-    assert shared.color_logits.shape == (1, 300, 3) and shared.radius_logits.shape == (1, 300)
+    assert shared.color_logits.shape == (1, 900) and shared.radius_logits.shape == (1, 300)
     shared(torch.tensor([0, 3]), torch.tensor([0, 1])).mean().backward()
-    assert shared.color_logits.grad.abs().sum() > 0
+    assert shared.color_logits.grad.to_dense().abs().sum() > 0
     per_class = FractalRenderer(tiny_bank(), cfg(mode="joint", color_init="grey"))
     per_class(torch.tensor([2]), torch.tensor([0])).mean().backward()
-    touched = per_class.color_logits.grad.abs().sum(dim=(1, 2)) > 0
-    assert touched.tolist() == [False, False, True, False]  # only the rendered category learns
-    assert per_class.radius_logits.grad[2].abs().sum() > 0
+    for table in (per_class.color_logits, per_class.radius_logits):
+        grad = table.grad.coalesce()
+        assert grad.is_sparse and grad.indices()[0].tolist() == [2]  # only the rendered category's row
+        assert grad.values().abs().sum() > 0
+
+
+def test_gradients_touch_only_the_drawn_and_mixed_in_rows():
+    renderer = FractalRenderer(tiny_bank(num_classes=6), cfg(mode="joint", augment=AugmentConfig(mix=0.3)))
+    renderer(torch.tensor([1, 4]), torch.tensor([0, 0])).mean().backward()
+    rows = renderer.touched_rows.tolist()
+    assert 1 in rows and 4 in rows and 2 <= len(rows) <= 4  # own categories plus one mixed-in each
+    assert renderer.color_logits.grad.coalesce().indices()[0].tolist() == rows
 
 
 @pytest.mark.parametrize("key, value, pattern", [
@@ -321,7 +330,7 @@ def test_sort_backend_images_and_gradients(compositor):
         image = renderer(ids, seeds)
         image.pow(2).mean().backward()
         images.append(image)
-        grads.append([p.grad for p in renderer.parameters()])
+        grads.append([p.grad.to_dense() for p in renderer.parameters()])
     assert torch.equal(images[0], images[1])
     for a, b in zip(*grads):
         assert torch.equal(a, b)

@@ -256,3 +256,17 @@ def test_example_accelerate_configs_load():
     found = {p.stem: load_config_from_file(str(p)) for p in (ROOT / "configs" / "accelerate").glob("*.yaml")}
     assert set(found) == {"one_gpu", "multi_gpu", "multi_node"}
     assert found["multi_node"].num_machines == 2 and found["multi_gpu"].num_processes == 8
+
+
+def test_a_joint_step_moves_only_the_categories_it_drew(tmp_path, bank_dir):
+    trainer = Trainer(tiny(tmp_path, bank_dir, "renderer.mode=joint", "bank.num_classes=20", "train.probe=false",
+                           "optim.warmup_steps=0", "renderer.color_init=grey"))
+    before = renderer_params(trainer)
+    state = trainer.stream.state_dict()
+    drawn = set(trainer.stream.draw(8)[0].tolist())
+    trainer.stream.load_state_dict(state)
+    out = trainer.train_step()
+    assert out["perf/renderer_rows_synced"] == 2 * len(drawn)  # colour and radius rows of the drawn categories
+    for old, new in zip(before, renderer_params(trainer)):
+        moved = {c for c in range(20) if not torch.equal(old[c], new[c])}
+        assert moved == drawn

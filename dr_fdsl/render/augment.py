@@ -58,17 +58,19 @@ def subsample_mask(keys: torch.Tensor, num_points: int, cfg: AugmentConfig) -> t
     return rnd.uniform(keys, Stream.SUBSAMPLE, (num_points,)) < rate[:, None]
 
 
-def mix_sources(class_ids: torch.Tensor, keys: torch.Tensor, num_classes: int, num_points: int,
-                cfg: AugmentConfig) -> torch.Tensor:
-    """Which category each point comes from: ``(B, N)`` int64.
+def mix_partners(class_ids: torch.Tensor, keys: torch.Tensor, num_classes: int, num_points: int,
+                 cfg: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The category each image mixes in, and which of its points come from it.
 
     A fraction ``cfg.mix`` of each image's points (chosen at random) is taken, with colours and radii, from one
-    other category drawn per image; the rest from the image's own category.
+    other category drawn per image.
+
+    Returns:
+        other: ``(B,)`` int64, never the image's own category (its own when mixing is off).
+        mixed: ``(B, N)`` bool, True for points taken from ``other``.
     """
-    sources = class_ids[:, None].expand(-1, num_points)
     if cfg.mix <= 0 or num_classes < 2:
-        return sources
+        return class_ids, torch.zeros(len(class_ids), num_points, dtype=torch.bool, device=class_ids.device)
     offset = 1 + (rnd.uniform(keys, Stream.MIX_CLASS, ()) * (num_classes - 1)).long().clamp_max(num_classes - 2)
-    other = (class_ids + offset) % num_classes  # never the image's own category
-    mixed = rnd.uniform(keys, Stream.MIX_POINTS, (num_points,)) < cfg.mix
-    return torch.where(mixed, other[:, None], sources)
+    other = (class_ids + offset) % num_classes
+    return other, rnd.uniform(keys, Stream.MIX_POINTS, (num_points,)) < cfg.mix

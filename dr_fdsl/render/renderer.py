@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dr_fdsl.config import ConfigError, RendererConfig
@@ -13,7 +14,7 @@ from dr_fdsl.render.points import MAX_POINTS_PER_PIXEL, OFFSCREEN, Scene, render
 from dr_fdsl.render.streams import Stream
 from dr_fdsl.render.views import project, sample_views
 
-# Sigmoid parameterisations cannot reach their bounds: initial values are kept this far inside them.
+# Squashed parameterisations cannot reach their bounds: initial values are kept this far inside them.
 # White is then 1 - 1e-3, which still quantises to 255 in 8 bits.
 _INIT_MARGIN = 1e-3
 
@@ -52,9 +53,20 @@ def check_renderer_config(cfg: RendererConfig) -> None:
     need(0 < aug.pointwolf_scale[0] <= aug.pointwolf_scale[1], "augment.pointwolf_scale", "need 0 < low <= high")
 
 
-def _logit(p: torch.Tensor) -> torch.Tensor:
-    p = p.clamp(_INIT_MARGIN, 1 - _INIT_MARGIN)
-    return torch.log(p) - torch.log1p(-p)
+def squash(t: torch.Tensor) -> torch.Tensor:
+    """The algebraic sigmoid ``1/2 + t / (2 sqrt(1 + t^2))``: R -> (0, 1), smooth and monotone.
+
+    Unlike ``torch.sigmoid`` it uses only correctly rounded IEEE operations, whose vectorised and scalar CPU paths
+    agree, so a value does not depend on where it sits in a tensor: rendering only the rows a batch touches
+    stays bit-for-bit independent of the rest of the batch.
+    """
+    return 0.5 + 0.5 * (t / torch.sqrt(1.0 + t * t))
+
+
+def unsquash(p: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`squash` for ``p`` in (0, 1) (kept ``_INIT_MARGIN`` inside the bounds)."""
+    q = 2 * p.clamp(_INIT_MARGIN, 1 - _INIT_MARGIN) - 1
+    return q / torch.sqrt(1 - q * q)
 
 
 def initial_colors(cfg: RendererConfig, tables: int, num_points: int, generator: torch.Generator) -> torch.Tensor:
@@ -73,9 +85,13 @@ def initial_colors(cfg: RendererConfig, tables: int, num_points: int, generator:
 class FractalRenderer(nn.Module):
     """Renders (category, view seed) pairs of a fractal bank, differentiably in colours and radii.
 
-    Parameters (``share_*`` makes the leading dimension 1: one table for every category):
-        color_logits: ``(C, N, 3)``; colours are ``sigmoid(color_logits)`` in (0, 1).
-        radius_logits: ``(C, N)``; radii are ``radius_min + (radius_max - radius_min) * sigmoid(radius_logits)``.
+    Parameters, one row per category (``share_*`` makes a single row that every category uses):
+        color_logits: ``(C, N * 3)``; colours are ``squash(color_logits)`` in (0, 1), point-major RGB.
+        radius_logits: ``(C, N)``; radii are ``radius_min + (radius_max - radius_min) * squash(radius_logits)``.
+
+    A forward pass reads only the rows of the categories it draws (``F.embedding``); in a trainable renderer the
+    gradients are row-sparse, so synchronising and stepping them costs in proportion to those categories
+    (1,000 categories x 10,000 points are 40 M values; a batch touches at most a few hundred rows).
 
     The bank's points ``(C, N, 3)`` are neither a parameter nor a buffer: they are rebuilt from the bank's
     settings, not stored in checkpoints, and never broadcast by DDP. With ``cfg.mode == "frozen"`` no parameter
@@ -98,11 +114,12 @@ class FractalRenderer(nn.Module):
         color_tables = 1 if cfg.share_colors else self.num_classes
         radius_tables = 1 if cfg.share_radii else self.num_classes
         colors = initial_colors(cfg, color_tables, self.num_points, gen)
-        self.color_logits = nn.Parameter(_logit(colors))
+        self.color_logits = nn.Parameter(unsquash(colors).reshape(color_tables, -1))
         span = cfg.radius_max - cfg.radius_min
         fraction = (cfg.radius_init - cfg.radius_min) / span if span > 0 else 0.5
-        self.radius_logits = nn.Parameter(_logit(torch.full((radius_tables, self.num_points), fraction)))
+        self.radius_logits = nn.Parameter(unsquash(torch.full((radius_tables, self.num_points), fraction)))
         self.requires_grad_(cfg.mode != "frozen")
+        self.touched_rows: torch.Tensor | None = None  # categories drawn by the last forward
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -115,11 +132,27 @@ class FractalRenderer(nn.Module):
 
     def colors(self) -> torch.Tensor:
         """Colour tables ``(C or 1, N, 3)`` float32 in (0, 1)."""
-        return torch.sigmoid(self.color_logits)
+        return squash(self.color_logits).view(-1, self.num_points, 3)
 
     def radii(self) -> torch.Tensor:
         """Radius tables ``(C or 1, N)`` float32 in [radius_min, radius_max], NDC units."""
-        return self.cfg.radius_min + (self.cfg.radius_max - self.cfg.radius_min) * torch.sigmoid(self.radius_logits)
+        return self._radius(self.radius_logits)
+
+    def _radius(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.cfg.radius_min + (self.cfg.radius_max - self.cfg.radius_min) * squash(logits)
+
+    def _rows(self, table: nn.Parameter, rows: torch.Tensor) -> torch.Tensor:
+        """Rows of a parameter table, with a row-sparse gradient when the table trains."""
+        return F.embedding(rows, table, sparse=table.requires_grad)
+
+    def drift(self, anchors: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Mean squared distance of the last forward's rows from ``anchors`` (initial colour and radius logits)."""
+        rows = self.touched_rows
+        total = 0.0
+        for table, anchor in zip((self.color_logits, self.radius_logits), anchors):
+            mine = rows if table.shape[0] > 1 else torch.zeros_like(rows[:1])
+            total = total + ((self._rows(table, mine) - anchor[mine]) ** 2).mean()
+        return total
 
     def scene(self, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> Scene:
         """Everything but the drawing: augmented, projected points with their colours, radii and background.
@@ -139,20 +172,15 @@ class FractalRenderer(nn.Module):
         n = self.num_points
         keys = rnd.image_keys(class_ids, view_seeds)
 
-        # Which category each point comes from (its own, or another one's under mixing), as flat indices.
-        sources = augment.mix_sources(class_ids, keys, self.num_classes, n, aug)
-        point_index = torch.arange(n, device=device)
-        flat = sources * n + point_index
-        points = self.points.view(-1, 3)[flat]  # (B, N, 3)
-        # The parameterisations run on whole tables, then gather: torch's CPU sigmoid rounds an element
-        # differently (by one ulp) on its SIMD and scalar paths, chosen by the element's position, so applying
-        # it to the gathered batch would make an image depend on its place in the batch.
-        colors = self.colors().view(-1, 3)[flat if not cfg.share_colors else point_index]
-        radii = self.radii().view(-1)[flat if not cfg.share_radii else point_index]
-        if cfg.share_colors:
-            colors = colors.expand(len(class_ids), -1, -1)
-        if cfg.share_radii:
-            radii = radii.expand(len(class_ids), -1)
+        # Which category each point comes from: its own, or under mixing one other category's (same index).
+        other, mixed = augment.mix_partners(class_ids, keys, self.num_classes, n, aug)
+        rows, inverse = torch.unique(torch.cat([class_ids, other]), return_inverse=True)
+        self.touched_rows = rows
+        source = torch.where(mixed, inverse[len(class_ids):, None], inverse[:len(class_ids), None])  # (B, N)
+        point_index = torch.arange(n, device=device).expand_as(source)
+        points = self.points[rows][source, point_index]  # (B, N, 3)
+        colors = squash(self._lookup(self.color_logits, rows, source, point_index, 3))
+        radii = self._radius(self._lookup(self.radius_logits, rows, source, point_index, 1).squeeze(-1))
 
         # Object-space augmentations, then the camera.
         if aug.pointwolf:
@@ -168,6 +196,13 @@ class FractalRenderer(nn.Module):
         offscreen = torch.tensor([OFFSCREEN, OFFSCREEN, 1.0], device=device)
         ndc = torch.where(keep[..., None], ndc, offscreen)
         return Scene(ndc, colors, radii, self._background(keys))
+
+    def _lookup(self, table: nn.Parameter, rows: torch.Tensor, source: torch.Tensor, point_index: torch.Tensor,
+                width: int) -> torch.Tensor:
+        """Each point's logits ``(B, N, width)``: row ``rows[source]`` of ``table`` (row 0 if shared)."""
+        if table.shape[0] == 1:
+            rows, source = torch.zeros_like(rows[:1]), torch.zeros_like(source)
+        return self._rows(table, rows).view(len(rows), self.num_points, width)[source, point_index]
 
     def _background(self, keys: torch.Tensor) -> torch.Tensor:
         cfg, b = self.cfg, keys.shape[0]

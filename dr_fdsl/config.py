@@ -112,11 +112,11 @@ class RendererConfig:
     # "pytorch3d": rasterize_points (naive kernel on CPU, binned on CUDA). "sort": the same fragments from
     # footprint expansion and a (pixel, depth) sort in tensor ops (dr_fdsl/render/sort_raster.py).
     raster_backend: Literal["pytorch3d", "sort"] = "pytorch3d"
-    # Radii are NDC units (the image spans [-1, 1]); kept in [radius_min, radius_max] by a scaled sigmoid.
+    # Radii are NDC units (the image spans [-1, 1]); kept in [radius_min, radius_max] by a scaled squash (renderer.py).
     radius_init: float = 0.015
     radius_min: float = 0.005
     radius_max: float = 0.05
-    # Colours are kept in (0, 1) by a sigmoid; "palette": each category draws palette_size random colours.
+    # Colours are kept in (0, 1) by an algebraic sigmoid; "palette": each category draws palette_size random colours.
     color_init: Literal["white", "grey", "random", "palette"] = "white"
     palette_size: int = 4
     share_colors: bool = False  # one colour table for all categories instead of one per category

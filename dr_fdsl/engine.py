@@ -11,6 +11,7 @@ Renderer modes:
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import time
@@ -199,10 +200,6 @@ class Trainer:
                 "probe": c.train.probe, "num_processes": self.accelerator.num_processes,
                 "data": [c.data.source, c.data.views_per_class, c.data.quantize]}
 
-    @property
-    def unwrapped_renderer(self) -> FractalRenderer:
-        return self.renderer  # never wrapped (see __init__); the name keeps call sites explicit
-
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
 
@@ -293,7 +290,7 @@ class Trainer:
 
     def render_eval(self, ids: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         """Held-out views, through the same 8-bit rounding as training images when those are 8-bit."""
-        images = self.unwrapped_renderer(ids, seeds)
+        images = self.renderer(ids, seeds)
         if self.cfg.data.quantize or self.static is not None:
             images = quantize(images).float() / 255
         return images
@@ -331,7 +328,7 @@ class Trainer:
     def log_images(self) -> None:
         if self.writer is None:
             return
-        renderer = self.unwrapped_renderer
+        renderer = self.renderer
         grid = render_grid(renderer, self.grid_ids.to(self.accelerator.device),
                            self.grid_seeds.to(self.accelerator.device), nrow=4)
         self.writer.add_image("renders", grid, self.step)
@@ -342,7 +339,7 @@ class Trainer:
     def renderer_checksums(self) -> list[float]:
         """A float64 checksum of the rendering parameters from every process (they must agree)."""
         with torch.no_grad():
-            total = sum(p.double().sum() * (i + 1) for i, p in enumerate(self.unwrapped_renderer.parameters()))
+            total = sum(p.double().sum() * (i + 1) for i, p in enumerate(self.renderer.parameters()))
             mine = torch.as_tensor(total, dtype=torch.float64, device=self.accelerator.device).reshape(1)
         sums = self.accelerator.gather(mine).tolist()
         if len(set(sums)) > 1:
@@ -435,6 +432,21 @@ class Trainer:
             metrics = {f"hparam/{k.replace('/', '_')}": v for k, v in last_eval.items()}
             if self.writer is not None and metrics:
                 self.writer.add_hparams(hparams, metrics, run_name=".")
-        acc.wait_for_everyone()  # tear the process group down together: a rank leaving early can stall the other
-        acc.end_training()
+        acc.wait_for_everyone()
+        self.release_ddp()
+        acc.end_training()  # destroys the process group
         return summary
+
+    def release_ddp(self) -> None:
+        """Drops the DDP wrappers (keeping the plain modules) while the process group is still registered.
+
+        Left to interpreter exit, freeing DDP's reducer drops the last reference to the gloo process group, whose
+        destructor joins a worker thread that may itself wait for the GIL the exiting thread holds: a hang
+        observed in 2-process CPU runs (py-spy: ~ProcessGroupGloo -> thread::join vs ~AsyncAllgatherWork ->
+        gil_scoped_acquire).
+        """
+        self.model = self.accelerator.unwrap_model(self.model)
+        if self.probe is not None:
+            self.probe = self.accelerator.unwrap_model(self.probe)
+        self.accelerator.free_memory()  # Accelerate's own references to the wrapped modules
+        gc.collect()

@@ -48,7 +48,7 @@ def tiny(tmp_path, bank_dir, *overrides):
 
 
 def renderer_params(trainer):
-    return [p.detach().clone() for p in trainer.unwrapped_renderer.parameters()]
+    return [p.detach().clone() for p in trainer.renderer.parameters()]
 
 
 def model_params(trainer):
@@ -104,10 +104,10 @@ def test_joint_descends_and_adversarial_ascends(tmp_path, bank_dir):
         state = trainer.stream.state_dict()
         ids, seeds = trainer.stream.draw(8)
         trainer.stream.load_state_dict(state)
-        images = trainer.unwrapped_renderer(ids, seeds)
+        images = trainer.renderer(ids, seeds)
         loss = torch.nn.functional.cross_entropy(trainer.model(trainer.normalize(images)), ids,
                                                  label_smoothing=0.1)
-        grads[mode] = torch.autograd.grad(loss, list(trainer.unwrapped_renderer.parameters()))
+        grads[mode] = torch.autograd.grad(loss, list(trainer.renderer.parameters()))
         trainer.train_step()
         deltas[mode] = [a - b for a, b in zip(renderer_params(trainer), start)]
     for j, a in zip(deltas["joint"], deltas["adversarial"]):

@@ -12,11 +12,7 @@ timed steps after --warmup. The leakage probe is off: this measures the step its
 
 import argparse
 import json
-import os
-import platform
-import resource
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -24,26 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 
-def median_time(fn, steps: int, warmup: int, cuda: bool) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 def main() -> None:
     from dr_fdsl.config import load_config
     from dr_fdsl.engine import Trainer
     from dr_fdsl.render.points import composite, fragment_weights, rasterize
     from dr_fdsl.render.sort_raster import rasterize_sorted
+    from dr_fdsl.timing import machine_and_peak_memory, median_time
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu-preset", action="store_true", help="batch 256, 224 px, 10k points, ViT-Tiny, bf16")
@@ -76,8 +58,7 @@ def main() -> None:
 
     frozen = trainer("frozen")
     device = frozen.accelerator.device
-    cuda = device.type == "cuda"
-    if cuda:
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     b = args.batch
     ids, seeds = frozen.stream.draw(b)
@@ -92,11 +73,11 @@ def main() -> None:
         t.optimizer.step()
         t.optimizer.zero_grad(set_to_none=True)
 
-    step_alone = median_time(lambda: classifier_step(rendered, ids), args.steps, args.warmup, cuda)
-    step_frozen = median_time(frozen.train_step, args.steps, args.warmup, cuda)
+    step_alone = median_time(lambda: classifier_step(rendered, ids), args.steps, args.warmup, device)
+    step_frozen = median_time(frozen.train_step, args.steps, args.warmup, device)
 
     # Stages, each timed alone on the same batch.
-    renderer = frozen.unwrapped_renderer
+    renderer = frozen.renderer
     scene = renderer.scene(ids, seeds)
     raster = rasterize_sorted if args.backend == "sort" else rasterize
     fragments = raster(scene.points, scene.radii, args.size, args.k)
@@ -111,25 +92,21 @@ def main() -> None:
         frozen.accelerator.backward(frozen.image_aug.train_loss(frozen.model(x).float(), targets))
 
     stages = {
-        "points_and_camera": median_time(lambda: renderer.scene(ids, seeds), args.steps, args.warmup, cuda),
+        "points_and_camera": median_time(lambda: renderer.scene(ids, seeds), args.steps, args.warmup, device),
         "rasterise": median_time(lambda: raster(scene.points, scene.radii, args.size, args.k), args.steps,
-                                 args.warmup, cuda),
-        "composite_fwd_bwd": median_time(composite_fb, args.steps, args.warmup, cuda),
+                                 args.warmup, device),
+        "composite_fwd_bwd": median_time(composite_fb, args.steps, args.warmup, device),
         "image_augment": median_time(lambda: frozen.image_aug(frozen.normalize(rendered), ids), args.steps,
-                                     args.warmup, cuda),
-        "classifier_fwd_bwd": median_time(classifier_fb, args.steps, args.warmup, cuda),
-        "optimiser": median_time(lambda: frozen.optimizer.step(), args.steps, args.warmup, cuda),
+                                     args.warmup, device),
+        "classifier_fwd_bwd": median_time(classifier_fb, args.steps, args.warmup, device),
+        "optimiser": median_time(lambda: frozen.optimizer.step(), args.steps, args.warmup, device),
     }
     frozen.optimizer.zero_grad(set_to_none=True)
 
     joint = trainer("joint")
-    step_learnable = median_time(joint.train_step, args.steps, args.warmup, cuda)
+    step_learnable = median_time(joint.train_step, args.steps, args.warmup, device)
 
-    if cuda:
-        peak, machine = torch.cuda.max_memory_allocated() / 2**20, torch.cuda.get_device_name()
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    machine, peak, measured = machine_and_peak_memory(device)
     result = {
         "machine": machine, "batch": b, "size": args.size, "points": args.points, "k": args.k,
         "model": args.model, "precision": args.precision, "backend": args.backend,
@@ -147,7 +124,7 @@ def main() -> None:
           f"c/a = {result['ratio_learnable']:.3f}")
     for key, value in stages.items():
         print(f"      {key:<22} {value * 1e3:9.2f} ms/batch")
-    print(f"  peak memory {peak:.0f} MiB ({'CUDA allocated' if cuda else 'process RSS'})")
+    print(f"  peak memory {peak:.0f} MiB ({measured})")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

@@ -3,17 +3,13 @@
     python tools/bench_render.py --batch 128 --points 10000 --size 224 --k 8      # the issue's GPU setting
     python tools/bench_render.py --batch 16 --points 2000 --size 64               # a CPU-sized setting
 
-Stages are timed separately: scene (gathers, augmentations, projection), rasterise (PyTorch3D), and
+Stages are timed separately: scene (gathers, augmentations, projection), rasterise (--backend), and
 composite (weights + compositing, forward and backward).
 """
 
 import argparse
 import json
-import os
-import platform
-import resource
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -23,21 +19,8 @@ import torch  # noqa: E402
 from dr_fdsl.config import AugmentConfig, RendererConfig  # noqa: E402
 from dr_fdsl.fractals import build_bank  # noqa: E402
 from dr_fdsl.render import FractalRenderer, composite, fragment_weights, rasterize  # noqa: E402
-
-
-def timed(fn, device, repeats):
-    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+from dr_fdsl.render.sort_raster import rasterize_sorted  # noqa: E402
+from dr_fdsl.timing import machine_and_peak_memory, median_time  # noqa: E402
 
 
 def main() -> None:
@@ -49,12 +32,14 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--backend", default="pytorch3d", choices=["pytorch3d", "sort"])
     parser.add_argument("--json", type=str, default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
 
     bank = build_bank(num_classes=args.classes, num_points=args.points, seed=0, cache_dir="cache/banks")
     cfg = RendererConfig(mode="joint", image_size=args.size, points_per_pixel=args.k, color_init="random",
+                         raster_backend=args.backend,
                          augment=AugmentConfig(scale=(0.8, 1.1), shift=0.1, subsample=(0.6, 1.0)))
     renderer = FractalRenderer(bank, cfg).to(device)
     gen = torch.Generator().manual_seed(0)
@@ -70,7 +55,8 @@ def main() -> None:
         renderer(ids, seeds).mean().backward()
 
     scene = renderer.scene(ids, seeds)
-    fragments = rasterize(scene.points, scene.radii, args.size, args.k)
+    raster = rasterize_sorted if args.backend == "sort" else rasterize
+    fragments = raster(scene.points, scene.radii, args.size, args.k)
 
     def composite_fb():
         colors = scene.colors.detach().requires_grad_()
@@ -81,27 +67,22 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     stages = {
-        "scene_ms": timed(lambda: renderer.scene(ids, seeds), device, args.repeats),
-        "rasterize_ms": timed(lambda: rasterize(scene.points, scene.radii, args.size, args.k), device, args.repeats),
-        "composite_fwd_bwd_ms": timed(composite_fb, device, args.repeats),
-        "forward_ms": timed(forward, device, args.repeats),
-        "forward_backward_ms": timed(forward_backward, device, args.repeats),
+        "scene_ms": median_time(lambda: renderer.scene(ids, seeds), args.repeats, 1, device),
+        "rasterize_ms": median_time(lambda: raster(scene.points, scene.radii, args.size, args.k), args.repeats, 1,
+                                    device),
+        "composite_fwd_bwd_ms": median_time(composite_fb, args.repeats, 1, device),
+        "forward_ms": median_time(forward, args.repeats, 1, device),
+        "forward_backward_ms": median_time(forward_backward, args.repeats, 1, device),
     }
     per_image = {k.replace("_ms", "_ms_per_image"): round(v * 1e3 / args.batch, 4) for k, v in stages.items()}
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-        machine = torch.cuda.get_device_name()
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS, MiB
-        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
-                  f"{torch.get_num_threads()} torch threads"
+    machine, peak, measured = machine_and_peak_memory(device)
     result = {"batch": args.batch, "points": args.points, "size": args.size, "k": args.k, "device": args.device,
               "machine": machine, **{k: round(v * 1e3, 2) for k, v in stages.items()}, **per_image,
               "peak_memory_mib": round(peak, 1)}
-    print(f"{machine}: batch {args.batch}, {args.points} points, {args.size} px, K={args.k}")
+    print(f"{machine}: batch {args.batch}, {args.points} points, {args.size} px, K={args.k}, {args.backend}")
     for key, value in stages.items():
         print(f"  {key[:-3]:<20} {value * 1e3:9.2f} ms/batch {value * 1e3 / args.batch:8.3f} ms/image")
-    print(f"  peak memory          {peak:9.1f} MiB ({'CUDA allocated' if device.type == 'cuda' else 'RSS'})")
+    print(f"  peak memory          {peak:9.1f} MiB ({measured})")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -73,8 +74,6 @@ def export(renderer, cfg: Config, out: str | Path, views: int, batch_size: int =
     Raises:
         DatasetError: ``out`` holds a dataset made with other settings.
     """
-    import time
-
     out = Path(out)
     settings = dataset_settings(cfg, views)
     info = out / INFO

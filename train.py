@@ -20,6 +20,7 @@ def main(argv=None) -> int:
     add_config_args(parser)
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder of this run")
     args = parser.parse_args(argv)
+    trainer = None
     try:
         cfg = load_config(args.config, args.overrides)
         trainer = Trainer(cfg)
@@ -29,6 +30,11 @@ def main(argv=None) -> int:
     except (ConfigError, BankError, BankCacheError, CheckpointError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Checkpoints are written then renamed, so the newest one is whole whatever was interrupted.
+        where = f"at step {trainer.step}; last checkpoint: {trainer.last_checkpoint}" if trainer else "during set-up"
+        print(f"interrupted {where}. Continue with --resume latest", file=sys.stderr)
+        return 130
     if trainer.accelerator.is_main_process:
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k.startswith(("val/", "probe/")))
         print(f"done: {summary['step']} steps, {metrics}; logs and checkpoints in {cfg.output_dir}")

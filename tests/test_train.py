@@ -270,3 +270,24 @@ def test_a_joint_step_moves_only_the_categories_it_drew(tmp_path, bank_dir):
     for old, new in zip(before, renderer_params(trainer)):
         moved = {c for c in range(20) if not torch.equal(old[c], new[c])}
         assert moved == drawn
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_whole_checkpoint_to_resume_from(tmp_path, bank_dir):
+    import time
+
+    args = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/quickstart.yaml"),
+            f"output_dir={tmp_path / 'run'}", f"bank.cache_dir={bank_dir}", "bank.num_classes=4",
+            "bank.num_points=300", "model.name=test_vit", "train.batch_size=8", "train.max_steps=100000",
+            "train.ckpt_every=3", "train.eval_every=1000", "train.progress=false"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.time() + 120
+    while not list_checkpoints(tmp_path / "run") and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted at step" in err and "--resume latest" in err
+    resumed = Trainer(load_config(tmp_path / "run" / "config.yaml"))  # the run's own resolved config
+    resumed.resume("latest")  # whole and loadable
+    assert resumed.step % 3 == 0 and resumed.step >= 3

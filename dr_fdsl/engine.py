@@ -382,20 +382,21 @@ class Trainer:
         acc, t = self.accelerator, self.cfg.train
         bar = tqdm(total=t.max_steps, initial=self.step, desc=f"train ({self.mode})", unit="step",
                    disable=not (acc.is_main_process and t.progress), dynamic_ncols=True)
-        window = {"seconds": 0.0, "render_seconds": 0.0, "images": 0}
-        run_seconds = run_images = 0.0
+        images_per_micro_batch = t.batch_size * acc.num_processes
+        window = {"seconds": 0.0, "render_seconds": 0.0, "images": 0}  # since the last log line
+        run = {"seconds": 0.0, "images": 0}  # the whole run, for summary.json
         last_eval: dict[str, float] = {}
         if self.step == 0:
             self.log_images()
         while self.step < t.max_steps:
             before = self.step
             out = self.train_step()
-            out_seconds = out.pop("seconds")
-            window["seconds"] += out_seconds
+            seconds = out.pop("seconds")
+            window["seconds"] += seconds
             window["render_seconds"] += out.pop("render_seconds")
-            window["images"] += t.batch_size * acc.num_processes
-            run_seconds += out_seconds
-            run_images += t.batch_size * acc.num_processes
+            window["images"] += images_per_micro_batch
+            run["seconds"] += seconds
+            run["images"] += images_per_micro_batch
             if self.step == before:
                 continue  # inside an accumulation
             bar.update(1)
@@ -419,7 +420,7 @@ class Trainer:
         bar.close()
         summary = {"step": self.step, "num_processes": acc.num_processes, "total_batch": self.total_batch,
                    "lr": self.lr, "mode": self.mode, "source": self.cfg.data.source,
-                   "images_per_s": run_images / max(run_seconds, 1e-9), **last_eval,
+                   "images_per_s": run["images"] / max(run["seconds"], 1e-9), **last_eval,
                    "renderer_checksums": self.renderer_checksums(),
                    "first_view_seeds": acc.gather(torch.tensor(self.first_batch or [0] * 4,
                                                                device=acc.device)).view(acc.num_processes, -1).tolist(),

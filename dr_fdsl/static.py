@@ -92,19 +92,20 @@ def export(renderer, cfg: Config, out: str | Path, views: int, batch_size: int =
     device = next(renderer.parameters()).device
     start = time.perf_counter()
     bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="export", unit="img", disable=not progress)
-    with ThreadPoolExecutor(workers) as pool, torch.no_grad():  # PNG encoding overlaps the next batch's render
-        pending = []
+    with ThreadPoolExecutor(workers) as pool, torch.no_grad():
+        pending: list = []  # the previous batch's PNG writes, which run while this batch renders
         for i in range(0, len(todo), batch_size):
             chunk = todo[i:i + batch_size]
             ids = torch.tensor([c for c, _ in chunk], device=device)
             seeds = torch.tensor([v for _, v in chunk], device=device)
             images = quantize(renderer(ids, seeds)).cpu()
-            for (c, v), image in zip(chunk, images):
-                pending.append(pool.submit(_write_png, image, out / image_path(c, v)))
             for done in pending:
                 done.result()
-            pending = []
-            bar.update(len(chunk))
+            bar.update(len(pending))
+            pending = [pool.submit(_write_png, image, out / image_path(c, v)) for (c, v), image in zip(chunk, images)]
+        for done in pending:
+            done.result()
+        bar.update(len(pending))
     bar.close()
     seconds = time.perf_counter() - start
     tmp = out / (MANIFEST + ".tmp")

@@ -17,3 +17,9 @@ def small_bank():
     from dr_fdsl.fractals import build_bank
 
     return build_bank(num_classes=6, num_points=600, seed=1, cache_dir=None)
+
+
+@pytest.fixture(scope="session")
+def bank_dir(tmp_path_factory):
+    """One bank cache folder for every test that trains: each bank is built once per session."""
+    return tmp_path_factory.mktemp("banks")

@@ -16,11 +16,6 @@ VIEWS = 3
 
 
 @pytest.fixture(scope="module")
-def bank_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("banks")
-
-
-@pytest.fixture(scope="module")
 def exported(tmp_path_factory, bank_dir):
     """A 4-category x 3-view dataset of the tiny config, and that config."""
     root = tmp_path_factory.mktemp("static")

@@ -32,11 +32,6 @@ def run_processes(args, timeout, env=None):
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
-@pytest.fixture(scope="module")
-def bank_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("banks")
-
-
 def tiny(tmp_path, bank_dir, *overrides):
     """A run of a few steps: 4 categories, 32 px, timm's test_vit, batch 8."""
     base = [f"output_dir={tmp_path / 'run'}", f"bank.cache_dir={bank_dir}", "bank.num_classes=4",

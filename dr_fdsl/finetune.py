@@ -107,7 +107,7 @@ def finetune(s: FinetuneSettings) -> dict:
                                   t_in_epochs=False)
     acc.init_trackers("tensorboard", config={k: v for k, v in asdict(s).items() if v is not None})
 
-    def prepare(pixels: torch.Tensor) -> torch.Tensor:
+    def model_input(pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.float() / 255
         if x.shape[-1] != size or x.shape[-2] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
@@ -121,7 +121,7 @@ def finetune(s: FinetuneSettings) -> dict:
         model.train()
         total, batches = 0.0, 0
         for pixels, labels in train_loader:
-            x = prepare(pixels)
+            x = model_input(pixels)
             flip = torch.rand(x.shape[0], device=x.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
             loss = F.cross_entropy(model(x).float(), labels, label_smoothing=s.label_smoothing)
@@ -137,7 +137,7 @@ def finetune(s: FinetuneSettings) -> dict:
         correct = []
         with torch.no_grad():
             for pixels, labels in test_loader:
-                correct.append(acc.gather_for_metrics((model(prepare(pixels)).argmax(1) == labels).float()))
+                correct.append(acc.gather_for_metrics((model(model_input(pixels)).argmax(1) == labels).float()))
         top1.append(float(torch.cat(correct).mean()))
         acc.log({"finetune/train_loss": total / max(batches, 1), "finetune/test_top1": top1[-1]}, step=epoch + 1)
         bar.update(1)

@@ -1,9 +1,20 @@
-"""Checkpoints: Accelerate's ``save_state`` written whole (into a temporary folder, then renamed), pruned to
-the newest few, and checked against the run's config before ``load_state``.
+"""Checkpoints that load no pickle, resume exactly or refuse, and never delete another run's work.
 
-A checkpoint folder ``checkpoints/step_0001000/`` holds what ``save_state`` writes (classifier, renderer, probe,
-optimisers, schedulers, every process's RNG states, the per-rank view-stream generators) and
-``trainer_state.json`` with the step and the fingerprint of the settings a resume must share.
+A checkpoint folder ``checkpoints/step_0001000/`` holds:
+
+* what Accelerate's ``save_state`` writes for the prepared objects: ``model.safetensors`` (the objective's
+  backbone), ``model_1.safetensors`` (auxiliary modules such as the leakage probe), ``optimizer*.bin`` and every
+  process's ``random_states_<rank>.pkl``. ``load_state`` reads all of them with ``torch.load(weights_only=True)``;
+  no custom object is registered, because Accelerate loads those with ``weights_only=False`` (a crafted file
+  would run code).
+* ``renderer.safetensors``: the rendering parameters, only when they train (a frozen renderer is rebuilt from
+  the config: 1,000 categories x 10,000 points are 160 MB of unchanging colours and radii).
+* ``trainer_state.json``: the step, the view stream's position, the run id and the fingerprint of the settings
+  a resume must share.
+
+The written folder is complete or absent: it is written under a temporary name and renamed. The learning-rate
+schedule is not stored: it is recomputed from the current config and the step, so a resumed run with a new
+``train.max_steps`` or ``optim.lr`` follows the new schedule.
 """
 
 from __future__ import annotations
@@ -12,14 +23,16 @@ import json
 import os
 import re
 import shutil
+import uuid
 from pathlib import Path
 
+from dr_fdsl.config import Config, content_settings, image_settings
+from dr_fdsl.errors import CheckpointError
+
 STATE_FILE = "trainer_state.json"
+RENDERER_FILE = "renderer.safetensors"
+RANDOM_STATES = "random_states_{rank}.pkl"  # Accelerate's name
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be resumed from, with the reason and what to do."""
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
@@ -35,20 +48,80 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def step_path(output_dir: str | Path, step: int) -> Path:
+    return checkpoint_dir(output_dir) / f"step_{step:07d}"
+
+
 def temporary_path(output_dir: str | Path, step: int) -> Path:
     return checkpoint_dir(output_dir) / f".incomplete_step_{step:07d}"
 
 
-def finalize(tmp: Path, step: int, fingerprint: dict, keep: int) -> Path:
-    """Main process: writes the state file, renames ``tmp`` into place, deletes all but the newest ``keep``."""
-    (tmp / STATE_FILE).write_text(json.dumps({"step": step, "fingerprint": fingerprint}, indent=2))
-    final = tmp.parent / f"step_{step:07d}"
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def refuse_to_overwrite(output_dir: str | Path) -> None:
+    """A fresh run must not write into a folder holding another run's checkpoints (it would prune them)."""
+    found = list_checkpoints(output_dir)
+    if found:
+        raise CheckpointError(
+            f"output_dir '{output_dir}' already holds checkpoints of another run (newest: {found[-1].name}); "
+            f"continue it with --resume latest, or start a new run with another output_dir=...")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Fingerprints: what a resume must share with the checkpoint
+# --------------------------------------------------------------------------------------------------------
+
+
+def fingerprint(cfg: Config, num_processes: int) -> dict:
+    """Settings a checkpoint must share with the run that resumes it, in two groups.
+
+    ``required``: what gives the saved tensors their meaning (bank, renderer tables and radius range, model,
+    objective, mode, processes). ``exact``: what changes the random stream (seeds, batch, image and point
+    augmentations, data source); a resume with other values runs, but not as the original would have.
+    """
+    images = image_settings(cfg)
+    renderer = images["renderer"]
+    required = {"bank": images["bank"], "model": cfg.model.name, "objective": cfg.train.objective,
+                "mode": cfg.renderer.mode, "probe": cfg.train.probe, "num_processes": num_processes,
+                "tables": {k: renderer[k] for k in ("image_size", "share_colors", "share_radii", "radius_min",
+                                                   "radius_max", "color_init", "palette_size", "init_seed")}}
+    exact = {"seed": cfg.seed, "renderer": renderer, "batch_size": cfg.train.batch_size,
+             "grad_accum": cfg.train.grad_accum, "image_aug": content_settings(cfg.image_aug),
+             "data": content_settings(cfg.data), "mixed_precision": cfg.train.mixed_precision}
+    return {"required": required, "exact": exact}
+
+
+def _differences(saved: dict, current: dict) -> str:
+    return "; ".join(f"{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in current.items()
+                     if saved.get(k) != v)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Writing and reading
+# --------------------------------------------------------------------------------------------------------
+
+
+def finalize(tmp: Path, state: dict, keep: int, run_id: str) -> Path:
+    """Main process: writes the state file, renames ``tmp`` into place, then deletes this run's checkpoints
+    beyond the newest ``keep`` (folders whose state names another run id are never touched)."""
+    (tmp / STATE_FILE).write_text(json.dumps({**state, "run_id": run_id}, indent=2))
+    final = tmp.parent / f"step_{state['step']:07d}"
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in list_checkpoints(tmp.parent.parent)[:-keep] if keep > 0 else []:
+    mine = [p for p in list_checkpoints(tmp.parent.parent) if _run_id(p) == run_id]
+    for old in mine[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _run_id(path: Path) -> str | None:
+    try:
+        return json.loads((path / STATE_FILE).read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def resolve(output_dir: str | Path, resume: str) -> Path:
@@ -65,18 +138,49 @@ def resolve(output_dir: str | Path, resume: str) -> Path:
     return path
 
 
-def read_state(path: Path, fingerprint: dict) -> int:
-    """The step stored in checkpoint ``path``, after checking it was made with the same settings."""
+def read_state(path: Path, current: dict, num_processes: int, allow_inexact: bool = False) -> dict:
+    """The saved state of checkpoint ``path`` after checking it can be resumed as asked.
+
+    Refuses (``CheckpointError`` with the reason) a corrupt state file, other ``required`` settings, and, unless
+    ``allow_inexact``, other ``exact`` settings or a missing or unreadable random state of any process.
+    """
     try:
         state = json.loads((path / STATE_FILE).read_text())
-        step = int(state["step"])
+        int(state["step"]), int(state["stream_index"])
         saved = state["fingerprint"]
+        saved["required"], saved["exact"]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"checkpoint '{path}' is incomplete or corrupt ({STATE_FILE}: {err}); resume from "
+        raise CheckpointError(f"checkpoint '{path}' is incomplete or corrupt ({STATE_FILE}: {err!r}); resume from "
                               f"another one (--resume PATH) or start afresh") from err
-    differing = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
+    differing = _differences(saved["required"], current["required"])
     if differing:
-        detail = "; ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, (a, b) in differing.items())
-        raise CheckpointError(f"checkpoint '{path}' was made with other settings ({detail}); resume with the "
+        raise CheckpointError(f"checkpoint '{path}' was made with other settings ({differing}); resume with the "
                               f"config of that run (its config.yaml) or start a new output_dir")
-    return step
+    problems = []
+    differing = _differences(saved["exact"], current["exact"])
+    if differing:
+        problems.append(f"settings that change the random stream differ ({differing})")
+    problems += [f"{name}: {why}" for name, why in _random_state_problems(path, num_processes)]
+    if problems and not allow_inexact:
+        raise CheckpointError(
+            f"checkpoint '{path}' cannot be resumed exactly: {'; '.join(problems)}. Resume with the settings of "
+            "that run, or pass --allow-inexact-resume to continue with other randomness")
+    state["inexact"] = problems
+    return state
+
+
+def _random_state_problems(path: Path, num_processes: int) -> list[tuple[str, str]]:
+    """Every process's random-state file must exist and load with ``weights_only=True`` (Accelerate would only
+    log a failure and continue with other randomness)."""
+    from accelerate.utils import load
+
+    problems = []
+    for rank in range(num_processes):
+        name = RANDOM_STATES.format(rank=rank)
+        try:
+            states = load(path / name)
+            if not isinstance(states, dict) or "torch_manual_seed" not in states:
+                raise ValueError("not a random-state dictionary")
+        except Exception as err:  # missing, truncated, or a pickle that weights_only refuses
+            problems.append((name, f"missing or unreadable ({type(err).__name__}: {str(err)[:160]})"))
+    return problems

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
 import re
 import types
 import typing
@@ -20,14 +22,23 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used, with the key at fault and how to fix it."""
+from dr_fdsl.errors import ConfigError
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML with YAML 1.2 booleans: only true/false. YAML 1.1 also reads yes/no/on/off as booleans, which would
-    turn ``mixed_precision: no`` into False."""
+    """YAML with YAML 1.2 scalars where 1.1 surprises: only true/false are booleans (1.1 also reads yes/no/on/off,
+    which would turn ``mixed_precision: no`` into False), ``1e-3`` is a float (1.1 needs a dot: ``1.0e-3``), and
+    a key given twice in one mapping is an error (1.1 silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"key {key!r} appears twice in one section (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
 
 _BOOL = "tag:yaml.org,2002:bool"
@@ -36,10 +47,18 @@ _Loader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
 
 
 def _read_yaml(text: str):
     return yaml.load(text, Loader=_Loader)
+
+
+# A field with this metadata does not change what a run generates (points or pixels): optimisation settings,
+# cache folders. Every "settings that change the images" list (bank cache key, static dataset check, checkpoint
+# fingerprint) is derived from it by :func:`content_settings`.
+NOT_CONTENT = {"content": False}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -48,12 +67,9 @@ def _read_yaml(text: str):
 
 
 @dataclass
-class BankConfig:
-    """The fractal category bank: one 3D iterated function system (IFS) per category."""
+class IFS3DConfig:
+    """Family ``ifs3d``: one 3D iterated function system per category (3D-OFDB), kept by a variance filter."""
 
-    num_classes: int = 1000
-    num_points: int = 10000
-    seed: int = 0
     # "uniform": the 3D-OFDB recipe, 12 parameters per map from U(-1, 1), rejection by variance.
     # "svd": contractive maps A = R1 diag(s) R2 with singular values s in (0, 1) (Anderson & Farrell).
     sampler: Literal["uniform", "svd"] = "uniform"
@@ -61,8 +77,23 @@ class BankConfig:
     min_maps: int = 2
     max_maps: int = 7
     burn_in: int = 100
+
+
+@dataclass
+class BankConfig:
+    """The bank of point sets: one per category, built by a formula family (``family``, see dr_fdsl/families).
+
+    The settings of the chosen family live in the section named after it (``bank.ifs3d`` for ``ifs3d``); the
+    sections of other families are ignored.
+    """
+
+    family: str = "ifs3d"
+    num_classes: int = 1000
+    num_points: int = 10000
+    seed: int = 0
+    ifs3d: IFS3DConfig = field(default_factory=IFS3DConfig, metadata={"family": True})
     # Where built banks are cached, keyed by the settings above.
-    cache_dir: str = "cache/banks"
+    cache_dir: str = field(default="cache/banks", metadata=NOT_CONTENT)
 
 
 @dataclass
@@ -105,7 +136,7 @@ class AugmentConfig:
 class RendererConfig:
     """The differentiable point renderer: learnable per-point colours and radii, PyTorch3D compositing."""
 
-    mode: Literal["frozen", "joint", "adversarial"] = "frozen"
+    mode: Literal["frozen", "joint", "adversarial"] = field(default="frozen", metadata=NOT_CONTENT)
     image_size: int = 224
     points_per_pixel: int = 8
     compositor: Literal["alpha", "norm_weighted"] = "alpha"
@@ -131,11 +162,11 @@ class RendererConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Optimisation of the rendering parameters (modes "joint" and "adversarial"): SparseAdam on the logits
     # (lazy: only the rows of the categories a step drew move), warm-up and cosine like the classifier.
-    lr: float = 1e-2
+    lr: float = field(default=1e-2, metadata=NOT_CONTENT)
     # "adversarial": the renderer ascends the loss through a gradient reversal of this scale, and pays
     # anchor_penalty * mean squared distance of its logits from their initial values.
-    adversarial_scale: float = 1.0
-    anchor_penalty: float = 1e-2
+    adversarial_scale: float = field(default=1.0, metadata=NOT_CONTENT)
+    anchor_penalty: float = field(default=1e-2, metadata=NOT_CONTENT)
 
 
 @dataclass
@@ -189,6 +220,9 @@ class DataConfig:
 class TrainConfig:
     """The step-based loop. Steps are optimiser steps; ``batch_size`` is per process and per micro-batch."""
 
+    # What a step computes from the rendered images (dr_fdsl/objectives): "classify" is classification of the
+    # categories with image_aug's Mixup/CutMix, label smoothing and the leakage probe.
+    objective: str = "classify"
     max_steps: int = 1000
     batch_size: int = 64
     grad_accum: int = 1
@@ -317,28 +351,44 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
             raise ConfigError(f"config override {item!r} must look like 'section.key=value'")
         try:
             value = _read_yaml(raw) if raw != "" else ""
-        except yaml.YAMLError as err:
+        except (yaml.YAMLError, ConfigError) as err:
             raise ConfigError(f"config override {item!r}: value is not valid YAML ({err})") from err
         parsed.append((key.strip(), value))
     return parsed
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), cls: type = Config) -> Any:
-    """Defaults, then the YAML file at ``path``, then dotted ``overrides``; checked before returning."""
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), cls: type = Config,
+                validate: bool = True) -> Any:
+    """Defaults, then the YAML file at ``path``, then dotted ``overrides``; every check runs before returning.
+
+    ``cls`` may be another dataclass (e.g. the fine-tuning settings); ``validate`` runs :func:`validate_config`
+    on a :class:`Config` and ``cls.validate()`` on any other class that has one.
+    """
     tree: dict = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist; the shipped ones are in configs/")
         try:
-            tree = _read_yaml(path.read_text()) or {}
+            tree = _read_yaml(path.read_text())
+        except ConfigError as err:
+            raise ConfigError(f"config file '{path}': {err}") from err
         except yaml.YAMLError as err:
             raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from err
+        if tree is None:
+            # An empty file would silently run the dataclass defaults (a 1,000-category ViT-Tiny run).
+            raise ConfigError(f"config file '{path}' is empty; give at least one section (see configs/)")
         if not isinstance(tree, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping of sections, got {type(tree).__name__}")
     for key, value in parse_overrides(overrides):
         _set_dotted(tree, key, value)
-    return from_dict(cls, tree)
+    cfg = from_dict(cls, tree)
+    if validate:
+        if isinstance(cfg, Config):
+            validate_config(cfg)
+        elif hasattr(cfg, "validate"):
+            cfg.validate()
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict:
@@ -366,3 +416,168 @@ def add_config_args(parser) -> None:
     """Adds the shared ``--config FILE`` option and trailing ``key=value`` overrides to an argparse parser."""
     parser.add_argument("--config", type=str, default=None, help="YAML file under configs/")
     parser.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. train.max_steps=100")
+
+
+# --------------------------------------------------------------------------------------------------------
+# What changes the generated images, and every check of a value (run by load_config, before any work)
+# --------------------------------------------------------------------------------------------------------
+
+
+def content_settings(section: Any) -> dict:
+    """The fields of a config section that change what is generated (points or pixels), as plain types.
+
+    Fields marked :data:`NOT_CONTENT` are left out; of the bank's family sections only the chosen family's is
+    kept. This is the one source for the bank cache key, the static dataset check and the checkpoint fingerprint.
+    """
+    out = {}
+    for f in dataclasses.fields(section):
+        if f.metadata.get("content", True) is False:
+            continue
+        if f.metadata.get("family") and f.name != getattr(section, "family", None):
+            continue
+        out[f.name] = _plain(getattr(section, f.name))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return content_settings(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def image_settings(cfg: Config) -> dict:
+    """Everything a rendered image depends on: the bank's content and the renderer's (as first initialised)."""
+    return {"bank": content_settings(cfg.bank), "renderer": content_settings(cfg.renderer)}
+
+
+# Refuse sizes whose buffers would not fit in this machine's memory, with an estimate (bytes per element x count).
+_FRAGMENT_BYTES = 8 + 4 + 4 + 4  # packed index, depth, squared distance, weight per (pixel, slot)
+
+
+def _machine_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def need(ok: bool, key: str, what: str) -> None:
+    """Raises ``ConfigError("config key 'key': what")`` unless ``ok``: the one shape of every config check."""
+    if not ok:
+        raise ConfigError(f"config key '{key}': {what}")
+
+
+def finite(value: float) -> bool:
+    return math.isfinite(value)
+
+
+def validate_config(cfg: Config) -> None:
+    """Every range and consistency check of a run's config. Raises :class:`ConfigError` naming the key and fix."""
+
+    need(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
+    need(bool(cfg.output_dir.strip()), "output_dir", "must name a folder")
+
+    t = cfg.train
+    for key in ("max_steps", "batch_size", "grad_accum", "log_every", "eval_every", "image_every", "ckpt_every",
+                "eval_images", "keep_checkpoints"):
+        need(getattr(t, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
+    need(finite(t.probe_lr) and t.probe_lr > 0, "train.probe_lr", f"must be a positive number, got {t.probe_lr}")
+
+    o = cfg.optim
+    need(finite(o.lr) and o.lr > 0, "optim.lr", f"must be a positive number, got {o.lr}")
+    need(finite(o.min_lr) and 0 <= o.min_lr <= o.lr, "optim.min_lr", f"must be in [0, optim.lr], got {o.min_lr}")
+    need(finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    need(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+    need(finite(o.clip_grad) and o.clip_grad >= 0, "optim.clip_grad", f"must be >= 0 (0: off), got {o.clip_grad}")
+
+    a = cfg.image_aug
+    for key in ("mix_prob", "switch_prob", "random_erasing", "hflip", "vflip"):
+        value = getattr(a, key)
+        need(0 <= value <= 1, f"image_aug.{key}", f"is a probability: must be in [0, 1], got {value}")
+    need(a.mixup >= 0 and a.cutmix >= 0, "image_aug.mixup", "mixup and cutmix (Beta alphas) must be >= 0")
+    need(0 <= a.label_smoothing < 1, "image_aug.label_smoothing", f"must be in [0, 1), got {a.label_smoothing}")
+    mixing = a.mix_prob > 0 and (a.mixup > 0 or a.cutmix > 0)
+    need(not mixing or t.batch_size % 2 == 0, "train.batch_size",
+         f"Mixup/CutMix pair images within a batch: needs an even batch, got {t.batch_size} (or set "
+         "image_aug.mix_prob=0)")
+
+    d = cfg.data
+    need(d.views_per_class >= 0, "data.views_per_class", f"must be >= 0, got {d.views_per_class}")
+    need(d.workers >= 0, "data.workers", f"must be >= 0, got {d.workers}")
+    if d.source == "static":
+        need(bool(d.path), "data.path", "must name a dataset folder when data.source=static")
+        need(cfg.renderer.mode == "frozen", "renderer.mode",
+             f"data.source=static trains on fixed images: it needs renderer.mode=frozen, got {cfg.renderer.mode!r}")
+
+    _validate_bank(cfg.bank)
+    validate_renderer(cfg.renderer)
+    _validate_sizes(cfg)
+
+    # Registries: imported here, not at module level, because families and objectives import this module.
+    from dr_fdsl.families import get_family
+    from dr_fdsl.objectives import get_objective
+
+    get_family(cfg.bank.family).validate(cfg.bank)
+    get_objective(t.objective).validate(cfg)
+
+
+def _validate_bank(b: BankConfig) -> None:
+    need(b.num_classes >= 1, "bank.num_classes", f"must be positive, got {b.num_classes}")
+    need(b.num_points >= 1, "bank.num_points", f"must be positive, got {b.num_points}")
+    need(b.seed >= 0, "bank.seed", f"must be >= 0, got {b.seed}")
+
+
+def validate_renderer(r: RendererConfig) -> None:
+    """The renderer section's checks (also run by ``PointRenderer`` for configs built in Python)."""
+    from dr_fdsl.render.types import MAX_POINTS_PER_PIXEL
+
+    need(r.image_size >= 1, "renderer.image_size", f"must be positive, got {r.image_size}")
+    need(1 <= r.points_per_pixel <= MAX_POINTS_PER_PIXEL, "renderer.points_per_pixel",
+         f"must be in [1, {MAX_POINTS_PER_PIXEL}] (PyTorch3D's limit), got {r.points_per_pixel}")
+    need(0 < r.radius_min <= r.radius_init <= r.radius_max, "renderer.radius_init",
+         f"need 0 < radius_min <= radius_init <= radius_max, got {r.radius_min}, {r.radius_init}, {r.radius_max}")
+    need(r.palette_size >= 1, "renderer.palette_size", f"must be positive, got {r.palette_size}")
+    need(all(0 <= c <= 1 for c in r.background_color), "renderer.background_color", "channels must be in [0, 1]")
+    need(0 <= r.background_noise <= 1, "renderer.background_noise", "must be in [0, 1]")
+    need(finite(r.lr) and r.lr > 0, "renderer.lr", f"must be a positive number, got {r.lr}")
+    need(r.adversarial_scale > 0, "renderer.adversarial_scale", f"must be positive, got {r.adversarial_scale}")
+    need(r.anchor_penalty >= 0, "renderer.anchor_penalty", f"must be >= 0, got {r.anchor_penalty}")
+    view, aug = r.view, r.augment
+    for key in ("azimuth", "elevation", "roll", "distance", "fov", "ortho_scale"):
+        lo, hi = getattr(view, key)
+        need(lo <= hi, f"renderer.view.{key}", f"range [{lo}, {hi}] has low > high")
+    need(view.distance[0] > 0, "renderer.view.distance", "must be positive (camera to cloud centre)")
+    need(view.fov[0] > 0 and view.fov[1] < 180, "renderer.view.fov", "must lie in (0, 180) degrees")
+    need(view.ortho_scale[0] > 0, "renderer.view.ortho_scale", "must be positive")
+    need(0 < aug.scale[0] <= aug.scale[1], "renderer.augment.scale", f"need 0 < low <= high, got {aug.scale}")
+    need(0 < aug.subsample[0] <= aug.subsample[1] <= 1, "renderer.augment.subsample",
+         f"need 0 < low <= high <= 1 (fractions of points kept), got {aug.subsample}")
+    need(aug.shift >= 0 and aug.jitter >= 0, "renderer.augment.shift", "shift and jitter must be >= 0")
+    need(0 <= aug.mix < 1, "renderer.augment.mix",
+         f"fraction of points from another category must be in [0, 1), got {aug.mix}")
+    need(aug.pointwolf_anchors >= 1 and aug.pointwolf_sigma > 0, "renderer.augment.pointwolf_anchors",
+         "need at least one anchor and a positive pointwolf_sigma")
+    need(0 < aug.pointwolf_scale[0] <= aug.pointwolf_scale[1], "renderer.augment.pointwolf_scale",
+         "need 0 < low <= high")
+
+
+def _validate_sizes(cfg: Config) -> None:
+    """Refuses sizes that cannot fit in this machine's memory, with the estimate (before minutes of work)."""
+    memory = _machine_memory()
+    b, r = cfg.bank, cfg.renderer
+    # The bank (float32 points) plus colour and radius tables (float32 logits), and SparseAdam's two moments
+    # of each when they train.
+    tables = b.num_classes * b.num_points * (3 + 3 + 1) * 4 * (1 if r.mode == "frozen" else 3)
+    if tables > memory:
+        raise ConfigError(f"config keys 'bank.num_classes' x 'bank.num_points' ({b.num_classes} x {b.num_points}): "
+                          f"the bank and its rendering tables need about {_gib(tables)}, more than this machine's "
+                          f"{_gib(memory)}; lower them")
+    fragments = cfg.train.batch_size * r.image_size**2 * r.points_per_pixel * _FRAGMENT_BYTES
+    if fragments > memory:
+        raise ConfigError(f"config key 'renderer.image_size' ({r.image_size} px, batch {cfg.train.batch_size}, "
+                          f"K={r.points_per_pixel}): one batch's fragments need about {_gib(fragments)}, more than "
+                          f"this machine's {_gib(memory)}; lower renderer.image_size, train.batch_size or "
+                          "renderer.points_per_pixel")

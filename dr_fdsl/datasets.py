@@ -20,11 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dr_fdsl.errors import DataError
+
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-class DataError(RuntimeError):
-    """A dataset that cannot be found or read, with where it was looked for and how to get it."""
 
 
 @dataclass

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from dr_fdsl import checkpoint, datasets
-from dr_fdsl.config import ConfigError, ModelConfig, load_config
+from dr_fdsl.config import ModelConfig, load_config
+from dr_fdsl.errors import ConfigError
 from dr_fdsl.models import create_classifier, normalization
 
 

@@ -8,7 +8,8 @@ import timm
 import torch
 from torch import nn
 
-from dr_fdsl.config import ConfigError, ModelConfig
+from dr_fdsl.config import ModelConfig
+from dr_fdsl.errors import ConfigError
 
 
 def create_classifier(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:

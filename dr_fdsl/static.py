@@ -19,7 +19,6 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -27,15 +26,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_png, encode_png
 from tqdm import tqdm
 
-from dr_fdsl.config import Config, ConfigError, to_dict
+from dr_fdsl.config import Config, image_settings
+from dr_fdsl.errors import ConfigError, DatasetError
 
-FORMAT = 1
+FORMAT = 2  # 2: bank settings by family (content_settings)
 INFO = "dataset.json"
 MANIFEST = "manifest.csv"
-
-
-class DatasetError(RuntimeError):
-    """A dataset folder that cannot be used as asked (with the reason and the fix)."""
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
@@ -48,14 +44,10 @@ def image_path(category: int, view: int) -> str:
 
 
 def dataset_settings(cfg: Config, views: int) -> dict:
-    """What a dataset's pixels depend on: the bank, the renderer (as frozen), and the views per category."""
-    renderer = to_dict(cfg.renderer)
-    for key in ("mode", "lr", "adversarial_scale", "anchor_penalty"):
-        renderer.pop(key)  # optimisation settings never change the initial (frozen) images
-    bank = asdict(cfg.bank)
-    bank.pop("cache_dir")
-    return {"format": FORMAT, "views": views, "image_size": cfg.renderer.image_size, "bank": bank,
-            "renderer": renderer}
+    """What a dataset's pixels depend on: the bank, the renderer (as first initialised), the views per category."""
+    images = image_settings(cfg)
+    return {"format": FORMAT, "views": views, "image_size": cfg.renderer.image_size, "bank": images["bank"],
+            "renderer": images["renderer"]}
 
 
 def _write_png(image: torch.Tensor, path: Path) -> None:

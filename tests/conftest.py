@@ -14,7 +14,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def small_bank():
     """Six categories of 600 points, built once for the whole session (no cache on disk)."""
-    from dr_fdsl.fractals import build_bank
+    from dr_fdsl.bank import build_bank
 
     return build_bank(num_classes=6, num_points=600, seed=1, cache_dir=None)
 

@@ -46,7 +46,7 @@ def check_or_update(name: str, values: dict) -> None:
 @pytest.mark.parametrize("setting", sorted(RENDER_SETTINGS))
 def test_golden_renders(small_bank, setting):
     from dr_fdsl.config import load_config
-    from dr_fdsl.render import FractalRenderer
+    from dr_fdsl.render import PointRenderer
     from dr_fdsl.static import quantize
 
     ids = torch.arange(6).repeat_interleave(3)
@@ -57,7 +57,7 @@ def test_golden_renders(small_bank, setting):
             cfg = load_config(None, [*RENDER_SETTINGS[setting], f"renderer.raster_backend={backend}",
                                      f"renderer.compositor={compositor}"])
             with torch.no_grad():
-                images = quantize(FractalRenderer(small_bank, cfg.renderer)(ids, seeds))
+                images = quantize(PointRenderer(small_bank, cfg.renderer)(ids, seeds))
             digests[f"{setting}/{backend}/{compositor}"] = hashlib.sha256(images.numpy().tobytes()).hexdigest()
     check_or_update(f"renders_{setting}", digests)
 
@@ -67,13 +67,13 @@ def test_golden_quickstart_losses(tmp_path, bank_dir, mode):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from dr_fdsl.config import load_config
-    from dr_fdsl.engine import Trainer
+    from dr_fdsl.engine import build_run, fit
 
     cfg = load_config(ROOT / "configs" / "quickstart.yaml", [
         f"output_dir={tmp_path / 'run'}", f"bank.cache_dir={bank_dir}", f"renderer.mode={mode}",
         "train.max_steps=5", "train.log_every=1", "train.eval_every=5", "train.image_every=5",
         "train.ckpt_every=5", "train.progress=false"])
-    Trainer(cfg).fit()
+    fit(build_run(cfg))
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
     trace = {tag: [repr(e.value) for e in events.Scalars(tag)] for tag in ("train/loss", "val/loss")}

@@ -5,7 +5,7 @@ import torch
 
 from dr_fdsl.config import AugmentConfig, ConfigError, RendererConfig, ViewConfig
 from dr_fdsl.fractals import FractalBank
-from dr_fdsl.render import FractalRenderer, Scene, fragment_weights, rasterize, render_grid, render_scene, save_grid
+from dr_fdsl.render import PointRenderer, Scene, fragment_weights, rasterize, render_grid, render_scene, save_grid
 from dr_fdsl.render.points import OFFSCREEN, bin_occupancy_bound
 from tests.reference_render import pixel_centres, reference_render
 
@@ -146,11 +146,11 @@ ALL_AUGMENTATIONS = AugmentConfig(scale=(0.7, 1.2), shift=0.2, subsample=(0.3, 0
 
 
 def test_default_construction_and_contract(small_bank):
-    renderer = FractalRenderer(small_bank)
+    renderer = PointRenderer(small_bank)
     assert renderer.cfg == RendererConfig() and renderer.image_size == 224
     assert renderer.color_logits.shape == (6, 1800) and renderer.radius_logits.shape == (6, 600)
     assert not any(p.requires_grad for p in renderer.parameters())  # default mode: frozen
-    small = FractalRenderer(small_bank, cfg())
+    small = PointRenderer(small_bank, cfg())
     images = small(torch.tensor([0, 5]), torch.tensor([1, 2]))
     assert images.shape == (2, 3, SIZE, SIZE) and images.dtype == torch.float32
     assert images.min() >= 0 and images.max() <= 1 and images.max() > 0.9  # white points on black
@@ -160,7 +160,7 @@ def test_default_construction_and_contract(small_bank):
 @pytest.mark.parametrize("augment", [AugmentConfig(), ALL_AUGMENTATIONS])
 @pytest.mark.parametrize("background", ["color", "random_color", "noise"])
 def test_frozen_images_are_reproducible_and_batch_independent(augment, background):
-    renderer = FractalRenderer(tiny_bank(), cfg(augment=augment, background=background, color_init="random"))
+    renderer = PointRenderer(tiny_bank(), cfg(augment=augment, background=background, color_init="random"))
     ids, seeds = torch.tensor([0, 1, 3, 1]), torch.tensor([5, 5, 9, 123456789012])
     batch = renderer(ids, seeds)
     assert torch.equal(batch, renderer(ids, seeds))
@@ -172,21 +172,21 @@ def test_frozen_images_are_reproducible_and_batch_independent(augment, backgroun
 
 
 def test_each_augmentation_switches_alone():
-    renderer = FractalRenderer(tiny_bank(), cfg())
+    renderer = PointRenderer(tiny_bank(), cfg())
     ids, seeds = torch.tensor([0, 2]), torch.tensor([3, 4])
     plain = renderer.scene(ids, seeds).points
     for name, value in [("scale", (0.5, 0.8)), ("shift", 0.3), ("subsample", (0.2, 0.5)), ("jitter", 0.05),
                         ("pointwolf", True), ("mix", 0.5)]:
-        one = FractalRenderer(tiny_bank(), cfg(augment=AugmentConfig(**{name: value})))
+        one = PointRenderer(tiny_bank(), cfg(augment=AugmentConfig(**{name: value})))
         assert not torch.equal(one.scene(ids, seeds).points, plain), name
-    sub = FractalRenderer(tiny_bank(), cfg(augment=AugmentConfig(subsample=(0.25, 0.25))))
+    sub = PointRenderer(tiny_bank(), cfg(augment=AugmentConfig(subsample=(0.25, 0.25))))
     kept = (sub.scene(ids, seeds).points[..., 0] != OFFSCREEN).float().mean()
     assert 0.18 < kept < 0.32
 
 
 def test_mixing_takes_points_and_colours_from_another_category():
     bank = tiny_bank(num_classes=3)
-    renderer = FractalRenderer(bank, cfg(augment=AugmentConfig(mix=0.3), color_init="palette", palette_size=1))
+    renderer = PointRenderer(bank, cfg(augment=AugmentConfig(mix=0.3), color_init="palette", palette_size=1))
     scene = renderer.scene(torch.tensor([1]), torch.tensor([7]))
     own = (scene.colors[0] - renderer.colors()[1]).abs().sum(-1) < 1e-6
     assert 0.55 < own.float().mean() < 0.85  # ~70% own colour, the rest one other category's
@@ -197,13 +197,13 @@ def test_mixing_takes_points_and_colours_from_another_category():
     ViewConfig(projection="orthographic"), ViewConfig(distance=(2.5, 4.0), fov=(30, 60)),
 ])
 def test_view_options_render(view):
-    images = FractalRenderer(tiny_bank(), cfg(view=view))(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    images = PointRenderer(tiny_bank(), cfg(view=view))(torch.tensor([0, 1]), torch.tensor([0, 1]))
     assert images.shape == (2, 3, SIZE, SIZE) and images.max() > 0.5
 
 
 def test_rotation_none_projects_by_hand():
     bank = tiny_bank(num_classes=1, num_points=5)
-    renderer = FractalRenderer(bank, cfg(view=ViewConfig(rotation="none", distance=(3.0, 3.0), fov=(90.0, 90.0))))
+    renderer = PointRenderer(bank, cfg(view=ViewConfig(rotation="none", distance=(3.0, 3.0), fov=(90.0, 90.0))))
     ndc = renderer.scene(torch.tensor([0]), torch.tensor([0])).points[0]
     p = bank.points[0]
     torch.testing.assert_close(ndc[:, :2], p[:, :2] / (p[:, 2:] + 3.0))  # focal 1 at 90 degrees
@@ -212,7 +212,7 @@ def test_rotation_none_projects_by_hand():
 
 @pytest.mark.parametrize("init", ["white", "grey", "random", "palette"])
 def test_initialisation_and_bounds(init):
-    renderer = FractalRenderer(tiny_bank(), cfg(color_init=init, mode="joint", radius_min=0.01, radius_max=0.05))
+    renderer = PointRenderer(tiny_bank(), cfg(color_init=init, mode="joint", radius_min=0.01, radius_max=0.05))
     colors = renderer.colors()
     assert colors.shape == (4, 300, 3) and colors.min() > 0 and colors.max() < 1
     if init == "white":
@@ -232,7 +232,7 @@ def test_initialisation_and_bounds(init):
 @pytest.mark.parametrize("r", [(0.01, 0.01, 0.05), (0.05, 0.01, 0.05), (0.03, 0.03, 0.03)])
 def test_radius_at_its_bounds(r):
     init, lo, hi = r
-    renderer = FractalRenderer(tiny_bank(), cfg(radius_init=init, radius_min=lo, radius_max=hi, mode="joint"))
+    renderer = PointRenderer(tiny_bank(), cfg(radius_init=init, radius_min=lo, radius_max=hi, mode="joint"))
     assert renderer.radii().min() >= lo - 1e-7 and renderer.radii().max() <= hi + 1e-7
     images = renderer(torch.tensor([0, 1]), torch.tensor([0, 0]))
     images.mean().backward()
@@ -240,11 +240,11 @@ def test_radius_at_its_bounds(r):
 
 
 def test_shared_tables_and_joint_gradients():
-    shared = FractalRenderer(tiny_bank(), cfg(share_colors=True, share_radii=True, mode="joint"))
+    shared = PointRenderer(tiny_bank(), cfg(share_colors=True, share_radii=True, mode="joint"))
     assert shared.color_logits.shape == (1, 900) and shared.radius_logits.shape == (1, 300)
     shared(torch.tensor([0, 3]), torch.tensor([0, 1])).mean().backward()
     assert shared.color_logits.grad.to_dense().abs().sum() > 0
-    per_class = FractalRenderer(tiny_bank(), cfg(mode="joint", color_init="grey"))
+    per_class = PointRenderer(tiny_bank(), cfg(mode="joint", color_init="grey"))
     per_class(torch.tensor([2]), torch.tensor([0])).mean().backward()
     for table in (per_class.color_logits, per_class.radius_logits):
         grad = table.grad.coalesce()
@@ -253,7 +253,7 @@ def test_shared_tables_and_joint_gradients():
 
 
 def test_gradients_touch_only_the_drawn_and_mixed_in_rows():
-    renderer = FractalRenderer(tiny_bank(num_classes=6), cfg(mode="joint", augment=AugmentConfig(mix=0.3)))
+    renderer = PointRenderer(tiny_bank(num_classes=6), cfg(mode="joint", augment=AugmentConfig(mix=0.3)))
     renderer(torch.tensor([1, 4]), torch.tensor([0, 0])).mean().backward()
     rows = renderer.touched_rows.tolist()
     assert 1 in rows and 4 in rows and 2 <= len(rows) <= 4  # own categories plus one mixed-in each
@@ -270,11 +270,11 @@ def test_gradients_touch_only_the_drawn_and_mixed_in_rows():
 ])
 def test_bad_settings_name_the_key(key, value, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        FractalRenderer(tiny_bank(), dataclasses.replace(cfg(), **{key: value}))
+        PointRenderer(tiny_bank(), dataclasses.replace(cfg(), **{key: value}))
 
 
 def test_bad_inputs():
-    renderer = FractalRenderer(tiny_bank(), cfg())
+    renderer = PointRenderer(tiny_bank(), cfg())
     with pytest.raises(ValueError, match=r"class_ids must lie in \[0, 4\)"):
         renderer(torch.tensor([4]), torch.tensor([0]))
     with pytest.raises(ValueError, match="must both be"):
@@ -282,7 +282,7 @@ def test_bad_inputs():
 
 
 def test_grid_png(tmp_path):
-    renderer = FractalRenderer(tiny_bank(), cfg())
+    renderer = PointRenderer(tiny_bank(), cfg())
     grid = render_grid(renderer, torch.arange(4), torch.zeros(4, dtype=torch.long), nrow=2)
     assert grid.shape == (3, 2 * SIZE + 6, 2 * SIZE + 6)
     path = save_grid(grid, tmp_path / "g.png")
@@ -296,7 +296,7 @@ def test_grid_png(tmp_path):
 
 @pytest.mark.parametrize("k, seed", [(1, 0), (4, 1), (8, 2), (30, 3)])
 def test_sort_backend_gives_pytorch3d_fragments(k, seed):
-    from dr_fdsl.render.sort_raster import rasterize_sorted
+    from dr_fdsl.render.raster_sort import rasterize_sorted
 
     scene = random_scene(b=3, n=80, seed=seed)  # points partly outside the image, radii up to 0.3
     points = scene.points.clone()
@@ -309,7 +309,7 @@ def test_sort_backend_gives_pytorch3d_fragments(k, seed):
 
 
 def test_sort_backend_edge_cases():
-    from dr_fdsl.render.sort_raster import rasterize_sorted
+    from dr_fdsl.render.raster_sort import rasterize_sorted
 
     nothing = torch.tensor([[[OFFSCREEN, OFFSCREEN, 1.0]]])
     assert (rasterize_sorted(nothing, torch.tensor([[0.1]]), SIZE, 4).idx == -1).all()
@@ -325,7 +325,7 @@ def test_sort_backend_images_and_gradients(compositor):
     ids, seeds = torch.tensor([0, 1, 2, 3]), torch.tensor([4, 5, 6, 7])
     images, grads = [], []
     for backend in ("pytorch3d", "sort"):
-        renderer = FractalRenderer(tiny_bank(), cfg(raster_backend=backend, mode="joint", compositor=compositor,
+        renderer = PointRenderer(tiny_bank(), cfg(raster_backend=backend, mode="joint", compositor=compositor,
                                                     augment=aug, color_init="random"))
         image = renderer(ids, seeds)
         image.pow(2).mean().backward()

@@ -7,8 +7,8 @@ from torchvision.io import read_image
 
 from dr_fdsl.config import ConfigError
 from dr_fdsl.engine import Trainer
-from dr_fdsl.fractals import bank_from_config
-from dr_fdsl.render import FractalRenderer
+from dr_fdsl.bank import bank_from_config
+from dr_fdsl.render import PointRenderer
 from dr_fdsl.static import DatasetError, StaticViews, export, image_path, quantize
 from tests.test_train import tiny
 
@@ -20,7 +20,7 @@ def exported(tmp_path_factory, bank_dir):
     """A 4-category x 3-view dataset of the tiny config, and that config."""
     root = tmp_path_factory.mktemp("static")
     cfg = tiny(root, bank_dir, "renderer.augment.subsample=[0.5,1.0]", "renderer.color_init=palette")
-    renderer = FractalRenderer(bank_from_config(cfg.bank), cfg.renderer)
+    renderer = PointRenderer(bank_from_config(cfg.bank), cfg.renderer)
     counts = export(renderer, cfg, root / "data", VIEWS, batch_size=5, progress=False)
     assert counts["written"] == 4 * VIEWS
     return root / "data", cfg, renderer

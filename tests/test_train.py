@@ -12,8 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from dr_fdsl.checkpoint import CheckpointError, list_checkpoints
 from dr_fdsl.config import ConfigError, load_config
 from dr_fdsl.engine import NonFiniteLossError, Trainer
-from dr_fdsl.fractals import bank_from_config
-from dr_fdsl.render import FractalRenderer
+from dr_fdsl.bank import bank_from_config
+from dr_fdsl.render import PointRenderer
 from tests.conftest import ROOT
 
 BIN = os.path.dirname(sys.executable)
@@ -66,7 +66,7 @@ def test_each_mode_trains_logs_and_checkpoints(tmp_path, bank_dir, mode):
     after = renderer_params(trainer)
     if mode == "frozen":
         assert all(torch.equal(a, b) for a, b in zip(before, after))
-        fresh = FractalRenderer(bank_from_config(cfg.bank), cfg.renderer)
+        fresh = PointRenderer(bank_from_config(cfg.bank), cfg.renderer)
         assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), after))
     else:
         assert not any(torch.equal(a, b) for a, b in zip(before, after))
@@ -203,7 +203,7 @@ def test_two_processes_render_different_streams_and_share_the_renderer(tmp_path,
     assert first != second  # every rank renders its own stream
     a, b = summary["renderer_checksums"]
     assert a == b  # synchronised gradients keep the rendering parameters identical
-    start = FractalRenderer(bank_from_config(load_config(tmp_path / "run" / "config.yaml").bank),
+    start = PointRenderer(bank_from_config(load_config(tmp_path / "run" / "config.yaml").bank),
                             load_config(tmp_path / "run" / "config.yaml").renderer)
     assert a != sum(float(p.detach().double().sum()) * (i + 1) for i, p in enumerate(start.parameters()))  # moved
 

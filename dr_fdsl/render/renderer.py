@@ -1,56 +1,25 @@
-"""``FractalRenderer``: the bank's clouds with learnable per-point colours and radii, drawn in the training step."""
+"""``PointRenderer``: the bank's point sets with learnable per-point colours and radii, drawn in the training step."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dr_fdsl.config import ConfigError, RendererConfig
-from dr_fdsl.fractals import FractalBank
+from dr_fdsl.bank import PointBank
+from dr_fdsl.config import RendererConfig, validate_renderer
 from dr_fdsl.render import augment
 from dr_fdsl.render import random as rnd
-from dr_fdsl.render.points import MAX_POINTS_PER_PIXEL, OFFSCREEN, Scene, render_scene
+from dr_fdsl.render.composite import render_scene
 from dr_fdsl.render.streams import Stream
+from dr_fdsl.render.types import OFFSCREEN, Scene
 from dr_fdsl.render.views import project, sample_views
 
 # Squashed parameterisations cannot reach their bounds: initial values are kept this far inside them.
 # White is then 1 - 1e-3, which still quantises to 255 in 8 bits.
 _INIT_MARGIN = 1e-3
-
-
-def check_renderer_config(cfg: RendererConfig) -> None:
-    """Fails with the key and the fix for settings the renderer cannot honour."""
-
-    def need(ok: bool, key: str, what: str) -> None:
-        if not ok:
-            raise ConfigError(f"config key 'renderer.{key}': {what}")
-
-    need(cfg.image_size >= 1, "image_size", f"must be positive, got {cfg.image_size}")
-    need(1 <= cfg.points_per_pixel <= MAX_POINTS_PER_PIXEL, "points_per_pixel",
-         f"must be in [1, {MAX_POINTS_PER_PIXEL}] (PyTorch3D's limit), got {cfg.points_per_pixel}")
-    need(0 < cfg.radius_min <= cfg.radius_init <= cfg.radius_max, "radius_init",
-         f"need 0 < radius_min <= radius_init <= radius_max, got {cfg.radius_min}, {cfg.radius_init}, "
-         f"{cfg.radius_max}")
-    need(cfg.palette_size >= 1, "palette_size", f"must be positive, got {cfg.palette_size}")
-    need(all(0 <= c <= 1 for c in cfg.background_color), "background_color", "channels must be in [0, 1]")
-    need(0 <= cfg.background_noise <= 1, "background_noise", "must be in [0, 1]")
-    view, aug = cfg.view, cfg.augment
-    for key in ("azimuth", "elevation", "roll", "distance", "fov", "ortho_scale"):
-        lo, hi = getattr(view, key)
-        need(lo <= hi, f"view.{key}", f"range [{lo}, {hi}] has low > high")
-    need(view.distance[0] > 0, "view.distance", "must be positive (camera to cloud centre)")
-    need(view.fov[0] > 0 and view.fov[1] < 180, "view.fov", "must lie in (0, 180) degrees")
-    need(view.ortho_scale[0] > 0, "view.ortho_scale", "must be positive")
-    need(0 < aug.scale[0] <= aug.scale[1], "augment.scale", f"need 0 < low <= high, got {aug.scale}")
-    need(0 < aug.subsample[0] <= aug.subsample[1] <= 1, "augment.subsample",
-         f"need 0 < low <= high <= 1 (fractions of points kept), got {aug.subsample}")
-    need(aug.shift >= 0 and aug.jitter >= 0, "augment.shift", "shift and jitter must be >= 0")
-    need(0 <= aug.mix < 1, "augment.mix", f"fraction of points from another category must be in [0, 1), "
-                                          f"got {aug.mix}")
-    need(aug.pointwolf_anchors >= 1 and aug.pointwolf_sigma > 0, "augment.pointwolf_anchors",
-         "need at least one anchor and a positive pointwolf_sigma")
-    need(0 < aug.pointwolf_scale[0] <= aug.pointwolf_scale[1], "augment.pointwolf_scale", "need 0 < low <= high")
 
 
 def squash(t: torch.Tensor) -> torch.Tensor:
@@ -82,8 +51,16 @@ def initial_colors(cfg: RendererConfig, tables: int, num_points: int, generator:
     return torch.gather(palette, 1, choice[..., None].expand(-1, -1, 3))
 
 
-class FractalRenderer(nn.Module):
-    """Renders (category, view seed) pairs of a fractal bank, differentiably in colours and radii.
+class Rendered(NamedTuple):
+    """images: ``(B, 3, H, W)`` float32 in [0, 1]. rows: ``(R,)`` int64, sorted, the categories whose colour and
+    radius rows the images read (the drawn ones and, under mixing, the mixed-in ones)."""
+
+    images: torch.Tensor
+    rows: torch.Tensor
+
+
+class PointRenderer(nn.Module):
+    """Renders (category, view seed) pairs of a bank, differentiably in colours and radii.
 
     Parameters, one row per category (``share_*`` makes a single row that every category uses):
         color_logits: ``(C, N * 3)``; colours are ``squash(color_logits)`` in (0, 1), point-major RGB.
@@ -93,23 +70,22 @@ class FractalRenderer(nn.Module):
     gradients are row-sparse, so synchronising and stepping them costs in proportion to those categories
     (1,000 categories x 10,000 points are 40 M values; a batch touches at most a few hundred rows).
 
-    The bank's points ``(C, N, 3)`` are neither a parameter nor a buffer: they are rebuilt from the bank's
-    settings, not stored in checkpoints, and never broadcast by DDP. With ``cfg.mode == "frozen"`` no parameter
-    requires grad and the renderer draws the classic static dataset.
+    The bank's points ``(C, N, 3)`` are a non-persistent buffer: they move with the module but are rebuilt from
+    the bank's settings rather than stored in checkpoints. (The renderer is never wrapped in DDP, so nothing
+    broadcasts them.) With ``cfg.mode == "frozen"`` no parameter requires grad and the renderer draws the classic
+    static dataset.
 
     Example:
-        >>> renderer = FractalRenderer(build_bank(num_classes=10, num_points=2000))
+        >>> renderer = PointRenderer(build_bank(num_classes=10, num_points=2000))
         >>> images = renderer(torch.tensor([0, 3]), torch.tensor([17, 17]))  # (2, 3, 224, 224) in [0, 1]
     """
 
-    def __init__(self, bank: FractalBank, cfg: RendererConfig | None = None):
+    def __init__(self, bank: PointBank, cfg: RendererConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg if cfg is not None else RendererConfig()
-        check_renderer_config(cfg)
+        validate_renderer(cfg)
         self.num_classes, self.num_points = bank.num_classes, bank.num_points
-        # A plain tensor, not a buffer: DDP broadcasts buffers from rank 0 at every forward (120 MB per step
-        # for 1,000 x 10,000 points), and the points never change. ``_apply`` moves it with the module.
-        self.points = bank.points.float().clone()
+        self.register_buffer("points", bank.points.float().clone(), persistent=False)
         gen = torch.Generator().manual_seed(cfg.init_seed)
         color_tables = 1 if cfg.share_colors else self.num_classes
         radius_tables = 1 if cfg.share_radii else self.num_classes
@@ -119,12 +95,6 @@ class FractalRenderer(nn.Module):
         fraction = (cfg.radius_init - cfg.radius_min) / span if span > 0 else 0.5
         self.radius_logits = nn.Parameter(unsquash(torch.full((radius_tables, self.num_points), fraction)))
         self.requires_grad_(cfg.mode != "frozen")
-        self.touched_rows: torch.Tensor | None = None  # categories drawn by the last forward
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        self.points = fn(self.points)
-        return self
 
     @property
     def image_size(self) -> int:
@@ -145,17 +115,18 @@ class FractalRenderer(nn.Module):
         """Rows of a parameter table, with a row-sparse gradient when the table trains."""
         return F.embedding(rows, table, sparse=table.requires_grad)
 
-    def drift(self, anchors: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Mean squared distance of the last forward's rows from ``anchors`` (initial colour and radius logits)."""
-        rows = self.touched_rows
+    def drift(self, rows: torch.Tensor, anchors: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Mean squared distance of ``rows`` (``Rendered.rows``) from ``anchors`` (initial colour and radius
+        logits): a scalar whose gradient touches only those rows."""
         total = 0.0
         for table, anchor in zip((self.color_logits, self.radius_logits), anchors):
             mine = rows if table.shape[0] > 1 else torch.zeros_like(rows[:1])
             total = total + ((self._rows(table, mine) - anchor[mine]) ** 2).mean()
         return total
 
-    def scene(self, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> Scene:
-        """Everything but the drawing: augmented, projected points with their colours, radii and background.
+    def scene(self, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> tuple[Scene, torch.Tensor]:
+        """Everything but the drawing: augmented, projected points with their colours, radii and background,
+        and the ``(R,)`` table rows they read (see :class:`Rendered`).
 
         Args:
             class_ids: ``(B,)`` int64 in ``[0, C)``.
@@ -175,7 +146,6 @@ class FractalRenderer(nn.Module):
         # Which category each point comes from: its own, or under mixing one other category's (same index).
         other, mixed = augment.mix_partners(class_ids, keys, self.num_classes, n, aug)
         rows, inverse = torch.unique(torch.cat([class_ids, other]), return_inverse=True)
-        self.touched_rows = rows
         source = torch.where(mixed, inverse[len(class_ids):, None], inverse[:len(class_ids), None])  # (B, N)
         point_index = torch.arange(n, device=device).expand_as(source)
         points = self.points[rows][source, point_index]  # (B, N, 3)
@@ -195,7 +165,7 @@ class FractalRenderer(nn.Module):
         keep = visible & augment.subsample_mask(keys, n, aug)
         offscreen = torch.tensor([OFFSCREEN, OFFSCREEN, 1.0], device=device)
         ndc = torch.where(keep[..., None], ndc, offscreen)
-        return Scene(ndc, colors, radii, self._background(keys))
+        return Scene(ndc, colors, radii, self._background(keys)), rows
 
     def _lookup(self, table: nn.Parameter, rows: torch.Tensor, source: torch.Tensor, point_index: torch.Tensor,
                 width: int) -> torch.Tensor:
@@ -213,16 +183,21 @@ class FractalRenderer(nn.Module):
         size = cfg.image_size
         return cfg.background_noise * rnd.uniform(keys, Stream.BACKGROUND, (3, size, size))
 
-    def forward(self, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> torch.Tensor:
-        """Renders ``(B,)`` categories from ``(B,)`` view seeds: ``(B, 3, H, W)`` float32 in [0, 1].
+    def render(self, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> Rendered:
+        """Renders ``(B,)`` categories from ``(B,)`` view seeds: images and the table rows they read.
 
         Always float32, outside autocast (PyTorch3D's kernels are float32 only). Image rows run top to bottom
         and columns follow PyTorch3D's NDC (+x to the left).
         """
         with torch.autocast(device_type=self.points.device.type, enabled=False):
-            scene = self.scene(class_ids, view_seeds)
-            return render_scene(scene, self.cfg.image_size, self.cfg.points_per_pixel, self.cfg.compositor,
-                                self.cfg.raster_backend)
+            scene, rows = self.scene(class_ids, view_seeds)
+            images = render_scene(scene, self.cfg.image_size, self.cfg.points_per_pixel, self.cfg.compositor,
+                                  self.cfg.raster_backend)
+        return Rendered(images, rows)
+
+    def forward(self, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> torch.Tensor:
+        """``render(...).images``: ``(B, 3, H, W)`` float32 in [0, 1]."""
+        return self.render(class_ids, view_seeds).images
 
     def extra_repr(self) -> str:
         return (f"classes={self.num_classes}, points={self.num_points}, image_size={self.cfg.image_size}, "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from dr_fdsl.render.points import Fragments
+from dr_fdsl.render.types import Fragments
 
 
 def pixel_centre(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -21,7 +21,7 @@ def pixel_centre(index: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def rasterize_sorted(points: torch.Tensor, radii: torch.Tensor, image_size: int, points_per_pixel: int) -> Fragments:
-    """Same contract as :func:`dr_fdsl.render.points.rasterize`.
+    """Same contract as :func:`dr_fdsl.render.raster_pytorch3d.rasterize`.
 
     Args:
         points: ``(B, N, 3)`` float32 NDC points (z >= 0 is drawn). radii: ``(B, N)`` float32, used detached.
@@ -59,8 +59,9 @@ def rasterize_sorted(points: torch.Tensor, radii: torch.Tensor, image_size: int,
     depth = pz[owner]
     dist2 = dist2[owner, hit_row, hit_col]
     packed = batch[owner] * n + point[owner]
-    # Sort by (pixel, depth): depths are >= 0, so their float32 bit patterns order like the values.
-    key = pixel * 2**31 + depth.view(torch.int32).long()
+    # Sort by (pixel, depth): depths are >= 0, so their float32 bit patterns order like the values, except -0.0
+    # (drawn, as PyTorch3D draws it), whose sign bit makes its pattern negative: adding +0.0 turns it into +0.0.
+    key = pixel * 2**31 + (depth + 0.0).view(torch.int32).long()
     order = torch.sort(key, stable=True).indices
     pixel, depth, dist2, packed = pixel[order], depth[order], dist2[order], packed[order]
     # Rank of each fragment within its pixel: position minus the position where its pixel's run starts.

@@ -1,0 +1,140 @@
+"""The bank: every category's point set, as a formula family built it, cached on disk.
+
+A bank is a pure function of ``content_settings(cfg.bank)`` (family, classes, points, seed and the family's own
+section): the cache file is named by a hash of those settings and holds them, so a file is never read for other
+settings. Files are written then renamed (never half-written) and read with ``torch.load(weights_only=True)``:
+a cache file cannot run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from dr_fdsl.config import BankConfig, content_settings
+from dr_fdsl.errors import BankCacheError
+from dr_fdsl.families import get_family
+
+BANK_FORMAT = 2  # 2: generic params dict, any family (1: 3D IFS only)
+
+
+@dataclass
+class PointBank:
+    """The categories of a formula-driven dataset.
+
+    Attributes:
+        points: ``(C, N, 3)`` float32, each point set centred, coordinates in ``[-1, 1]``.
+        params: the family's formula parameters, tensors whose first dimension is ``C`` (for ``ifs3d``: ``affine
+            (C, M, 3, 4)``, ``probs (C, M)``, ``num_maps (C,)``).
+        settings: ``content_settings`` of the ``BankConfig`` that made it.
+        draws: how many candidate formulas were drawn to find these ``C``.
+    """
+
+    points: torch.Tensor
+    params: dict[str, torch.Tensor]
+    settings: dict
+    draws: int
+
+    @property
+    def num_classes(self) -> int:
+        return self.points.shape[0]
+
+    @property
+    def num_points(self) -> int:
+        return self.points.shape[1]
+
+
+def cache_path(cfg: BankConfig) -> Path:
+    """The cache file for these settings: a hash of every setting that changes the bank is in its name."""
+    settings = content_settings(cfg)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    name = f"bank-v{BANK_FORMAT}-{cfg.family}-c{cfg.num_classes}-n{cfg.num_points}-{digest}.pt"
+    return Path(os.path.expanduser(cfg.cache_dir)) / name
+
+
+def generate_bank(cfg: BankConfig, progress: bool = False) -> PointBank:
+    """Builds the bank with ``cfg.family`` (no cache)."""
+    family = get_family(cfg.family)
+    family.validate(cfg)
+    out = family.generate(cfg, progress=progress)
+    return PointBank(out.points, out.params, content_settings(cfg), out.draws)
+
+
+def save_bank(bank: PointBank, path: str | Path) -> Path:
+    """Writes the bank with ``torch.save`` (tensors and plain types only), atomically (write, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save({"format": BANK_FORMAT, "settings": bank.settings, "draws": bank.draws, "points": bank.points,
+                "params": bank.params}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_bank(path: str | Path, expect: dict | None = None) -> PointBank:
+    """Reads a bank written by :func:`save_bank`, checking its format, settings (if ``expect``) and shapes.
+
+    Raises:
+        BankCacheError: unreadable, truncated, of another format, or made with settings other than ``expect``.
+    """
+    path = Path(path)
+    fix = (f"delete '{path}' or rebuild it: `python tools/make_bank.py --rebuild ...` or "
+           f"`build_bank(..., rebuild=True)`")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise BankCacheError(f"bank cache '{path}' is corrupt or unreadable ({type(err).__name__}: "
+                             f"{str(err)[:200]}); {fix}") from err
+    problem = None
+    if not isinstance(data, dict) or data.get("format") != BANK_FORMAT:
+        problem = f"format is not {BANK_FORMAT}"
+    elif expect is not None and data.get("settings") != expect:
+        problem = f"settings {data.get('settings')} differ from the requested {expect}"
+    else:
+        c, n = data["settings"]["num_classes"], data["settings"]["num_points"]
+        points, params = data.get("points"), data.get("params")
+        if not isinstance(points, torch.Tensor) or tuple(points.shape) != (c, n, 3):
+            problem = f"'points' is missing or not of shape {(c, n, 3)}"
+        elif not torch.isfinite(points).all():
+            problem = "points are not all finite"
+        elif not isinstance(params, dict) or any(not isinstance(v, torch.Tensor) or v.shape[:1] != (c,)
+                                                  for v in params.values()):
+            problem = f"'params' is not a dict of tensors with {c} rows"
+    if problem:
+        raise BankCacheError(f"bank cache '{path}' does not hold a valid bank: {problem}; {fix}")
+    return PointBank(data["points"], data["params"], data["settings"], int(data["draws"]))
+
+
+def bank_from_config(cfg: BankConfig, rebuild: bool = False, progress: bool = False,
+                     use_cache: bool = True) -> PointBank:
+    """The bank for ``cfg`` (the ``bank`` section of a run's config): read from the cache when present, else
+    generated and cached. ``rebuild=True`` regenerates and overwrites; ``use_cache=False`` touches no file."""
+    get_family(cfg.family).validate(cfg)
+    path = cache_path(cfg)
+    if use_cache and path.exists() and not rebuild:
+        return load_bank(path, expect=content_settings(cfg))
+    bank = generate_bank(cfg, progress=progress)
+    if use_cache:
+        save_bank(bank, path)
+    return bank
+
+
+def build_bank(num_classes: int = 1000, num_points: int = 10000, seed: int = 0, *, family: str = "ifs3d",
+               cache_dir: str | None = "cache/banks", rebuild: bool = False, progress: bool = False,
+               **family_settings) -> PointBank:
+    """The bank for these settings, from Python: ``build_bank(10, 2000, sampler="svd", cache_dir=None)``.
+
+    ``family_settings`` are the fields of the family's section (for ``ifs3d``: ``sampler``, ``min_variance``,
+    ``min_maps``, ``max_maps``, ``burn_in``). ``cache_dir=None`` neither reads nor writes a cache.
+    """
+    cfg = BankConfig(family=family, num_classes=num_classes, num_points=num_points, seed=seed,
+                     cache_dir=cache_dir or "")
+    section = typing.get_type_hints(BankConfig)[family]  # the family's settings dataclass
+    cfg = replace(cfg, **{family: section(**family_settings)})
+    return bank_from_config(cfg, rebuild=rebuild, progress=progress, use_cache=cache_dir is not None)

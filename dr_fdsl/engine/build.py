@@ -1,0 +1,119 @@
+"""``build_run``: a :class:`Config` becomes the run's objects, checked before any work, under Accelerate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from timm.scheduler import CosineLRScheduler
+
+from dr_fdsl import checkpoint
+from dr_fdsl.bank import bank_from_config
+from dr_fdsl.config import Config, save_config
+from dr_fdsl.objectives import Objective, get_objective
+from dr_fdsl.render import PointRenderer
+from dr_fdsl.static import StaticViews
+from dr_fdsl.stream import ViewStream, held_out_views
+
+TB_DIR = "tensorboard"
+
+
+@dataclass
+class Run:
+    """Everything a run holds. ``step`` counts optimiser steps; the rest is fixed after ``build_run``."""
+
+    cfg: Config
+    accelerator: Accelerator
+    renderer: PointRenderer
+    objective: Objective
+    renderer_optimizer: torch.optim.Optimizer | None  # SparseAdam on the rendering tables (None when frozen)
+    schedulers: list[CosineLRScheduler]  # classifier's, then renderer's
+    stream: ViewStream
+    static: StaticViews | None
+    eval_views: tuple[torch.Tensor, torch.Tensor]  # this process's held-out (class ids, view seeds)
+    grid_views: tuple[torch.Tensor, torch.Tensor]  # the (class ids, view seeds) of the TensorBoard image grid
+    anchor: tuple[torch.Tensor, ...] | None  # adversarial mode: the initial colour and radius logits
+    writer: Any  # TensorBoard SummaryWriter on the main process, None elsewhere
+    run_id: str
+    lr: float
+    total_batch: int
+    step: int = 0
+    last_checkpoint: Path | None = None
+    loader: Any = None  # static source: the batch iterator, started at the stream's position on first use
+    first_view_seeds: list[int] | None = field(default=None, repr=False)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+    @property
+    def mode(self) -> str:
+        return self.cfg.renderer.mode
+
+    @property
+    def num_classes(self) -> int:
+        return self.renderer.num_classes
+
+
+def cosine(optimizer: torch.optim.Optimizer, cfg: Config) -> CosineLRScheduler:
+    """Linear warm-up then cosine decay to ``optim.min_lr``, counted in optimiser steps."""
+    o = cfg.optim
+    return CosineLRScheduler(optimizer, t_initial=cfg.train.max_steps, lr_min=o.min_lr, warmup_t=o.warmup_steps,
+                             warmup_lr_init=o.min_lr, t_in_epochs=False)
+
+
+def build_run(cfg: Config, resume: str | None = None) -> Run:
+    """Builds a run from a checked config (``load_config`` ran every check of a value).
+
+    Order matters for reproducibility: the shared seed is set, then the objective's networks are initialised
+    (identical on every process), then the per-process seed for image augmentations. Inputs that can fail
+    (output folder, static dataset, model name and size) are checked before the bank is built.
+    """
+    t = cfg.train
+    acc = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
+                      log_with="tensorboard", project_dir=cfg.output_dir, step_scheduler_with_optimizer=False)
+    if resume is None:
+        checkpoint.refuse_to_overwrite(cfg.output_dir)
+    static, views = None, cfg.data.views_per_class
+    if cfg.data.source == "static":  # a missing, foreign or damaged dataset fails here
+        static = StaticViews(cfg.data.path)
+        static.check_matches(cfg)
+        views = static.views
+    num_classes = cfg.bank.num_classes
+    total_batch = t.batch_size * t.grad_accum * acc.num_processes
+    lr = cfg.optim.lr * total_batch / 512
+
+    set_seed(cfg.seed)  # shared: identical initialisation on every process
+    objective = get_objective(t.objective)(cfg, num_classes, lr, acc.device)
+    with acc.main_process_first():  # the main process builds and caches the bank, the others read it
+        bank = bank_from_config(cfg.bank, progress=acc.is_main_process and t.progress)
+    renderer = PointRenderer(bank, cfg.renderer).to(acc.device)
+    anchor = tuple(p.detach().clone() for p in renderer.parameters()) if cfg.renderer.mode == "adversarial" else None
+
+    # Prepare what trains, the objective's backbone first (Accelerate saves it as model.safetensors). The renderer
+    # stays outside DDP: its row-sparse gradients are averaged row by row (sparse_sync); its SparseAdam goes
+    # through prepare like any optimiser.
+    objective.prepare(acc)
+    renderer_optimizer = None
+    schedulers = [cosine(objective.optimizer, cfg)]
+    if cfg.renderer.mode != "frozen":
+        renderer_optimizer = acc.prepare(torch.optim.SparseAdam(renderer.parameters(), lr=cfg.renderer.lr))
+        schedulers.append(cosine(renderer_optimizer, cfg))
+    set_seed(cfg.seed, device_specific=True)  # per process: image augmentations draw from the global generators
+
+    rows = min(8, num_classes)
+    grid = (torch.arange(rows).repeat_interleave(4), -(10**9) - torch.arange(4).repeat(rows))  # held out
+    if acc.is_main_process:
+        save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+    acc.init_trackers(TB_DIR)
+    writer = acc.get_tracker("tensorboard", unwrap=True) if acc.is_main_process else None
+    return Run(cfg=cfg, accelerator=acc, renderer=renderer, objective=objective,
+               renderer_optimizer=renderer_optimizer, schedulers=schedulers,
+               stream=ViewStream(cfg.seed, acc.process_index, num_classes, views), static=static,
+               eval_views=held_out_views(t.eval_images, num_classes, acc.process_index, acc.num_processes),
+               grid_views=grid, anchor=anchor, writer=writer, run_id=checkpoint.new_run_id(), lr=lr,
+               total_batch=total_batch)

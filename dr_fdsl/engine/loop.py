@@ -1,0 +1,207 @@
+"""``fit``: the step-based loop, with evaluation, TensorBoard logging and checkpoints as calls."""
+
+from __future__ import annotations
+
+import gc
+import json
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from dr_fdsl import checkpoint
+from dr_fdsl.engine.build import Run
+from dr_fdsl.engine.step import set_learning_rates, train_step
+from dr_fdsl.errors import CheckpointError, NonFiniteLossError
+from dr_fdsl.render import render_grid
+from dr_fdsl.static import quantize
+
+
+def fit(run: Run) -> dict:
+    """Trains to ``train.max_steps`` optimiser steps; returns the final summary (also ``summary.json``)."""
+    acc, t = run.accelerator, run.cfg.train
+    bar = tqdm(total=t.max_steps, initial=run.step, desc=f"train ({run.mode})", unit="step", dynamic_ncols=True,
+               disable=not (acc.is_main_process and t.progress))
+    images_per_micro_batch = t.batch_size * acc.num_processes
+    window = {"seconds": 0.0, "render_seconds": 0.0, "images": 0}  # since the last log line
+    total = {"seconds": 0.0, "images": 0}  # the whole run, for summary.json
+    last_eval: dict[str, float] = {}
+    if run.step == 0:
+        log_images(run)
+    while run.step < t.max_steps:
+        before = run.step
+        out = train_step(run)
+        for meter in (window, total):
+            meter["seconds"] += out["seconds"]
+            meter["images"] += images_per_micro_batch
+        window["render_seconds"] += out["render_seconds"]
+        if run.step == before:
+            continue  # inside an accumulation
+        bar.update(1)
+        last = run.step == t.max_steps
+        if run.step % t.log_every == 0 or last:
+            scalars = log_scalars(run, out, window)
+            bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", img_s=f"{scalars['perf/images_per_s']:.0f}")
+            window = {"seconds": 0.0, "render_seconds": 0.0, "images": 0}
+        if run.step % t.eval_every == 0 or last:
+            last_eval = evaluate(run)
+            acc.log(last_eval, step=run.step)
+        if run.step % t.image_every == 0 or last:
+            log_images(run)
+        if run.step % t.ckpt_every == 0 or last:
+            save_checkpoint(run)
+    bar.close()
+    return finish(run, last_eval, total)
+
+
+def log_scalars(run: Run, out: dict, window: dict) -> dict[str, float]:
+    """Averages the step's metrics over processes and logs them with throughput and learning rates."""
+    acc = run.accelerator
+    metrics = {k: v for k, v in out.items() if k not in ("seconds", "render_seconds")}
+    scalars = {k: float(acc.reduce(v.to(acc.device).float(), "mean")) for k, v in metrics.items()}
+    scalars["perf/images_per_s"] = window["images"] / max(window["seconds"], 1e-9)
+    scalars["perf/render_share"] = window["render_seconds"] / max(window["seconds"], 1e-9)
+    scalars["lr/classifier"] = run.objective.optimizer.param_groups[0]["lr"]
+    if run.renderer_optimizer is not None:
+        scalars["lr/renderer"] = run.renderer_optimizer.param_groups[0]["lr"]
+    acc.log(scalars, step=run.step)
+    return scalars
+
+
+def render_eval(run: Run, ids: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+    """Held-out views, through the same 8-bit rounding as the training images when those are 8-bit."""
+    images = run.renderer(ids, seeds)
+    if run.cfg.data.quantize or run.static is not None:
+        images = quantize(images).float() / 255
+    return images
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> dict[str, float]:
+    """The objective's metrics on the held-out views, averaged over all processes."""
+    acc, b = run.accelerator, run.cfg.train.batch_size
+    ids, seeds = run.eval_views
+    run.objective.train(False)
+    rows = [run.objective.evaluate(render_eval(run, ids[i:i + b].to(acc.device), seeds[i:i + b].to(acc.device)),
+                                   ids[i:i + b].to(acc.device)) for i in range(0, len(ids), b)]
+    means = acc.gather_for_metrics(torch.cat(rows)).mean(0).tolist()
+    run.objective.train(True)
+    return dict(zip(run.objective.eval_names, means))
+
+
+def log_images(run: Run) -> None:
+    """A grid of held-out renders and histograms of the rendering parameters (main process)."""
+    if run.writer is None:
+        return
+    ids, seeds = (t.to(run.accelerator.device) for t in run.grid_views)
+    run.writer.add_image("renders", render_grid(run.renderer, ids, seeds, nrow=4), run.step)
+    with torch.no_grad():
+        run.writer.add_histogram("renderer/radii", run.renderer.radii().float().cpu(), run.step)
+        run.writer.add_histogram("renderer/colors", run.renderer.colors().float().cpu(), run.step)
+
+
+def renderer_checksums(run: Run) -> list[float]:
+    """A float64 checksum of the rendering parameters from every process (they must agree)."""
+    with torch.no_grad():
+        local = sum(p.double().sum() * (i + 1) for i, p in enumerate(run.renderer.parameters()))
+        mine = torch.as_tensor(local, dtype=torch.float64, device=run.accelerator.device).reshape(1)
+    sums = run.accelerator.gather(mine).tolist()
+    if len(set(sums)) > 1:
+        raise RuntimeError(f"rendering parameters differ across processes at step {run.step}: {sums}")
+    return sums
+
+
+def _weights_finite(run: Run) -> bool:
+    modules = [*run.objective.modules(), run.renderer]
+    return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
+
+
+def save_checkpoint(run: Run) -> checkpoint.Path:
+    """``save_state`` plus the renderer and the trainer state into a temporary folder, then a rename."""
+    acc = run.accelerator
+    renderer_checksums(run)
+    if not _weights_finite(run):  # a checkpoint named as "good" must hold finite weights
+        raise NonFiniteLossError(f"weights are not finite at step {run.step}; not saved (last good checkpoint: "
+                                 f"{run.last_checkpoint}). Resume from it with a lower optim.lr")
+    tmp = checkpoint.temporary_path(run.output_dir, run.step)
+    try:
+        acc.save_state(str(tmp))
+        if acc.is_main_process and run.renderer_optimizer is not None:
+            save_file({k: v.contiguous().cpu() for k, v in run.renderer.state_dict().items()},
+                      str(tmp / checkpoint.RENDERER_FILE))
+    except OSError as err:  # disk full, folder not writable: the previous checkpoints are untouched
+        raise CheckpointError(f"could not write checkpoint '{tmp}' ({err}); free space or choose another "
+                              "output_dir, then --resume latest") from err
+    acc.wait_for_everyone()
+    path = checkpoint.step_path(run.output_dir, run.step)
+    if acc.is_main_process:
+        state = {"step": run.step, "stream_index": run.stream.index,
+                 "fingerprint": checkpoint.fingerprint(run.cfg, acc.num_processes)}
+        path = checkpoint.finalize(tmp, state, run.cfg.train.keep_checkpoints, run.run_id)
+    acc.wait_for_everyone()
+    run.last_checkpoint = path
+    return path
+
+
+def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
+    """Restores a checkpoint (``"latest"`` or a folder) made by a run with the same settings.
+
+    Restored: weights, optimiser moments, every process's random state, the view stream, the step. Recomputed
+    from the current config: the learning-rate schedules (so ``train.max_steps``, ``optim.lr`` may change).
+    """
+    acc = run.accelerator
+    path = checkpoint.resolve(run.output_dir, where)
+    state = checkpoint.read_state(path, checkpoint.fingerprint(run.cfg, acc.num_processes), acc.num_processes,
+                                  allow_inexact)
+    try:
+        acc.load_state(str(path))
+        if run.renderer_optimizer is not None:
+            run.renderer.load_state_dict(load_file(str(path / checkpoint.RENDERER_FILE), device="cpu"))
+    except Exception as err:  # truncated or foreign files surface as many exception types
+        raise CheckpointError(
+            f"checkpoint '{path}' could not be loaded ({type(err).__name__}: {str(err)[:300]}); resume from "
+            "another checkpoint or start afresh") from err
+    run.step, run.stream.index, run.last_checkpoint = int(state["step"]), int(state["stream_index"]), path
+    run.run_id = state.get("run_id") or run.run_id  # pruning goes on over the run's own checkpoints
+    set_learning_rates(run)
+    for problem in state["inexact"]:
+        acc.print(f"warning: resuming inexactly: {problem}")
+    acc.print(f"resumed from {path} at step {run.step}")
+
+
+def finish(run: Run, last_eval: dict, total: dict) -> dict:
+    """Writes ``summary.json`` and the hyper-parameters; releases the DDP wrappers (not the process group)."""
+    acc = run.accelerator
+    seeds = run.first_view_seeds or [0] * 4
+    summary = {"step": run.step, "num_processes": acc.num_processes, "total_batch": run.total_batch, "lr": run.lr,
+               "mode": run.mode, "objective": run.cfg.train.objective, "source": run.cfg.data.source,
+               "images_per_s": total["images"] / max(total["seconds"], 1e-9), **last_eval,
+               "renderer_checksums": renderer_checksums(run),
+               "first_view_seeds": acc.gather(torch.tensor(seeds, device=acc.device)).view(acc.num_processes,
+                                                                                             -1).tolist(),
+               "last_checkpoint": str(run.last_checkpoint)}
+    if acc.is_main_process:
+        (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        hparams = {"mode": run.mode, "model": run.cfg.model.name, "classes": run.num_classes,
+                   "image_size": run.cfg.renderer.image_size, "total_batch": run.total_batch, "lr": run.lr,
+                   "steps": run.step, "renderer_lr": run.cfg.renderer.lr}
+        metrics = {f"hparam/{k.replace('/', '_')}": v for k, v in last_eval.items()}
+        if run.writer is not None and metrics:
+            run.writer.add_hparams(hparams, metrics, run_name=".")
+    acc.wait_for_everyone()
+    release(run)
+    return summary
+
+
+def release(run: Run) -> None:
+    """Drops the DDP wrappers (keeping the plain modules) while the process group is still registered.
+
+    Left to interpreter exit, freeing DDP's reducer drops the last reference to the gloo process group, whose
+    destructor joins a worker thread that may itself wait for the GIL the exiting thread holds: a hang observed
+    in 2-process CPU runs (py-spy: ~ProcessGroupGloo -> thread::join vs ~AsyncAllgatherWork -> gil_scoped_acquire).
+    The process group itself is the entry script's to destroy (``accelerator.end_training()``), so that one launch
+    can run several trainings.
+    """
+    run.objective.unwrap(run.accelerator)
+    run.accelerator.free_memory()  # Accelerate's own references to the wrapped modules
+    gc.collect()

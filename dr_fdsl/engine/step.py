@@ -1,0 +1,136 @@
+"""The training step in callable parts: render (or read) a batch, the objective's forward and backward, and the
+optimiser updates. ``train_step`` composes them; ``tools/bench.py`` times these same functions.
+
+Renderer modes (``renderer.mode``):
+    frozen       rendering parameters never change: the images are those of the classic static dataset.
+    joint        rendering parameters descend the objective's loss with their own SparseAdam.
+    adversarial  they ascend it (a gradient reversal of ``renderer.adversarial_scale`` between renderer and
+                 objective), pulled back towards their initial values by ``renderer.anchor_penalty``: the
+                 renderer makes hard examples within its bounds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import NamedTuple
+
+import torch
+
+from dr_fdsl.engine.build import Run
+from dr_fdsl.errors import NonFiniteLossError
+from dr_fdsl.objectives import ObjectiveOutput
+from dr_fdsl.sparse_sync import average_row_gradients, clip_sparse_grad_norm_
+from dr_fdsl.static import quantize, static_loader
+
+
+class Batch(NamedTuple):
+    """images: ``(B, 3, H, W)`` float32 in [0, 1]; class_ids, view_seeds: ``(B,)`` int64; rows: ``(R,)`` the
+    rendering-table rows the images read (empty for a static batch)."""
+
+    images: torch.Tensor
+    class_ids: torch.Tensor
+    view_seeds: torch.Tensor
+    rows: torch.Tensor
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``-scale`` (the renderer ascends the loss)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.scale * grad, None
+
+
+def render_batch(run: Run) -> Batch:
+    """The next micro-batch of this process's stream, rendered in the loop or read from the static dataset."""
+    device, b = run.accelerator.device, run.cfg.train.batch_size
+    if run.static is None:
+        ids, seeds = (t.to(device) for t in run.stream.draw(b))
+        images, rows = run.renderer.render(ids, seeds)  # float32, outside autocast
+        if run.cfg.data.quantize:  # 8-bit values forward, straight-through gradients backward
+            images = images + (quantize(images).float() / 255 - images).detach()
+        return Batch(images, ids, seeds, rows)
+    if run.loader is None:  # created on first use, so that a resume starts it at the stream's position
+        run.loader = iter(static_loader(run.static, run.stream, b, run.stream.index, run.cfg.data.workers))
+    pixels, ids, seeds = next(run.loader)
+    run.stream.index += 1  # the loader drew this micro-batch from the stream's counter
+    images = pixels.to(device, non_blocking=True).float() / 255
+    return Batch(images, ids.to(device), seeds, ids.new_zeros(0))
+
+
+def forward_backward(run: Run, batch: Batch) -> ObjectiveOutput:
+    """The objective on a batch, the renderer's mode applied, and the backward pass (scaled for accumulation)."""
+    images = batch.images
+    if run.mode == "adversarial":
+        images = GradientReversal.apply(images, run.cfg.renderer.adversarial_scale)
+    out = run.objective.loss(images, batch.class_ids)
+    if not torch.isfinite(out.loss.detach()).item():
+        where = f"last good checkpoint: {run.last_checkpoint}" if run.last_checkpoint else "no checkpoint yet"
+        raise NonFiniteLossError(
+            f"loss is {out.loss.item()} at step {run.step + 1}; training stopped ({where}). Resume from it with a "
+            "lower optim.lr (the schedule follows the config on resume), a larger optim.warmup_steps, "
+            "optim.clip_grad > 0, or train.mixed_precision=no/bf16")
+    total = out.total
+    if run.anchor is not None and run.cfg.renderer.anchor_penalty > 0:
+        # Only on the rows this batch read: the others do not move (SparseAdam is lazy).
+        total = total + run.cfg.renderer.anchor_penalty * run.renderer.drift(batch.rows, run.anchor)
+    run.accelerator.backward(total)
+    return out
+
+
+def optimizer_step(run: Run) -> dict[str, torch.Tensor]:
+    """Steps every optimiser (Accelerate skips the step inside an accumulation); at a real step, first averages
+    the renderer's sparse gradients across processes and clips. Returns gradient norms to log."""
+    acc = run.accelerator
+    norms: dict[str, torch.Tensor] = {}
+    if acc.sync_gradients:
+        if run.renderer_optimizer is not None:
+            rows = average_row_gradients(run.renderer.parameters(), acc)
+            norms["perf/renderer_rows_synced"] = torch.tensor(float(rows))
+        acc.unscale_gradients()  # once for all optimisers (fp16); no-op otherwise
+        clip = run.cfg.optim.clip_grad or math.inf
+        norms.update(run.objective.clip_gradients(clip))
+        if run.renderer_optimizer is not None:
+            norms["grad_norm/renderer"] = clip_sparse_grad_norm_(run.renderer.parameters(), clip)
+    for opt in (*run.objective.optimizers(), run.renderer_optimizer):
+        if opt is not None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    return norms
+
+
+def set_learning_rates(run: Run) -> None:
+    """The schedules' values at ``run.step`` (from the current config: also right after a resume)."""
+    for scheduler in run.schedulers:
+        scheduler.step_update(run.step)
+
+
+def train_step(run: Run) -> dict:
+    """One micro-batch; an optimiser step when it completes an accumulation. Returns detached metrics and the
+    seconds spent (``seconds``, of which ``render_seconds`` producing the batch)."""
+    acc = run.accelerator
+    # Synchronising CUDA splits render time from the rest; only on steps that are logged (it stalls the queue).
+    timed = acc.device.type == "cuda" and (run.step + 1) % run.cfg.train.log_every == 0
+    start = time.perf_counter()
+    with acc.accumulate(*run.objective.modules()):
+        batch = render_batch(run)
+        if timed:
+            torch.cuda.synchronize()
+        render_seconds = time.perf_counter() - start
+        out = forward_backward(run, batch)
+        norms = optimizer_step(run)
+    if acc.sync_gradients:
+        run.step += 1
+        set_learning_rates(run)
+    if timed:
+        torch.cuda.synchronize()
+    if run.first_view_seeds is None:
+        run.first_view_seeds = batch.view_seeds[:4].tolist()
+    return {"seconds": time.perf_counter() - start, "render_seconds": render_seconds, **out.metrics,
+            **{k: v.detach() for k, v in norms.items()}}

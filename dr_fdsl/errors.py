@@ -1,0 +1,37 @@
+"""Every error a user can cause derives from :class:`DrFdslError`, so entry points catch one thing and print it.
+
+Messages name the key, file or setting at fault and the fix. Programming errors (a wrong tensor shape passed by
+code) stay ordinary ``ValueError`` / ``TypeError`` and keep their traceback.
+"""
+
+
+class DrFdslError(Exception):
+    """Base of every user-facing error of the project."""
+
+
+class ConfigError(DrFdslError, ValueError):
+    """A configuration that cannot be used, with the key at fault and how to fix it."""
+
+
+class BankError(DrFdslError, ValueError):
+    """Settings that cannot produce a bank of point sets (with the fix in the message)."""
+
+
+class BankCacheError(DrFdslError):
+    """A bank cache file that cannot be read back; delete it or rebuild."""
+
+
+class CheckpointError(DrFdslError):
+    """A checkpoint that cannot be written or resumed from, or an output folder that would be overwritten."""
+
+
+class DatasetError(DrFdslError):
+    """A static dataset folder that cannot be used as asked (with the reason and the fix)."""
+
+
+class DataError(DrFdslError):
+    """A real dataset that cannot be found or read, with where it was looked for and how to get it."""
+
+
+class NonFiniteLossError(DrFdslError):
+    """The loss became NaN or infinite; training stopped and no checkpoint was written after it."""

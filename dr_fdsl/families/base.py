@@ -1,0 +1,31 @@
+"""The contract of a formula family (see :mod:`dr_fdsl.families`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from dr_fdsl.config import BankConfig
+
+
+class FamilyOutput(NamedTuple):
+    """What a family generates for ``C`` categories.
+
+    points: ``(C, N, 3)`` float32, each set centred and inside ``[-1, 1]^3`` (2D families: z = 0).
+    params: the formula parameters behind the points, tensors whose first dimension is ``C`` (saved in the bank).
+    draws: how many candidate formulas were drawn to find these ``C``.
+    """
+
+    points: torch.Tensor
+    params: dict[str, torch.Tensor]
+    draws: int
+
+
+class Family(NamedTuple):
+    """A registered formula family."""
+
+    name: str
+    validate: Callable[[BankConfig], None]  # raises ConfigError naming a bad bank.<family> key
+    generate: Callable[..., FamilyOutput]  # (cfg: BankConfig, progress: bool) -> FamilyOutput

@@ -1,0 +1,73 @@
+"""The contract of a pre-training objective (see :mod:`dr_fdsl.objectives`)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from dr_fdsl.config import Config
+
+
+class ObjectiveOutput(NamedTuple):
+    """loss: the objective's main loss (scalar; checked for finiteness, logged as ``train/loss``).
+    total: what is back-propagated (``loss`` plus any auxiliary terms the objective adds).
+    metrics: scalars to log, detached, e.g. ``{"train/loss": ..., "train/acc": ...}``."""
+
+    loss: torch.Tensor
+    total: torch.Tensor
+    metrics: dict[str, torch.Tensor]
+
+
+class Objective:
+    """What a step computes from rendered images and their categories.
+
+    An objective owns the networks it trains: ``model`` (the backbone that is exported and fine-tuned; prepared
+    first, so Accelerate saves it as ``model.safetensors``) with ``optimizer`` (scheduled by the engine: warm-up
+    and cosine), plus any heads or auxiliary modules. The engine calls, in order: ``prepare(accelerator)`` once;
+    per micro-batch ``loss(images, class_ids)`` then backward; at each optimiser step ``clip_gradients``; for
+    evaluation ``evaluate(images, class_ids)`` between ``train(False)`` and ``train(True)``.
+
+    ``images`` are the renderer's ``(B, 3, H, W)`` float32 in [0, 1] (not normalised); ``class_ids`` ``(B,)``
+    int64 categories. Gradients flowing back into ``images`` reach the renderer.
+    """
+
+    name: ClassVar[str]
+    eval_names: ClassVar[tuple[str, ...]]  # names of the columns ``evaluate`` returns
+
+    @classmethod
+    def validate(cls, cfg: Config) -> None:
+        """Checks the settings this objective depends on; raises ``ConfigError`` naming the key."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def prepare(self, accelerator) -> None:
+        raise NotImplementedError
+
+    def modules(self) -> list[nn.Module]:
+        """Every module that trains (for gradient accumulation and train/eval switching)."""
+        raise NotImplementedError
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def loss(self, images: torch.Tensor, class_ids: torch.Tensor) -> ObjectiveOutput:
+        raise NotImplementedError
+
+    def clip_gradients(self, max_norm: float) -> dict[str, torch.Tensor]:
+        """Clips what ``optimizer`` steps; returns gradient norms to log."""
+        raise NotImplementedError
+
+    def evaluate(self, images: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
+        """Per-image values ``(B, len(eval_names))`` float32, averaged over the evaluation set by the engine."""
+        raise NotImplementedError
+
+    def unwrap(self, accelerator) -> None:
+        """Replaces the prepared (DDP-wrapped) modules by the plain ones, at the end of training."""
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> None:
+        for module in self.modules():
+            module.train(mode)

@@ -1,0 +1,85 @@
+"""Objective ``classify``: name each image's category (the FDSL recipes' supervised pre-training).
+
+Flips, random erasing, Mixup/CutMix and label smoothing run on the device (``image_aug``). The leakage probe (a
+linear classifier on colour statistics, :mod:`dr_fdsl.probe`) trains beside it on detached statistics, so it
+never shapes the renderer; its accuracy tells whether learnt rendering leaks the label through colour or size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
+
+from dr_fdsl.config import Config
+from dr_fdsl.image_augment import ImageAugment
+from dr_fdsl.models import create_classifier, normalization
+from dr_fdsl.objectives.base import Objective, ObjectiveOutput
+from dr_fdsl.probe import LeakageProbe, colour_statistics
+
+
+class Classify(Objective):
+    name = "classify"
+    eval_names = ("val/loss", "val/top1", "val/top5", "probe/val_acc")
+
+    def __init__(self, cfg: Config, num_classes: int, lr: float, device: torch.device):
+        """``lr``: the classifier's peak learning rate (the engine scales ``optim.lr`` by the total batch)."""
+        self.cfg, self.num_classes = cfg, num_classes
+        self.model = create_classifier(cfg.model, num_classes, cfg.renderer.image_size)
+        mean, std = normalization(self.model)
+        self.mean, self.std = mean.to(device), std.to(device)
+        self.optimizer = create_optimizer_v2(self.model, "adamw", lr=lr, weight_decay=cfg.optim.weight_decay)
+        self.probe = self.probe_optimizer = None
+        if cfg.train.probe:
+            self.probe = LeakageProbe(num_classes)
+            self.probe_optimizer = torch.optim.Adam(self.probe.parameters(), lr=cfg.train.probe_lr)
+        self.background = cfg.renderer.background_color[0]
+        self.augment = ImageAugment(cfg.image_aug, num_classes, device)
+
+    def prepare(self, accelerator) -> None:
+        self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
+        if self.probe is not None:
+            self.probe, self.probe_optimizer = accelerator.prepare(self.probe, self.probe_optimizer)
+
+    def unwrap(self, accelerator) -> None:
+        self.model = accelerator.unwrap_model(self.model)
+        if self.probe is not None:
+            self.probe = accelerator.unwrap_model(self.probe)
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [m for m in (self.model, self.probe) if m is not None]
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [o for o in (self.optimizer, self.probe_optimizer) if o is not None]
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+    def loss(self, images: torch.Tensor, class_ids: torch.Tensor) -> ObjectiveOutput:
+        x, targets = self.augment(self.normalize(images), class_ids)
+        logits = self.model(x)
+        loss = self.augment.train_loss(logits.float(), targets)
+        metrics = {"train/loss": loss.detach(), "train/acc": (logits.argmax(1) == class_ids).float().mean().detach()}
+        total = loss
+        if self.probe is not None:  # a separate graph on detached statistics: it never shapes the renderer
+            probe_logits = self.probe(colour_statistics(images, self.background))
+            total = total + F.cross_entropy(probe_logits, class_ids)
+            metrics["probe/train_acc"] = (probe_logits.argmax(1) == class_ids).float().mean().detach()
+        return ObjectiveOutput(loss, total, metrics)
+
+    def clip_gradients(self, max_norm: float) -> dict[str, torch.Tensor]:
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm or math.inf)
+        return {"grad_norm/classifier": norm}
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
+        logits = self.model(self.normalize(images)).float()
+        loss = F.cross_entropy(logits, class_ids, reduction="none")
+        top5 = logits.topk(min(5, self.num_classes), dim=1).indices
+        rows = [loss, (top5[:, 0] == class_ids).float(), (top5 == class_ids[:, None]).any(1).float()]
+        if self.probe is not None:
+            stats = colour_statistics(images, self.background)
+            rows.append((self.probe(stats).argmax(1) == class_ids).float())
+        return torch.stack(rows, 1)

@@ -1,0 +1,67 @@
+"""Which (category, view seed) pairs each process trains on, and which are held out for evaluation.
+
+Counter-based: micro-batch ``k`` of process ``r`` comes from a generator seeded by :func:`stream_seed` of
+``(seed, r, k)``, so a data loader may prefetch ahead and the checkpointed state is just the next ``k``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_M64 = 2**64 - 1
+_XXPRIME_1, _XXPRIME_2, _XXPRIME_5 = 11400714785074694791, 14029467366897019727, 2870177450012600261
+_MERSENNE_61 = 2**61 - 1
+
+
+def stream_seed(*values: int) -> int:
+    """A 63-bit seed from a tuple of integers: CPython's 64-bit tuple hash (xxHash-style lanes over each int's
+    hash modulo the Mersenne prime 2^61 - 1), computed here with explicit integer arithmetic so that it does not
+    depend on the interpreter. It equals ``hash(values) & (2**63 - 1)`` on 64-bit CPython >= 3.8, which the first
+    version used, so streams, golden traces and checkpoints made then stay valid (tested)."""
+    acc = _XXPRIME_5
+    for value in values:
+        lane = abs(value) % _MERSENNE_61
+        lane = -lane if value < 0 else lane
+        lane = (-2 if lane == -1 else lane) & _M64  # hash(-1) is -2 in CPython (-1 marks an error)
+        acc = (acc + lane * _XXPRIME_2) & _M64
+        acc = ((acc << 31) | (acc >> 33)) & _M64
+        acc = (acc * _XXPRIME_1) & _M64
+    acc = (acc + (len(values) ^ (_XXPRIME_5 ^ 3527539))) & _M64
+    if acc == _M64:
+        acc = 1546275796
+    return acc & (2**63 - 1)
+
+
+class ViewStream:
+    """This process's stream of (category, view seed) draws.
+
+    View seeds are drawn in ``[0, 2^62)``, or in ``[0, views_per_class)`` to train on a static dataset's views;
+    negative seeds are held out for evaluation. ``index`` (the next micro-batch) is the whole state.
+    """
+
+    def __init__(self, seed: int, rank: int, num_classes: int, views_per_class: int = 0):
+        self.seed, self.rank, self.num_classes, self.views = seed, rank, num_classes, views_per_class
+        self.index = 0
+
+    def batch(self, index: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Micro-batch ``index``: ``(B,)`` int64 class ids and ``(B,)`` int64 view seeds, on the CPU."""
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, self.rank, index))
+        ids = torch.randint(0, self.num_classes, (batch_size,), generator=generator)
+        seeds = torch.randint(0, self.views or 2**62, (batch_size,), generator=generator)
+        return ids, seeds
+
+    def draw(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next micro-batch (advances ``index``)."""
+        out = self.batch(self.index, batch_size)
+        self.index += 1
+        return out
+
+
+def held_out_views(count: int, num_classes: int, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's share of the evaluation set: categories round-robin, view seeds ``-1, -2, ...`` (never
+    drawn in training). The set is rounded up to a multiple of ``world`` so that every share is equal."""
+    total = math.ceil(count / world) * world
+    index = torch.arange(rank, total, world)
+    return index % num_classes, -(index + 1)

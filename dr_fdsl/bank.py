@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from dr_fdsl.config import BankConfig, content_settings
+from dr_fdsl.config import BankConfig, content_settings, validate_bank
 from dr_fdsl.errors import BankCacheError
 from dr_fdsl.families import get_family
 
@@ -60,9 +60,8 @@ def cache_path(cfg: BankConfig) -> Path:
 
 def generate_bank(cfg: BankConfig, progress: bool = False) -> PointBank:
     """Builds the bank with ``cfg.family`` (no cache)."""
-    family = get_family(cfg.family)
-    family.validate(cfg)
-    out = family.generate(cfg, progress=progress)
+    validate_bank(cfg)
+    out = get_family(cfg.family).generate(cfg, progress=progress)
     return PointBank(out.points, out.params, content_settings(cfg), out.draws)
 
 
@@ -115,7 +114,7 @@ def bank_from_config(cfg: BankConfig, rebuild: bool = False, progress: bool = Fa
                      use_cache: bool = True) -> PointBank:
     """The bank for ``cfg`` (the ``bank`` section of a run's config): read from the cache when present, else
     generated and cached. ``rebuild=True`` regenerates and overwrites; ``use_cache=False`` touches no file."""
-    get_family(cfg.family).validate(cfg)
+    validate_bank(cfg)
     path = cache_path(cfg)
     if use_cache and path.exists() and not rebuild:
         return load_bank(path, expect=content_settings(cfg))

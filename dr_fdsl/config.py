@@ -512,22 +512,24 @@ def validate_config(cfg: Config) -> None:
         need(cfg.renderer.mode == "frozen", "renderer.mode",
              f"data.source=static trains on fixed images: it needs renderer.mode=frozen, got {cfg.renderer.mode!r}")
 
-    _validate_bank(cfg.bank)
+    validate_bank(cfg.bank)
     validate_renderer(cfg.renderer)
     _validate_sizes(cfg)
 
-    # Registries: imported here, not at module level, because families and objectives import this module.
-    from dr_fdsl.families import get_family
+    # The registry is imported here, not at module level, because objectives import this module.
     from dr_fdsl.objectives import get_objective
 
-    get_family(cfg.bank.family).validate(cfg.bank)
     get_objective(t.objective).validate(cfg)
 
 
-def _validate_bank(b: BankConfig) -> None:
+def validate_bank(b: BankConfig) -> None:
+    """The bank section's checks, the chosen family's included (also run by ``bank_from_config``)."""
+    from dr_fdsl.families import get_family  # families import this module
+
     need(b.num_classes >= 1, "bank.num_classes", f"must be positive, got {b.num_classes}")
     need(b.num_points >= 1, "bank.num_points", f"must be positive, got {b.num_points}")
     need(b.seed >= 0, "bank.seed", f"must be >= 0, got {b.seed}")
+    get_family(b.family).validate(b)
 
 
 def validate_renderer(r: RendererConfig) -> None:

@@ -114,5 +114,11 @@ def load(dataset: str, train: bool, root: str | Path, size: int, download: bool 
     if dataset in ("cifar10", "cifar100"):
         return cifar(dataset, train, root, download)
     if dataset.startswith("folder:"):
-        return image_folder(Path(dataset[len("folder:"):]) / ("train" if train else "val"), size)
+        root = Path(dataset[len("folder:"):])
+        splits = {split: sorted(p.name for p in (root / split).iterdir() if p.is_dir()) if (root / split).is_dir()
+                  else [] for split in ("train", "val")}
+        if splits["train"] != splits["val"]:
+            raise DataError(f"'{root}': the class folders of train/ ({', '.join(splits['train'][:5])}...) and val/ "
+                            f"({', '.join(splits['val'][:5])}...) differ; labels would not mean the same class")
+        return image_folder(root / ("train" if train else "val"), size)
     raise DataError(f"unknown dataset {dataset!r}: use fashion_mnist, cifar10, cifar100 or folder:PATH")

@@ -8,6 +8,7 @@ high accuracy early and staying there).
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -23,20 +24,24 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from dr_fdsl import checkpoint, datasets
-from dr_fdsl.config import ModelConfig, load_config
-from dr_fdsl.errors import ConfigError
+from dr_fdsl.config import ModelConfig, finite, load_config, need
+from dr_fdsl.errors import ConfigError, NonFiniteLossError
 from dr_fdsl.models import create_classifier, normalization
 
 
 @dataclass
 class FinetuneSettings:
-    """One fine-tuning run. ``pretrained``: a pre-training ``output_dir`` (its newest checkpoint), a checkpoint
-    folder, or ``None`` to train ``model`` at ``image_size`` from scratch."""
+    """One fine-tuning run, loaded like a training config (``configs/finetune/*.yaml`` then ``key=value``).
+
+    ``pretrained``: a pre-training ``output_dir`` (its newest checkpoint), a checkpoint folder, or ``None`` to
+    train ``model`` at ``image_size`` from scratch (a pre-trained run brings its own model and size, so giving
+    ``model`` with ``pretrained`` is an error).
+    """
 
     dataset: str = "fashion_mnist"
     data_root: str = "data"
     pretrained: str | None = None
-    model: str = "test_vit"
+    model: str | None = None  # from scratch: any timm model (default test_vit)
     image_size: int = 32
     epochs: int = 10
     batch_size: int = 64
@@ -49,6 +54,20 @@ class FinetuneSettings:
     seed: int = 0
     output_dir: str = "runs/finetune"
     progress: bool = True
+
+
+    def validate(self) -> None:
+        """Checks every value before any work; raises ``ConfigError`` naming the key."""
+        need(not (self.pretrained and self.model), "model",
+             f"{self.model!r} given with pretrained={self.pretrained!r}: a pre-trained run brings its own model; "
+             "drop model=, or drop pretrained= to train it from scratch")
+        for key in ("epochs", "batch_size", "image_size"):
+            need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("per_class", "max_test", "warmup_epochs", "seed"):
+            need(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+        need(finite(self.lr) and self.lr > 0, "lr", f"must be a positive number, got {self.lr}")
+        need(finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(0 <= self.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
 
 
 def cumulative_error(top1: list[float]) -> float:
@@ -87,10 +106,13 @@ def finetune(s: FinetuneSettings) -> dict:
         model, size = load_pretrained(s.pretrained)
     else:
         size = s.image_size
-        model = create_classifier(ModelConfig(name=s.model, drop_path=0.0), 10, size)
+        model = create_classifier(ModelConfig(name=s.model or "test_vit", drop_path=0.0), 10, size)
     train = datasets.load(s.dataset, True, s.data_root, size)
     test = datasets.load(s.dataset, False, s.data_root, size)
     if s.per_class:
+        fewest = int(train.labels.bincount(minlength=train.num_classes).min())
+        need(s.per_class <= fewest, "per_class", f"{s.per_class} images per class asked, but the smallest class "
+             f"of {s.dataset}'s training split has {fewest}")
         train = train.few_shot(s.per_class, s.seed)
     if s.max_test:
         test = datasets.ImageSet(test.images[:s.max_test], test.labels[:s.max_test], test.num_classes)
@@ -127,7 +149,7 @@ def finetune(s: FinetuneSettings) -> dict:
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
             loss = F.cross_entropy(model(x).float(), labels, label_smoothing=s.label_smoothing)
             if not math.isfinite(loss.item()):
-                raise RuntimeError(f"fine-tuning loss is {loss.item()} at epoch {epoch + 1}; lower --lr")
+                raise NonFiniteLossError(f"fine-tuning loss is {loss.item()} at epoch {epoch + 1}; lower lr")
             acc.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -151,5 +173,9 @@ def finetune(s: FinetuneSettings) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "finetune.json").write_text(json.dumps(result, indent=2))
     acc.wait_for_everyone()
-    acc.end_training()
+    for tracker in acc.trackers:  # flush and close TensorBoard; the process group stays up (the launcher's)
+        tracker.finish()
+    del model, optimizer, train_loader, test_loader  # DDP wrappers go while the process group exists
+    acc.free_memory()
+    gc.collect()
     return result

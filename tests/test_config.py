@@ -1,33 +1,32 @@
 import pytest
 
-from dr_fdsl.config import Config, ConfigError, load_config, save_config
+from dr_fdsl.config import Config, load_config, save_config
+from dr_fdsl.errors import ConfigError
 from tests.conftest import ROOT
 
 
 def test_defaults_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("output_dir: runs/a\nbank:\n  num_classes: 7\n  min_variance: 0.1\n")
-    cfg = load_config(path, ["bank.num_classes=9", "bank.sampler=svd"])
+    path.write_text("output_dir: runs/a\nbank:\n  num_classes: 7\n  ifs3d:\n    min_variance: 0.1\n")
+    cfg = load_config(path, ["bank.num_classes=9", "bank.ifs3d.sampler=svd"])
     assert isinstance(cfg, Config)
     assert cfg.output_dir == "runs/a"
     assert cfg.bank.num_classes == 9  # the command line wins over the file
-    assert cfg.bank.min_variance == 0.1
-    assert cfg.bank.sampler == "svd"
+    assert cfg.bank.ifs3d.min_variance == 0.1
+    assert cfg.bank.ifs3d.sampler == "svd"
     assert cfg.bank.num_points == 10000  # the dataclass default
 
 
-def test_shipped_configs_load():
-    from dr_fdsl.render.renderer import check_renderer_config
-
+def test_every_shipped_config_loads_and_validates():
     paths = sorted((ROOT / "configs").glob("*.yaml"))
     assert {p.stem for p in paths} >= {"quickstart", "ofdb1k_vit_tiny_frozen", "ofdb1k_vit_tiny_joint",
                                        "ofdb1k_vit_tiny_adversarial"}
     for path in paths:
-        check_renderer_config(load_config(path).renderer)
+        load_config(path)  # every check of a value runs in load_config
 
 
 def test_int_widens_to_float_but_not_the_reverse():
-    assert load_config(None, ["bank.min_variance=0"]).bank.min_variance == 0.0
+    assert load_config(None, ["bank.ifs3d.min_variance=0"]).bank.ifs3d.min_variance == 0.0
     with pytest.raises(ConfigError, match=r"'bank.num_points': expected int, got 1.5"):
         load_config(None, ["bank.num_points=1.5"])
 
@@ -39,7 +38,7 @@ def test_int_widens_to_float_but_not_the_reverse():
         ("nope=3", r"unknown config key 'nope'.*valid keys: output_dir, seed, bank"),
         ("bank.num_classes=ten", r"'bank.num_classes': expected int, got 'ten'"),
         ("bank.num_classes=true", r"'bank.num_classes': expected int"),
-        ("bank.sampler=gauss", r"'bank.sampler': 'gauss' is not one of 'uniform', 'svd'"),
+        ("bank.ifs3d.sampler=gauss", r"'bank.ifs3d.sampler': 'gauss' is not one of 'uniform', 'svd'"),
         ("bank=3", r"section 'bank' must be a mapping"),
         ("bank.num_classes", r"must look like 'section.key=value'"),
         ("seed.x=1", r"'seed': expected int, got \{'x': 1\}"),

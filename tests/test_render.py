@@ -3,10 +3,12 @@ import dataclasses
 import pytest
 import torch
 
-from dr_fdsl.config import AugmentConfig, ConfigError, RendererConfig, ViewConfig
-from dr_fdsl.fractals import FractalBank
-from dr_fdsl.render import PointRenderer, Scene, fragment_weights, rasterize, render_grid, render_scene, save_grid
-from dr_fdsl.render.points import OFFSCREEN, bin_occupancy_bound
+from dr_fdsl.bank import PointBank
+from dr_fdsl.config import AugmentConfig, RendererConfig, ViewConfig
+from dr_fdsl.errors import ConfigError
+from dr_fdsl.render import PointRenderer, Scene, fragment_weights, render_grid, render_scene, save_grid
+from dr_fdsl.render.raster_pytorch3d import bin_occupancy_bound, rasterize
+from dr_fdsl.render.types import OFFSCREEN
 from tests.reference_render import pixel_centres, reference_render
 
 SIZE = 32
@@ -132,8 +134,7 @@ def test_bin_occupancy_bound_counts_every_overlap():
 def tiny_bank(num_classes=4, num_points=300, seed=0):
     g = torch.Generator().manual_seed(seed)
     points = torch.rand(num_classes, num_points, 3, generator=g) * 2 - 1
-    return FractalBank(points, torch.zeros(num_classes, 7, 3, 4), torch.zeros(num_classes, 7),
-                       torch.full((num_classes,), 2), {"tiny": True}, 0)
+    return PointBank(points, {}, {"tiny": True}, 0)
 
 
 def cfg(**kw):
@@ -174,20 +175,20 @@ def test_frozen_images_are_reproducible_and_batch_independent(augment, backgroun
 def test_each_augmentation_switches_alone():
     renderer = PointRenderer(tiny_bank(), cfg())
     ids, seeds = torch.tensor([0, 2]), torch.tensor([3, 4])
-    plain = renderer.scene(ids, seeds).points
+    plain = renderer.scene(ids, seeds)[0].points
     for name, value in [("scale", (0.5, 0.8)), ("shift", 0.3), ("subsample", (0.2, 0.5)), ("jitter", 0.05),
                         ("pointwolf", True), ("mix", 0.5)]:
         one = PointRenderer(tiny_bank(), cfg(augment=AugmentConfig(**{name: value})))
-        assert not torch.equal(one.scene(ids, seeds).points, plain), name
+        assert not torch.equal(one.scene(ids, seeds)[0].points, plain), name
     sub = PointRenderer(tiny_bank(), cfg(augment=AugmentConfig(subsample=(0.25, 0.25))))
-    kept = (sub.scene(ids, seeds).points[..., 0] != OFFSCREEN).float().mean()
+    kept = (sub.scene(ids, seeds)[0].points[..., 0] != OFFSCREEN).float().mean()
     assert 0.18 < kept < 0.32
 
 
 def test_mixing_takes_points_and_colours_from_another_category():
     bank = tiny_bank(num_classes=3)
     renderer = PointRenderer(bank, cfg(augment=AugmentConfig(mix=0.3), color_init="palette", palette_size=1))
-    scene = renderer.scene(torch.tensor([1]), torch.tensor([7]))
+    scene, _ = renderer.scene(torch.tensor([1]), torch.tensor([7]))
     own = (scene.colors[0] - renderer.colors()[1]).abs().sum(-1) < 1e-6
     assert 0.55 < own.float().mean() < 0.85  # ~70% own colour, the rest one other category's
 
@@ -204,7 +205,7 @@ def test_view_options_render(view):
 def test_rotation_none_projects_by_hand():
     bank = tiny_bank(num_classes=1, num_points=5)
     renderer = PointRenderer(bank, cfg(view=ViewConfig(rotation="none", distance=(3.0, 3.0), fov=(90.0, 90.0))))
-    ndc = renderer.scene(torch.tensor([0]), torch.tensor([0])).points[0]
+    ndc = renderer.scene(torch.tensor([0]), torch.tensor([0]))[0].points[0]
     p = bank.points[0]
     torch.testing.assert_close(ndc[:, :2], p[:, :2] / (p[:, 2:] + 3.0))  # focal 1 at 90 degrees
     torch.testing.assert_close(ndc[:, 2], p[:, 2] + 3.0)
@@ -254,8 +255,9 @@ def test_shared_tables_and_joint_gradients():
 
 def test_gradients_touch_only_the_drawn_and_mixed_in_rows():
     renderer = PointRenderer(tiny_bank(num_classes=6), cfg(mode="joint", augment=AugmentConfig(mix=0.3)))
-    renderer(torch.tensor([1, 4]), torch.tensor([0, 0])).mean().backward()
-    rows = renderer.touched_rows.tolist()
+    images, rows = renderer.render(torch.tensor([1, 4]), torch.tensor([0, 0]))
+    images.mean().backward()
+    rows = rows.tolist()
     assert 1 in rows and 4 in rows and 2 <= len(rows) <= 4  # own categories plus one mixed-in each
     assert renderer.color_logits.grad.coalesce().indices()[0].tolist() == rows
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from torchvision.io import read_image
 
-from dr_fdsl.config import ConfigError
-from dr_fdsl.engine import Trainer
 from dr_fdsl.bank import bank_from_config
+from dr_fdsl.engine import build_run, evaluate, train_step
+from dr_fdsl.errors import ConfigError, DatasetError
 from dr_fdsl.render import PointRenderer
-from dr_fdsl.static import DatasetError, StaticViews, export, image_path, quantize
+from dr_fdsl.static import StaticViews, export, image_path, quantize
 from tests.test_train import tiny
 
 VIEWS = 3
@@ -65,10 +65,10 @@ def test_export_resumes_and_refuses_other_settings(tmp_path, exported):
         export(renderer, cfg, out, VIEWS + 1, progress=False)
 
 
-def losses(trainer, steps):
+def losses(run, steps):
     out = []
-    while trainer.step < steps:
-        out.append(float(trainer.train_step()["train/loss"]))
+    while run.step < steps:
+        out.append(float(train_step(run)["train/loss"]))
     return out
 
 
@@ -77,11 +77,12 @@ def test_static_and_in_loop_frozen_runs_give_the_same_losses(tmp_path, bank_dir,
     same = ["renderer.augment.subsample=[0.5,1.0]", "renderer.color_init=palette", "renderer.mode=frozen",
             "image_aug.random_erasing=0.5"]
     # One after the other: augmentations draw from the process-wide generators each trainer seeds.
-    in_loop = Trainer(tiny(tmp_path / "loop", bank_dir, *same, f"data.views_per_class={VIEWS}", "data.quantize=true"))
-    a, a_eval = losses(in_loop, 4), in_loop.evaluate()
-    static = Trainer(tiny(tmp_path / "static", bank_dir, *same, "data.source=static", f"data.path={root}",
-                          "data.workers=2"))
-    b, b_eval = losses(static, 4), static.evaluate()
+    in_loop = build_run(tiny(tmp_path / "loop", bank_dir, *same, f"data.views_per_class={VIEWS}",
+                             "data.quantize=true"))
+    a, a_eval = losses(in_loop, 4), evaluate(in_loop)
+    static = build_run(tiny(tmp_path / "static", bank_dir, *same, "data.source=static", f"data.path={root}",
+                            "data.workers=2"))
+    b, b_eval = losses(static, 4), evaluate(static)
     assert a == b and len(set(a)) > 1
     assert a_eval == b_eval
 
@@ -89,10 +90,10 @@ def test_static_and_in_loop_frozen_runs_give_the_same_losses(tmp_path, bank_dir,
 def test_static_source_bad_input(tmp_path, bank_dir, exported):
     root, _, _ = exported
     with pytest.raises(ConfigError, match="needs renderer.mode=frozen"):
-        Trainer(tiny(tmp_path, bank_dir, "data.source=static", f"data.path={root}", "renderer.mode=joint"))
-    with pytest.raises(ConfigError, match="'data.path' must name a dataset folder"):
-        Trainer(tiny(tmp_path, bank_dir, "data.source=static", "renderer.mode=frozen"))
+        tiny(tmp_path, bank_dir, "data.source=static", f"data.path={root}", "renderer.mode=joint")
+    with pytest.raises(ConfigError, match="'data.path': must name a dataset folder"):
+        tiny(tmp_path, bank_dir, "data.source=static", "renderer.mode=frozen")
     with pytest.raises(DatasetError, match="not a dataset folder"):
-        Trainer(tiny(tmp_path, bank_dir, "data.source=static", f"data.path={tmp_path}", "renderer.mode=frozen"))
+        build_run(tiny(tmp_path, bank_dir, "data.source=static", f"data.path={tmp_path}", "renderer.mode=frozen"))
     with pytest.raises(ConfigError, match="exported with other renderer settings"):
-        Trainer(tiny(tmp_path, bank_dir, "data.source=static", f"data.path={root}", "renderer.mode=frozen"))
+        build_run(tiny(tmp_path, bank_dir, "data.source=static", f"data.path={root}", "renderer.mode=frozen"))

@@ -9,10 +9,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from dr_fdsl.checkpoint import CheckpointError, list_checkpoints
-from dr_fdsl.config import ConfigError, load_config
-from dr_fdsl.engine import NonFiniteLossError, Trainer
 from dr_fdsl.bank import bank_from_config
+from dr_fdsl.checkpoint import list_checkpoints
+from dr_fdsl.config import load_config
+from dr_fdsl.engine import build_run, fit, resume, save_checkpoint, train_step
+from dr_fdsl.errors import CheckpointError, ConfigError, NonFiniteLossError
 from dr_fdsl.render import PointRenderer
 from tests.conftest import ROOT
 
@@ -42,12 +43,12 @@ def tiny(tmp_path, bank_dir, *overrides):
     return load_config(None, base + list(overrides))
 
 
-def renderer_params(trainer):
-    return [p.detach().clone() for p in trainer.renderer.parameters()]
+def renderer_params(run):
+    return [p.detach().clone() for p in run.renderer.parameters()]
 
 
-def model_params(trainer):
-    return [p.detach().clone() for p in trainer.accelerator.unwrap_model(trainer.model).parameters()]
+def model_params(run):
+    return [p.detach().clone() for p in run.accelerator.unwrap_model(run.objective.model).parameters()]
 
 
 def tags(run_dir):
@@ -60,10 +61,10 @@ def tags(run_dir):
 @pytest.mark.parametrize("mode", ["frozen", "joint", "adversarial"])
 def test_each_mode_trains_logs_and_checkpoints(tmp_path, bank_dir, mode):
     cfg = tiny(tmp_path, bank_dir, f"renderer.mode={mode}")
-    trainer = Trainer(cfg)
-    before = renderer_params(trainer)
-    summary = trainer.fit()
-    after = renderer_params(trainer)
+    run = build_run(cfg)
+    before = renderer_params(run)
+    summary = fit(run)
+    after = renderer_params(run)
     if mode == "frozen":
         assert all(torch.equal(a, b) for a, b in zip(before, after))
         fresh = PointRenderer(bank_from_config(cfg.bank), cfg.renderer)
@@ -93,18 +94,16 @@ def test_joint_descends_and_adversarial_ascends(tmp_path, bank_dir):
              "renderer.anchor_penalty=0", "optim.clip_grad=0", "train.probe=false", "renderer.color_init=grey"]
     deltas, grads = {}, {}
     for mode in ("joint", "adversarial"):
-        trainer = Trainer(tiny(tmp_path / mode, bank_dir, f"renderer.mode={mode}", *plain))
-        start = renderer_params(trainer)
+        run = build_run(tiny(tmp_path / mode, bank_dir, f"renderer.mode={mode}", *plain))
+        start = renderer_params(run)
         # The gradient of the loss itself, from the same batch the step will draw.
-        state = trainer.stream.state_dict()
-        ids, seeds = trainer.stream.draw(8)
-        trainer.stream.load_state_dict(state)
-        images = trainer.renderer(ids, seeds)
-        loss = torch.nn.functional.cross_entropy(trainer.model(trainer.normalize(images)), ids,
+        ids, seeds = run.stream.batch(run.stream.index, 8)
+        images = run.renderer(ids, seeds)
+        loss = torch.nn.functional.cross_entropy(run.objective.model(run.objective.normalize(images)), ids,
                                                  label_smoothing=0.1)
-        grads[mode] = torch.autograd.grad(loss, list(trainer.renderer.parameters()))
-        trainer.train_step()
-        deltas[mode] = [a - b for a, b in zip(renderer_params(trainer), start)]
+        grads[mode] = torch.autograd.grad(loss, list(run.renderer.parameters()))
+        train_step(run)
+        deltas[mode] = [a - b for a, b in zip(renderer_params(run), start)]
     for j, a in zip(deltas["joint"], deltas["adversarial"]):
         torch.testing.assert_close(j, -a)
     for g, j in zip(grads["joint"], deltas["joint"]):
@@ -116,64 +115,61 @@ def test_joint_descends_and_adversarial_ascends(tmp_path, bank_dir):
 def test_resume_is_exact(tmp_path, bank_dir):
     args = ["renderer.mode=joint", "train.max_steps=6", "train.ckpt_every=3", "train.eval_every=3",
             "image_aug.random_erasing=0.5", "renderer.augment.subsample=[0.5,1.0]"]
-    straight = Trainer(tiny(tmp_path / "a", bank_dir, *args))
-    straight.fit()
-    interrupted = Trainer(tiny(tmp_path / "b", bank_dir, *args))  # the same 6-step run, stopped after 3
+    straight = build_run(tiny(tmp_path / "a", bank_dir, *args))
+    fit(straight)
+    interrupted = build_run(tiny(tmp_path / "b", bank_dir, *args))  # the same 6-step run, stopped after 3
     while interrupted.step < 3:
-        interrupted.train_step()
-    interrupted.save_checkpoint()
-    resumed = Trainer(tiny(tmp_path / "b", bank_dir, *args))
-    resumed.resume("latest")
+        train_step(interrupted)
+    save_checkpoint(interrupted)
+    resumed = build_run(tiny(tmp_path / "b", bank_dir, *args), resume="latest")
+    resume(resumed, "latest")
     assert resumed.step == 3
-    resumed.fit()
+    fit(resumed)
     for a, b in zip(model_params(straight) + renderer_params(straight),
                     model_params(resumed) + renderer_params(resumed)):
         assert torch.equal(a, b)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, bank_dir):
-    trainer = Trainer(tiny(tmp_path, bank_dir, "train.max_steps=2"))
-    trainer.fit()
-    broken = Trainer(tiny(tmp_path, bank_dir, "train.max_steps=4"))
-    broken.resume("latest")
+    fit(build_run(tiny(tmp_path, bank_dir, "train.max_steps=2")))
+    broken = build_run(tiny(tmp_path, bank_dir, "train.max_steps=4"), resume="latest")
+    resume(broken, "latest")
     with torch.no_grad():
-        next(broken.accelerator.unwrap_model(broken.model).parameters()).fill_(float("nan"))
-    with pytest.raises(NonFiniteLossError, match=r"at step 3; .*last good checkpoint: .*step_0000002"):
-        broken.fit()
+        next(broken.accelerator.unwrap_model(broken.objective.model).parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"at step 3; .*last good checkpoint: .*step_0000002.*lower optim.lr"):
+        fit(broken)
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_0000002"]
 
 
 def test_bad_checkpoints_are_clear_errors(tmp_path, bank_dir):
     with pytest.raises(CheckpointError, match="no checkpoint under"):
-        Trainer(tiny(tmp_path, bank_dir)).resume("latest")
-    Trainer(tiny(tmp_path, bank_dir, "train.max_steps=2")).fit()
+        resume(build_run(tiny(tmp_path, bank_dir), resume="latest"), "latest")
+    fit(build_run(tiny(tmp_path, bank_dir, "train.max_steps=2")))
     ckpt = list_checkpoints(tmp_path / "run")[-1]
     with pytest.raises(CheckpointError, match=r"other settings \(bank: checkpoint"):
-        Trainer(tiny(tmp_path, bank_dir, "bank.num_classes=3")).resume("latest")
+        resume(build_run(tiny(tmp_path, bank_dir, "bank.num_classes=3"), resume="latest"), "latest")
     # An interrupted save leaves only a temporary folder, which is never taken for a checkpoint.
     shutil.copytree(ckpt, ckpt.parent / ".incomplete_step_0000009")
     assert list_checkpoints(tmp_path / "run") == [ckpt]
     weights = ckpt / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="could not be loaded"):
-        Trainer(tiny(tmp_path, bank_dir)).resume(str(ckpt))
+        resume(build_run(tiny(tmp_path, bank_dir), resume=str(ckpt)), str(ckpt))
     (ckpt / "trainer_state.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="incomplete or corrupt"):
-        Trainer(tiny(tmp_path, bank_dir)).resume(str(ckpt))
+        resume(build_run(tiny(tmp_path, bank_dir), resume=str(ckpt)), str(ckpt))
 
 
-@pytest.mark.parametrize("override, pattern", [
-    ("model.name=vit_tiny_patch16_2244", r"unknown timm model 'vit_tiny_patch16_2244' \(did you mean"),
-    ("model.name=vit_tiny_patch16_224", r"image_size=32 is not a multiple of .*patch size \(16, 16\)"),
-    ("train.batch_size=0", r"'train.batch_size' must be >= 1"),
+@pytest.mark.parametrize("overrides, pattern", [
+    (["model.name=vit_tiny_patch16_2244"], r"unknown timm model 'vit_tiny_patch16_2244' \(did you mean"),
+    (["model.name=vit_tiny_patch16_224", "renderer.image_size=40"],
+     r"image_size=40 is not a multiple of .*patch size \(16, 16\)"),
 ])
-def test_bad_settings_fail_before_training(tmp_path, bank_dir, override, pattern):
-    cfg = tiny(tmp_path, bank_dir, override)
-    if "vit_tiny" in override and "2244" not in override:
-        cfg = tiny(tmp_path, bank_dir, override, "renderer.image_size=40")
-        pattern = pattern.replace("32", "40")
+def test_bad_models_fail_before_the_bank_is_built(tmp_path, bank_dir, overrides, pattern):
+    cfg = tiny(tmp_path, bank_dir, *overrides, f"bank.cache_dir={tmp_path / 'banks'}")
     with pytest.raises(ConfigError, match=pattern):
-        Trainer(cfg)
+        build_run(cfg)
+    assert not (tmp_path / "banks").exists()
 
 
 def test_train_py_rejects_unknown_keys_before_any_work(tmp_path):
@@ -235,13 +231,14 @@ def fresh_accelerate_state():
 
 
 def test_bf16_classifier_float32_renderer_and_accumulation(tmp_path, bank_dir, fresh_accelerate_state):
-    trainer = Trainer(tiny(tmp_path, bank_dir, "train.mixed_precision=bf16", "train.grad_accum=2",
-                           "renderer.mode=joint"))
-    with trainer.accelerator.autocast():
-        images = trainer.renderer(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    run = build_run(tiny(tmp_path, bank_dir, "train.mixed_precision=bf16", "train.grad_accum=2",
+                         "renderer.mode=joint"))
+    with run.accelerator.autocast():
+        images = run.renderer(torch.tensor([0, 1]), torch.tensor([0, 1]))
         assert images.dtype == torch.float32  # PyTorch3D's kernels run outside autocast
-        assert trainer.model(trainer.normalize(images)).dtype == torch.float32  # Accelerate casts outputs back
-    summary = trainer.fit()
+        # Accelerate casts outputs back to float32
+        assert run.objective.model(run.objective.normalize(images)).dtype == torch.float32
+    summary = fit(run)
     assert summary["step"] == 4 and summary["total_batch"] == 16  # 4 optimiser steps of 2 micro-batches
 
 
@@ -254,15 +251,13 @@ def test_example_accelerate_configs_load():
 
 
 def test_a_joint_step_moves_only_the_categories_it_drew(tmp_path, bank_dir):
-    trainer = Trainer(tiny(tmp_path, bank_dir, "renderer.mode=joint", "bank.num_classes=20", "train.probe=false",
-                           "optim.warmup_steps=0", "renderer.color_init=grey"))
-    before = renderer_params(trainer)
-    state = trainer.stream.state_dict()
-    drawn = set(trainer.stream.draw(8)[0].tolist())
-    trainer.stream.load_state_dict(state)
-    out = trainer.train_step()
+    run = build_run(tiny(tmp_path, bank_dir, "renderer.mode=joint", "bank.num_classes=20", "train.probe=false",
+                         "optim.warmup_steps=0", "renderer.color_init=grey"))
+    before = renderer_params(run)
+    drawn = set(run.stream.batch(run.stream.index, 8)[0].tolist())
+    out = train_step(run)
     assert out["perf/renderer_rows_synced"] == 2 * len(drawn)  # colour and radius rows of the drawn categories
-    for old, new in zip(before, renderer_params(trainer)):
+    for old, new in zip(before, renderer_params(run)):
         moved = {c for c in range(20) if not torch.equal(old[c], new[c])}
         assert moved == drawn
 
@@ -283,6 +278,6 @@ def test_ctrl_c_leaves_a_whole_checkpoint_to_resume_from(tmp_path, bank_dir):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted at step" in err and "--resume latest" in err
-    resumed = Trainer(load_config(tmp_path / "run" / "config.yaml"))  # the run's own resolved config
-    resumed.resume("latest")  # whole and loadable
+    resumed = build_run(load_config(tmp_path / "run" / "config.yaml"), resume="latest")  # its resolved config
+    resume(resumed, "latest")  # whole and loadable
     assert resumed.step % 3 == 0 and resumed.step >= 3

@@ -7,16 +7,13 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from dr_fdsl.config import BankConfig  # noqa: E402
-from dr_fdsl.fractals import generate_bank  # noqa: E402
+from dr_fdsl.bank import generate_bank
+from dr_fdsl.config import BankConfig, IFS3DConfig
 
 
 def main() -> None:
@@ -27,7 +24,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=str, default=None)
     args = parser.parse_args()
-    cfg = BankConfig(num_classes=args.classes, num_points=args.points, sampler=args.sampler, seed=args.seed)
+    cfg = BankConfig(num_classes=args.classes, num_points=args.points, seed=args.seed,
+                     ifs3d=IFS3DConfig(sampler=args.sampler))
     start = time.perf_counter()
     bank = generate_bank(cfg, progress=True)
     seconds = time.perf_counter() - start

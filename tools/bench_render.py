@@ -9,18 +9,14 @@ composite (weights + compositing, forward and backward).
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from dr_fdsl.config import AugmentConfig, RendererConfig  # noqa: E402
-from dr_fdsl.fractals import build_bank  # noqa: E402
-from dr_fdsl.render import FractalRenderer, composite, fragment_weights, rasterize  # noqa: E402
-from dr_fdsl.render.sort_raster import rasterize_sorted  # noqa: E402
-from dr_fdsl.timing import machine_and_peak_memory, median_time  # noqa: E402
+from dr_fdsl.bank import build_bank
+from dr_fdsl.config import AugmentConfig, RendererConfig
+from dr_fdsl.render import RASTERIZERS, PointRenderer, composite, fragment_weights, get_rasterizer
+from dr_fdsl.timing import machine_and_peak_memory, median_time
 
 
 def main() -> None:
@@ -32,7 +28,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backend", default="pytorch3d", choices=["pytorch3d", "sort"])
+    parser.add_argument("--backend", default="pytorch3d", choices=sorted(RASTERIZERS))
     parser.add_argument("--json", type=str, default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -41,7 +37,7 @@ def main() -> None:
     cfg = RendererConfig(mode="joint", image_size=args.size, points_per_pixel=args.k, color_init="random",
                          raster_backend=args.backend,
                          augment=AugmentConfig(scale=(0.8, 1.1), shift=0.1, subsample=(0.6, 1.0)))
-    renderer = FractalRenderer(bank, cfg).to(device)
+    renderer = PointRenderer(bank, cfg).to(device)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, args.classes, (args.batch,), generator=gen).to(device)
     seeds = torch.randint(0, 2**31, (args.batch,), generator=gen).to(device)
@@ -54,8 +50,8 @@ def main() -> None:
         renderer.zero_grad(set_to_none=True)
         renderer(ids, seeds).mean().backward()
 
-    scene = renderer.scene(ids, seeds)
-    raster = rasterize_sorted if args.backend == "sort" else rasterize
+    scene, _ = renderer.scene(ids, seeds)
+    raster = get_rasterizer(args.backend)
     fragments = raster(scene.points, scene.radii, args.size, args.k)
 
     def composite_fb():

@@ -15,9 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # the shipped configs
 MODES = ("frozen", "joint", "adversarial")
 PRESETS = {
     # 10 categories at 32 px with timm's test_vit; Fashion-MNIST with 20 images per class.
@@ -33,14 +31,14 @@ PRESETS = {
 
 def pretrain(preset: dict, mode: str, seed: int, out: Path) -> dict:
     from dr_fdsl.config import load_config
-    from dr_fdsl.engine import Trainer
+    from dr_fdsl.engine import build_run, fit
 
     config = ROOT / preset["config"].format(mode=mode)
     cfg = load_config(config, [f"output_dir={out}", f"seed={seed}", f"renderer.mode={mode}",
                                f"train.max_steps={preset['steps']}", f"train.batch_size={preset['batch']}",
                                f"train.eval_every={preset['eval_every']}", f"train.image_every={preset['steps']}",
                                f"train.ckpt_every={preset['steps']}", "train.progress=false"])
-    return Trainer(cfg).fit()
+    return fit(build_run(cfg))  # the process group stays up for the next run of this launch
 
 
 def pretrain_curve(run: Path) -> list[tuple[int, float]]:
@@ -133,7 +131,7 @@ def main(argv=None) -> int:
                 curves.setdefault(mode, {})[seed] = pretrain_curve(run)
             result = finetune(FinetuneSettings(
                 dataset=preset["dataset"], data_root=args.data_root, pretrained=str(run) if summary else None,
-                model=preset["model"], image_size=preset["image_size"], epochs=preset["epochs"],
+                model=None if summary else preset["model"], image_size=preset["image_size"], epochs=preset["epochs"],
                 batch_size=preset["ft_batch"], lr=preset["ft_lr"], per_class=preset["per_class"],
                 max_test=preset["max_test"], seed=seed, output_dir=str(out / "finetune" / f"{mode}_s{seed}"),
                 progress=False))
@@ -145,6 +143,7 @@ def main(argv=None) -> int:
                       f"cumulative error {result['cumulative_error']:.1f}", flush=True)
 
     if not is_main:  # under `accelerate launch`, every process ran the same runs; one writes the results
+        PartialState().destroy_process_group()
         return 0
 
     with open(out / "results.csv", "w", newline="") as f:
@@ -159,6 +158,7 @@ def main(argv=None) -> int:
     plot(rows, curves, out / "curves.png")
     print(table)
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'curves.png'}")
+    PartialState().destroy_process_group()  # one launch, several trainings: the process group goes down once, here
     return 0
 
 

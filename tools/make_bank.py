@@ -1,4 +1,4 @@
-"""Builds (or finds in the cache) the fractal category bank for a config and prints where it is.
+"""Builds (or finds in the cache) the category bank for a config and prints where it is.
 
     python tools/make_bank.py --config configs/quickstart.yaml [bank.num_classes=1000 ...] [--rebuild]
 """
@@ -6,12 +6,10 @@
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dr_fdsl.config import ConfigError, add_config_args, load_config  # noqa: E402
-from dr_fdsl.fractals import BankCacheError, BankError, bank_from_config, cache_path  # noqa: E402
+from dr_fdsl.bank import bank_from_config, cache_path
+from dr_fdsl.config import add_config_args, load_config
+from dr_fdsl.errors import DrFdslError
 
 
 def main(argv=None) -> int:
@@ -25,7 +23,7 @@ def main(argv=None) -> int:
         cached = path.exists() and not args.rebuild
         start = time.perf_counter()
         bank = bank_from_config(cfg.bank, rebuild=args.rebuild, progress=True)
-    except (ConfigError, BankError, BankCacheError) as err:
+    except DrFdslError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start

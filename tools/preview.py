@@ -7,15 +7,13 @@ Rows are categories, columns are view seeds.
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from dr_fdsl.config import ConfigError, add_config_args, load_config  # noqa: E402
-from dr_fdsl.fractals import BankCacheError, BankError, bank_from_config  # noqa: E402
-from dr_fdsl.render import FractalRenderer, render_grid, save_grid  # noqa: E402
+from dr_fdsl.bank import bank_from_config
+from dr_fdsl.config import add_config_args, load_config
+from dr_fdsl.errors import DrFdslError
+from dr_fdsl.render import PointRenderer, render_grid, save_grid
 
 
 def main(argv=None) -> int:
@@ -28,8 +26,8 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         bank = bank_from_config(cfg.bank, progress=True)
-        renderer = FractalRenderer(bank, cfg.renderer)
-    except (ConfigError, BankError, BankCacheError) as err:
+        renderer = PointRenderer(bank, cfg.renderer)
+    except DrFdslError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     rows = min(args.classes, bank.num_classes)

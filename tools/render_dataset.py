@@ -10,16 +10,14 @@ other settings is refused. Train from it with data.source=static data.path=DIR.
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from dr_fdsl.config import ConfigError, add_config_args, load_config  # noqa: E402
-from dr_fdsl.fractals import BankCacheError, BankError, bank_from_config  # noqa: E402
-from dr_fdsl.render import FractalRenderer  # noqa: E402
-from dr_fdsl.static import DatasetError, export  # noqa: E402
+from dr_fdsl.bank import bank_from_config
+from dr_fdsl.config import add_config_args, load_config
+from dr_fdsl.errors import ConfigError, DrFdslError
+from dr_fdsl.render import PointRenderer
+from dr_fdsl.static import export
 
 
 def main(argv=None) -> int:
@@ -35,9 +33,9 @@ def main(argv=None) -> int:
             raise ConfigError(f"--views must be positive, got {args.views}")
         cfg = load_config(args.config, args.overrides)
         bank = bank_from_config(cfg.bank, progress=True)
-        renderer = FractalRenderer(bank, cfg.renderer).to(args.device).requires_grad_(False)
+        renderer = PointRenderer(bank, cfg.renderer).to(args.device).requires_grad_(False)
         counts = export(renderer, cfg, args.out, args.views, batch_size=args.batch)
-    except (ConfigError, BankError, BankCacheError, DatasetError) as err:
+    except DrFdslError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     rate = counts["written"] / max(counts["seconds"], 1e-9)

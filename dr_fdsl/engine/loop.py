@@ -189,6 +189,8 @@ def finish(run: Run, last_eval: dict, total: dict) -> dict:
         if run.writer is not None and metrics:
             run.writer.add_hparams(hparams, metrics, run_name=".")
     acc.wait_for_everyone()
+    for tracker in acc.trackers:  # flush and close TensorBoard; the process group stays up (the launcher's)
+        tracker.finish()
     release(run)
     return summary
 

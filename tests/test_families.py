@@ -4,18 +4,11 @@ import sys
 import pytest
 import torch
 
-from dr_fdsl.config import BankConfig
-from dr_fdsl.fractals import (
-    BankCacheError,
-    BankError,
-    build_bank,
-    cache_path,
-    chaos_game,
-    generate_bank,
-    normalize_cloud,
-    normalized_variance,
-    sample_systems,
-)
+from dr_fdsl.bank import build_bank, cache_path
+from dr_fdsl.config import BankConfig, IFS3DConfig, load_config
+from dr_fdsl.errors import BankCacheError, BankError, ConfigError
+from dr_fdsl.families import FAMILIES
+from dr_fdsl.families.ifs3d import chaos_game, generate, normalize_cloud, normalized_variance, sample_systems
 from tests.conftest import ROOT
 
 
@@ -40,9 +33,10 @@ def reference_cloud(affine, probs, num_maps, u, burn_in):
 
 def test_shapes_ranges_and_filter(small_bank):
     b = small_bank
+    affine, probs, num_maps = (b.params[k] for k in ("affine", "probs", "num_maps"))
     assert b.points.shape == (6, 600, 3) and b.points.dtype == torch.float32
-    assert b.affine.shape == (6, 7, 3, 4) and b.probs.shape == (6, 7) and b.num_maps.shape == (6,)
-    assert ((b.num_maps >= 2) & (b.num_maps <= 7)).all()
+    assert affine.shape == (6, 7, 3, 4) and probs.shape == (6, 7) and num_maps.shape == (6,)
+    assert ((num_maps >= 2) & (num_maps <= 7)).all()
     assert torch.isfinite(b.points).all()
     # Centred on the centroid, largest coordinate exactly 1 in magnitude.
     assert b.points.mean(1).abs().max() < 1e-5
@@ -50,27 +44,28 @@ def test_shapes_ranges_and_filter(small_bank):
     assert (b.points.var(1, unbiased=False) > 0.05 - 1e-6).all()
     # Unused maps are zero and never chosen; probabilities sum to one and follow |det A|.
     for c in range(6):
-        n = int(b.num_maps[c])
-        assert (b.affine[c, n:] == 0).all() and (b.probs[c, n:] == 0).all()
-        det = torch.linalg.det(b.affine[c, :n, :, :3]).abs()
-        assert torch.allclose(b.probs[c, :n], det / det.sum())
+        n = int(num_maps[c])
+        assert (affine[c, n:] == 0).all() and (probs[c, n:] == 0).all()
+        det = torch.linalg.det(affine[c, :n, :, :3]).abs()
+        assert torch.allclose(probs[c, :n], det / det.sum())
 
 
 def test_points_match_a_one_point_at_a_time_reference(small_bank):
     b = small_bank
     u = torch.rand(100 + 600, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     for c in range(3):
-        ref = reference_cloud(b.affine[c], b.probs[c], b.num_maps[c], u, burn_in=100)
+        ref = reference_cloud(*(b.params[k][c] for k in ("affine", "probs", "num_maps")), u, burn_in=100)
         assert torch.allclose(b.points[c].double(), ref, atol=1e-5)
 
 
 def test_deterministic_and_prefix_stable(small_bank):
     again = build_bank(num_classes=6, num_points=600, seed=1, cache_dir=None)
-    assert torch.equal(again.points, small_bank.points) and torch.equal(again.affine, small_bank.affine)
+    assert torch.equal(again.points, small_bank.points)
+    assert torch.equal(again.params["affine"], small_bank.params["affine"])
     fewer = build_bank(num_classes=2, num_points=600, seed=1, cache_dir=None)
     assert torch.equal(fewer.points, small_bank.points[:2])
     other = build_bank(num_classes=2, num_points=600, seed=2, cache_dir=None)
-    assert not torch.equal(other.affine, small_bank.affine[:2])
+    assert not torch.equal(other.params["affine"], small_bank.params["affine"][:2])
 
 
 def test_statistics_filter_equals_filter_on_the_cloud():
@@ -97,11 +92,12 @@ def test_cache_round_trip(tmp_path, monkeypatch):
     first = build_bank(num_classes=2, num_points=300, seed=3, cache_dir=str(tmp_path))
     path = cache_path(BankConfig(num_classes=2, num_points=300, seed=3, cache_dir=str(tmp_path)))
     assert path.is_file()
-    import dr_fdsl.fractals as fractals
+    import dr_fdsl.bank as bank
 
-    monkeypatch.setattr(fractals, "generate_bank", lambda *a, **k: pytest.fail("cache was not used"))
+    monkeypatch.setattr(bank, "generate_bank", lambda *a, **k: pytest.fail("cache was not used"))
     second = build_bank(num_classes=2, num_points=300, seed=3, cache_dir=str(tmp_path))
-    assert torch.equal(first.points, second.points) and torch.equal(first.probs, second.probs)
+    assert torch.equal(first.points, second.points)
+    assert torch.equal(first.params["probs"], second.params["probs"])
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_settings"])
@@ -126,21 +122,21 @@ def test_corrupt_cache_is_a_clear_error_and_rebuild_fixes_it(tmp_path, damage):
 @pytest.mark.parametrize(
     "kwargs, pattern",
     [
-        (dict(num_classes=0), "num_classes must be positive"),
-        (dict(num_points=-5), "num_points must be positive"),
-        (dict(min_variance=1.0), r"min_variance must be in \[0, 1\)"),
-        (dict(min_maps=3, max_maps=2), "min_maps"),
+        (dict(num_classes=0), "'bank.num_classes': must be positive"),
+        (dict(num_points=-5), "'bank.num_points': must be positive"),
+        (dict(min_variance=1.0), r"'bank.ifs3d.min_variance': must be in \[0, 1\)"),
+        (dict(min_maps=3, max_maps=2), "'bank.ifs3d.min_maps'"),
     ],
 )
 def test_bad_settings_fail_fast(kwargs, pattern):
-    with pytest.raises(BankError, match=pattern):
+    with pytest.raises(ConfigError, match=pattern):
         build_bank(**{"num_classes": 2, "num_points": 100, "cache_dir": None, **kwargs})
 
 
 def test_unreachable_threshold_gives_up_after_bounded_draws():
-    cfg = BankConfig(num_classes=2, num_points=200, min_variance=0.9)
-    with pytest.raises(BankError, match=r"only 0 of 2 systems passed bank.min_variance=0.9 in 16384 draws"):
-        generate_bank(cfg, max_draws=16384)
+    cfg = BankConfig(num_classes=2, num_points=200, ifs3d=IFS3DConfig(min_variance=0.9))
+    with pytest.raises(BankError, match=r"only 0 of 2 systems passed bank.ifs3d.min_variance=0.9 in 16384 draws"):
+        generate(cfg, max_draws=16384)
 
 
 def test_make_bank_tool(tmp_path):
@@ -151,7 +147,21 @@ def test_make_bank_tool(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "bank: 2 classes x 300 points, built from" in out.stdout
-    assert any(tmp_path.glob("bank-v1-uniform-c2-n300-s0-*.pt"))
+    assert any(tmp_path.glob("bank-v2-ifs3d-c2-n300-*.pt"))
     bad = subprocess.run([sys.executable, str(ROOT / "tools" / "make_bank.py"), "bank.colour=1"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown config key 'bank.colour'" in bad.stderr
+
+
+def test_unknown_family_is_a_config_error_listing_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"'bank.family': unknown family 'ifs2d'; valid: ifs3d"):
+        load_config(None, ["bank.family=ifs2d"])
+    assert set(FAMILIES) == {"ifs3d"}
+
+
+def test_cache_key_is_the_chosen_familys_content():
+    base = BankConfig(num_classes=2, num_points=300)
+    assert cache_path(base) == cache_path(BankConfig(num_classes=2, num_points=300, cache_dir="cache/banks"))
+    assert cache_path(base) != cache_path(BankConfig(num_classes=2, num_points=300, seed=1))
+    assert cache_path(base) != cache_path(BankConfig(num_classes=2, num_points=300,
+                                                     ifs3d=IFS3DConfig(min_variance=0.06)))

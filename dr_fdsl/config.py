@@ -357,29 +357,49 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
+def _merge(base: dict, top: dict) -> dict:
+    """``top`` over ``base``, section by section."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_file(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A config file's mapping, with ``include: other.yaml`` (relative to the file) read first and merged under
+    it: shared recipes live in one file and variants state only what differs."""
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; the shipped ones are in configs/")
+    if path.resolve() in chain:
+        raise ConfigError(f"config file '{path}' includes itself (through {' -> '.join(map(str, chain))})")
+    try:
+        tree = _read_yaml(path.read_text())
+    except ConfigError as err:
+        raise ConfigError(f"config file '{path}': {err}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from err
+    if tree is None:
+        # An empty file would silently run the dataclass defaults (a 1,000-category ViT-Tiny run).
+        raise ConfigError(f"config file '{path}' is empty; give at least one section (see configs/)")
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections, got {type(tree).__name__}")
+    include = tree.pop("include", None)
+    if include is None:
+        return tree
+    if not isinstance(include, str):
+        raise ConfigError(f"config file '{path}': 'include' must name one YAML file, got {include!r}")
+    return _merge(_read_file(path.parent / include, (*chain, path.resolve())), tree)
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), cls: type = Config,
                 validate: bool = True) -> Any:
-    """Defaults, then the YAML file at ``path``, then dotted ``overrides``; every check runs before returning.
+    """Defaults, then the YAML file at ``path`` (and what it includes), then dotted ``overrides``; every check
+    runs before returning.
 
     ``cls`` may be another dataclass (e.g. the fine-tuning settings); ``validate`` runs :func:`validate_config`
     on a :class:`Config` and ``cls.validate()`` on any other class that has one.
     """
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist; the shipped ones are in configs/")
-        try:
-            tree = _read_yaml(path.read_text())
-        except ConfigError as err:
-            raise ConfigError(f"config file '{path}': {err}") from err
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from err
-        if tree is None:
-            # An empty file would silently run the dataclass defaults (a 1,000-category ViT-Tiny run).
-            raise ConfigError(f"config file '{path}' is empty; give at least one section (see configs/)")
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file '{path}' must hold a mapping of sections, got {type(tree).__name__}")
+    tree = _read_file(Path(path)) if path is not None else {}
     for key, value in parse_overrides(overrides):
         _set_dotted(tree, key, value)
     cfg = from_dict(cls, tree)

@@ -6,6 +6,7 @@ import difflib
 
 import timm
 import torch
+from timm.data import resolve_model_data_config
 from torch import nn
 
 from dr_fdsl.config import ModelConfig
@@ -45,8 +46,6 @@ def create_classifier(cfg: ModelConfig, num_classes: int, image_size: int) -> nn
 
 
 def normalization(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's input mean and std, ``(1, 3, 1, 1)`` each (timm's pretrained config, ImageNet otherwise)."""
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    mean = cfg.get("mean", (0.485, 0.456, 0.406))
-    std = cfg.get("std", (0.229, 0.224, 0.225))
-    return torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    """The model's input mean and std, ``(1, 3, 1, 1)`` each, from timm's data config for it."""
+    data = resolve_model_data_config(model)
+    return torch.tensor(data["mean"]).view(1, 3, 1, 1), torch.tensor(data["std"]).view(1, 3, 1, 1)

@@ -30,12 +30,9 @@ def average_row_gradients(parameters, accelerator) -> int:
             grad = p.grad.coalesce()
             rows, values = grad.indices()[0], grad.values()
         if world > 1:
-            # Pad to the longest list of rows (row -1 marks padding), gather, drop the padding.
-            count = torch.tensor([len(rows)], device=p.device)
-            longest = int(accelerator.gather(count).max())
-            pad = longest - len(rows)
-            rows = torch.cat([rows, rows.new_full((pad,), -1)])
-            values = torch.cat([values, values.new_zeros(pad, values.shape[1])])
+            # Accelerate pads every process's rows to the longest (row -1 marks padding); gather, drop padding.
+            rows = accelerator.pad_across_processes(rows, dim=0, pad_index=-1)
+            values = accelerator.pad_across_processes(values, dim=0, pad_index=0)
             rows, values = accelerator.gather(rows), accelerator.gather(values)
             real = rows >= 0
             rows, values = rows[real], values[real]

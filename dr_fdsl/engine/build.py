@@ -87,7 +87,7 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
     total_batch = t.batch_size * t.grad_accum * acc.num_processes
     lr = cfg.optim.lr * total_batch / 512
 
-    set_seed(cfg.seed)  # shared: identical initialisation on every process
+    set_seed(cfg.seed)  # shared: the networks start identical on every process (renderer tables: init_seed)
     objective = get_objective(t.objective)(cfg, num_classes, lr, acc.device)
     with acc.main_process_first():  # the main process builds and caches the bank, the others read it
         bank = bank_from_config(cfg.bank, progress=acc.is_main_process and t.progress)

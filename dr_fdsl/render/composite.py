@@ -9,6 +9,7 @@ in the radius even where a pixel enters or leaves a disk.
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from pytorch3d.renderer.compositing import alpha_composite, norm_weighted_sum
 
 from dr_fdsl.render.rasterizers import get_rasterizer
@@ -42,9 +43,9 @@ def composite(fragments: Fragments, weights: torch.Tensor, colors: torch.Tensor,
         weights: ``(B, H, W, K)`` from :func:`fragment_weights`. colors: ``(B, N, 3)`` in [0, 1].
         background: ``(B, 3, H, W)`` or ``(B, 3, 1, 1)``.
     """
-    idx = fragments.idx.permute(0, 3, 1, 2)  # PyTorch3D's compositors take (B, K, H, W)
-    alphas = weights.permute(0, 3, 1, 2)
-    features = colors.reshape(-1, 3).t()  # (3, B * N) packed
+    idx = rearrange(fragments.idx, "b h w k -> b k h w")  # PyTorch3D's compositors take slots first
+    alphas = rearrange(weights, "b h w k -> b k h w")
+    features = rearrange(colors, "b n c -> c (b n)")  # channels by packed point index
     transmittance = torch.prod(1 - alphas, dim=1, keepdim=True)  # (B, 1, H, W)
     if compositor == "alpha":
         image = alpha_composite(idx, alphas, features)

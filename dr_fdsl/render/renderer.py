@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from dr_fdsl.bank import PointBank
@@ -90,7 +91,7 @@ class PointRenderer(nn.Module):
         color_tables = 1 if cfg.share_colors else self.num_classes
         radius_tables = 1 if cfg.share_radii else self.num_classes
         colors = initial_colors(cfg, color_tables, self.num_points, gen)
-        self.color_logits = nn.Parameter(unsquash(colors).reshape(color_tables, -1))
+        self.color_logits = nn.Parameter(rearrange(unsquash(colors), "t n c -> t (n c)"))
         span = cfg.radius_max - cfg.radius_min
         fraction = (cfg.radius_init - cfg.radius_min) / span if span > 0 else 0.5
         self.radius_logits = nn.Parameter(unsquash(torch.full((radius_tables, self.num_points), fraction)))
@@ -102,7 +103,7 @@ class PointRenderer(nn.Module):
 
     def colors(self) -> torch.Tensor:
         """Colour tables ``(C or 1, N, 3)`` float32 in (0, 1)."""
-        return squash(self.color_logits).view(-1, self.num_points, 3)
+        return rearrange(squash(self.color_logits), "t (n c) -> t n c", c=3)
 
     def radii(self) -> torch.Tensor:
         """Radius tables ``(C or 1, N)`` float32 in [radius_min, radius_max], NDC units."""
@@ -172,7 +173,7 @@ class PointRenderer(nn.Module):
         """Each point's logits ``(B, N, width)``: row ``rows[source]`` of ``table`` (row 0 if shared)."""
         if table.shape[0] == 1:
             rows, source = torch.zeros_like(rows[:1]), torch.zeros_like(source)
-        return self._rows(table, rows).view(len(rows), self.num_points, width)[source, point_index]
+        return rearrange(self._rows(table, rows), "r (n w) -> r n w", w=width)[source, point_index]
 
     def _background(self, keys: torch.Tensor) -> torch.Tensor:
         cfg, b = self.cfg, keys.shape[0]

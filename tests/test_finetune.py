@@ -147,3 +147,26 @@ def test_bench_tool_writes_the_ratios(tmp_path):
     assert result["ratio_frozen"] > 0 and result["ratio_learnable"] > 0
     assert set(result["stage_ms"]) == {"points_and_camera", "rasterise", "composite_fwd_bwd", "render_batch",
                                        "forward_backward", "optimizer_step"}
+
+
+def test_export_loads_in_timm_with_the_training_logits(tmp_path, pretrained_run):
+    import json
+
+    import timm
+
+    from tools.export import main
+
+    assert main([str(pretrained_run), "--out", str(tmp_path / "exp")]) == 0
+    config = json.loads((tmp_path / "exp" / "config.json").read_text())
+    assert config["architecture"] == "test_vit" and config["num_classes"] == 4
+    assert config["pretrained_cfg"]["mean"] == [0.5, 0.5, 0.5]
+    trained, size = load_pretrained(str(pretrained_run))
+    weights = str(tmp_path / "exp" / "model.safetensors")
+    by_file = timm.create_model(config["architecture"], pretrained=True, num_classes=4, img_size=size,
+                                pretrained_cfg_overlay=dict(file=weights, num_classes=4))
+    by_folder = timm.create_model(f"local-dir:{tmp_path / 'exp'}", pretrained=True)  # config.json's arguments
+    x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = trained.eval()(x)
+        assert torch.equal(by_file.eval()(x), expected) and torch.equal(by_folder.eval()(x), expected)
+    assert main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2

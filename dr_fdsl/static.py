@@ -32,6 +32,8 @@ from dr_fdsl.errors import ConfigError, DatasetError
 FORMAT = 2  # 2: bank settings by family (content_settings)
 INFO = "dataset.json"
 MANIFEST = "manifest.csv"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_RGB = b"\x02"  # IHDR colour type 2: truecolour (what encode_png writes for 3 channels)
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
@@ -120,12 +122,51 @@ class StaticViews(Dataset):
         if not (self.root / MANIFEST).is_file():
             raise DatasetError(f"'{self.root}' is an incomplete export (no {MANIFEST}); run tools/render_dataset.py "
                                "again with the same settings to finish it")
-        self.settings = json.loads((self.root / INFO).read_text())
-        with open(self.root / MANIFEST, newline="") as f:
-            rows = list(csv.DictReader(f))
-        self.paths = {(int(r["category"]), int(r["view_seed"])): r["path"] for r in rows}
-        self.views = int(self.settings["views"])
-        self.num_classes = int(self.settings["bank"]["num_classes"])
+        try:
+            self.settings = json.loads((self.root / INFO).read_text())
+            self.views = int(self.settings["views"])
+            self.num_classes = int(self.settings["bank"]["num_classes"])
+            self.image_size = int(self.settings["image_size"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise DatasetError(f"'{self.root / INFO}' is damaged ({err!r}); export the dataset again") from err
+        self.paths = self._read_manifest()
+        self._verify_files()
+
+    def _read_manifest(self) -> dict[tuple[int, int], str]:
+        """Every (category, view) of the export, exactly once, from well-formed rows."""
+        manifest = self.root / MANIFEST
+        paths = {}
+        with open(manifest, newline="") as f:
+            for line, row in enumerate(csv.DictReader(f), start=2):
+                try:
+                    key = int(row["category"]), int(row["view_seed"])
+                    path = row["path"]
+                    if not path or key in paths or not (0 <= key[0] < self.num_classes and 0 <= key[1] < self.views):
+                        raise ValueError("empty path, repeated or out-of-range (category, view_seed)")
+                except (KeyError, TypeError, ValueError) as err:
+                    raise DatasetError(f"'{manifest}' line {line} is damaged ({row}: {err}); export the dataset "
+                                       "again") from err
+                paths[key] = path
+        if len(paths) != self.num_classes * self.views:
+            raise DatasetError(f"'{manifest}' lists {len(paths)} images, not {self.num_classes} categories x "
+                               f"{self.views} views; export the dataset again")
+        return paths
+
+    def _verify_files(self) -> None:
+        """Each PNG exists and its header says RGB of the dataset's size (24 bytes read per file), so a damaged
+        file is named now rather than in a data-loader worker mid-training."""
+        for path in self.paths.values():
+            file = self.root / path
+            try:
+                with open(file, "rb") as f:
+                    head = f.read(26)
+            except OSError as err:
+                raise DatasetError(f"'{file}' of the static dataset cannot be read ({err}); export again") from err
+            width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+            if head[:8] != _PNG_SIGNATURE or (width, height) != (self.image_size, self.image_size) or \
+                    head[25:26] != _PNG_RGB:
+                raise DatasetError(f"'{file}' is not a {self.image_size} px RGB PNG (damaged or foreign); export "
+                                   "the dataset again (tools/render_dataset.py resumes and rewrites missing files)")
 
     def check_matches(self, cfg: Config) -> None:
         """Refuses a dataset whose images another bank or renderer made."""
@@ -141,7 +182,10 @@ class StaticViews(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
         category, view = key
         path = self.root / self.paths[(category, view)]
-        image = decode_png(torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8), ImageReadMode.RGB)
+        try:
+            image = decode_png(torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8), ImageReadMode.RGB)
+        except (OSError, RuntimeError) as err:  # truncated after the check at opening, or changed since
+            raise DatasetError(f"'{path}' cannot be decoded ({err}); export the dataset again") from err
         return image, category, view
 
 

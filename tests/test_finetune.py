@@ -12,7 +12,7 @@ from dr_fdsl.checkpoint import list_checkpoints
 from dr_fdsl.engine import build_run, fit
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.finetune import FinetuneSettings, cumulative_error, finetune, load_pretrained
-from tests.test_train import tiny
+from tests.conftest import tiny
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from dr_fdsl.engine import build_run, evaluate, train_step
 from dr_fdsl.errors import ConfigError, DatasetError
 from dr_fdsl.render import PointRenderer
 from dr_fdsl.static import StaticViews, export, image_path, quantize
-from tests.test_train import tiny
+from tests.conftest import tiny
 
 VIEWS = 3
 

@@ -15,32 +15,7 @@ from dr_fdsl.config import load_config
 from dr_fdsl.engine import build_run, fit, resume, save_checkpoint, train_step
 from dr_fdsl.errors import CheckpointError, ConfigError, NonFiniteLossError
 from dr_fdsl.render import PointRenderer
-from tests.conftest import ROOT
-
-BIN = os.path.dirname(sys.executable)
-
-
-def run_processes(args, timeout, env=None):
-    """Runs a launcher in its own process group; on a time-out the whole group is killed, leaving no workers."""
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env=env, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{args[0]} timed out after {timeout} s:\n{err[-3000:]}")
-    return subprocess.CompletedProcess(args, proc.returncode, out, err)
-
-
-def tiny(tmp_path, bank_dir, *overrides):
-    """A run of a few steps: 4 categories, 32 px, timm's test_vit, batch 8."""
-    base = [f"output_dir={tmp_path / 'run'}", f"bank.cache_dir={bank_dir}", "bank.num_classes=4",
-            "bank.num_points=300", "renderer.image_size=32", "renderer.points_per_pixel=4",
-            "renderer.radius_init=0.04", "model.name=test_vit", "model.drop_path=0.0", "train.batch_size=8",
-            "train.max_steps=4", "train.log_every=2", "train.eval_every=2", "train.eval_images=16",
-            "train.image_every=2", "train.ckpt_every=2", "train.progress=false", "optim.warmup_steps=1"]
-    return load_config(None, base + list(overrides))
+from tests.conftest import BIN, ROOT, run_processes, tiny
 
 
 def renderer_params(run):

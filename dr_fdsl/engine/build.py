@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from timm.scheduler import CosineLRScheduler
 from dr_fdsl import checkpoint
 from dr_fdsl.bank import bank_from_config
 from dr_fdsl.config import Config, save_config
+from dr_fdsl.errors import ConfigError
 from dr_fdsl.objectives import Objective, get_objective
 from dr_fdsl.render import PointRenderer
 from dr_fdsl.static import StaticViews
@@ -66,6 +68,17 @@ def cosine(optimizer: torch.optim.Optimizer, cfg: Config) -> CosineLRScheduler:
                              warmup_lr_init=o.min_lr, t_in_epochs=False)
 
 
+def writable(folder: str) -> None:
+    """Creates ``folder`` and writes a file into it, or fails naming ``output_dir`` (before any work)."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ConfigError(f"config key 'output_dir': '{folder}' cannot be written ({err.strerror or err}); choose "
+                          "another folder") from err
+
+
 def build_run(cfg: Config, resume: str | None = None) -> Run:
     """Builds a run from a checked config (``load_config`` ran every check of a value).
 
@@ -74,6 +87,7 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
     (output folder, static dataset, model name and size) are checked before the bank is built.
     """
     t = cfg.train
+    writable(cfg.output_dir)
     acc = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
                       log_with="tensorboard", project_dir=cfg.output_dir, step_scheduler_with_optimizer=False)
     if resume is None:

@@ -1,0 +1,259 @@
+"""Nothing lost, nothing executed, every error clear: output folders, safe checkpoints, honest resume, early checks."""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from timm.scheduler import CosineLRScheduler
+
+from dr_fdsl.checkpoint import RENDERER_FILE, list_checkpoints
+from dr_fdsl.config import load_config
+from dr_fdsl.engine import build_run, fit, resume, save_checkpoint, train_step
+from dr_fdsl.errors import CheckpointError, ConfigError, DatasetError, NonFiniteLossError
+from tests.conftest import ROOT, tiny
+
+
+class Payload:
+    """A pickle that, when loaded without restriction, creates a file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def plant(path, marker):
+    path.write_bytes(pickle.dumps(Payload(marker)))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Output folders
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_a_fresh_run_never_writes_over_another_runs_checkpoints(tmp_path, bank_dir):
+    fit(build_run(tiny(tmp_path, bank_dir, "train.max_steps=2")))
+    before = {p.name: (p / "model.safetensors").read_bytes() for p in list_checkpoints(tmp_path / "run")}
+    with pytest.raises(CheckpointError, match=r"already holds checkpoints.*--resume latest.*another output_dir"):
+        build_run(tiny(tmp_path, bank_dir, "train.max_steps=4"))
+    after = {p.name: (p / "model.safetensors").read_bytes() for p in list_checkpoints(tmp_path / "run")}
+    assert after == before
+
+
+def test_pruning_touches_only_this_runs_checkpoints(tmp_path, bank_dir):
+    fit(build_run(tiny(tmp_path, bank_dir, "train.max_steps=2")))
+    foreign = tmp_path / "run" / "checkpoints" / "step_0000001"  # older by step, another run's
+    foreign.mkdir()
+    (foreign / "trainer_state.json").write_text(json.dumps({"step": 1, "run_id": "someone-else"}))
+    run = build_run(tiny(tmp_path, bank_dir, "train.max_steps=8", "train.keep_checkpoints=1"), resume="latest")
+    resume(run, "latest")
+    fit(run)
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_0000001", "step_0000008"]
+
+
+def test_an_unwritable_output_dir_is_a_config_error(tmp_path, bank_dir):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"'output_dir': '.*file/run' cannot be written"):
+        build_run(tiny(tmp_path, bank_dir, f"output_dir={tmp_path / 'file' / 'run'}"))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Checkpoints load no pickle; a frozen renderer is not stored
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkpointed(tmp_path, bank_dir):
+    fit(build_run(tiny(tmp_path, bank_dir, "renderer.mode=joint", "train.max_steps=2")))
+    return list_checkpoints(tmp_path / "run")[-1]
+
+
+@pytest.mark.parametrize("target", ["random_states_0.pkl", "optimizer.bin", "custom_checkpoint_0.pkl"])
+def test_a_planted_pickle_is_never_executed(tmp_path, bank_dir, checkpointed, target):
+    marker = tmp_path / "code_ran"
+    plant(checkpointed / target, marker)
+    run = build_run(tiny(tmp_path, bank_dir, "renderer.mode=joint", "train.max_steps=2"), resume="latest")
+    if target != "random_states_0.pkl":
+        # optimizer.bin: refused by weights_only loading; custom_checkpoint_0.pkl: no registered object to load it
+        # into, which Accelerate refuses.
+        for allow_inexact in (False, True):
+            with pytest.raises(CheckpointError, match="could not be loaded.*(Weights only load failed|custom)"):
+                resume(run, "latest", allow_inexact=allow_inexact)
+    else:
+        with pytest.raises(CheckpointError, match="random_states_0.pkl: missing or unreadable"):
+            resume(run, "latest")
+        resume(run, "latest", allow_inexact=True)  # declared inexact; the file is refused, not run
+    assert not marker.exists()
+
+
+def test_checkpoints_store_the_renderer_only_when_it_trains(tmp_path, bank_dir, checkpointed):
+    assert (checkpointed / RENDERER_FILE).is_file()
+    assert not list(checkpointed.glob("*.pkl"))[:0]  # only Accelerate's random states are pickles
+    assert {p.name for p in checkpointed.glob("*.pkl")} == {"random_states_0.pkl"}
+    fit(build_run(tiny(tmp_path / "f", bank_dir, "renderer.mode=frozen", "train.max_steps=2")))
+    assert not (list_checkpoints(tmp_path / "f" / "run")[-1] / RENDERER_FILE).exists()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Resume: the schedule follows the config; inexact resumes are refused or declared
+# ------------------------------------------------------------------------------------------------------------
+
+
+def lr_at(cfg, step, total_batch=8):
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.optim.lr * total_batch / 512)
+    sched = CosineLRScheduler(opt, t_initial=cfg.train.max_steps, lr_min=cfg.optim.min_lr,
+                              warmup_t=cfg.optim.warmup_steps, warmup_lr_init=cfg.optim.min_lr, t_in_epochs=False)
+    sched.step_update(step)
+    return opt.param_groups[0]["lr"]
+
+
+def test_an_extended_run_follows_the_new_schedule(tmp_path, bank_dir):
+    fit(build_run(tiny(tmp_path, bank_dir, "train.max_steps=4", "renderer.mode=joint")))
+    longer = tiny(tmp_path, bank_dir, "train.max_steps=10", "optim.lr=2.0e-3", "renderer.mode=joint")
+    run = build_run(longer, resume="latest")
+    resume(run, "latest")
+    seen = []
+    while run.step < 7:
+        train_step(run)
+        seen.append((run.step, run.objective.optimizer.param_groups[0]["lr"]))
+    assert seen == [(k, lr_at(longer, k)) for k in (5, 6, 7)]
+    assert lr_at(longer, 5) > 10 * lr_at(tiny(tmp_path, bank_dir, "train.max_steps=4"), 4)  # not the old floor
+
+
+def test_a_resume_that_cannot_be_exact_is_refused_or_declared(tmp_path, bank_dir, checkpointed, capsys):
+    cfg = tiny(tmp_path, bank_dir, "renderer.mode=joint", "train.max_steps=3")
+    (checkpointed / "random_states_0.pkl").unlink()
+    with pytest.raises(CheckpointError, match=r"cannot be resumed exactly: random_states_0.pkl: missing.*"
+                                              r"--allow-inexact-resume"):
+        resume(build_run(cfg, resume="latest"), "latest")
+    run = build_run(cfg, resume="latest")
+    resume(run, "latest", allow_inexact=True)
+    assert run.step == 2 and "warning: resuming inexactly: random_states_0.pkl" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("seed=5", r"random stream differ \(seed: checkpoint 0, config 5\)"),
+    ("renderer.augment.subsample=[0.5,1.0]", r"random stream differ \(renderer:"),
+])
+def test_other_stream_settings_are_refused(tmp_path, bank_dir, checkpointed, override, pattern):
+    with pytest.raises(CheckpointError, match=pattern):
+        resume(build_run(tiny(tmp_path, bank_dir, "renderer.mode=joint", override), resume="latest"), "latest")
+
+
+@pytest.mark.parametrize("override", ["renderer.radius_min=0.02", "renderer.radius_max=0.08"])
+def test_another_radius_range_is_refused_even_when_inexact_is_allowed(tmp_path, bank_dir, checkpointed, override):
+    run = build_run(tiny(tmp_path, bank_dir, "renderer.mode=joint", override), resume="latest")
+    with pytest.raises(CheckpointError, match=r"other settings \(tables:"):
+        resume(run, "latest", allow_inexact=True)
+
+
+def test_a_checkpoint_is_never_written_with_non_finite_weights(tmp_path, bank_dir):
+    run = build_run(tiny(tmp_path, bank_dir, "train.max_steps=8"))
+    train_step(run)
+    with torch.no_grad():
+        next(run.objective.model.parameters()).fill_(float("inf"))
+    with pytest.raises(NonFiniteLossError, match="weights are not finite at step 1; not saved"):
+        save_checkpoint(run)
+    assert list_checkpoints(tmp_path / "run") == []
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Config files and values: errors before any work
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_yaml_reads_exponents_as_floats_and_refuses_duplicates_and_empty_files(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-3\n  min_lr: 1E-6\n")
+    cfg = load_config(path, ["renderer.lr=2e-2"])
+    assert cfg.optim.lr == 1e-3 and cfg.optim.min_lr == 1e-6 and cfg.renderer.lr == 2e-2
+    path.write_text("train:\n  max_steps: 5\ntrain:\n  batch_size: 4\n")
+    with pytest.raises(ConfigError, match=r"'train' appears twice in one section \(lines 1 and 3\)"):
+        load_config(path)
+    path.write_text("# nothing but a comment\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_config(path)
+    path.write_text("include: c.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("optim.lr=-1", r"'optim.lr': must be a positive number"),
+    ("optim.lr=.nan", r"'optim.lr': must be a positive number, got nan"),
+    ("seed=-1", r"'seed': must be >= 0"),
+    ("train.batch_size=7", r"'train.batch_size': Mixup/CutMix .* even batch, got 7"),
+    ("train.batch_size=0", r"'train.batch_size': must be >= 1"),
+    ("image_aug.hflip=1.5", r"'image_aug.hflip': is a probability"),
+    ("train.objective=sit", r"'train.objective': unknown objective 'sit'; valid: classify"),
+    ("renderer.image_size=8192", r"'renderer.image_size' \(8192 px.*need about [\d.]+ GiB, more than"),
+    ("bank.num_points=200000000", r"'bank.num_classes' x 'bank.num_points'.*need about [\d.]+ GiB"),
+])
+def test_bad_values_fail_at_load_time(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(ROOT / "configs" / "quickstart.yaml", [override])
+
+
+def test_train_py_reports_user_errors_without_a_traceback(tmp_path):
+    from train import main
+
+    assert main(["--config", str(ROOT / "configs" / "quickstart.yaml"), "optim.lr=-1",
+                 f"output_dir={tmp_path / 'run'}"]) == 2
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Static datasets are verified when opened
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dataset(tmp_path, bank_dir):
+    from dr_fdsl.bank import bank_from_config
+    from dr_fdsl.render import PointRenderer
+    from dr_fdsl.static import export
+
+    cfg = tiny(tmp_path, bank_dir)
+    export(PointRenderer(bank_from_config(cfg.bank), cfg.renderer), cfg, tmp_path / "data", 2, progress=False)
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize("damage, pattern", [
+    ("truncate", r"00001/000001.png' is not a 32 px RGB PNG"),
+    ("foreign_size", r"00001/000001.png' is not a 32 px RGB PNG"),
+    ("missing", r"00001/000001.png' of the static dataset cannot be read"),
+    ("bad_row", r"manifest.csv' line 3 is damaged"),
+    ("short_manifest", r"lists 7 images, not 4 categories x 2 views"),
+])
+def test_a_damaged_static_dataset_names_the_file_when_opened(dataset, damage, pattern):
+    from torchvision.io import encode_png
+
+    from dr_fdsl.static import StaticViews
+
+    png, manifest = dataset / "00001" / "000001.png", dataset / "manifest.csv"
+    lines = manifest.read_text().splitlines()
+    if damage == "truncate":
+        png.write_bytes(png.read_bytes()[:20])
+    elif damage == "foreign_size":
+        png.write_bytes(encode_png(torch.zeros(3, 16, 16, dtype=torch.uint8)).numpy().tobytes())
+    elif damage == "missing":
+        png.unlink()
+    elif damage == "bad_row":
+        manifest.write_text("\n".join([lines[0], lines[1], "00000/000001.png,zero,1", *lines[3:]]) + "\n")
+    else:
+        manifest.write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(DatasetError, match=pattern):
+        StaticViews(dataset)
+
+
+def test_an_image_damaged_after_opening_names_its_file(dataset):
+    from dr_fdsl.static import StaticViews
+
+    views = StaticViews(dataset)
+    png = dataset / "00002" / "000000.png"
+    png.write_bytes(png.read_bytes()[:40])
+    with pytest.raises(DatasetError, match=r"00002/000000.png' cannot be decoded"):
+        views[(2, 0)]

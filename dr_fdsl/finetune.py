@@ -120,11 +120,13 @@ def finetune(s: FinetuneSettings) -> dict:
     mean, std = (t.to(acc.device) for t in normalization(model))
 
     train_loader = DataLoader(TensorDataset(train.images, train.labels), batch_size=s.batch_size, shuffle=True,
-                              drop_last=len(train) > s.batch_size, generator=torch.Generator().manual_seed(s.seed))
+                              drop_last=len(train) >= s.batch_size * acc.num_processes, generator=torch.Generator().manual_seed(s.seed))
     test_loader = DataLoader(TensorDataset(test.images, test.labels), batch_size=2 * s.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     model, optimizer, train_loader, test_loader = acc.prepare(model, optimizer, train_loader, test_loader)
     steps_per_epoch = len(train_loader)
+    need(steps_per_epoch > 0, "batch_size", f"{len(train)} training images fill no batch of {s.batch_size} on each "
+         f"of {acc.num_processes} processes; lower batch_size")
     scheduler = CosineLRScheduler(optimizer, t_initial=s.epochs * steps_per_epoch, lr_min=1e-6,
                                   warmup_t=s.warmup_epochs * steps_per_epoch, warmup_lr_init=1e-6,
                                   t_in_epochs=False)

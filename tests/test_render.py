@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -193,13 +194,44 @@ def test_mixing_takes_points_and_colours_from_another_category():
     assert 0.55 < own.float().mean() < 0.85  # ~70% own colour, the rest one other category's
 
 
-@pytest.mark.parametrize("view", [
-    ViewConfig(rotation="none"), ViewConfig(rotation="euler", azimuth=(0, 90), roll=(-10, 10)),
-    ViewConfig(projection="orthographic"), ViewConfig(distance=(2.5, 4.0), fov=(30, 60)),
+def by_hand(p, rotation, distance, focal, orthographic):
+    """NDC of cloud points ``p (N, 3)`` seen through ``x_cam = R p``, the camera ``distance`` away."""
+    cam = p.double() @ rotation.T.double()
+    depth = cam[:, 2] + distance
+    xy = cam[:, :2] * focal if orthographic else cam[:, :2] * focal / depth[:, None]
+    return torch.cat([xy, depth[:, None]], 1).float()
+
+
+@pytest.mark.parametrize("view, rotation, distance, focal", [
+    # Azimuth 90 degrees about y: (x, y, z) -> (z, y, -x).
+    (ViewConfig(rotation="euler", azimuth=(90, 90), elevation=(0, 0), distance=(3.0, 3.0), fov=(60, 60)),
+     [[0, 0, 1], [0, 1, 0], [-1, 0, 0]], 3.0, 1 / math.tan(math.radians(30))),
+    # Elevation 90 about x: (x, y, z) -> (x, -z, y); orthographic, 0.7 NDC units per cloud unit.
+    (ViewConfig(rotation="euler", azimuth=(0, 0), elevation=(90, 90), projection="orthographic",
+                distance=(2.0, 2.0), ortho_scale=(0.7, 0.7)), [[1, 0, 0], [0, 0, -1], [0, 1, 0]], 2.0, 0.7),
+    # Roll 180 about the optical axis: (x, y, z) -> (-x, -y, z).
+    (ViewConfig(rotation="euler", azimuth=(0, 0), elevation=(0, 0), roll=(180, 180), distance=(4.0, 4.0),
+                fov=(90, 90)), [[-1, 0, 0], [0, -1, 0], [0, 0, 1]], 4.0, 1.0),
 ])
-def test_view_options_render(view):
-    images = PointRenderer(tiny_bank(), cfg(view=view))(torch.tensor([0, 1]), torch.tensor([0, 1]))
-    assert images.shape == (2, 3, SIZE, SIZE) and images.max() > 0.5
+def test_view_options_project_as_computed_by_hand(view, rotation, distance, focal):
+    bank = tiny_bank(num_classes=1, num_points=7)
+    ndc = PointRenderer(bank, cfg(view=view)).scene(torch.tensor([0]), torch.tensor([3]))[0].points[0]
+    expected = by_hand(bank.points[0], torch.tensor(rotation, dtype=torch.float64), distance, focal,
+                       view.projection == "orthographic")
+    torch.testing.assert_close(ndc, expected, atol=2e-6, rtol=1e-5)
+
+
+def test_view_ranges_are_drawn_inside_them_and_vary():
+    from dr_fdsl.render.random import image_keys
+    from dr_fdsl.render.views import sample_views
+
+    view = ViewConfig(rotation="euler", azimuth=(0, 90), roll=(-10, 10), distance=(2.5, 4.0), fov=(30, 60))
+    views = sample_views(image_keys(torch.zeros(500, dtype=torch.long), torch.arange(500)), view)
+    fov = torch.rad2deg(2 * torch.atan(1 / views.focal))
+    assert 2.5 <= views.distance.min() < 2.6 and 3.9 < views.distance.max() < 4.0
+    assert 30 <= fov.min() < 31 and 59 < fov.max() <= 60
+    det = torch.linalg.det(views.rotation)
+    torch.testing.assert_close(det, torch.ones(500))
 
 
 def test_rotation_none_projects_by_hand():
@@ -318,6 +350,38 @@ def test_sort_backend_edge_cases():
     one = torch.tensor([[[0.3, -0.2, 1.0]]])
     for got, ref in zip(rasterize_sorted(one, torch.tensor([[0.2]]), SIZE, 2),
                         rasterize(one, torch.tensor([[0.2]]), SIZE, 2)):
+        assert torch.equal(got, ref)
+
+
+def test_sort_backend_sorts_minus_zero_depth_like_plus_zero():
+    from dr_fdsl.render.raster_sort import rasterize_sorted
+
+    points = torch.tensor([[[0.0, 0.0, -0.0], [0.0, 0.0, 0.5]]])
+    radii = torch.tensor([[0.5, 0.5]])
+    for got, ref in zip(rasterize_sorted(points, radii, 4, 2), rasterize(points, radii, 4, 2)):
+        assert torch.equal(got[0, 1, 1], ref[0, 1, 1]) and torch.equal(got, ref)
+
+
+def test_an_unknown_rasteriser_is_an_error_not_a_fallback():
+    from dr_fdsl.render import RASTERIZERS, get_rasterizer
+
+    assert set(RASTERIZERS) == {"pytorch3d", "sort"}
+    with pytest.raises(ConfigError, match="unknown rasteriser 'cuda'; valid: pytorch3d, sort"):
+        get_rasterizer("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the binned PyTorch3D path runs on CUDA only")
+@pytest.mark.parametrize("k, size", [(4, 64), (8, 224)])
+def test_binned_pytorch3d_path_equals_the_sort_backend_on_crowded_scenes(k, size):
+    from dr_fdsl.render.raster_sort import rasterize_sorted
+
+    g = torch.Generator().manual_seed(k)
+    points = torch.randn(4, 20000, 3, generator=g) * 0.15  # most points in a few bins: crowded
+    points[..., 2] = torch.rand(4, 20000, generator=g) * 2 + 0.5
+    radii = torch.rand(4, 20000, generator=g) * 0.02 + 0.005
+    points, radii = points.cuda(), radii.cuda()
+    binned = rasterize(points, radii, size, k)
+    for got, ref in zip(rasterize_sorted(points, radii, size, k), binned):
         assert torch.equal(got, ref)
 
 

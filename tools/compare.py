@@ -5,7 +5,7 @@ and writes results.csv, results.md (mean and spread) and curves.png (fine-tuning
     python tools/compare.py --preset cpu --out runs/compare_cpu        # minutes on a 2-core CPU
     accelerate launch tools/compare.py --preset gpu --out runs/compare_gpu
 
-Budgets can be overridden: --steps, --epochs, --per-class, --max-test, --seeds, --dataset.
+Budgets can be overridden: --steps, --epochs, --per-class, --max-test, --seeds, --dataset, --ft-batch.
 """
 
 import argparse
@@ -98,6 +98,7 @@ def plot(rows: list[dict], curves: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
     from dr_fdsl.finetune import FinetuneSettings, finetune
 
@@ -110,10 +111,11 @@ def main(argv=None) -> int:
     parser.add_argument("--max-test", type=int)
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--dataset")
+    parser.add_argument("--ft-batch", type=int, help="fine-tuning batch per process")
     parser.add_argument("--data-root", default="data")
     args = parser.parse_args(argv)
     preset = dict(PRESETS[args.preset])
-    for key in ("steps", "epochs", "per_class", "max_test", "seeds", "dataset"):
+    for key in ("steps", "epochs", "per_class", "max_test", "seeds", "dataset", "ft_batch"):
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
     preset["eval_every"] = min(preset["eval_every"], preset["steps"])
@@ -121,7 +123,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "preset.json").write_text(json.dumps(preset, indent=2))
 
-    is_main = PartialState().is_main_process
+    # The shared state first sets up the processes: in CPU mode (ACCELERATE_USE_CPU=1 under torchrun) as one gloo
+    # group, as the trainings' Accelerator would, not as independent processes that all think they are main.
+    is_main = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
     rows, curves = [], {}
     for seed in preset["seeds"]:
         for mode in ("none", *MODES):

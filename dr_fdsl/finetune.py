@@ -120,7 +120,8 @@ def finetune(s: FinetuneSettings) -> dict:
     mean, std = (t.to(acc.device) for t in normalization(model))
 
     train_loader = DataLoader(TensorDataset(train.images, train.labels), batch_size=s.batch_size, shuffle=True,
-                              drop_last=len(train) >= s.batch_size * acc.num_processes, generator=torch.Generator().manual_seed(s.seed))
+                              drop_last=len(train) >= s.batch_size * acc.num_processes,
+                              generator=torch.Generator().manual_seed(s.seed))
     test_loader = DataLoader(TensorDataset(test.images, test.labels), batch_size=2 * s.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     model, optimizer, train_loader, test_loader = acc.prepare(model, optimizer, train_loader, test_loader)

@@ -80,6 +80,26 @@ class IFS3DConfig:
 
 
 @dataclass
+class OFDBConfig:
+    """Family ``ofdb``: 3D-OFDB's published category search (ryoo-nakamura/OFDB), reproduced bit for bit, or the
+    categories of a published parameter file. The search's seed is ``bank.seed`` (42 reproduces the contest's
+    published parameter file); clouds are made the published way with ``bank.num_points + 1`` draws (9,999
+    points for the published 10,000), min-max scaled to [-1, 1] and then centred."""
+
+    # "search": run the published search. Otherwise the path of a folder of 3D-OFDB CSVs (000000.csv, ...) or of
+    # the contest's parameter pickle (point_cloud_*_params.pkl; read with a restricted unpickler that admits
+    # numeric arrays only). The cache is keyed by the path: after replacing a file there, rebuild the bank.
+    source: str = "search"
+    variance: float = 0.05  # per-axis variance the normalised cloud must exceed (3d-ofdb_render.sh's value)
+    # Whose np.linalg.det rounding sets the map probabilities: "mkl" reproduces the contest's file, "openblas"
+    # OFDB's script in its pip environment (they differ only in the last bits of some probabilities).
+    lapack: Literal["mkl", "openblas"] = "mkl"
+    # "ofdb": every map's first coefficient scaled by 0.4 before the chaos game, as OFDB's instance.py does for
+    # its released models (the first row of its weights_ins145.csv). "none": the searched systems as they are.
+    instance_weight: Literal["none", "ofdb"] = "none"
+
+
+@dataclass
 class BankConfig:
     """The bank of point sets: one per category, built by a formula family (``family``, see dr_fdsl/families).
 
@@ -92,6 +112,7 @@ class BankConfig:
     num_points: int = 10000
     seed: int = 0
     ifs3d: IFS3DConfig = field(default_factory=IFS3DConfig, metadata={"family": True})
+    ofdb: OFDBConfig = field(default_factory=OFDBConfig, metadata={"family": True})
     # Where built banks are cached, keyed by the settings above.
     cache_dir: str = field(default="cache/banks", metadata=NOT_CONTENT)
 

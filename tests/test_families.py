@@ -154,9 +154,9 @@ def test_make_bank_tool(tmp_path):
 
 
 def test_unknown_family_is_a_config_error_listing_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"'bank.family': unknown family 'ifs2d'; valid: ifs3d"):
+    with pytest.raises(ConfigError, match=r"'bank.family': unknown family 'ifs2d'; valid: ifs3d, ofdb"):
         load_config(None, ["bank.family=ifs2d"])
-    assert set(FAMILIES) == {"ifs3d"}
+    assert set(FAMILIES) == {"ifs3d", "ofdb"}
 
 
 def test_cache_key_is_the_chosen_familys_content():
@@ -165,3 +165,90 @@ def test_cache_key_is_the_chosen_familys_content():
     assert cache_path(base) != cache_path(BankConfig(num_classes=2, num_points=300, seed=1))
     assert cache_path(base) != cache_path(BankConfig(num_classes=2, num_points=300,
                                                      ifs3d=IFS3DConfig(min_variance=0.06)))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Family ofdb: the published 3D-OFDB categories and clouds
+# ------------------------------------------------------------------------------------------------------------
+
+OFDB_FIXTURES = ROOT / "tests" / "fixtures" / "ofdb"
+
+
+def contest_categories():
+    import json
+
+    doc = json.loads((OFDB_FIXTURES / "contest_params_first12.json").read_text())
+    return [torch.tensor([[float.fromhex(v) for v in row] for row in cat], dtype=torch.float64)
+            for cat in doc["categories"]]
+
+
+def test_ofdb_family_reproduces_the_contests_published_parameters_and_clouds():
+    import json
+
+    from dr_fdsl.bank import bank_from_config
+
+    cfg = load_config(None, ["bank.family=ofdb", "bank.seed=42", "bank.num_classes=3", "bank.num_points=9999"])
+    bank = bank_from_config(cfg.bank, use_cache=False)
+    published = contest_categories()
+    for c in range(3):
+        m = int(bank.params["num_maps"][c])
+        assert torch.equal(bank.params["params13"][c, :m], published[c])  # bit for bit
+        assert (bank.params["params13"][c, m:] == 0).all()
+    clouds = json.loads((OFDB_FIXTURES / "published_clouds.json").read_text())["contest_seed42"]["clouds"]
+    for c, ref in enumerate(clouds):
+        first = torch.tensor([float.fromhex(v) for v in ref["first"]], dtype=torch.float64).float()
+        last = torch.tensor([float.fromhex(v) for v in ref["last"]], dtype=torch.float64).float()
+        assert bank.points.shape == (3, 9999, 3)
+        assert torch.equal(bank.points[c, 0], first) and torch.equal(bank.points[c, -1], last)
+
+
+def test_ofdb_family_reads_published_parameter_files(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from dr_fdsl.bank import bank_from_config
+
+    folder = OFDB_FIXTURES / "category_search_seed42"
+    from_csv = bank_from_config(load_config(None, ["bank.family=ofdb", f"bank.ofdb.source={folder}", "bank.seed=42",
+                                                   "bank.num_classes=4", "bank.num_points=500"]).bank, use_cache=False)
+    assert from_csv.draws == 0 and from_csv.points.shape == (4, 500, 3)
+    contest = {i: c.numpy() for i, c in enumerate(contest_categories())}
+    (tmp_path / "params.pkl").write_bytes(pickle.dumps(contest))
+    from_pkl = bank_from_config(load_config(None, ["bank.family=ofdb", f"bank.ofdb.source={tmp_path / 'params.pkl'}",
+                                                   "bank.num_classes=4", "bank.num_points=500"]).bank,
+                                use_cache=False)
+    for c in range(4):
+        m = int(from_pkl.params["num_maps"][c])
+        assert torch.equal(from_pkl.params["params13"][c, :m], torch.from_numpy(np.asarray(contest[c])))
+        # Same maps as the OFDB script's CSVs (which differ from the contest file only in some probabilities' bits)
+        assert torch.equal(from_csv.params["params13"][c, :m, :12], from_pkl.params["params13"][c, :m, :12])
+    with pytest.raises(BankError, match="holds 12 categories, fewer than bank.num_classes=13"):
+        bank_from_config(load_config(None, ["bank.family=ofdb", f"bank.ofdb.source={tmp_path / 'params.pkl'}",
+                                            "bank.num_classes=13", "bank.num_points=50"]).bank, use_cache=False)
+
+
+def test_ofdb_family_refuses_a_pickle_that_would_run_code(tmp_path):
+    import pickle
+
+    from dr_fdsl.bank import bank_from_config
+    from dr_fdsl.errors import DrFdslError
+    from tests.test_reliability import Payload
+
+    marker = tmp_path / "code_ran"
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({0: Payload(marker)}))
+    cfg = load_config(None, ["bank.family=ofdb", f"bank.ofdb.source={tmp_path / 'evil.pkl'}", "bank.num_classes=1"])
+    with pytest.raises(DrFdslError, match="evil.pkl: refused"):
+        bank_from_config(cfg.bank, use_cache=False)
+    assert not marker.exists()
+    with pytest.raises(ConfigError, match="'bank.ofdb.source': 'nowhere' is neither 'search' nor"):
+        load_config(None, ["bank.family=ofdb", "bank.ofdb.source=nowhere"])
+
+
+def test_a_second_family_trains_through_the_same_loop(tmp_path, bank_dir):
+    from dr_fdsl.engine import build_run, fit
+    from tests.conftest import tiny
+
+    summary = fit(build_run(tiny(tmp_path, bank_dir, "bank.family=ofdb", "bank.seed=42", "renderer.mode=joint",
+                                 "train.max_steps=2")))
+    assert summary["step"] == 2 and set(summary["renderer_checksums"]) != {0.0}

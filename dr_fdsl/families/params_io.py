@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dr_fdsl.errors import DrFdslError
 from dr_fdsl.families.ofdb_recipe import IFSSystem
 
 PARAM_COLUMNS = 13  # a..l, prob
@@ -32,7 +33,7 @@ _PROB_TOLERANCE = 1e-9  # published probabilities sum to 1 within a few ulps
 _COLUMNS_FIX = "each row must be 13 comma-separated numbers: a, b, c, d, e, f, g, h, i, j, k, l, prob"
 
 
-class ParamsError(ValueError):
+class ParamsError(DrFdslError, ValueError):
     """A parameter file or folder that cannot be used; the message names the file and the fix."""
 
 

@@ -8,6 +8,7 @@ a cache file cannot run code.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -124,16 +125,17 @@ def bank_from_config(cfg: BankConfig, rebuild: bool = False, progress: bool = Fa
     return bank
 
 
-def build_bank(num_classes: int = 1000, num_points: int = 10000, seed: int = 0, *, family: str = "ifs3d",
-               cache_dir: str | None = "cache/banks", rebuild: bool = False, progress: bool = False,
-               **family_settings) -> PointBank:
-    """The bank for these settings, from Python: ``build_bank(10, 2000, sampler="svd", cache_dir=None)``.
+def build_bank(*, rebuild: bool = False, progress: bool = False, **settings) -> PointBank:
+    """The bank for these settings, from Python: ``build_bank(num_classes=10, num_points=2000, sampler="svd")``.
 
-    ``family_settings`` are the fields of the family's section (for ``ifs3d``: ``sampler``, ``min_variance``,
-    ``min_maps``, ``max_maps``, ``burn_in``). ``cache_dir=None`` neither reads nor writes a cache.
+    ``settings`` are fields of :class:`BankConfig` (``family``, ``num_classes``, ``num_points``, ``seed``,
+    ``cache_dir``) and of the family's section (for ``ifs3d``: ``sampler``, ``min_variance``, ``min_maps``,
+    ``max_maps``, ``burn_in``); the others keep the dataclasses' defaults. ``cache_dir=None`` neither reads nor
+    writes a cache file.
     """
-    cfg = BankConfig(family=family, num_classes=num_classes, num_points=num_points, seed=seed,
-                     cache_dir=cache_dir or "")
-    section = typing.get_type_hints(BankConfig)[family]  # the family's settings dataclass
-    cfg = replace(cfg, **{family: section(**family_settings)})
-    return bank_from_config(cfg, rebuild=rebuild, progress=progress, use_cache=cache_dir is not None)
+    common = {f.name for f in dataclasses.fields(BankConfig)}
+    use_cache = settings.get("cache_dir", "") is not None
+    cfg = BankConfig(**{k: v for k, v in settings.items() if k in common and v is not None})
+    section = typing.get_type_hints(BankConfig)[cfg.family]  # the family's settings dataclass
+    cfg = replace(cfg, **{cfg.family: section(**{k: v for k, v in settings.items() if k not in common})})
+    return bank_from_config(cfg, rebuild=rebuild, progress=progress, use_cache=use_cache)

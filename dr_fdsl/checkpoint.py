@@ -107,7 +107,7 @@ def finalize(tmp: Path, state: dict, keep: int, run_id: str) -> Path:
     """Main process: writes the state file, renames ``tmp`` into place, then deletes this run's checkpoints
     beyond the newest ``keep`` (folders whose state names another run id are never touched)."""
     (tmp / STATE_FILE).write_text(json.dumps({**state, "run_id": run_id}, indent=2))
-    final = tmp.parent / f"step_{state['step']:07d}"
+    final = step_path(tmp.parent.parent, state["step"])
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -271,3 +271,15 @@ def test_object_arrays_and_wrong_structures_are_refused(tmp_path):
         read_contest_params(path)
     with pytest.raises(ParamsError, match="no such file"):
         read_contest_params(tmp_path / "missing.pkl")
+
+
+def test_batched_point_clouds_equal_one_at_a_time():
+    from dr_fdsl.families.ofdb_recipe import OFDB_INSTANCE_WEIGHT, point_clouds
+
+    systems = search_categories(5, 42)
+    rng = np.random.RandomState(3)
+    one_by_one = [point_cloud(s, rng, point_num=700, weight=OFDB_INSTANCE_WEIGHT) for s in systems]
+    batched = point_clouds(systems, np.random.RandomState(3), point_num=700, weight=OFDB_INSTANCE_WEIGHT, group=2)
+    assert batched.shape == (5, 699, 3)
+    for a, b in zip(one_by_one, batched):
+        assert np.array_equal(a, b)

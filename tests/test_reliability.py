@@ -257,3 +257,50 @@ def test_an_image_damaged_after_opening_names_its_file(dataset):
     png.write_bytes(png.read_bytes()[:40])
     with pytest.raises(DatasetError, match=r"00002/000000.png' cannot be decoded"):
         views[(2, 0)]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Fine-tuning settings: the same loader, the same early errors
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_shipped_finetune_configs_load():
+    from dr_fdsl.finetune import FinetuneSettings
+
+    paths = sorted((ROOT / "configs" / "finetune").glob("*.yaml"))
+    assert {p.stem for p in paths} == {"fashion_mnist", "cifar10", "cifar100"}
+    for path in paths:
+        assert load_config(path, cls=FinetuneSettings).dataset == path.stem
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    (["epochs=0"], r"'epochs': must be >= 1, got 0"),
+    (["pretrained=runs/x", "model=resnet18"], r"'model': 'resnet18' given with pretrained='runs/x'"),
+    (["lr=-1e-3"], r"'lr': must be a positive number"),
+    (["per_class=-1"], r"'per_class': must be >= 0"),
+    (["bogus=1"], r"unknown config key 'bogus'"),
+])
+def test_bad_finetune_settings_fail_at_load(overrides, pattern):
+    from dr_fdsl.finetune import FinetuneSettings
+
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(ROOT / "configs" / "finetune" / "fashion_mnist.yaml", overrides, cls=FinetuneSettings)
+
+
+def test_finetune_data_that_cannot_serve_the_request_is_refused(tmp_path):
+    from torchvision.io import write_png
+
+    from dr_fdsl.errors import DataError
+    from dr_fdsl.finetune import FinetuneSettings, finetune
+
+    for split, classes in (("train", ("cat", "dog")), ("val", ("cat", "cow"))):
+        for name in classes:
+            (tmp_path / "imgs" / split / name).mkdir(parents=True)
+            write_png(torch.zeros(3, 8, 8, dtype=torch.uint8), str(tmp_path / "imgs" / split / name / "0.png"))
+    settings = FinetuneSettings(dataset=f"folder:{tmp_path / 'imgs'}", epochs=1, progress=False,
+                                output_dir=str(tmp_path / "ft"))
+    with pytest.raises(DataError, match="class folders of train/ .* and val/ .* differ"):
+        finetune(settings)
+    (tmp_path / "imgs" / "val" / "cow").rename(tmp_path / "imgs" / "val" / "dog")
+    with pytest.raises(ConfigError, match=r"'per_class': 5 images per class asked, but the smallest class .* has 1"):
+        finetune(FinetuneSettings(**{**settings.__dict__, "per_class": 5}))

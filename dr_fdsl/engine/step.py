@@ -59,7 +59,9 @@ def render_batch(run: Run) -> Batch:
     if run.loader is None:  # created on first use, so that a resume starts it at the stream's position
         run.loader = iter(static_loader(run.static, run.stream, b, run.stream.index, run.cfg.data.workers))
     pixels, ids, seeds = next(run.loader)
-    run.stream.index += 1  # the loader drew this micro-batch from the stream's counter
+    expected = run.stream.draw(b)  # the loader's workers read ahead from the same counter-based stream
+    if not (torch.equal(ids, expected[0]) and torch.equal(seeds, expected[1])):
+        raise RuntimeError(f"static loader out of step with the view stream at micro-batch {run.stream.index - 1}")
     images = pixels.to(device, non_blocking=True).float() / 255
     return Batch(images, ids.to(device), seeds, ids.new_zeros(0))
 

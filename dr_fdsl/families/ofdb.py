@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dr_fdsl.config import BankConfig, need
 from dr_fdsl.errors import BankError
 from dr_fdsl.families.base import Family, FamilyOutput
-from dr_fdsl.families.ofdb_recipe import OFDB_INSTANCE_WEIGHT, IFSSystem, point_cloud, search_categories
+from dr_fdsl.families.ofdb_recipe import OFDB_INSTANCE_WEIGHT, IFSSystem, point_clouds, search_categories
 from dr_fdsl.families.params_io import read_contest_params, read_ofdb_csv_folder
 
 MAX_MAPS = 7  # the published search draws 2..7 maps
@@ -60,10 +59,9 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
     except RuntimeError as err:  # the bounded search gave up
         raise BankError(f"{err}; lower bank.ofdb.variance (the published value is 0.05)") from err
     weight = OFDB_INSTANCE_WEIGHT if cfg.ofdb.instance_weight == "ofdb" else None
-    rng = np.random.RandomState(cfg.seed)  # one stream, category after category, as the contest's generate()
-    clouds = [point_cloud(s, rng, point_num=cfg.num_points + 1, weight=weight)
-              for s in tqdm(systems, desc="ofdb clouds", unit="class", disable=not progress)]
-    points = torch.from_numpy(np.stack(clouds)).float()
+    # One stream, category after category, as the contest's generate(); the chaos games run side by side.
+    clouds = point_clouds(systems, np.random.RandomState(cfg.seed), point_num=cfg.num_points + 1, weight=weight)
+    points = torch.from_numpy(clouds).float()
     if not torch.isfinite(points).all():
         raise BankError("a published system's cloud is not finite (its maps diverge); use another source")
     params = torch.zeros(len(systems), MAX_MAPS, 13, dtype=torch.float64)

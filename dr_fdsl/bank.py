@@ -62,6 +62,10 @@ def cache_path(cfg: BankConfig) -> Path:
 def generate_bank(cfg: BankConfig, progress: bool = False) -> PointBank:
     """Builds the bank with ``cfg.family`` (no cache)."""
     validate_bank(cfg)
+    return _generate(cfg, progress)
+
+
+def _generate(cfg: BankConfig, progress: bool) -> PointBank:
     out = get_family(cfg.family).generate(cfg, progress=progress)
     return PointBank(out.points, out.params, content_settings(cfg), out.draws)
 
@@ -119,7 +123,7 @@ def bank_from_config(cfg: BankConfig, rebuild: bool = False, progress: bool = Fa
     path = cache_path(cfg)
     if use_cache and path.exists() and not rebuild:
         return load_bank(path, expect=content_settings(cfg))
-    bank = generate_bank(cfg, progress=progress)
+    bank = _generate(cfg, progress)
     if use_cache:
         save_bank(bank, path)
     return bank
@@ -136,6 +140,7 @@ def build_bank(*, rebuild: bool = False, progress: bool = False, **settings) -> 
     common = {f.name for f in dataclasses.fields(BankConfig)}
     use_cache = settings.get("cache_dir", "") is not None
     cfg = BankConfig(**{k: v for k, v in settings.items() if k in common and v is not None})
+    get_family(cfg.family)  # an unknown family is a ConfigError naming the valid ones
     section = typing.get_type_hints(BankConfig)[cfg.family]  # the family's settings dataclass
     cfg = replace(cfg, **{cfg.family: section(**{k: v for k, v in settings.items() if k not in common})})
     return bank_from_config(cfg, rebuild=rebuild, progress=progress, use_cache=use_cache)

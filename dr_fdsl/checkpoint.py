@@ -60,13 +60,32 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def refuse_to_overwrite(output_dir: str | Path) -> None:
-    """A fresh run must not write into a folder holding another run's checkpoints (it would prune them)."""
+def refuse_to_overwrite(output_dir: str | Path, resume: str | None = None) -> None:
+    """A run writes checkpoints only where it cannot overwrite or prune another run's, or newer ones of its own.
+
+    A fresh run (``resume`` None) or one resuming a checkpoint from elsewhere needs an ``output_dir`` without
+    checkpoints; a run resuming one of its own must resume the newest (from an older one, its new checkpoints
+    would be written between, and pruned against, the abandoned newer ones).
+    """
     found = list_checkpoints(output_dir)
-    if found:
+    if not found:
+        return
+    if resume is None:
         raise CheckpointError(
             f"output_dir '{output_dir}' already holds checkpoints of another run (newest: {found[-1].name}); "
             f"continue it with --resume latest, or start a new run with another output_dir=...")
+    if resume == "latest":
+        return
+    path = Path(resume).resolve()
+    if path.parent != checkpoint_dir(output_dir).resolve():
+        raise CheckpointError(
+            f"--resume {resume}: that checkpoint is not in output_dir '{output_dir}', which holds checkpoints of "
+            f"its own; resume it with its own run's output_dir, or choose an empty output_dir")
+    if path != found[-1].resolve():
+        raise CheckpointError(
+            f"--resume {resume}: newer checkpoints of this run exist (newest: {found[-1].name}) and the resumed run "
+            f"would write between and over them; resume the newest, move the newer ones away, or copy this one to "
+            f"a new output_dir's checkpoints/ folder")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -109,10 +128,12 @@ def finalize(tmp: Path, state: dict, keep: int, run_id: str) -> Path:
     (tmp / STATE_FILE).write_text(json.dumps({**state, "run_id": run_id}, indent=2))
     final = step_path(tmp.parent.parent, state["step"])
     if final.exists():
-        shutil.rmtree(final)
+        if _run_id(final) != run_id:
+            raise CheckpointError(f"'{final}' belongs to another run; not overwritten (choose another output_dir)")
+        shutil.rmtree(final)  # this run's own, e.g. written again at the last step
     os.replace(tmp, final)
     mine = [p for p in list_checkpoints(tmp.parent.parent) if _run_id(p) == run_id]
-    for old in mine[:-keep]:
+    for old in mine[:-keep] if keep > 0 else []:  # keep 0: keep every checkpoint
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -146,6 +167,9 @@ def read_state(path: Path, current: dict, num_processes: int, allow_inexact: boo
     """
     try:
         state = json.loads((path / STATE_FILE).read_text())
+        if "stream_index" not in state and "fingerprint" in state:
+            raise CheckpointError(f"checkpoint '{path}' was made by an earlier version of dr_fdsl (before safe "
+                                  "checkpoints), whose states cannot be resumed; start the run afresh")
         int(state["step"]), int(state["stream_index"])
         saved = state["fingerprint"]
         saved["required"], saved["exact"]

@@ -33,7 +33,11 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *base": merged keys may be overridden; SafeLoader's construct_mapping merges them
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise ConfigError(f"a key must be a plain value, got {key!r} (line {key_node.start_mark.line + 1})")
             if key in seen:
                 raise ConfigError(f"key {key!r} appears twice in one section (lines {seen[key] + 1} and "
                                   f"{key_node.start_mark.line + 1}); keep one")
@@ -54,6 +58,9 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9
 def _read_yaml(text: str):
     return yaml.load(text, Loader=_Loader)
 
+
+# Keys of earlier versions and where they live now, so that an old config fails with the fix in the message.
+MOVED_KEYS = {f"bank.{k}": f"bank.ifs3d.{k}" for k in ("sampler", "min_variance", "min_maps", "max_maps", "burn_in")}
 
 # A field with this metadata does not change what a run generates (points or pixels): optimisation settings,
 # cache folders. Every "settings that change the images" list (bank cache key, static dataset check, checkpoint
@@ -162,7 +169,7 @@ class RendererConfig:
     points_per_pixel: int = 8
     compositor: Literal["alpha", "norm_weighted"] = "alpha"
     # "pytorch3d": rasterize_points (naive kernel on CPU, binned on CUDA). "sort": the same fragments from
-    # footprint expansion and a (pixel, depth) sort in tensor ops (dr_fdsl/render/sort_raster.py).
+    # footprint expansion and a (pixel, depth) sort in tensor ops (dr_fdsl/render/raster_sort.py).
     raster_backend: Literal["pytorch3d", "sort"] = "pytorch3d"
     # Radii are NDC units (the image spans [-1, 1]); kept in [radius_min, radius_max] by a scaled squash (renderer.py).
     radius_init: float = 0.015
@@ -229,12 +236,12 @@ class DataConfig:
     ``tools/render_dataset.py`` (the classic static pipeline). Both feed the same step."""
 
     source: Literal["render", "static"] = "render"
-    path: str = ""  # static: the dataset folder
+    path: str = field(default="", metadata=NOT_CONTENT)  # static: the dataset folder
     # render: 0 draws fresh view seeds in [0, 2^62) every step; V > 0 draws seeds 0..V-1 only, which is the
     # (category, view) universe of a static dataset exported with --views V.
     views_per_class: int = 0
     quantize: bool = False  # round rendered images to 8 bits as PNG files are (straight-through gradients)
-    workers: int = 2  # static: data-loader worker processes
+    workers: int = field(default=2, metadata=NOT_CONTENT)  # static: data-loader worker processes (own seeds)
 
 
 @dataclass
@@ -253,7 +260,7 @@ class TrainConfig:
     eval_images: int = 512  # held-out (category, view) pairs with view seeds never drawn in training
     image_every: int = 200  # image grid of fixed (category, view) renders in TensorBoard
     ckpt_every: int = 500
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 3  # this run's newest checkpoints kept; 0 keeps every one
     probe: bool = True  # the colour-statistics leakage probe
     probe_lr: float = 1e-2
     progress: bool = True
@@ -340,6 +347,8 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            if f"{prefix}{key}" in MOVED_KEYS:  # a config (or run folder) from an earlier version
+                hint = f" (it moved to '{MOVED_KEYS[prefix + str(key)]}')"
             raise ConfigError(f"unknown config key '{prefix}{key}'{hint}; valid keys"
                               f"{' in ' + repr(prefix.rstrip('.')) if prefix else ''}: {', '.join(fields)}")
     kwargs = {}
@@ -382,6 +391,8 @@ def _merge(base: dict, top: dict) -> dict:
     """``top`` over ``base``, section by section."""
     out = dict(base)
     for key, value in top.items():
+        if value is None and isinstance(out.get(key), dict):
+            continue  # a section left empty (all keys commented out) changes nothing
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
@@ -523,8 +534,9 @@ def validate_config(cfg: Config) -> None:
 
     t = cfg.train
     for key in ("max_steps", "batch_size", "grad_accum", "log_every", "eval_every", "image_every", "ckpt_every",
-                "eval_images", "keep_checkpoints"):
+                "eval_images"):
         need(getattr(t, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
+    need(t.keep_checkpoints >= 0, "train.keep_checkpoints", f"must be >= 0 (0 keeps all), got {t.keep_checkpoints}")
     need(finite(t.probe_lr) and t.probe_lr > 0, "train.probe_lr", f"must be a positive number, got {t.probe_lr}")
 
     o = cfg.optim
@@ -540,10 +552,6 @@ def validate_config(cfg: Config) -> None:
         need(0 <= value <= 1, f"image_aug.{key}", f"is a probability: must be in [0, 1], got {value}")
     need(a.mixup >= 0 and a.cutmix >= 0, "image_aug.mixup", "mixup and cutmix (Beta alphas) must be >= 0")
     need(0 <= a.label_smoothing < 1, "image_aug.label_smoothing", f"must be in [0, 1), got {a.label_smoothing}")
-    mixing = a.mix_prob > 0 and (a.mixup > 0 or a.cutmix > 0)
-    need(not mixing or t.batch_size % 2 == 0, "train.batch_size",
-         f"Mixup/CutMix pair images within a batch: needs an even batch, got {t.batch_size} (or set "
-         "image_aug.mix_prob=0)")
 
     d = cfg.data
     need(d.views_per_class >= 0, "data.views_per_class", f"must be >= 0, got {d.views_per_class}")

@@ -86,9 +86,9 @@ def load_pretrained(pretrained: str) -> tuple[torch.nn.Module, int]:
     config = folder.parent.parent / "config.yaml"
     weights = folder / "model.safetensors"  # Accelerate's name for the first prepared model: the classifier
     if not config.is_file() or not weights.is_file():
-        raise ConfigError(f"--pretrained {pretrained}: expected a pre-training output_dir or one of its checkpoint "
-                          f"folders (with {config} and {weights})")
-    cfg = load_config(config)
+        raise ConfigError(f"'{pretrained}': expected a pre-training output_dir or one of its checkpoint folders "
+                          f"(with {config} and {weights})")
+    cfg = load_config(config, validate=False)  # the run's own resolved config: only its model is rebuilt
     model = create_classifier(cfg.model, cfg.bank.num_classes, cfg.renderer.image_size)
     try:
         model.load_state_dict(load_file(str(weights)))

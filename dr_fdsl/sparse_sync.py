@@ -30,9 +30,10 @@ def average_row_gradients(parameters, accelerator) -> int:
             grad = p.grad.coalesce()
             rows, values = grad.indices()[0], grad.values()
         if world > 1:
-            # Accelerate pads every process's rows to the longest (row -1 marks padding); gather, drop padding.
+            # Accelerate pads every process's rows to the longest (row -1 marks padding); the values to the same
+            # length (zeros); gather; drop the padding.
             rows = accelerator.pad_across_processes(rows, dim=0, pad_index=-1)
-            values = accelerator.pad_across_processes(values, dim=0, pad_index=0)
+            values = torch.cat([values, values.new_zeros(len(rows) - len(values), values.shape[1])])
             rows, values = accelerator.gather(rows), accelerator.gather(values)
             real = rows >= 0
             rows, values = rows[real], values[real]

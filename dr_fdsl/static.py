@@ -72,7 +72,10 @@ def export(renderer, cfg: Config, out: str | Path, views: int, batch_size: int =
     settings = dataset_settings(cfg, views)
     info = out / INFO
     if info.exists():
-        found = json.loads(info.read_text())
+        try:
+            found = json.loads(info.read_text())
+        except ValueError as err:
+            raise DatasetError(f"'{info}' is damaged ({err}); delete '{out}' to export afresh") from err
         if found != settings:
             diff = [k for k in settings if found.get(k) != settings[k]]
             raise DatasetError(f"'{out}' holds a dataset made with other settings ({', '.join(diff)} differ); "
@@ -114,7 +117,8 @@ def export(renderer, cfg: Config, out: str | Path, views: int, batch_size: int =
 class StaticViews(Dataset):
     """A complete dataset folder, indexed by ``(category, view seed)`` pairs: item -> (uint8 (3, H, W), c, v)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, verify: bool = True):
+        """Reads the settings and manifest; ``verify`` also checks every PNG's header (one process suffices)."""
         self.root = Path(root)
         if not (self.root / INFO).is_file():
             raise DatasetError(f"'{self.root}' is not a dataset folder (no {INFO}); write one with "
@@ -124,13 +128,17 @@ class StaticViews(Dataset):
                                "again with the same settings to finish it")
         try:
             self.settings = json.loads((self.root / INFO).read_text())
+            if self.settings.get("format") != FORMAT:
+                raise DatasetError(f"'{self.root}' was exported by another version of dr_fdsl (format "
+                                   f"{self.settings.get('format')}, this one reads {FORMAT}); export it again")
             self.views = int(self.settings["views"])
             self.num_classes = int(self.settings["bank"]["num_classes"])
             self.image_size = int(self.settings["image_size"])
         except (ValueError, KeyError, TypeError) as err:
             raise DatasetError(f"'{self.root / INFO}' is damaged ({err!r}); export the dataset again") from err
         self.paths = self._read_manifest()
-        self._verify_files()
+        if verify:
+            self._verify_files()
 
     def _read_manifest(self) -> dict[tuple[int, int], str]:
         """Every (category, view) of the export, exactly once, from well-formed rows."""
@@ -171,7 +179,7 @@ class StaticViews(Dataset):
     def check_matches(self, cfg: Config) -> None:
         """Refuses a dataset whose images another bank or renderer made."""
         expected = dataset_settings(cfg, self.views)
-        differing = [k for k in ("bank", "image_size", "renderer") if self.settings.get(k) != expected[k]]
+        differing = [k for k in ("bank", "renderer") if self.settings.get(k) != expected[k]]
         if differing:
             raise ConfigError(f"data.path '{self.root}' was exported with other {', '.join(differing)} settings "
                               f"than this config; train with the config it was made with ({self.root / INFO})")

@@ -19,7 +19,7 @@ def stream_seed(*values: int) -> int:
     """A 63-bit seed from a tuple of integers: CPython's 64-bit tuple hash (xxHash-style lanes over each int's
     hash modulo the Mersenne prime 2^61 - 1), computed here with explicit integer arithmetic so that it does not
     depend on the interpreter. It equals ``hash(values) & (2**63 - 1)`` on 64-bit CPython >= 3.8, which the first
-    version used, so streams, golden traces and checkpoints made then stay valid (tested)."""
+    version used, so the streams, and with them the golden loss traces, stay those of the first version (tested)."""
     acc = _XXPRIME_5
     for value in values:
         lane = abs(value) % _MERSENNE_61

@@ -94,7 +94,7 @@ def test_cache_round_trip(tmp_path, monkeypatch):
     assert path.is_file()
     import dr_fdsl.bank as bank
 
-    monkeypatch.setattr(bank, "generate_bank", lambda *a, **k: pytest.fail("cache was not used"))
+    monkeypatch.setattr(bank, "_generate", lambda *a, **k: pytest.fail("cache was not used"))
     second = build_bank(num_classes=2, num_points=300, seed=3, cache_dir=str(tmp_path))
     assert torch.equal(first.points, second.points)
     assert torch.equal(first.params["probs"], second.params["probs"])

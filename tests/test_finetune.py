@@ -160,6 +160,7 @@ def test_export_loads_in_timm_with_the_training_logits(tmp_path, pretrained_run)
     config = json.loads((tmp_path / "exp" / "config.json").read_text())
     assert config["architecture"] == "test_vit" and config["num_classes"] == 4
     assert config["pretrained_cfg"]["mean"] == [0.5, 0.5, 0.5]
+    assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]  # what the backbone takes, not timm's default
     trained, size = load_pretrained(str(pretrained_run))
     weights = str(tmp_path / "exp" / "model.safetensors")
     by_file = timm.create_model(config["architecture"], pretrained=True, num_classes=4, img_size=size,

@@ -54,6 +54,41 @@ def test_pruning_touches_only_this_runs_checkpoints(tmp_path, bank_dir):
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_0000001", "step_0000008"]
 
 
+def test_resuming_an_older_checkpoint_or_anothers_is_refused(tmp_path, bank_dir):
+    fit(build_run(tiny(tmp_path, bank_dir, "train.max_steps=4")))
+    older = tmp_path / "run" / "checkpoints" / "step_0000002"
+    with pytest.raises(CheckpointError, match=r"newer checkpoints of this run exist \(newest: step_0000004\)"):
+        build_run(tiny(tmp_path, bank_dir, "train.max_steps=6"), resume=str(older))
+    fit(build_run(tiny(tmp_path / "other", bank_dir, "train.max_steps=2")))
+    with pytest.raises(CheckpointError, match="not in output_dir .* which holds checkpoints of its own"):
+        build_run(tiny(tmp_path, bank_dir), resume=str(tmp_path / "other" / "run" / "checkpoints" / "step_0000002"))
+
+
+def test_a_checkpoint_folder_of_another_run_is_never_overwritten(tmp_path, bank_dir):
+    run = build_run(tiny(tmp_path, bank_dir, "train.max_steps=8"))
+    train_step(run)
+    foreign = tmp_path / "run" / "checkpoints" / "step_0000001"
+    foreign.mkdir(parents=True)
+    (foreign / "trainer_state.json").write_text(json.dumps({"step": 1, "run_id": "someone-else"}))
+    with pytest.raises(CheckpointError, match="step_0000001' belongs to another run; not overwritten"):
+        save_checkpoint(run)
+    assert json.loads((foreign / "trainer_state.json").read_text())["run_id"] == "someone-else"
+
+
+def test_keep_checkpoints_zero_keeps_every_one(tmp_path, bank_dir):
+    fit(build_run(tiny(tmp_path, bank_dir, "train.max_steps=8", "train.keep_checkpoints=0")))
+    assert len(list_checkpoints(tmp_path / "run")) == 4
+
+
+def test_a_refused_resume_leaves_the_runs_config_as_it_was(tmp_path, bank_dir):
+    fit(build_run(tiny(tmp_path, bank_dir, "train.max_steps=2")))
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    run = build_run(tiny(tmp_path, bank_dir, "bank.num_classes=3"), resume="latest")
+    with pytest.raises(CheckpointError, match="other settings"):
+        resume(run, "latest")
+    assert (tmp_path / "run" / "config.yaml").read_text() == before
+
+
 def test_an_unwritable_output_dir_is_a_config_error(tmp_path, bank_dir):
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match=r"'output_dir': '.*file/run' cannot be written"):
@@ -91,8 +126,7 @@ def test_a_planted_pickle_is_never_executed(tmp_path, bank_dir, checkpointed, ta
 
 def test_checkpoints_store_the_renderer_only_when_it_trains(tmp_path, bank_dir, checkpointed):
     assert (checkpointed / RENDERER_FILE).is_file()
-    assert not list(checkpointed.glob("*.pkl"))[:0]  # only Accelerate's random states are pickles
-    assert {p.name for p in checkpointed.glob("*.pkl")} == {"random_states_0.pkl"}
+    assert {p.name for p in checkpointed.glob("*.pkl")} == {"random_states_0.pkl"}  # Accelerate's, read safely
     fit(build_run(tiny(tmp_path / "f", bank_dir, "renderer.mode=frozen", "train.max_steps=2")))
     assert not (list_checkpoints(tmp_path / "f" / "run")[-1] / RENDERER_FILE).exists()
 
@@ -121,6 +155,17 @@ def test_an_extended_run_follows_the_new_schedule(tmp_path, bank_dir):
         seen.append((run.step, run.objective.optimizer.param_groups[0]["lr"]))
     assert seen == [(k, lr_at(longer, k)) for k in (5, 6, 7)]
     assert lr_at(longer, 5) > 10 * lr_at(tiny(tmp_path, bank_dir, "train.max_steps=4"), 4)  # not the old floor
+
+
+def test_optimiser_settings_follow_the_config_on_resume(tmp_path, bank_dir):
+    fit(build_run(tiny(tmp_path, bank_dir, "train.max_steps=2")))
+    run = build_run(tiny(tmp_path, bank_dir, "train.max_steps=4", "optim.weight_decay=0.2", "train.probe_lr=0.5"),
+                    resume="latest")
+    resume(run, "latest")
+    decays = sorted({g["weight_decay"] for g in run.objective.optimizer.param_groups})
+    assert decays == [0.0, 0.2]  # timm's no-decay group (norms, biases) stays at 0
+    assert run.objective.probe_optimizer.param_groups[0]["lr"] == 0.5
+    assert run.objective.optimizer.state  # the moments are the checkpoint's
 
 
 def test_a_resume_that_cannot_be_exact_is_refused_or_declared(tmp_path, bank_dir, checkpointed, capsys):
@@ -179,6 +224,24 @@ def test_yaml_reads_exponents_as_floats_and_refuses_duplicates_and_empty_files(t
     path.write_text("include: c.yaml\n")
     with pytest.raises(ConfigError, match="includes itself"):
         load_config(path)
+
+
+def test_yaml_sections_merge_keys_and_includes(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("renderer:\n  image_size: 32\n  points_per_pixel: 4\ntrain:\n  max_steps: 9\n")
+    variant = tmp_path / "variant.yaml"
+    variant.write_text("include: base.yaml\nrenderer:\n  # image_size: 64\ntrain:\n  batch_size: 4\n")
+    cfg = load_config(variant)
+    assert (cfg.renderer.image_size, cfg.renderer.points_per_pixel, cfg.train.max_steps) == (32, 4, 9)
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("common: &c {max_steps: 7}\n")
+    with pytest.raises(ConfigError, match="unknown config key 'common'"):
+        load_config(merged)  # anchors parse; the unknown top-level key is still refused
+    merged.write_text("train:\n  <<: {max_steps: 7, batch_size: 4}\n  batch_size: 6\n")
+    assert (load_config(merged).train.max_steps, load_config(merged).train.batch_size) == (7, 6)
+    merged.write_text("train:\n  ? [a, b]\n  : 1\n")
+    with pytest.raises(ConfigError, match="a key must be a plain value"):
+        load_config(merged)
 
 
 @pytest.mark.parametrize("override, pattern", [

@@ -120,12 +120,19 @@ def main(argv=None) -> int:
             preset[key] = getattr(args, key)
     preset["eval_every"] = min(preset["eval_every"], preset["steps"])
     out = Path(args.out or f"runs/compare_{args.preset}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "preset.json").write_text(json.dumps(preset, indent=2))
-
     # The shared state first sets up the processes: in CPU mode (ACCELERATE_USE_CPU=1 under torchrun) as one gloo
     # group, as the trainings' Accelerator would, not as independent processes that all think they are main.
-    is_main = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    is_main = state.is_main_process
+    earlier = (out / "preset.json").exists()  # its runs' checkpoints would be refused minutes later, one by one
+    state.wait_for_everyone()  # every process has looked before the main one writes
+    if earlier:
+        print(f"error: '{out}' holds an earlier comparison; choose another --out (nothing is overwritten)",
+              file=sys.stderr)
+        return 2
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "preset.json").write_text(json.dumps(preset, indent=2))
     rows, curves = [], {}
     for seed in preset["seeds"]:
         for mode in ("none", *MODES):
@@ -167,4 +174,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dr_fdsl.errors import DrFdslError
+
+    try:
+        sys.exit(main())
+    except DrFdslError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

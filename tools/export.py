@@ -31,10 +31,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         model, size = load_pretrained(args.run)
+        # timm's pretrained config describes the architecture's default input; this backbone takes `size` px.
+        model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, size, size)}
+        save_for_hf(model, args.out, safe_serialization=True)
     except DrFdslError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    save_for_hf(model, args.out, safe_serialization=True)
+    except OSError as err:
+        print(f"error: cannot write '{args.out}' ({err.strerror or err}); choose another --out", file=sys.stderr)
+        return 2
     config = json.loads((Path(args.out) / "config.json").read_text())
     print(f"exported {config['architecture']} ({config['num_classes']} classes, {size} px) to {args.out}: "
           f"model.safetensors, config.json")

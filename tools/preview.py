@@ -12,7 +12,7 @@ import torch
 
 from dr_fdsl.bank import bank_from_config
 from dr_fdsl.config import add_config_args, load_config
-from dr_fdsl.errors import DrFdslError
+from dr_fdsl.errors import ConfigError, DrFdslError
 from dr_fdsl.render import PointRenderer, render_grid, save_grid
 
 
@@ -24,18 +24,22 @@ def main(argv=None) -> int:
     parser.add_argument("--views", type=int, default=6, help="columns: view seeds 0..N-1")
     args = parser.parse_args(argv)
     try:
+        if args.classes < 1 or args.views < 1:
+            raise ConfigError(f"--classes and --views must be positive, got {args.classes} and {args.views}")
         cfg = load_config(args.config, args.overrides)
         bank = bank_from_config(cfg.bank, progress=True)
         renderer = PointRenderer(bank, cfg.renderer)
+        rows = min(args.classes, bank.num_classes)
+        ids = torch.arange(rows).repeat_interleave(args.views)
+        seeds = torch.arange(args.views).repeat(rows)
+        print(f"wrote {save_grid(render_grid(renderer, ids, seeds, nrow=args.views), args.out)}")
     except DrFdslError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    rows = min(args.classes, bank.num_classes)
-    ids = torch.arange(rows).repeat_interleave(args.views)
-    seeds = torch.arange(args.views).repeat(rows)
-    print(f"wrote {save_grid(render_grid(renderer, ids, seeds, nrow=args.views), args.out)}")
+    except OSError as err:
+        print(f"error: cannot write '{args.out}' ({err.strerror or err}); choose another --out", file=sys.stderr)
+        return 2
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

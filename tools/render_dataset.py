@@ -29,14 +29,19 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     try:
-        if args.views < 1:
-            raise ConfigError(f"--views must be positive, got {args.views}")
+        if args.views < 1 or args.batch < 1:
+            raise ConfigError(f"--views and --batch must be positive, got {args.views} and {args.batch}")
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"--device {args.device}: no CUDA device here; use --device cpu")
         cfg = load_config(args.config, args.overrides)
         bank = bank_from_config(cfg.bank, progress=True)
         renderer = PointRenderer(bank, cfg.renderer).to(args.device).requires_grad_(False)
         counts = export(renderer, cfg, args.out, args.views, batch_size=args.batch)
     except DrFdslError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: cannot write '{args.out}' ({err.strerror or err}); choose another --out", file=sys.stderr)
         return 2
     rate = counts["written"] / max(counts["seconds"], 1e-9)
     print(f"dataset: {args.out} ({bank.num_classes} categories x {args.views} views); wrote {counts['written']} "

@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from timm.scheduler import CosineLRScheduler
 
 from dr_fdsl import checkpoint
 from dr_fdsl.bank import bank_from_config
-from dr_fdsl.config import Config, save_config
+from dr_fdsl.config import Config, save_config, validate_config
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.objectives import Objective, get_objective
 from dr_fdsl.render import PointRenderer
@@ -86,15 +86,20 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
     (identical on every process), then the per-process seed for image augmentations. Inputs that can fail
     (output folder, static dataset, model name and size) are checked before the bank is built.
     """
+    validate_config(cfg)  # again: a config may have been changed in Python since it was loaded
     t = cfg.train
     writable(cfg.output_dir)
-    acc = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
-                      log_with="tensorboard", project_dir=cfg.output_dir, step_scheduler_with_optimizer=False)
-    if resume is None:
-        checkpoint.refuse_to_overwrite(cfg.output_dir)
+    try:
+        acc = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
+                          log_with="tensorboard", project_dir=cfg.output_dir, step_scheduler_with_optimizer=False)
+    except ValueError as err:  # e.g. fp16 without a GPU
+        raise ConfigError(f"config key 'train.mixed_precision': {t.mixed_precision!r} cannot run here ({err})") \
+            from err
+    checkpoint.refuse_to_overwrite(cfg.output_dir, resume)
     static, views = None, cfg.data.views_per_class
     if cfg.data.source == "static":  # a missing, foreign or damaged dataset fails here
-        static = StaticViews(cfg.data.path)
+        with acc.main_process_first():  # every PNG header is read once, by the main process
+            static = StaticViews(cfg.data.path, verify=acc.is_main_process)
         static.check_matches(cfg)
         views = static.views
     num_classes = cfg.bank.num_classes
@@ -121,7 +126,7 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
 
     rows = min(8, num_classes)
     grid = (torch.arange(rows).repeat_interleave(4), -(10**9) - torch.arange(4).repeat(rows))  # held out
-    if acc.is_main_process:
+    if acc.is_main_process and resume is None:  # a resumed run writes it once the checkpoint is accepted
         save_config(cfg, Path(cfg.output_dir) / "config.yaml")
     acc.init_trackers(TB_DIR)
     writer = acc.get_tracker("tensorboard", unwrap=True) if acc.is_main_process else None
@@ -129,5 +134,5 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
                renderer_optimizer=renderer_optimizer, schedulers=schedulers,
                stream=ViewStream(cfg.seed, acc.process_index, num_classes, views), static=static,
                eval_views=held_out_views(t.eval_images, num_classes, acc.process_index, acc.num_processes),
-               grid_views=grid, anchor=anchor, writer=writer, run_id=checkpoint.new_run_id(), lr=lr,
-               total_batch=total_batch)
+               grid_views=grid, anchor=anchor, writer=writer, lr=lr, total_batch=total_batch,
+               run_id=broadcast_object_list([checkpoint.new_run_id()])[0])  # the main process's, on every rank

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gc
 import json
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from dr_fdsl import checkpoint
+from dr_fdsl.config import save_config
 from dr_fdsl.engine.build import Run
 from dr_fdsl.engine.step import set_learning_rates, train_step
 from dr_fdsl.errors import CheckpointError, NonFiniteLossError
@@ -116,29 +118,42 @@ def _weights_finite(run: Run) -> bool:
     return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
 
 
-def save_checkpoint(run: Run) -> checkpoint.Path:
-    """``save_state`` plus the renderer and the trainer state into a temporary folder, then a rename."""
+def _all_ok(run: Run, ok: bool) -> bool:
+    """Whether every process succeeded (a collective: each process must call it at the same point)."""
+    flags = run.accelerator.gather(torch.tensor([ok], device=run.accelerator.device))
+    return bool(flags.all())
+
+
+def save_checkpoint(run: Run) -> Path:
+    """``save_state`` plus the renderer and the trainer state into a temporary folder, then a rename.
+
+    Processes agree on success before going on, so a failure on one (disk full, folder not writable) is an
+    error on all, not a wait at the next barrier.
+    """
     acc = run.accelerator
     renderer_checksums(run)
     if not _weights_finite(run):  # a checkpoint named as "good" must hold finite weights
         raise NonFiniteLossError(f"weights are not finite at step {run.step}; not saved (last good checkpoint: "
                                  f"{run.last_checkpoint}). Resume from it with a lower optim.lr")
     tmp = checkpoint.temporary_path(run.output_dir, run.step)
+    path, problem = checkpoint.step_path(run.output_dir, run.step), None
     try:
         acc.save_state(str(tmp))
         if acc.is_main_process and run.renderer_optimizer is not None:
             save_file({k: v.contiguous().cpu() for k, v in run.renderer.state_dict().items()},
                       str(tmp / checkpoint.RENDERER_FILE))
-    except OSError as err:  # disk full, folder not writable: the previous checkpoints are untouched
-        raise CheckpointError(f"could not write checkpoint '{tmp}' ({err}); free space or choose another "
-                              "output_dir, then --resume latest") from err
-    acc.wait_for_everyone()
-    path = checkpoint.step_path(run.output_dir, run.step)
-    if acc.is_main_process:
+    except OSError as err:
+        problem = err
+    if _all_ok(run, problem is None) and acc.is_main_process:
         state = {"step": run.step, "stream_index": run.stream.index,
                  "fingerprint": checkpoint.fingerprint(run.cfg, acc.num_processes)}
-        path = checkpoint.finalize(tmp, state, run.cfg.train.keep_checkpoints, run.run_id)
-    acc.wait_for_everyone()
+        try:
+            path = checkpoint.finalize(tmp, state, run.cfg.train.keep_checkpoints, run.run_id)
+        except (OSError, CheckpointError) as err:
+            problem = err
+    if not _all_ok(run, problem is None):  # the previous checkpoints are untouched
+        raise CheckpointError(f"could not write checkpoint '{path}' ({problem or 'failed on another process'}); "
+                              "free space or choose another output_dir, then --resume latest") from problem
     run.last_checkpoint = path
     return path
 
@@ -146,13 +161,17 @@ def save_checkpoint(run: Run) -> checkpoint.Path:
 def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
     """Restores a checkpoint (``"latest"`` or a folder) made by a run with the same settings.
 
-    Restored: weights, optimiser moments, every process's random state, the view stream, the step. Recomputed
-    from the current config: the learning-rate schedules (so ``train.max_steps``, ``optim.lr`` may change).
+    Restored: weights, optimiser moments, every process's random state, the view stream, the step. From the
+    current config: the learning-rate schedules and every optimiser hyper-parameter (weight decay, betas, the
+    probe's lr), so ``train.max_steps``, ``optim.lr`` or ``optim.weight_decay`` may change on resume. The resumed
+    run's config is written to ``output_dir/config.yaml`` once the checkpoint is accepted.
     """
     acc = run.accelerator
     path = checkpoint.resolve(run.output_dir, where)
     state = checkpoint.read_state(path, checkpoint.fingerprint(run.cfg, acc.num_processes), acc.num_processes,
                                   allow_inexact)
+    optimizers = [o for o in (*run.objective.optimizers(), run.renderer_optimizer) if o is not None]
+    configured = [[{k: v for k, v in g.items() if k != "params"} for g in o.param_groups] for o in optimizers]
     try:
         acc.load_state(str(path))
         if run.renderer_optimizer is not None:
@@ -161,9 +180,14 @@ def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
         raise CheckpointError(
             f"checkpoint '{path}' could not be loaded ({type(err).__name__}: {str(err)[:300]}); resume from "
             "another checkpoint or start afresh") from err
+    for optimizer, groups in zip(optimizers, configured):  # the moments are the checkpoint's, the settings ours
+        for group, settings in zip(optimizer.param_groups, groups):
+            group.update(settings)
     run.step, run.stream.index, run.last_checkpoint = int(state["step"]), int(state["stream_index"]), path
     run.run_id = state.get("run_id") or run.run_id  # pruning goes on over the run's own checkpoints
     set_learning_rates(run)
+    if acc.is_main_process:
+        save_config(run.cfg, run.output_dir / "config.yaml")
     for problem in state["inexact"]:
         acc.print(f"warning: resuming inexactly: {problem}")
     acc.print(f"resumed from {path} at step {run.step}")

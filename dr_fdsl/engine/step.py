@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 
 from dr_fdsl.engine.build import Run
-from dr_fdsl.errors import NonFiniteLossError
+from dr_fdsl.errors import DatasetError, NonFiniteLossError
 from dr_fdsl.objectives import ObjectiveOutput
 from dr_fdsl.sparse_sync import average_row_gradients, clip_sparse_grad_norm_
 from dr_fdsl.static import quantize, static_loader
@@ -58,7 +58,10 @@ def render_batch(run: Run) -> Batch:
         return Batch(images, ids, seeds, rows)
     if run.loader is None:  # created on first use, so that a resume starts it at the stream's position
         run.loader = iter(static_loader(run.static, run.stream, b, run.stream.index, run.cfg.data.workers))
-    pixels, ids, seeds = next(run.loader)
+    try:
+        pixels, ids, seeds = next(run.loader)
+    except DatasetError as err:  # raised in a worker: its message carries the worker's traceback; keep the cause
+        raise DatasetError(str(err).strip().splitlines()[-1].split("DatasetError: ", 1)[-1]) from None
     expected = run.stream.draw(b)  # the loader's workers read ahead from the same counter-based stream
     if not (torch.equal(ids, expected[0]) and torch.equal(seeds, expected[1])):
         raise RuntimeError(f"static loader out of step with the view stream at micro-batch {run.stream.index - 1}")
@@ -70,6 +73,9 @@ def forward_backward(run: Run, batch: Batch) -> ObjectiveOutput:
     """The objective on a batch, the renderer's mode applied, and the backward pass (scaled for accumulation)."""
     images = batch.images
     if run.mode == "adversarial":
+        # Between renderer and objective: only the renderer's gradient is reversed. (The first version reversed
+        # after the classifier's input normalisation; for an adversarial_scale that is not a power of two the
+        # renderer's gradients differ from it in the last bit.)
         images = GradientReversal.apply(images, run.cfg.renderer.adversarial_scale)
     out = run.objective.loss(images, batch.class_ids)
     if not torch.isfinite(out.loss.detach()).item():

@@ -182,7 +182,6 @@ def generate(cfg: BankConfig, progress: bool = False, max_draws: int | None = No
     maps zero), ``probs (C, M)`` float64 (proportional to ``|det A|``, zero for unused maps) and ``num_maps (C,)``
     int64, with ``M = max_maps``.
     """
-    validate(cfg)
     f = cfg.ifs3d
     if max_draws is None:
         max_draws = max(100_000, _MAX_DRAWS_PER_CLASS * cfg.num_classes)

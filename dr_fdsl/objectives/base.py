@@ -57,7 +57,7 @@ class Objective:
         raise NotImplementedError
 
     def clip_gradients(self, max_norm: float) -> dict[str, torch.Tensor]:
-        """Clips what ``optimizer`` steps; returns gradient norms to log."""
+        """Clips what ``optimizer`` steps to ``max_norm`` (``math.inf``: no clipping); returns norms to log."""
         raise NotImplementedError
 
     def evaluate(self, images: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:

@@ -7,13 +7,11 @@ never shapes the renderer; its accuracy tells whether learnt rendering leaks the
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 
-from dr_fdsl.config import Config
+from dr_fdsl.config import Config, need
 from dr_fdsl.image_augment import ImageAugment
 from dr_fdsl.models import create_classifier, normalization
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput
@@ -23,6 +21,14 @@ from dr_fdsl.probe import LeakageProbe, colour_statistics
 class Classify(Objective):
     name = "classify"
     eval_names = ("val/loss", "val/top1", "val/top5", "probe/val_acc")
+
+    @classmethod
+    def validate(cls, cfg: Config) -> None:
+        a = cfg.image_aug
+        mixing = a.mix_prob > 0 and (a.mixup > 0 or a.cutmix > 0)
+        need(not mixing or cfg.train.batch_size % 2 == 0, "train.batch_size",
+             f"Mixup/CutMix pair images within a batch: needs an even batch, got {cfg.train.batch_size} (or set "
+             "image_aug.mix_prob=0)")
 
     def __init__(self, cfg: Config, num_classes: int, lr: float, device: torch.device):
         """``lr``: the classifier's peak learning rate (the engine scales ``optim.lr`` by the total batch)."""
@@ -70,7 +76,7 @@ class Classify(Objective):
         return ObjectiveOutput(loss, total, metrics)
 
     def clip_gradients(self, max_norm: float) -> dict[str, torch.Tensor]:
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm or math.inf)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         return {"grad_norm/classifier": norm}
 
     @torch.no_grad()

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
             run.accelerator.end_training()  # destroys the process group: the entry script's job
     if run.accelerator.is_main_process:
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k.startswith(("val/", "probe/")))
-        print(f"done: {summary['step']} steps, {metrics}; logs and checkpoints in {cfg.output_dir}")
+        print(f"done: {summary['step']} steps, {metrics}; logs and checkpoints in {run.cfg.output_dir}")
     return 0
 
 

@@ -60,11 +60,23 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def free_output_dir(output_dir: str) -> str:
+    """``output_dir``, or, when it holds another run's checkpoints, the first of ``output_dir-2``, ``-3``, ...
+    that holds none and no run config (timm's train script numbers its runs the same way)."""
+    if not list_checkpoints(output_dir):
+        return output_dir
+    n = 2
+    while list_checkpoints(f"{output_dir}-{n}") or (Path(f"{output_dir}-{n}") / "config.yaml").exists():
+        n += 1
+    return f"{output_dir}-{n}"
+
+
 def refuse_to_overwrite(output_dir: str | Path, resume: str | None = None) -> None:
     """A run writes checkpoints only where it cannot overwrite or prune another run's, or newer ones of its own.
 
-    A fresh run (``resume`` None) or one resuming a checkpoint from elsewhere needs an ``output_dir`` without
-    checkpoints; a run resuming one of its own must resume the newest (from an older one, its new checkpoints
+    A fresh run (``resume`` None; ``build_run`` gives it a free folder, :func:`free_output_dir`) or one resuming a
+    checkpoint from elsewhere needs an ``output_dir`` without checkpoints; a run resuming one of its own must
+    resume the newest (from an older one, its new checkpoints
     would be written between, and pruned against, the abandoned newer ones).
     """
     found = list_checkpoints(output_dir)

@@ -34,13 +34,16 @@ def plant(path, marker):
 # ------------------------------------------------------------------------------------------------------------
 
 
-def test_a_fresh_run_never_writes_over_another_runs_checkpoints(tmp_path, bank_dir):
+def test_a_fresh_run_never_writes_over_another_runs_checkpoints(tmp_path, bank_dir, capsys):
     fit(build_run(tiny(tmp_path, bank_dir, "train.max_steps=2")))
     before = {p.name: (p / "model.safetensors").read_bytes() for p in list_checkpoints(tmp_path / "run")}
-    with pytest.raises(CheckpointError, match=r"already holds checkpoints.*--resume latest.*another output_dir"):
-        build_run(tiny(tmp_path, bank_dir, "train.max_steps=4"))
+    again = build_run(tiny(tmp_path, bank_dir, "train.max_steps=4"))  # the same command again, e.g. `make train`
+    assert again.cfg.output_dir == str(tmp_path / "run-2")
+    assert "holds another run's checkpoints; this run writes to" in capsys.readouterr().out
+    assert fit(again)["output_dir"] == str(tmp_path / "run-2")
     after = {p.name: (p / "model.safetensors").read_bytes() for p in list_checkpoints(tmp_path / "run")}
-    assert after == before
+    assert after == before and len(list_checkpoints(tmp_path / "run-2")) == 2
+    assert build_run(tiny(tmp_path, bank_dir)).cfg.output_dir == str(tmp_path / "run-3")
 
 
 def test_pruning_touches_only_this_runs_checkpoints(tmp_path, bank_dir):

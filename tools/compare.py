@@ -98,8 +98,8 @@ def plot(rows: list[dict], curves: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
 
+    from dr_fdsl.engine.build import process_state
     from dr_fdsl.finetune import FinetuneSettings, finetune
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,9 +120,7 @@ def main(argv=None) -> int:
             preset[key] = getattr(args, key)
     preset["eval_every"] = min(preset["eval_every"], preset["steps"])
     out = Path(args.out or f"runs/compare_{args.preset}")
-    # The shared state first sets up the processes: in CPU mode (ACCELERATE_USE_CPU=1 under torchrun) as one gloo
-    # group, as the trainings' Accelerator would, not as independent processes that all think they are main.
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = process_state()  # as the trainings' Accelerator sets the processes up
     is_main = state.is_main_process
     earlier = (out / "preset.json").exists()  # its runs' checkpoints would be refused minutes later, one by one
     state.wait_for_everyone()  # every process has looked before the main one writes

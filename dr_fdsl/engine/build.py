@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast_object_list, parse_flag_from_env, set_seed
 from timm.scheduler import CosineLRScheduler
 
 from dr_fdsl import checkpoint
@@ -68,6 +69,12 @@ def cosine(optimizer: torch.optim.Optimizer, cfg: Config) -> CosineLRScheduler:
                              warmup_lr_init=o.min_lr, t_in_epochs=False)
 
 
+def process_state() -> PartialState:
+    """Accelerate's process state, set up as the run's ``Accelerator`` will (CPU mode from ACCELERATE_USE_CPU, so
+    that torchrun on CPU gives one gloo group, not independent processes that all think they are main)."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def writable(folder: str) -> None:
     """Creates ``folder`` and writes a file into it, or fails naming ``output_dir`` (before any work)."""
     try:
@@ -88,6 +95,13 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
     """
     validate_config(cfg)  # again: a config may have been changed in Python since it was loaded
     t = cfg.train
+    if resume is None:  # a new run never writes where another run's checkpoints are: it takes a numbered folder
+        process_state()  # set up before the collective below
+        chosen = broadcast_object_list([checkpoint.free_output_dir(cfg.output_dir)])[0]  # the main process's
+        if chosen != cfg.output_dir:
+            process_state().print(f"output_dir '{cfg.output_dir}' holds another run's checkpoints; this run writes "
+                                  f"to '{chosen}' (continue the other with --resume latest)")
+            cfg = dataclasses.replace(cfg, output_dir=chosen)
     writable(cfg.output_dir)
     try:
         acc = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,

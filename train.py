@@ -9,6 +9,7 @@ Watch it with:  tensorboard --logdir runs/
 import argparse
 import sys
 
+from dr_fdsl.cli import report
 from dr_fdsl.config import add_config_args, load_config
 from dr_fdsl.engine import build_run, fit, resume
 from dr_fdsl.errors import DrFdslError
@@ -29,8 +30,7 @@ def main(argv=None) -> int:
             resume(run, args.resume, allow_inexact=args.allow_inexact_resume)
         summary = fit(run)
     except DrFdslError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report(err)
     except KeyboardInterrupt:
         # Checkpoints are written then renamed, so the newest one is whole whatever was interrupted.
         where = f"at step {run.step}; last checkpoint: {run.last_checkpoint}" if run else "during set-up"

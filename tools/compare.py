@@ -172,10 +172,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from dr_fdsl.cli import report
     from dr_fdsl.errors import DrFdslError
 
     try:
         sys.exit(main())
     except DrFdslError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(report(err))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from timm.models import save_for_hf
 
+from dr_fdsl.cli import report
 from dr_fdsl.errors import DrFdslError
 from dr_fdsl.finetune import load_pretrained
 
@@ -35,11 +36,9 @@ def main(argv=None) -> int:
         model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, size, size)}
         save_for_hf(model, args.out, safe_serialization=True)
     except DrFdslError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report(err)
     except OSError as err:
-        print(f"error: cannot write '{args.out}' ({err.strerror or err}); choose another --out", file=sys.stderr)
-        return 2
+        return report(err, writing=args.out)
     config = json.loads((Path(args.out) / "config.json").read_text())
     print(f"exported {config['architecture']} ({config['num_classes']} classes, {size} px) to {args.out}: "
           f"model.safetensors, config.json")

@@ -17,6 +17,7 @@ import sys
 
 from accelerate import PartialState
 
+from dr_fdsl.cli import report
 from dr_fdsl.config import add_config_args, load_config
 from dr_fdsl.errors import DrFdslError
 from dr_fdsl.finetune import FinetuneSettings, finetune
@@ -30,8 +31,7 @@ def main(argv=None) -> int:
         settings = load_config(args.config, args.overrides, cls=FinetuneSettings)
         result = finetune(settings)
     except DrFdslError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report(err)
     finally:
         PartialState().destroy_process_group()  # the entry script's job (a no-op without one)
     curve = " ".join(f"{100 * a:.1f}" for a in result["top1"])

@@ -8,6 +8,7 @@ import sys
 import time
 
 from dr_fdsl.bank import bank_from_config, cache_path
+from dr_fdsl.cli import report
 from dr_fdsl.config import add_config_args, load_config
 from dr_fdsl.errors import DrFdslError
 
@@ -24,8 +25,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         bank = bank_from_config(cfg.bank, rebuild=args.rebuild, progress=True)
     except DrFdslError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report(err)
     seconds = time.perf_counter() - start
     how = "read from cache" if cached else f"built from {bank.draws} draws"
     print(f"bank: {bank.num_classes} classes x {bank.num_points} points, {how} in {seconds:.1f} s")

@@ -11,6 +11,7 @@ import sys
 import torch
 
 from dr_fdsl.bank import bank_from_config
+from dr_fdsl.cli import report
 from dr_fdsl.config import add_config_args, load_config
 from dr_fdsl.errors import ConfigError, DrFdslError
 from dr_fdsl.render import PointRenderer, render_grid, save_grid
@@ -34,11 +35,9 @@ def main(argv=None) -> int:
         seeds = torch.arange(args.views).repeat(rows)
         print(f"wrote {save_grid(render_grid(renderer, ids, seeds, nrow=args.views), args.out)}")
     except DrFdslError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report(err)
     except OSError as err:
-        print(f"error: cannot write '{args.out}' ({err.strerror or err}); choose another --out", file=sys.stderr)
-        return 2
+        return report(err, writing=args.out)
     return 0
 
 if __name__ == "__main__":

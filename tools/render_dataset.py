@@ -14,6 +14,7 @@ import sys
 import torch
 
 from dr_fdsl.bank import bank_from_config
+from dr_fdsl.cli import report
 from dr_fdsl.config import add_config_args, load_config
 from dr_fdsl.errors import ConfigError, DrFdslError
 from dr_fdsl.render import PointRenderer
@@ -38,11 +39,9 @@ def main(argv=None) -> int:
         renderer = PointRenderer(bank, cfg.renderer).to(args.device).requires_grad_(False)
         counts = export(renderer, cfg, args.out, args.views, batch_size=args.batch)
     except DrFdslError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report(err)
     except OSError as err:
-        print(f"error: cannot write '{args.out}' ({err.strerror or err}); choose another --out", file=sys.stderr)
-        return 2
+        return report(err, writing=args.out)
     rate = counts["written"] / max(counts["seconds"], 1e-9)
     print(f"dataset: {args.out} ({bank.num_classes} categories x {args.views} views); wrote {counts['written']} "
           f"images in {counts['seconds']:.1f} s ({rate:.0f} images/s on {args.device}), "

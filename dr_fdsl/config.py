@@ -107,6 +107,27 @@ class OFDBConfig:
 
 
 @dataclass
+class FractalDBConfig:
+    """Family ``fractaldb``: FractalDB's published 2D category search (Kataoka et al., ACCV 2020), reproduced bit
+    for bit, or the categories of a folder of its published CSVs. The search's seed is ``bank.seed``: the
+    published ``ifs_search.py`` seeds with 1, so ``bank.seed=1`` gives the 1,000 shipped FractalDB-1k categories.
+    Each category's ``bank.num_points`` points are those the published renderer draws with that many iterations,
+    at the pixels of a ``canvas``-pixel image (see :mod:`dr_fdsl.families.fractaldb2d`)."""
+
+    # "search": run the published search. Otherwise a folder of FractalDB CSVs, read in file-name order: the
+    # *.csv files in it (make_fractaldb.py's --load_root, e.g. the repository's
+    # data/csv_rate0.2_category1000/csv0), or, if it holds none, those of its sub-folders (the repository's
+    # data/csv_rate0.2_category1000, split into csv0..csv39). The cache is keyed by the path: after replacing a
+    # file there, rebuild the bank.
+    source: str = "search"
+    rate: float = 0.2  # filling-rate threshold of the search (--rate; accepted when rate >= it)
+    search_points: int = 100_000  # chaos-game points per candidate in the search (--numof_point)
+    # Side of the published image the points are placed in (make_fractaldb.py --image_size, pad 6): 512 is its
+    # default and the search's canvas; exe.sh renders FractalDB-1k at 362.
+    canvas: int = 512
+
+
+@dataclass
 class BankConfig:
     """The bank of point sets: one per category, built by a formula family (``family``, see dr_fdsl/families).
 
@@ -120,6 +141,7 @@ class BankConfig:
     seed: int = 0
     ifs3d: IFS3DConfig = field(default_factory=IFS3DConfig, metadata={"family": True})
     ofdb: OFDBConfig = field(default_factory=OFDBConfig, metadata={"family": True})
+    fractaldb: FractalDBConfig = field(default_factory=FractalDBConfig, metadata={"family": True})
     # Where built banks are cached, keyed by the settings above.
     cache_dir: str = field(default="cache/banks", metadata=NOT_CONTENT)
 

@@ -154,9 +154,9 @@ def test_make_bank_tool(tmp_path):
 
 
 def test_unknown_family_is_a_config_error_listing_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"'bank.family': unknown family 'ifs2d'; valid: ifs3d, ofdb"):
+    with pytest.raises(ConfigError, match=r"'bank.family': unknown family 'ifs2d'; valid: fractaldb, ifs3d, ofdb"):
         load_config(None, ["bank.family=ifs2d"])
-    assert set(FAMILIES) == {"ifs3d", "ofdb"}
+    assert set(FAMILIES) == {"fractaldb", "ifs3d", "ofdb"}
 
 
 def test_cache_key_is_the_chosen_familys_content():
@@ -252,3 +252,89 @@ def test_a_second_family_trains_through_the_same_loop(tmp_path, bank_dir):
     summary = fit(build_run(tiny(tmp_path, bank_dir, "bank.family=ofdb", "bank.seed=42", "renderer.mode=joint",
                                  "train.max_steps=2")))
     assert summary["step"] == 2 and set(summary["renderer_checksums"]) != {0.0}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Family fractaldb: the published FractalDB categories, points where the published renderer draws them
+# ------------------------------------------------------------------------------------------------------------
+
+FDB_FIXTURES = ROOT / "tests" / "fixtures" / "fractaldb"
+FDB_ORTHO = ["renderer.view.rotation=none", "renderer.view.projection=orthographic", "renderer.view.ortho_scale=[1,1]"]
+
+
+def fractaldb_config(*overrides):
+    return load_config(None, ["bank.family=fractaldb", "bank.seed=1", "bank.num_classes=3", "bank.num_points=400",
+                              *overrides])
+
+
+@pytest.fixture(scope="module")
+def fractaldb_bank():
+    from dr_fdsl.bank import bank_from_config
+
+    return bank_from_config(fractaldb_config().bank, use_cache=False)  # the published search, 3 categories
+
+
+def test_fractaldb_family_reproduces_the_published_categories(fractaldb_bank):
+    b = fractaldb_bank
+    assert b.points.shape == (3, 400, 3) and b.points.dtype == torch.float32
+    assert b.params["params"].shape == (3, 7, 6) and b.params["probs"].shape == (3, 7) and b.draws > 3
+    for c in range(3):
+        m = int(b.params["num_maps"][c])
+        rows = torch.cat([b.params["params"][c, :m], b.params["probs"][c, :m, None]], dim=1)
+        text = "".join(",".join(f"{v:.18e}" for v in row) + "\n" for row in rows.tolist())
+        assert text == (FDB_FIXTURES / f"{c:05d}.csv").read_text()  # bit for bit, as np.savetxt wrote them
+        assert (b.params["params"][c, m:] == 0).all() and (b.params["probs"][c, m:] == 0).all()
+
+
+def test_fractaldb_family_reads_published_csvs(fractaldb_bank):
+    from dr_fdsl.bank import bank_from_config
+
+    from_csv = bank_from_config(fractaldb_config(f"bank.fractaldb.source={FDB_FIXTURES}").bank, use_cache=False)
+    assert from_csv.draws == 0
+    assert torch.equal(from_csv.points, fractaldb_bank.points)
+    for key in ("params", "probs", "num_maps"):
+        assert torch.equal(from_csv.params[key], fractaldb_bank.params[key])
+    with pytest.raises(ConfigError, match="'bank.fractaldb.source': 'nowhere' is neither 'search' nor"):
+        fractaldb_config("bank.fractaldb.source=nowhere")
+    with pytest.raises(ConfigError, match=r"'bank.fractaldb.rate': is a filling rate: must be in \[0, 1\]"):
+        fractaldb_config("bank.fractaldb.rate=1.5")
+
+
+def test_fractaldb_points_render_at_the_published_pixels(fractaldb_bank):
+    import numpy as np
+
+    from dr_fdsl.bank import PointBank
+    from dr_fdsl.families import fractaldb as fdb
+    from dr_fdsl.render import PointRenderer
+
+    b = fractaldb_bank
+    picks = []
+    for c in range(3):
+        m = int(b.params["num_maps"][c])
+        # the published renderer: the chaos game reseeded with 100, its min-max mapping to the 512 px image
+        xy = fdb.chaos_game_2d(b.params["params"][c, :m].numpy(), b.params["probs"][c, :m].numpy(), 400,
+                               np.random.RandomState(100))
+        col, row = torch.from_numpy(fdb.pixel_coords(xy).astype(np.int64)).T
+        expect = torch.stack([1 - (2 * col + 1) / 512, 1 - (2 * row + 1) / 512, torch.zeros(400)], 1).float()
+        assert torch.equal(b.points[c], expect)
+        picks += [(c, k, int(row[k]), int(col[k])) for k in (1, 2, 37, 399)]
+    # one point per image, through the real renderer at 64 px: a radius of one output pixel reaches the 4 nearest
+    # pixel centres, the brightest being the 64 px pixel that holds the published 512 px pixel
+    points = torch.stack([b.points[c, k] for c, k, _, _ in picks])[:, None]
+    cfg = load_config(None, [*FDB_ORTHO, "renderer.image_size=64", "renderer.radius_min=0.03",
+                             "renderer.radius_init=0.03125", "renderer.radius_max=0.035"])
+    renderer = PointRenderer(PointBank(points, {}, {}, 0), cfg.renderer)
+    images = renderer(torch.arange(len(picks)), torch.zeros(len(picks), dtype=torch.int64))
+    brightest = images[:, 0].flatten(1).argmax(1)
+    got = [(int(i) // 64, int(i) % 64) for i in brightest]
+    assert got == [(row // 8, col // 8) for _, _, row, col in picks]
+    assert (images.flatten(1).amax(1) > 0.5).all()
+
+
+def test_fractaldb_family_trains_through_the_same_loop(tmp_path, bank_dir):
+    from dr_fdsl.engine import build_run, fit
+    from tests.conftest import tiny
+
+    summary = fit(build_run(tiny(tmp_path, bank_dir, "bank.family=fractaldb", f"bank.fractaldb.source={FDB_FIXTURES}",
+                                 *FDB_ORTHO, "train.max_steps=2")))
+    assert summary["step"] == 2

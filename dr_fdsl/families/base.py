@@ -13,7 +13,8 @@ from dr_fdsl.config import BankConfig
 class FamilyOutput(NamedTuple):
     """What a family generates for ``C`` categories.
 
-    points: ``(C, N, 3)`` float32, each set centred and inside ``[-1, 1]^3`` (2D families: z = 0).
+    points: ``(C, N, 3)`` float32, each set centred and inside ``[-1, 1]^3`` (2D families: z = 0; ``fractaldb``'s
+        sets are not centred but placed where the published image has them).
     params: the formula parameters behind the points, tensors whose first dimension is ``C`` (saved in the bank).
     draws: how many candidate formulas were drawn to find these ``C``.
     """

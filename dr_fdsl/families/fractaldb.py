@@ -324,6 +324,7 @@ def search_categories(
     image_size: int = IMAGE_SIZE,
     pad: int = PAD,
     batch_size: int = 512,
+    max_candidates: int | None = None,
 ) -> list[Category]:
     """The published FractalDB category search: the first ``num_classes`` candidates with filling rate >= threshold.
 
@@ -331,6 +332,7 @@ def search_categories(
     lockstep; acceptance never changes the stream, so batching returns exactly the published categories.
     Returns a list of Category (params (maps, 6), probs (maps,)).
     Memory: about 22 * num_points * batch_size bytes (1.1 GB at the defaults).
+    max_candidates: give up (RuntimeError) after about this many candidates (the published search never does).
     """
     cands = iter_candidates(seed, num_points)
     work = _Workspace()
@@ -338,6 +340,9 @@ def search_categories(
     index = 0
     rate_guess = 0.05  # about 3% of candidates pass at the published settings
     while len(found) < num_classes:
+        if max_candidates is not None and index >= max_candidates:
+            raise RuntimeError(f"only {len(found)} of {num_classes} categories reached filling rate {threshold} in "
+                               f"{index} candidates")
         # size the batch to what is probably still needed, so a short search does not run a full batch
         k = max(8, min(batch_size, int((num_classes - len(found)) / rate_guess) + 4))
         params, probs, redo = [], [], {}

@@ -197,8 +197,9 @@ def finish(run: Run, last_eval: dict, total: dict) -> dict:
     """Writes ``summary.json`` and the hyper-parameters; releases the DDP wrappers (not the process group)."""
     acc = run.accelerator
     seeds = run.first_view_seeds or [0] * 4
-    summary = {"output_dir": str(run.output_dir), "step": run.step, "num_processes": acc.num_processes, "total_batch": run.total_batch, "lr": run.lr,
-               "mode": run.mode, "objective": run.cfg.train.objective, "source": run.cfg.data.source,
+    summary = {"output_dir": str(run.output_dir), "step": run.step, "num_processes": acc.num_processes,
+               "total_batch": run.total_batch, "lr": run.lr, "mode": run.mode, "objective": run.cfg.train.objective,
+               "source": run.cfg.data.source,
                "images_per_s": total["images"] / max(total["seconds"], 1e-9), **last_eval,
                "renderer_checksums": renderer_checksums(run),
                "first_view_seeds": acc.gather(torch.tensor(seeds, device=acc.device)).view(acc.num_processes,

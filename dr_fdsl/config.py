@@ -128,6 +128,42 @@ class FractalDBConfig:
 
 
 @dataclass
+class VisualAtomConfig:
+    """Family ``visualatom``: the categories of VisualAtom (Takashima et al., CVPR 2023), instance 0 of each, its
+    orbits drawn as lines of points on the published canvas (dr_fdsl/families/visualatom2d.py). The knobs are
+    render_VisualAtom.py's, named as there (``canvas`` is its ``image_size``); the defaults are make_VisualAtom.sh's."""
+
+    # True: each category's parameters, instance-0 centre, grey levels and orbit vertices exactly as the published
+    # run made them (bank category c is the script's category start_class + c, made by process
+    # c // (numof_classes / numof_thread) with random.seed(process + 1)); bank.seed is not used. Slow: about 0.5
+    # CPU-s per category, because every instance's draws before it in its process must be replayed.
+    # False: categories drawn one after another from one fresh stream seeded with bank.seed, instance 0 only
+    # (fast; the same distributions, not the published categories).
+    replay: bool = False
+    # The published run's layout (replay only): how many categories and processes, instances per category.
+    numof_classes: int = 1000
+    numof_instances: int = 1000
+    numof_thread: int = 20
+    start_class: int = 0
+    canvas: int = 512  # the square canvas in pixels; it spans the renderer's whole image
+    vertex_num_min: int = 200  # K, vertices per orbit
+    vertex_num_max: int = 1000
+    perlin_min: int = 0  # noise amplitude in [perlin_min, perlin_min + 4)
+    line_width: float = 0.1  # outward step added to every vertex, in [0, line_width)
+    radius_min: int = 10  # base radius in [radius_min, radius_min + 50] canvas pixels
+    line_num_min: int = 1  # L, orbits per category
+    line_num_max: int = 200
+    oval_rate: int = 2  # ellipse aspect factors in [1, oval_rate)
+    start_pos: int = 512  # centre = (canvas + randint(-start_pos, start_pos)) / 2 on each axis
+    nami_1_min: int = 0  # frequencies of the two sine waves
+    nami_2_min: int = 0
+    nami_1_max: int = 20
+    nami_2_max: int = 20
+    # Ours: the polylines are sampled every `spacing` canvas pixels at most (bank.num_points then caps or pads).
+    spacing: float = 0.5
+
+
+@dataclass
 class BankConfig:
     """The bank of point sets: one per category, built by a formula family (``family``, see dr_fdsl/families).
 
@@ -142,6 +178,7 @@ class BankConfig:
     ifs3d: IFS3DConfig = field(default_factory=IFS3DConfig, metadata={"family": True})
     ofdb: OFDBConfig = field(default_factory=OFDBConfig, metadata={"family": True})
     fractaldb: FractalDBConfig = field(default_factory=FractalDBConfig, metadata={"family": True})
+    visualatom: VisualAtomConfig = field(default_factory=VisualAtomConfig, metadata={"family": True})
     # Where built banks are cached, keyed by the settings above.
     cache_dir: str = field(default="cache/banks", metadata=NOT_CONTENT)
 
@@ -197,8 +234,9 @@ class RendererConfig:
     radius_init: float = 0.015
     radius_min: float = 0.005
     radius_max: float = 0.05
-    # Colours are kept in (0, 1) by an algebraic sigmoid; "palette": each category draws palette_size random colours.
-    color_init: Literal["white", "grey", "random", "palette"] = "white"
+    # Colours are kept in (0, 1) by an algebraic sigmoid; "palette": each category draws palette_size random colours;
+    # "bank": each point's grey level from the bank (families that store one, e.g. visualatom's orbit greys).
+    color_init: Literal["white", "grey", "random", "palette", "bank"] = "white"
     palette_size: int = 4
     share_colors: bool = False  # one colour table for all categories instead of one per category
     share_radii: bool = False
@@ -585,6 +623,12 @@ def validate_config(cfg: Config) -> None:
 
     validate_bank(cfg.bank)
     validate_renderer(cfg.renderer)
+    if cfg.renderer.color_init == "bank":
+        from dr_fdsl.families import get_family  # families import this module
+
+        need(get_family(cfg.bank.family).colors, "renderer.color_init",
+             f"'bank' takes each point's colour from the bank, and family {cfg.bank.family!r} stores none; use a "
+             "family that does (visualatom) or another color_init")
     _validate_sizes(cfg)
 
     # The registry is imported here, not at module level, because objectives import this module.
@@ -613,6 +657,8 @@ def validate_renderer(r: RendererConfig) -> None:
     need(0 < r.radius_min <= r.radius_init <= r.radius_max, "renderer.radius_init",
          f"need 0 < radius_min <= radius_init <= radius_max, got {r.radius_min}, {r.radius_init}, {r.radius_max}")
     need(r.palette_size >= 1, "renderer.palette_size", f"must be positive, got {r.palette_size}")
+    need(not (r.color_init == "bank" and r.share_colors), "renderer.share_colors",
+         "must be false with renderer.color_init=bank (each category's points have their own colours)")
     need(all(0 <= c <= 1 for c in r.background_color), "renderer.background_color", "channels must be in [0, 1]")
     need(0 <= r.background_noise <= 1, "renderer.background_noise", "must be in [0, 1]")
     need(finite(r.lr) and r.lr > 0, "renderer.lr", f"must be a positive number, got {r.lr}")

@@ -154,9 +154,10 @@ def test_make_bank_tool(tmp_path):
 
 
 def test_unknown_family_is_a_config_error_listing_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"'bank.family': unknown family 'ifs2d'; valid: fractaldb, ifs3d, ofdb"):
+    with pytest.raises(ConfigError, match=r"'bank.family': unknown family 'ifs2d'; valid: fractaldb, ifs3d, ofdb, "
+                                          r"visualatom"):
         load_config(None, ["bank.family=ifs2d"])
-    assert set(FAMILIES) == {"fractaldb", "ifs3d", "ofdb"}
+    assert set(FAMILIES) == {"fractaldb", "ifs3d", "ofdb", "visualatom"}
 
 
 def test_cache_key_is_the_chosen_familys_content():
@@ -338,3 +339,180 @@ def test_fractaldb_family_trains_through_the_same_loop(tmp_path, bank_dir):
     summary = fit(build_run(tiny(tmp_path, bank_dir, "bank.family=fractaldb", f"bank.fractaldb.source={FDB_FIXTURES}",
                                  *FDB_ORTHO, "train.max_steps=2")))
     assert summary["step"] == 2
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Family visualatom: VisualAtom's categories (instance 0) as lines of points on the published 512 px canvas
+# ------------------------------------------------------------------------------------------------------------
+
+VISUALATOM_FIXTURES = ROOT / "tests" / "fixtures" / "visualatom"
+# The published view of the canvas: no rotation, orthographic, the canvas spanning the image.
+CANVAS_VIEW = ["renderer.view.rotation=none", "renderer.view.projection=orthographic",
+               "renderer.view.ortho_scale=[1,1]"]
+SMALL_SEED = 316  # bank.seed whose first fresh category is small: 4 orbits of 227 vertices, 3,713 samples
+
+
+def visualatom_bank(*overrides):
+    from dr_fdsl.bank import bank_from_config
+
+    return bank_from_config(load_config(None, ["bank.family=visualatom", *overrides]).bank, use_cache=False)
+
+
+def test_visualatom_replay_keeps_the_published_category_and_its_vertex_pixels():
+    import numpy as np
+
+    rec = np.load(VISUALATOM_FIXTURES / "published_thread0.npz")
+    n = 500_000  # more than category 0's 430,937 dense samples: no sub-sampling, every vertex on the canvas kept
+    bank = visualatom_bank("bank.visualatom.replay=true", "bank.num_classes=1", f"bank.num_points={n}")
+    assert bank.params["num_samples"][0] < n and bank.points.shape == (1, n, 3) and (bank.points[..., 2] == 0).all()
+    assert bank.params["category"][0].tolist() == rec["c0_params"].tolist()
+    assert bank.params["centre"][0].tolist() == rec["c0_centres"][0].tolist()
+    grays = rec["c0_i0_grays"]
+    assert bank.params["grays"][0, :len(grays)].tolist() == grays.tolist()
+    assert (bank.params["grays"][0, len(grays):] == -1).all()
+    # Every recorded vertex on the canvas is a point, exactly at the centre of the pixel PIL draws it in
+    # (x = 1 - (2 int(X) + 1) / 512, PIL's (X, Y) being (col, row)), with its orbit's grey level.
+    have = set(zip(*(t.tolist() for t in (bank.points[0, :, 0], bank.points[0, :, 1], bank.params["grey"][0]))))
+    verts, orbits = rec["c0_i0_vertices"], rec["c0_i0_orbits"]
+    checked = 0
+    for row, orbit in zip(verts, orbits):
+        for x, y in row:
+            if 0 <= x < 512 and 0 <= y < 512:
+                ndc = torch.tensor([1 - (2 * int(x) + 1) / 512, 1 - (2 * int(y) + 1) / 512], dtype=torch.float64)
+                want = (*ndc.float().tolist(), float(torch.tensor(float(grays[orbit])) / 255))
+                assert want in have, (orbit, x, y)
+                checked += 1
+    assert checked >= 100
+    # A fresh stream seeded with 1 (the published process 0's seed) starts with the same category.
+    fresh = visualatom_bank("bank.seed=1", "bank.num_classes=1", f"bank.num_points={n}")
+    assert torch.equal(fresh.points, bank.points) and torch.equal(fresh.params["grey"], bank.params["grey"])
+
+
+def canvas_renderer(bank, *overrides):
+    from dr_fdsl.render import PointRenderer
+
+    radius = 0.6 * 2 / 512  # 0.6 px
+    cfg = load_config(None, ["bank.family=visualatom", "renderer.image_size=512", "renderer.raster_backend=sort",
+                             "renderer.points_per_pixel=8",
+                             f"renderer.radius_init={radius}", f"renderer.radius_min={radius / 2}",
+                             f"renderer.radius_max={radius * 2}", *CANVAS_VIEW, *overrides])
+    return PointRenderer(bank, cfg.renderer)
+
+
+def published_drawing(cfg):
+    """The category's orbits drawn as the published script draws them (PIL, 1-pixel closed polylines)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from dr_fdsl.families import visualatom2d
+
+    params, centre, _, u = next(visualatom2d.categories(cfg))
+    image = Image.new("L", (512, 512))
+    draw = ImageDraw.Draw(image)
+    for orbit in visualatom2d.vertices(params, centre, u).tolist():
+        draw.line([tuple(v) for v in orbit + orbit[:1]], fill=255, width=1)
+    return torch.from_numpy(np.array(image) > 0)
+
+
+def test_visualatom_points_draw_the_published_line_pixels():
+    settings = ["bank.family=visualatom", f"bank.seed={SMALL_SEED}", "bank.num_classes=1"]
+    dense = int(visualatom_bank(*settings[1:], "bank.num_points=1").params["num_samples"][0])
+    reference = published_drawing(load_config(None, settings).bank)
+    masks = {}
+    for n in (dense, dense + 1000):  # exactly the dense samples, then padded
+        bank = visualatom_bank(*settings[1:], f"bank.num_points={n}")
+        with torch.no_grad():
+            image = canvas_renderer(bank)(torch.tensor([0]), torch.tensor([0]))[0]
+        masks[n] = image[0] > 0.5
+    drawn = masks[dense]
+    iou = float((drawn & reference).sum() / (drawn | reference).sum())
+    assert iou >= 0.9, iou
+    # The padding (copies of one vertex, behind everything) changes at most the pixel that vertex is drawn in.
+    assert int((masks[dense + 1000] != drawn).sum()) <= 1
+
+
+def test_visualatom_cap_subsamples_along_the_arc_and_pads_with_one_vertex():
+    import math
+
+    from dr_fdsl.families.visualatom2d import (
+        MARGIN,
+        categories,
+        clip_segments,
+        published_pixels,
+        sample_polylines,
+        vertices,
+    )
+
+    cfg = load_config(None, ["bank.family=visualatom", f"bank.seed={SMALL_SEED}", "bank.num_classes=1"]).bank
+    params, centre, _, u = next(categories(cfg))
+    verts = published_pixels(vertices(params, centre, u).flip(0))
+    points, orbit, vertex, dense, length = sample_polylines(verts, 10_000, 0.5, 512)
+    within_margin = ((verts >= -4) & (verts <= 512 + 4)).all(-1)
+    assert dense == 3713 and vertex[:dense].sum() == within_margin.sum() > 800  # every vertex the canvas can show
+    # Padded: copies of the first vertex on the canvas, after the samples.
+    on_canvas = ((points[:dense] >= 0) & (points[:dense] < 512)).all(1)
+    first = int((vertex[:dense] & on_canvas).nonzero()[0])
+    assert (points[dense:] == points[first]).all() and (orbit[dense:] == orbit[first]).all()
+    # Consecutive samples on the canvas and on one orbit are at most `spacing` apart: a connected line.
+    pair = on_canvas[1:] & on_canvas[:-1] & (orbit[1:dense] == orbit[:dense - 1])
+    gaps = (points[1:dense] - points[:dense - 1]).norm(dim=1)[pair]
+    assert pair.sum() > 3000 and gaps.max() <= 0.5 + 1e-9
+    # Capped: N points at arc positions (k + 1/2) S / N, all on the polylines, in orbit order.
+    sub, sub_orbit, _, same_dense, same_length = sample_polylines(verts, 500, 0.5, 512)
+    assert (same_dense, same_length) == (dense, length) and sub.shape == (500, 2)
+    a = verts.reshape(-1, 2)  # every segment of the closed polylines: from a to b
+    b = verts.roll(-1, dims=1).reshape(-1, 2)
+    t = (((sub[:, None] - a) * (b - a)).sum(-1) / ((b - a) ** 2).sum(-1).clamp_min(1e-12)).clamp(0, 1)
+    assert (sub[:, None] - (a + t[..., None] * (b - a))).norm(dim=-1).amin(1).max() < 1e-9  # on the lines
+    assert (sub_orbit.diff() >= 0).all() and set(sub_orbit.tolist()) == {0, 1, 2, 3}
+    # The same points from a walk along the drawn parts, one segment at a time.
+    start, direction, t0, t1, _ = clip_segments(verts, -MARGIN, 512 + MARGIN)
+    want, walked, k = [], 0.0, 0
+    for p, d, lo, hi in zip(start.tolist(), direction.tolist(), t0.tolist(), t1.tolist()):
+        part = math.hypot(*d) * (hi - lo)
+        while k < 500 and (k + 0.5) * length / 500 < walked + part:
+            t = lo + (hi - lo) * ((k + 0.5) * length / 500 - walked) / part
+            want.append((p[0] + t * d[0], p[1] + t * d[1]))
+            k += 1
+        walked += part
+    assert torch.allclose(sub, torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-9)
+
+
+def test_visualatom_bank_colours_train_only_the_drawn_categories():
+    bank = visualatom_bank(f"bank.seed={SMALL_SEED}", "bank.num_classes=3", "bank.num_points=3000")
+    renderer = canvas_renderer(bank, "renderer.image_size=64", "renderer.mode=joint", "renderer.color_init=bank")
+    start = renderer.colors()
+    assert torch.allclose(start, bank.params["grey"].clamp(1e-3, 1 - 1e-3)[..., None].expand(-1, -1, 3), atol=1e-6)
+    renderer(torch.tensor([0, 2, 2]), torch.tensor([5, 6, 7])).sum().backward()
+    for table in (renderer.color_logits, renderer.radius_logits):
+        grad = table.grad.coalesce()
+        rows = set(grad.indices()[0].tolist())
+        assert rows == {0, 2}, rows
+        assert all(grad.values()[i].abs().sum() > 0 for i in range(len(rows)))
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    (["renderer.color_init=bank"], "'renderer.color_init': 'bank' takes each point's colour from the bank, and "
+                                   "family 'ifs3d' stores none"),
+    (["bank.family=visualatom", "bank.visualatom.replay=true", "bank.num_classes=1001"],
+     "'bank.num_classes': the published run makes 1000 categories"),
+    (["bank.family=visualatom", "bank.visualatom.line_num_min=0"], "'bank.visualatom.line_num_min': must be >= 1"),
+])
+def test_visualatom_settings_fail_fast(overrides, pattern):
+    from dr_fdsl.bank import PointBank
+    from dr_fdsl.config import RendererConfig
+    from dr_fdsl.render import PointRenderer
+
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, overrides)
+    with pytest.raises(ConfigError, match="'renderer.color_init': 'bank' .* this bank has none"):
+        PointRenderer(PointBank(torch.zeros(1, 5, 3), {}, {}, 1), RendererConfig(color_init="bank"))
+
+
+def test_visualatom_trains_through_the_same_loop(tmp_path, bank_dir):
+    from dr_fdsl.engine import build_run, fit
+    from tests.conftest import tiny
+
+    summary = fit(build_run(tiny(tmp_path, bank_dir, "bank.family=visualatom", "renderer.color_init=bank",
+                                 "renderer.mode=joint", *CANVAS_VIEW, "train.max_steps=2")))
+    assert summary["step"] == 2 and set(summary["renderer_checksums"]) != {0.0}

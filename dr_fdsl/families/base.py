@@ -13,8 +13,8 @@ from dr_fdsl.config import BankConfig
 class FamilyOutput(NamedTuple):
     """What a family generates for ``C`` categories.
 
-    points: ``(C, N, 3)`` float32, each set centred and inside ``[-1, 1]^3`` (2D families: z = 0; ``fractaldb``'s
-        sets are not centred but placed where the published image has them).
+    points: ``(C, N, 3)`` float32, each set centred and inside ``[-1, 1]^3`` (2D families: z = 0; a family that
+        reproduces a published 2D canvas, such as ``fractaldb`` and ``visualatom``, keeps the canvas's placement).
     params: the formula parameters behind the points, tensors whose first dimension is ``C`` (saved in the bank).
     draws: how many candidate formulas were drawn to find these ``C``.
     """
@@ -30,3 +30,6 @@ class Family(NamedTuple):
     name: str
     validate: Callable[[BankConfig], None]  # raises ConfigError naming a bad bank.<family> key
     generate: Callable[..., FamilyOutput]  # (cfg: BankConfig, progress: bool) -> FamilyOutput
+    # True when params hold each point's grey level, ``grey (C, N)`` float32 in [0, 1]: the colours that
+    # ``renderer.color_init=bank`` starts from.
+    colors: bool = False

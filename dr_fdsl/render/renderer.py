@@ -11,6 +11,7 @@ from torch import nn
 
 from dr_fdsl.bank import PointBank
 from dr_fdsl.config import RendererConfig, validate_renderer
+from dr_fdsl.errors import ConfigError
 from dr_fdsl.render import augment
 from dr_fdsl.render import random as rnd
 from dr_fdsl.render.composite import render_scene
@@ -39,8 +40,20 @@ def unsquash(p: torch.Tensor) -> torch.Tensor:
     return q / torch.sqrt(1 - q * q)
 
 
-def initial_colors(cfg: RendererConfig, tables: int, num_points: int, generator: torch.Generator) -> torch.Tensor:
-    """Initial colours ``(tables, N, 3)`` in [0, 1] for ``cfg.color_init``."""
+def initial_colors(cfg: RendererConfig, tables: int, num_points: int, generator: torch.Generator,
+                   bank_grey: torch.Tensor | None = None) -> torch.Tensor:
+    """Initial colours ``(tables, N, 3)`` in [0, 1] for ``cfg.color_init``; ``"bank"`` takes ``bank_grey (C, N)``
+    (the bank's ``grey`` param) on all three channels."""
+    if cfg.color_init == "bank":
+        if bank_grey is None:
+            raise ConfigError("config key 'renderer.color_init': 'bank' takes each point's colour from the bank, "
+                              "and this bank has none (no 'grey' param); use a family that stores one (visualatom) "
+                              "or another color_init")
+        if bank_grey.shape != (tables, num_points):
+            raise ConfigError(f"config key 'renderer.color_init': the bank's grey levels have shape "
+                              f"{tuple(bank_grey.shape)}, expected {(tables, num_points)} (renderer.share_colors "
+                              "must be false)")
+        return bank_grey.float()[..., None].expand(-1, -1, 3).clone()
     if cfg.color_init == "white":
         return torch.ones(tables, num_points, 3)
     if cfg.color_init == "grey":
@@ -90,7 +103,7 @@ class PointRenderer(nn.Module):
         gen = torch.Generator().manual_seed(cfg.init_seed)
         color_tables = 1 if cfg.share_colors else self.num_classes
         radius_tables = 1 if cfg.share_radii else self.num_classes
-        colors = initial_colors(cfg, color_tables, self.num_points, gen)
+        colors = initial_colors(cfg, color_tables, self.num_points, gen, bank.params.get("grey"))
         self.color_logits = nn.Parameter(rearrange(unsquash(colors), "t n c -> t (n c)"))
         span = cfg.radius_max - cfg.radius_min
         fraction = (cfg.radius_init - cfg.radius_min) / span if span > 0 else 0.5

@@ -11,8 +11,10 @@ from __future__ import annotations
 import gc
 import json
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,7 @@ from tqdm import tqdm
 from dr_fdsl import checkpoint, datasets
 from dr_fdsl.config import ModelConfig, finite, load_config, need
 from dr_fdsl.errors import ConfigError, NonFiniteLossError
+from dr_fdsl.frozen_eval import extract_features, knn_predict, linear_probe
 from dr_fdsl.models import create_classifier, normalization
 
 
@@ -50,6 +53,13 @@ class FinetuneSettings:
     warmup_epochs: int = 1
     label_smoothing: float = 0.1
     per_class: int = 0  # limited data: k training images per class (0: all)
+    # "finetune": the whole network trains. On frozen features (label-free pre-training's protocols, see
+    # dr_fdsl/frozen_eval.py): "linear", a linear probe (epochs, probe_lr, weight_decay, batch_size); "knn",
+    # weighted k-nearest neighbours (knn_k, knn_temperature).
+    protocol: Literal["finetune", "linear", "knn"] = "finetune"
+    probe_lr: float = 1e-2
+    knn_k: int = 20
+    knn_temperature: float = 0.07
     max_test: int = 0  # evaluate on the first N test images (0: all)
     seed: int = 0
     output_dir: str = "runs/finetune"
@@ -68,6 +78,9 @@ class FinetuneSettings:
         need(finite(self.lr) and self.lr > 0, "lr", f"must be a positive number, got {self.lr}")
         need(finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
         need(0 <= self.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        need(finite(self.probe_lr) and self.probe_lr > 0, "probe_lr", f"must be a positive number, got {self.probe_lr}")
+        need(self.knn_k >= 1, "knn_k", f"must be >= 1, got {self.knn_k}")
+        need(finite(self.knn_temperature) and self.knn_temperature > 0, "knn_temperature", "must be positive")
 
 
 def cumulative_error(top1: list[float]) -> float:
@@ -97,6 +110,28 @@ def load_pretrained(pretrained: str) -> tuple[torch.nn.Module, int]:
     return model, cfg.renderer.image_size
 
 
+def frozen_protocol(s: FinetuneSettings, model, train, test, size: int, mean, std, acc) -> dict:
+    """``s.protocol`` ``linear`` or ``knn`` on the frozen backbone's features (every process computes the same)."""
+    start = time.perf_counter()
+    features = [extract_features(model, part.images, size, mean, std, 2 * s.batch_size, acc.device)
+                for part in (train, test)]
+    if s.protocol == "knn":
+        predicted = knn_predict(features[0], train.labels, features[1], train.num_classes, s.knn_k,
+                                s.knn_temperature)
+        top1 = [float((predicted == test.labels).float().mean())]
+    else:
+        top1 = linear_probe(features[0], train.labels, features[1], test.labels, train.num_classes, s.epochs,
+                            s.probe_lr, s.weight_decay, s.batch_size, s.seed)
+    result = {"dataset": s.dataset, "pretrained": s.pretrained, "protocol": s.protocol, "train_images": len(train),
+              "test_images": len(test), "feature_dim": features[0].shape[1], "epochs": len(top1), "top1": top1,
+              "final_top1": top1[-1], "cumulative_error": cumulative_error(top1),
+              "seconds": time.perf_counter() - start}
+    if acc.is_main_process:
+        Path(s.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(s.output_dir) / "finetune.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
 def finetune(s: FinetuneSettings) -> dict:
     """Runs the fine-tuning; returns (and writes to ``output_dir/finetune.json``) per-epoch top-1 and the metric."""
     out = Path(s.output_dir)
@@ -118,6 +153,8 @@ def finetune(s: FinetuneSettings) -> dict:
         test = datasets.ImageSet(test.images[:s.max_test], test.labels[:s.max_test], test.num_classes)
     model.reset_classifier(train.num_classes)
     mean, std = (t.to(acc.device) for t in normalization(model))
+    if s.protocol != "finetune":
+        return frozen_protocol(s, model.to(acc.device), train, test, size, mean, std, acc)
 
     train_loader = DataLoader(TensorDataset(train.images, train.labels), batch_size=s.batch_size, shuffle=True,
                               drop_last=len(train) >= s.batch_size * acc.num_processes,

@@ -171,3 +171,64 @@ def test_export_loads_in_timm_with_the_training_logits(tmp_path, pretrained_run)
         expected = trained.eval()(x)
         assert torch.equal(by_file.eval()(x), expected) and torch.equal(by_folder.eval()(x), expected)
     assert main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_knn_votes_as_a_slow_obvious_loop_does():
+    import math
+
+    from dr_fdsl.frozen_eval import knn_predict
+
+    g = torch.Generator().manual_seed(0)
+    train, labels, test = torch.randn(60, 8, generator=g), torch.randint(0, 4, (60,), generator=g), torch.randn(9, 8)
+    k, temperature = 7, 0.1
+    expected = []
+    for q in test:
+        sims = [(float(torch.dot(q / q.norm(), t / t.norm())), int(y)) for t, y in zip(train, labels)]
+        votes = [0.0] * 4
+        for sim, y in sorted(sims, reverse=True)[:k]:
+            votes[y] += math.exp(sim / temperature)
+        expected.append(max(range(4), key=lambda c: (votes[c], -c)))
+    assert knn_predict(train, labels, test, 4, k, temperature, chunk=4).tolist() == expected
+
+
+def test_linear_probe_separates_separable_features():
+    from dr_fdsl.frozen_eval import linear_probe
+
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(3, 16, generator=g) * 4
+    labels = torch.randint(0, 3, (300,), generator=g)
+    features = centres[labels] + torch.randn(300, 16, generator=g)
+    top1 = linear_probe(features[:200], labels[:200], features[200:], labels[200:], 3, epochs=5, lr=1e-2,
+                        weight_decay=0.0, batch_size=32, seed=0)
+    assert len(top1) == 5 and top1[-1] == 1.0
+    noise = torch.randn(300, 16, generator=g)  # features that carry no label: near chance (1/3)
+    assert linear_probe(noise[:200], labels[:200], noise[200:], labels[200:], 3, 5, 1e-2, 0.0, 32, 0)[-1] < 0.6
+
+
+@pytest.mark.parametrize("protocol", ["linear", "knn"])
+def test_frozen_feature_protocols_on_real_data(tmp_path, pretrained_run, fashion_root, protocol):
+    common = dict(dataset="fashion_mnist", data_root=fashion_root, epochs=2, per_class=5, max_test=100,
+                  batch_size=16, progress=False, protocol=protocol)
+    result = finetune(FinetuneSettings(pretrained=str(pretrained_run), output_dir=str(tmp_path / "p"), **common))
+    assert result["protocol"] == protocol and result["test_images"] == 100 and result["feature_dim"] == 64
+    assert len(result["top1"]) == (2 if protocol == "linear" else 1)
+    assert result["final_top1"] > 0.2  # 10 classes: a pipeline that ignored the features would sit near 0.1
+    assert (tmp_path / "p" / "finetune.json").is_file()
+
+
+def test_intervals_and_paired_differences_by_hand():
+    import math
+
+    from dr_fdsl.stats import mean_interval, paired_difference, t975
+
+    values = [70.0, 72.0, 74.0]
+    iv = mean_interval(values)
+    assert iv.mean == 72.0 and iv.half_width == pytest.approx(4.303 * 2.0 / math.sqrt(3))
+    # Arms whose own intervals overlap, with a consistent per-seed difference of 1 point +- 0.1.
+    a = {0: 70.0, 1: 75.0, 2: 80.0, 3: 72.0, 4: 77.0}
+    b = {s: v - 1.0 + 0.1 * (-1) ** s for s, v in a.items()}
+    assert mean_interval(list(a.values())).half_width > 1.0
+    diff = paired_difference(a, b)
+    assert diff.n == 5 and diff.mean == pytest.approx(0.98) and diff.excludes_zero
+    assert t975(31) == pytest.approx(2.040, abs=1e-3) and t975(1000) == pytest.approx(1.962, abs=1e-3)
+    assert not mean_interval([1.0]).excludes_zero  # one seed says nothing

@@ -1,15 +1,21 @@
 """Did learnable rendering help? Pre-trains in each renderer mode (frozen, joint, adversarial) plus a
-no-pre-training baseline, with identical seeds and budgets, fine-tunes each on real data, repeats over seeds,
-and writes results.csv, results.md (mean and spread) and curves.png (fine-tuning and pre-training curves).
+no-pre-training baseline, with identical seeds and budgets, judges each on real data (fine-tuning, a linear
+probe or k-NN on frozen features: --protocol), repeats over seeds, and writes results.csv, results.md (per arm
+the mean and its 95% interval; for every pair of arms the paired difference over seeds and its interval) and
+curves.png (evaluation and pre-training curves). Every arm uses the same seeds, so per seed the classifier
+starts from the same initialisation and sees the same data order in every arm.
 
     python tools/compare.py --preset cpu --out runs/compare_cpu        # minutes on a 2-core CPU
     accelerate launch tools/compare.py --preset gpu --out runs/compare_gpu
 
 Budgets can be overridden: --steps, --epochs, --per-class, --max-test, --seeds, --dataset, --ft-batch.
+Every arm is judged by the same protocol; under linear or knn the no-pre-training arm is the randomly initialised
+backbone's frozen features, the usual baseline of those protocols.
 """
 
 import argparse
 import csv
+import itertools
 import json
 import statistics
 import sys
@@ -50,25 +56,28 @@ def pretrain_curve(run: Path) -> list[tuple[int, float]]:
 
 
 def summarize(rows: list[dict]) -> str:
-    """Markdown table: mean and standard deviation over seeds, per mode."""
-    lines = ["| pre-training | seeds | fine-tune top-1 (%) | cumulative error (2nd half) | pre-train val top-1 |"
-             " leakage probe |", "|---|---|---|---|---|---|"]
+    """Markdown: per arm the mean and 95% interval over seeds; per pair of arms the paired difference."""
+    from dr_fdsl.stats import mean_interval, paired_difference
 
-    def spread(values: list[float], fmt: str) -> str:
-        if not values:
-            return "-"
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):{fmt}} ± {sd:{fmt}}"
+    arms = [m for m in ("none", *MODES) if any(r["mode"] == m for r in rows)]
+    lines = ["| pre-training | seeds | top-1 (%) | cumulative error (2nd half) | pre-train val top-1 | leakage probe |",
+             "|---|---|---|---|---|---|"]
 
-    for mode in ("none", *MODES):
+    def interval(values: list[float], scale: float = 1.0) -> str:
+        return str(mean_interval([scale * v for v in values])) if values else "-"
+
+    for mode in arms:
         mine = [r for r in rows if r["mode"] == mode]
-        if not mine:
-            continue
         pre = [r["pretrain_top1"] for r in mine if r["pretrain_top1"] != ""]
         probe = [r["probe_top1"] for r in mine if r["probe_top1"] != ""]
-        lines.append(f"| {mode} | {len(mine)} | {spread([100 * r['final_top1'] for r in mine], '.2f')} | "
-                     f"{spread([r['cumulative_error'] for r in mine], '.1f')} | {spread(pre, '.3f')} | "
-                     f"{spread(probe, '.3f')} |")
+        lines.append(f"| {mode} | {len(mine)} | {interval([r['final_top1'] for r in mine], 100)} | "
+                     f"{interval([r['cumulative_error'] for r in mine])} | {interval(pre, 100)} | "
+                     f"{interval(probe, 100)} |")
+    lines += ["", "| A - B (paired over seeds) | top-1 difference (points) | interval excludes 0 |", "|---|---|---|"]
+    top1 = {m: {r["seed"]: 100 * r["final_top1"] for r in rows if r["mode"] == m} for m in arms}
+    for a, b in itertools.combinations(arms, 2):
+        diff = paired_difference(top1[a], top1[b])
+        lines.append(f"| {a} - {b} | {diff} | {'yes' if diff.excludes_zero else 'no'} |")
     return "\n".join(lines)
 
 
@@ -112,6 +121,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--dataset")
     parser.add_argument("--ft-batch", type=int, help="fine-tuning batch per process")
+    parser.add_argument("--protocol", choices=["finetune", "linear", "knn"], default="finetune",
+                        help="how pre-training is judged: fine-tuning, or a linear probe / k-NN on frozen features")
     parser.add_argument("--data-root", default="data")
     args = parser.parse_args(argv)
     preset = dict(PRESETS[args.preset])
@@ -143,7 +154,7 @@ def main(argv=None) -> int:
                 model=None if summary else preset["model"], image_size=preset["image_size"], epochs=preset["epochs"],
                 batch_size=preset["ft_batch"], lr=preset["ft_lr"], per_class=preset["per_class"],
                 max_test=preset["max_test"], seed=seed, output_dir=str(out / "finetune" / f"{mode}_s{seed}"),
-                progress=False))
+                protocol=args.protocol, progress=False))
             rows.append({"seed": seed, "mode": mode, "pretrain_top1": summary.get("val/top1", ""),
                          "probe_top1": summary.get("probe/val_acc", ""), "final_top1": result["final_top1"],
                          "cumulative_error": result["cumulative_error"], "top1_curve": result["top1"]})
@@ -161,9 +172,10 @@ def main(argv=None) -> int:
         writer.writerows({**r, "top1_curve": " ".join(f"{a:.4f}" for a in r["top1_curve"])} for r in rows)
     table = summarize(rows)
     (out / "results.md").write_text(
-        f"# Renderer modes compared ({args.preset} preset)\n\n{table}\n\n"
-        f"Budget: {json.dumps(preset)}\n\nMean ± standard deviation over seeds. Cumulative error: sum of "
-        "(100 - top-1 %) over the second half of the fine-tuning epochs; lower is better.\n")
+        f"# Renderer modes compared ({args.preset} preset, protocol {args.protocol})\n\n{table}\n\n"
+        f"Budget: {json.dumps(preset)}\n\nMean ± half-width of the 95% Student-t interval over seeds; the paired "
+        "differences are per seed (same initialisation and data order in every arm). Cumulative error: sum of "
+        "(100 - top-1 %) over the second half of the evaluation epochs; lower is better.\n")
     plot(rows, curves, out / "curves.png")
     print(table)
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'curves.png'}")

@@ -327,6 +327,17 @@ class TrainConfig:
 
 
 @dataclass
+class MIMConfig:
+    """Objective ``mim``: masked-image modelling (Terentiev & Ivanenko's recipe): square pixel patches of side
+    ``patch`` are masked with probability ``ratio`` each (drawn from each image's key), a ViT encodes the masked
+    image and a linear decoder predicts every pixel; the loss is L1 against the clean image."""
+
+    patch: int = 4  # side of a masked square, pixels (published: 2, 4 or 8; best 4)
+    ratio: float = 0.2  # probability that a square is masked (published: 0.2, 0.4, 0.6; best 0.2)
+    loss_on: Literal["all", "masked"] = "all"  # published: L1 over all pixels; "masked": over masked ones only
+
+
+@dataclass
 class Config:
     """Everything a run needs. ``output_dir`` receives the resolved config, logs and checkpoints."""
 
@@ -339,6 +350,7 @@ class Config:
     image_aug: ImageAugConfig = field(default_factory=ImageAugConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    mim: MIMConfig = field(default_factory=MIMConfig)  # used by train.objective=mim
 
 
 # --------------------------------------------------------------------------------------------------------

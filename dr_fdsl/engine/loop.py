@@ -84,8 +84,10 @@ def evaluate(run: Run) -> dict[str, float]:
     acc, b = run.accelerator, run.cfg.train.batch_size
     ids, seeds = run.eval_views
     run.objective.train(False)
-    rows = [run.objective.evaluate(render_eval(run, ids[i:i + b].to(acc.device), seeds[i:i + b].to(acc.device)),
-                                   ids[i:i + b].to(acc.device)) for i in range(0, len(ids), b)]
+    rows = []
+    for i in range(0, len(ids), b):
+        batch_ids, batch_seeds = ids[i:i + b].to(acc.device), seeds[i:i + b].to(acc.device)
+        rows.append(run.objective.evaluate(render_eval(run, batch_ids, batch_seeds), batch_ids, batch_seeds))
     means = acc.gather_for_metrics(torch.cat(rows)).mean(0).tolist()
     run.objective.train(True)
     return dict(zip(run.objective.eval_names, means))

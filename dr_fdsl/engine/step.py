@@ -77,7 +77,7 @@ def forward_backward(run: Run, batch: Batch) -> ObjectiveOutput:
         # after the classifier's input normalisation; for an adversarial_scale that is not a power of two the
         # renderer's gradients differ from it in the last bit.)
         images = GradientReversal.apply(images, run.cfg.renderer.adversarial_scale)
-    out = run.objective.loss(images, batch.class_ids)
+    out = run.objective.loss(images, batch.class_ids, batch.view_seeds.to(images.device))
     if not torch.isfinite(out.loss.detach()).item():
         where = f"last good checkpoint: {run.last_checkpoint}" if run.last_checkpoint else "no checkpoint yet"
         raise NonFiniteLossError(

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput
 from dr_fdsl.objectives.classify import Classify
+from dr_fdsl.objectives.mim import MaskedImageModelling
 
-OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Classify,)}
+OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Classify, MaskedImageModelling)}
 
 __all__ = ["OBJECTIVES", "Objective", "ObjectiveOutput", "get_objective"]
 

@@ -29,8 +29,10 @@ class Objective:
     per micro-batch ``loss(images, class_ids)`` then backward; at each optimiser step ``clip_gradients``; for
     evaluation ``evaluate(images, class_ids)`` between ``train(False)`` and ``train(True)``.
 
-    ``images`` are the renderer's ``(B, 3, H, W)`` float32 in [0, 1] (not normalised); ``class_ids`` ``(B,)``
-    int64 categories. Gradients flowing back into ``images`` reach the renderer.
+    ``images`` are the renderer's ``(B, 3, H, W)`` float32 in [0, 1] (not normalised); ``class_ids`` and
+    ``view_seeds`` ``(B,)`` int64 (with the category, the view seed keys any per-image randomness of the objective,
+    e.g. a mask, so that the same image gets the same draw in every run and source). Gradients flowing back into
+    ``images`` reach the renderer.
     """
 
     name: ClassVar[str]
@@ -53,14 +55,14 @@ class Objective:
     def optimizers(self) -> list[torch.optim.Optimizer]:
         raise NotImplementedError
 
-    def loss(self, images: torch.Tensor, class_ids: torch.Tensor) -> ObjectiveOutput:
+    def loss(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> ObjectiveOutput:
         raise NotImplementedError
 
     def clip_gradients(self, max_norm: float) -> dict[str, torch.Tensor]:
         """Clips what ``optimizer`` steps to ``max_norm`` (``math.inf``: no clipping); returns norms to log."""
         raise NotImplementedError
 
-    def evaluate(self, images: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
+    def evaluate(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> torch.Tensor:
         """Per-image values ``(B, len(eval_names))`` float32, averaged over the evaluation set by the engine."""
         raise NotImplementedError
 

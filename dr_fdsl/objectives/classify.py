@@ -63,7 +63,7 @@ class Classify(Objective):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
 
-    def loss(self, images: torch.Tensor, class_ids: torch.Tensor) -> ObjectiveOutput:
+    def loss(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> ObjectiveOutput:
         x, targets = self.augment(self.normalize(images), class_ids)
         logits = self.model(x)
         loss = self.augment.train_loss(logits.float(), targets)
@@ -80,7 +80,7 @@ class Classify(Objective):
         return {"grad_norm/classifier": norm}
 
     @torch.no_grad()
-    def evaluate(self, images: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
+    def evaluate(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> torch.Tensor:
         logits = self.model(self.normalize(images)).float()
         loss = F.cross_entropy(logits, class_ids, reduction="none")
         top5 = logits.topk(min(5, self.num_classes), dim=1).indices

@@ -19,3 +19,4 @@ class Stream(IntEnum):
     MIX_CLASS = 15
     MIX_POINTS = 16
     BACKGROUND = 17
+    MIM_MASK = 18  # objective mim: which pixel patches are masked

@@ -1,0 +1,119 @@
+"""Objective ``mim``: masked-image modelling on the rendered stream.
+
+As Terentiev & Ivanenko pre-train a ViT-based generator: square pixel patches of side ``mim.patch`` are masked
+(set to the normalised mean, 0) with probability ``mim.ratio`` each, the ViT encodes the masked image, and a
+linear decoder maps every patch token back to that token's pixels; the loss is the L1 distance to the clean image,
+over all pixels as published (``mim.loss_on=masked``: over the masked pixels only). Which squares are masked is
+drawn from each image's key (category, view seed), so a static and an in-loop run mask the same pixels.
+
+Renderer modes: ``frozen`` and ``adversarial`` (the renderer makes images that are hard to reconstruct, within
+its bounds). ``joint`` is refused: descending a reconstruction loss, the renderer can shrink and darken every
+point until the image is empty, which is trivial to reconstruct and teaches the network nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from timm.optim import param_groups_weight_decay
+from torch import nn
+
+from dr_fdsl.config import Config, need
+from dr_fdsl.errors import ConfigError
+from dr_fdsl.models import create_classifier, normalization
+from dr_fdsl.objectives.base import Objective, ObjectiveOutput
+from dr_fdsl.render import random as rnd
+from dr_fdsl.render.streams import Stream
+
+MASK_SALT = 0x4D494D  # "MIM": the mask's keys differ from the renderer's for the same (category, view seed)
+
+
+def pixel_mask(class_ids: torch.Tensor, view_seeds: torch.Tensor, size: int, patch: int, ratio: float) -> torch.Tensor:
+    """Which pixels are masked: ``(B, 1, size, size)`` bool, whole ``patch`` x ``patch`` squares, each masked with
+    probability ``ratio``, drawn from the image's key (independent of the batch it is in)."""
+    keys = rnd.image_keys(class_ids, view_seeds, salt=MASK_SALT)
+    cells = size // patch
+    squares = rnd.uniform(keys, Stream.MIM_MASK, (cells, cells)) < ratio  # (B, cells, cells)
+    return squares.repeat_interleave(patch, 1).repeat_interleave(patch, 2)[:, None]
+
+
+class MaskedImageModelling(Objective):
+    name = "mim"
+    eval_names = ("val/loss", "val/identity_loss")  # identity: the masked image itself taken as reconstruction
+
+    @classmethod
+    def validate(cls, cfg: Config) -> None:
+        m, size = cfg.mim, cfg.renderer.image_size
+        need(m.patch >= 1 and size % m.patch == 0, "mim.patch",
+             f"must divide renderer.image_size={size} (whole squares), got {m.patch}")
+        need(0 < m.ratio < 1, "mim.ratio", f"is a probability of masking a square: must be in (0, 1), got {m.ratio}")
+        need(cfg.renderer.mode != "joint", "renderer.mode",
+             "joint rendering descends the reconstruction loss: the renderer could empty the image, which is "
+             "trivial to reconstruct; use frozen or adversarial")
+
+    def __init__(self, cfg: Config, num_classes: int, lr: float, device: torch.device):
+        self.cfg = cfg
+        self.model = create_classifier(cfg.model, num_classes, cfg.renderer.image_size)  # head unused here
+        embed = getattr(self.model, "patch_embed", None)
+        if embed is None or not hasattr(self.model, "num_prefix_tokens"):
+            raise ConfigError(f"config key 'model.name': objective mim needs a ViT-like timm model with patch "
+                              f"tokens, got {cfg.model.name!r}")
+        self.token_patch = embed.patch_size[0]
+        self.decoder = nn.Linear(self.model.embed_dim, self.token_patch**2 * 3)
+        mean, std = normalization(self.model)
+        self.mean, self.std = mean.to(device), std.to(device)
+        groups = param_groups_weight_decay(self.model, cfg.optim.weight_decay) + \
+            param_groups_weight_decay(self.decoder, cfg.optim.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=lr)
+
+    def prepare(self, accelerator) -> None:
+        self.model, self.decoder, self.optimizer = accelerator.prepare(self.model, self.decoder, self.optimizer)
+
+    def unwrap(self, accelerator) -> None:
+        self.model = accelerator.unwrap_model(self.model)
+        self.decoder = accelerator.unwrap_model(self.decoder)
+
+    def modules(self) -> list[nn.Module]:
+        return [self.model, self.decoder]
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+    def reconstruct(self, masked: torch.Tensor) -> torch.Tensor:
+        """Normalised masked images ``(B, 3, H, W)`` -> reconstructed normalised images ``(B, 3, H, W)``."""
+        tokens = self.model.forward_features(masked)[:, self.model.num_prefix_tokens:]  # (B, h * w, D)
+        h = masked.shape[-2] // self.token_patch
+        return rearrange(self.decoder(tokens).float(), "b (h w) (p q c) -> b c (h p) (w q)", h=h,
+                         p=self.token_patch, q=self.token_patch)
+
+    def _errors(self, images, class_ids, view_seeds):
+        clean = self.normalize(images)
+        mask = pixel_mask(class_ids, view_seeds, clean.shape[-1], self.cfg.mim.patch, self.cfg.mim.ratio)
+        masked = clean.masked_fill(mask, 0.0)
+        return (self.reconstruct(masked) - clean).abs(), (masked - clean).abs(), mask
+
+    def _mean(self, errors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-image L1: over all pixels, or over the masked ones (``mim.loss_on``). ``(B,)``."""
+        if self.cfg.mim.loss_on == "all":
+            return errors.mean(dim=(1, 2, 3))
+        weight = mask.expand_as(errors).float()
+        return (errors * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3)).clamp_min(1.0)
+
+    def loss(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> ObjectiveOutput:
+        errors, identity, mask = self._errors(images, class_ids, view_seeds)
+        loss = self._mean(errors, mask).mean()
+        metrics = {"train/loss": loss.detach(), "train/identity_loss": self._mean(identity, mask).mean().detach(),
+                   "train/masked_fraction": mask.float().mean().detach()}
+        return ObjectiveOutput(loss, loss, metrics)
+
+    def clip_gradients(self, max_norm: float) -> dict[str, torch.Tensor]:
+        params = [*self.model.parameters(), *self.decoder.parameters()]
+        return {"grad_norm/classifier": torch.nn.utils.clip_grad_norm_(params, max_norm)}
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> torch.Tensor:
+        errors, identity, mask = self._errors(images, class_ids, view_seeds)
+        return torch.stack([self._mean(errors, mask), self._mean(identity, mask)], 1)

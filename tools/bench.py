@@ -2,6 +2,7 @@
 
     python tools/bench.py                                   # CPU-sized defaults (64 px, 2,000 points, test_vit)
     python tools/bench.py --gpu-preset --json bench.json    # batch 256, 224 px, 10,000 points, ViT-Tiny, bf16
+    python tools/bench.py bank.family=visualatom renderer.view.rotation=none   # any family (or other override)
 
 Builds real runs with ``build_run`` and times the functions ``train_step`` is made of: (a) the objective's
 forward/backward and the optimiser update on a pre-rendered batch (``forward_backward`` + ``optimizer_step``),
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--json", default=None)
+    parser.add_argument("overrides", nargs="*", default=[],
+                        help="config overrides for both runs, e.g. bank.family=fractaldb renderer.view.rotation=none")
     args = parser.parse_args()
     if args.gpu_preset:
         args.batch, args.size, args.points, args.classes, args.k = 256, 224, 10000, 1000, 8
@@ -51,7 +54,7 @@ def main() -> None:
             f"renderer.raster_backend={args.backend}", "renderer.radius_init=0.015", "renderer.augment.scale=[0.8,1.2]",
             "renderer.augment.shift=0.1", "renderer.augment.subsample=[0.5,1.0]", f"model.name={args.model}",
             f"train.batch_size={args.batch}", f"train.mixed_precision={args.precision}", "train.probe=false",
-            "train.progress=false", "train.max_steps=1000000", "train.log_every=1000000"])
+            "train.progress=false", "train.max_steps=1000000", "train.log_every=1000000", *args.overrides])
         return build_run(cfg)
 
     frozen = run("frozen")

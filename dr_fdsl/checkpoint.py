@@ -61,14 +61,19 @@ def new_run_id() -> str:
 
 
 def free_output_dir(output_dir: str) -> str:
-    """``output_dir``, or, when it holds another run's checkpoints, the first of ``output_dir-2``, ``-3``, ...
-    that holds none and no run config (timm's train script numbers its runs the same way)."""
-    if not list_checkpoints(output_dir):
+    """``output_dir``, or, when another run has used it (its checkpoints or its config are there), the first of
+    ``output_dir-2``, ``-3``, ... that no run has used (timm's train script numbers its runs the same way)."""
+    path = Path(output_dir)
+
+    def used(folder: Path) -> bool:
+        return bool(list_checkpoints(folder)) or (folder / "config.yaml").exists()
+
+    if not used(path):
         return output_dir
     n = 2
-    while list_checkpoints(f"{output_dir}-{n}") or (Path(f"{output_dir}-{n}") / "config.yaml").exists():
+    while used(path.parent / f"{path.name}-{n}"):
         n += 1
-    return f"{output_dir}-{n}"
+    return str(path.parent / f"{path.name}-{n}")
 
 
 def refuse_to_overwrite(output_dir: str | Path, resume: str | None = None) -> None:
@@ -118,7 +123,9 @@ def fingerprint(cfg: Config, num_processes: int) -> dict:
                 "mode": cfg.renderer.mode, "probe": cfg.train.probe, "num_processes": num_processes,
                 "tables": {k: renderer[k] for k in ("image_size", "share_colors", "share_radii", "radius_min",
                                                    "radius_max", "color_init", "palette_size", "init_seed")}}
+    objective = getattr(cfg, cfg.train.objective, None)  # an objective's own section (e.g. mim), if it has one
     exact = {"seed": cfg.seed, "renderer": renderer, "batch_size": cfg.train.batch_size,
+             "objective_settings": content_settings(objective) if objective is not None else None,
              "grad_accum": cfg.train.grad_accum, "image_aug": content_settings(cfg.image_aug),
              "data": content_settings(cfg.data), "mixed_precision": cfg.train.mixed_precision}
     return {"required": required, "exact": exact}

@@ -437,7 +437,9 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = tree
     for part in parents:
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or a section left empty in the file
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise ConfigError(f"config override '{dotted}': '{part}' is a value, not a section")
         node = child

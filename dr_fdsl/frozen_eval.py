@@ -2,12 +2,13 @@
 
 The protocols for label-free pre-training (and a second view of supervised pre-training): the backbone is not
 trained; its pooled features (timm's ``forward_head(..., pre_logits=True)``) of the real training images are the
-input of a classifier fitted here, and top-1 is measured on the whole test split.
+input of a classifier fitted here, and top-1 is measured on the test split (both as the fine-tuning settings
+give them: ``per_class`` and ``max_test`` limit them).
 
 * k-NN (Wu et al., 2018, as DINO uses it): features L2-normalised, cosine similarity to every training image,
   the ``k`` most similar vote for their class with weight ``exp(similarity / temperature)``.
-* Linear probe (as MAE's): features standardised with the training set's mean and std, one linear layer
-  trained with AdamW and a cosine schedule on the frozen features.
+* Linear probe (as MAE's: features standardised with the training set's mean and std, one linear layer) trained
+  with AdamW and a cosine schedule on the frozen features, with the settings' ``weight_decay`` (MAE uses 0).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import torch
 
 from dr_fdsl.config import load_config
 from dr_fdsl.engine import build_run, fit
-from dr_fdsl.errors import ConfigError
+from dr_fdsl.errors import CheckpointError, ConfigError
 from dr_fdsl.objectives.mim import pixel_mask
 from tests.conftest import tiny
 
@@ -41,23 +41,56 @@ def test_mim_needs_a_vit(tmp_path, bank_dir):
 
 
 def test_mim_reconstructs_better_than_the_masked_image(tmp_path, bank_dir):
-    """A tiny run: the reconstruction of the masked pixels beats taking the masked image itself; the backbone is
-    what the checkpoint's model.safetensors holds, so fine-tuning and export read it as for classification."""
+    """A tiny run: the reconstruction of the masked pixels beats taking the masked image itself (the published
+    comparison); the backbone is what the checkpoint's model.safetensors holds under backbone., so fine-tuning and
+    export read it. (At this scale it does not beat a per-pixel median of the images, 0.12 against 0.20 here: it
+    learns the background, not the shapes.)"""
     from dr_fdsl.checkpoint import list_checkpoints
     from dr_fdsl.finetune import load_pretrained
 
     cfg = tiny(tmp_path, bank_dir, "train.objective=mim", "mim.ratio=0.4", "mim.loss_on=masked",
-               "train.max_steps=60", "train.eval_every=60", "train.ckpt_every=60", "train.log_every=20",
-               "optim.lr=2.0e-2", "optim.warmup_steps=5")
+               "train.max_steps=100", "train.eval_every=100", "train.ckpt_every=100", "train.log_every=20",
+               "optim.lr=0.5", "optim.warmup_steps=5")
     run = build_run(cfg)
     summary = fit(run)
-    assert summary["val/loss"] < 0.8 * summary["val/identity_loss"]
+    assert summary["val/loss"] < 0.5 * summary["val/identity_loss"]
     model, size = load_pretrained(str(tmp_path / "run"))
-    assert size == 32 and list_checkpoints(tmp_path / "run")[-1].name == "step_0000060"
-    trained = run.objective.model.state_dict()
+    assert size == 32 and list_checkpoints(tmp_path / "run")[-1].name == "step_0000100"
+    trained = run.objective.model.backbone.state_dict()
+    assert model.state_dict().keys() == trained.keys()  # head-less, like the trained backbone
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
 
 
 def test_mim_is_registered_beside_classify():
     cfg = load_config(None, ["train.objective=mim", "renderer.image_size=224"])
     assert cfg.train.objective == "mim" and cfg.mim.patch == 4 and cfg.mim.loss_on == "all"
+
+
+@pytest.mark.slow
+def test_mim_trains_in_two_processes(tmp_path, bank_dir):
+    """One prepared module holds backbone and decoder: DDP synchronises both (the backbone's forward_features is
+    not reachable through a DDP wrapper)."""
+    import json
+    import os
+
+    from tests.conftest import BIN, ROOT, run_processes
+
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    out = run_processes([os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", "2",
+                         str(ROOT / "train.py"), "--config", str(ROOT / "configs/quickstart.yaml"),
+                         f"output_dir={tmp_path / 'run'}", f"bank.cache_dir={bank_dir}", "bank.num_classes=4",
+                         "bank.num_points=300", "renderer.mode=frozen", "train.objective=mim", "train.batch_size=8",
+                         "train.max_steps=3", "train.eval_every=3", "train.eval_images=16", "train.ckpt_every=3",
+                         "train.progress=false"], timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["objective"] == "mim" and summary["val/loss"] > 0
+
+
+def test_a_resume_with_other_mim_settings_is_not_exact(tmp_path, bank_dir):
+    from dr_fdsl.engine import resume
+
+    fit(build_run(tiny(tmp_path, bank_dir, "train.objective=mim", "train.max_steps=2")))
+    run = build_run(tiny(tmp_path, bank_dir, "train.objective=mim", "mim.ratio=0.5"), resume="latest")
+    with pytest.raises(CheckpointError, match=r"random stream differ \(.*objective_settings"):
+        resume(run, "latest")

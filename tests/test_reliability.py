@@ -101,6 +101,16 @@ def test_a_full_disk_while_saving_leaves_the_previous_checkpoints_whole(tmp_path
            "latest")
 
 
+def test_numbered_folders_sit_beside_the_used_one(tmp_path):
+    from dr_fdsl.checkpoint import free_output_dir
+
+    used = tmp_path / "run"
+    used.mkdir()
+    assert free_output_dir(str(used)) == str(used)  # empty: free
+    (used / "config.yaml").write_text("seed: 0\n")  # a run stopped before its first checkpoint: used
+    assert free_output_dir(f"{used}/") == str(tmp_path / "run-2")  # beside it, also when given with a slash
+
+
 def test_keep_checkpoints_zero_keeps_every_one(tmp_path, bank_dir):
     fit(build_run(tiny(tmp_path, bank_dir, "train.max_steps=8", "train.keep_checkpoints=0")))
     assert len(list_checkpoints(tmp_path / "run")) == 4
@@ -251,6 +261,8 @@ def test_yaml_reads_exponents_as_floats_and_refuses_duplicates_and_empty_files(t
     path.write_text("include: c.yaml\n")
     with pytest.raises(ConfigError, match="includes itself"):
         load_config(path)
+    path.write_text("bank:\n  # num_classes: 3\n")  # a section whose keys are all commented out
+    assert load_config(path, ["bank.num_classes=5"]).bank.num_classes == 5
 
 
 def test_yaml_sections_merge_keys_and_includes(tmp_path):

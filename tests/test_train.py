@@ -279,7 +279,7 @@ def test_objectives_and_families_are_chosen_by_config_key():
     from dr_fdsl.families import FAMILIES
     from dr_fdsl.objectives import OBJECTIVES, Objective
 
-    assert {"classify"} <= set(OBJECTIVES) and {"ifs3d", "ofdb"} <= set(FAMILIES)
+    assert set(OBJECTIVES) == {"classify", "mim"} and set(FAMILIES) == {"ifs3d", "ofdb", "fractaldb", "visualatom"}
     assert all(issubclass(o, Objective) and o.name == n for n, o in OBJECTIVES.items())
     with pytest.raises(ConfigError, match="unknown objective 'sit'; valid: classify, mim"):
         load_config(None, ["train.objective=sit"])

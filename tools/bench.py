@@ -45,6 +45,8 @@ def main() -> None:
     if args.gpu_preset:
         args.batch, args.size, args.points, args.classes, args.k = 256, 224, 10000, 1000, 8
         args.model, args.precision = "vit_tiny_patch16_224", "bf16"
+    if any(o.startswith(("renderer.mode=", "train.objective=")) for o in args.overrides):
+        parser.error("renderer.mode and train.objective are what the benchmark sets: frozen vs joint, classify")
     scratch = Path(tempfile.mkdtemp(prefix="dr_fdsl_bench_"))  # runs write config and logs: keep them apart
 
     def run(mode: str):
@@ -129,4 +131,12 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from dr_fdsl.cli import report
+    from dr_fdsl.errors import DrFdslError
+
+    try:
+        main()
+    except DrFdslError as err:
+        sys.exit(report(err))

@@ -73,11 +73,12 @@ def summarize(rows: list[dict]) -> str:
         lines.append(f"| {mode} | {len(mine)} | {interval([r['final_top1'] for r in mine], 100)} | "
                      f"{interval([r['cumulative_error'] for r in mine])} | {interval(pre, 100)} | "
                      f"{interval(probe, 100)} |")
-    lines += ["", "| A - B (paired over seeds) | top-1 difference (points) | interval excludes 0 |", "|---|---|---|"]
+    lines += ["", "| A - B (paired over seeds) | seeds | top-1 difference (points) | interval excludes 0 |",
+              "|---|---|---|---|"]
     top1 = {m: {r["seed"]: 100 * r["final_top1"] for r in rows if r["mode"] == m} for m in arms}
     for a, b in itertools.combinations(arms, 2):
         diff = paired_difference(top1[a], top1[b])
-        lines.append(f"| {a} - {b} | {diff} | {'yes' if diff.excludes_zero else 'no'} |")
+        lines.append(f"| {a} - {b} | {diff.n} | {diff} | {'yes' if diff.excludes_zero else 'no'} |")
     return "\n".join(lines)
 
 
@@ -147,6 +148,7 @@ def main(argv=None) -> int:
         for mode in ("none", *MODES):
             run = out / "pretrain" / f"{mode}_s{seed}"
             summary = pretrain(preset, mode, seed, run) if mode != "none" else {}
+            run = Path(summary.get("output_dir", run))  # where the run really wrote (a numbered folder if taken)
             if mode != "none":
                 curves.setdefault(mode, {})[seed] = pretrain_curve(run)
             result = finetune(FinetuneSettings(
@@ -174,7 +176,8 @@ def main(argv=None) -> int:
     (out / "results.md").write_text(
         f"# Renderer modes compared ({args.preset} preset, protocol {args.protocol})\n\n{table}\n\n"
         f"Budget: {json.dumps(preset)}\n\nMean ± half-width of the 95% Student-t interval over seeds; the paired "
-        "differences are per seed (same initialisation and data order in every arm). Cumulative error: sum of "
+        "differences are per seed (same initialisation and data order in every arm), each pair's interval at 95% "
+        "on its own (no correction for comparing several pairs). Cumulative error: sum of "
         "(100 - top-1 %) over the second half of the evaluation epochs; lower is better.\n")
     plot(rows, curves, out / "curves.png")
     print(table)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -139,6 +140,9 @@ def save_checkpoint(run: Run) -> Path:
                                  f"{run.last_checkpoint}). Resume from it with a lower optim.lr")
     tmp = checkpoint.temporary_path(run.output_dir, run.step)
     path, problem = checkpoint.step_path(run.output_dir, run.step), None
+    if acc.is_main_process and tmp.exists():  # left by an interrupted save: none of its files may slip in
+        shutil.rmtree(tmp)
+    acc.wait_for_everyone()
     try:
         acc.save_state(str(tmp))
         if acc.is_main_process and run.renderer_optimizer is not None:
@@ -154,6 +158,8 @@ def save_checkpoint(run: Run) -> Path:
         except (OSError, CheckpointError) as err:
             problem = err
     if not _all_ok(run, problem is None):  # the previous checkpoints are untouched
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not write checkpoint '{path}' ({problem or 'failed on another process'}); "
                               "free space or choose another output_dir, then --resume latest") from problem
     run.last_checkpoint = path

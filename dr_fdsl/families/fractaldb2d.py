@@ -167,7 +167,11 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
     """Points ``(C, N, 3)`` float32 (see the module docstring) and params ``params (C, 7, 6)`` float64 (a..f,
     zero beyond each system's maps), ``probs (C, 7)`` float64 and ``num_maps (C,)``."""
     params, probs, draws = read_categories(cfg)
-    pixels = published_pixels(params, probs, cfg.num_points, cfg.fractaldb.canvas)
+    try:
+        pixels = published_pixels(params, probs, cfg.num_points, cfg.fractaldb.canvas)
+    except RuntimeError as err:  # e.g. a CSV whose probabilities leave the first draw without a map
+        raise BankError(f"bank.fractaldb.source: a category cannot be drawn the published way ({err}); check its "
+                        "probabilities (they must sum to 1)") from err
     points = pixel_centres(pixels, cfg.fractaldb.canvas)
     c = len(params)
     table = torch.zeros(c, MAX_MAPS, 6, dtype=torch.float64)

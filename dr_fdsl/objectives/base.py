@@ -26,8 +26,9 @@ class Objective:
     An objective owns the networks it trains: ``model`` (the backbone that is exported and fine-tuned; prepared
     first, so Accelerate saves it as ``model.safetensors``) with ``optimizer`` (scheduled by the engine: warm-up
     and cosine), plus any heads or auxiliary modules. The engine calls, in order: ``prepare(accelerator)`` once;
-    per micro-batch ``loss(images, class_ids)`` then backward; at each optimiser step ``clip_gradients``; for
-    evaluation ``evaluate(images, class_ids)`` between ``train(False)`` and ``train(True)``.
+    per micro-batch ``loss(images, class_ids, view_seeds)`` then backward; at each optimiser step
+    ``clip_gradients``; for evaluation ``evaluate(images, class_ids, view_seeds)`` between ``train(False)`` and
+    ``train(True)``.
 
     ``images`` are the renderer's ``(B, 3, H, W)`` float32 in [0, 1] (not normalised); ``class_ids`` and
     ``view_seeds`` ``(B,)`` int64 (with the category, the view seed keys any per-image randomness of the objective,

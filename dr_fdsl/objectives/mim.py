@@ -6,9 +6,10 @@ linear decoder maps every patch token back to that token's pixels; the loss is t
 over all pixels as published (``mim.loss_on=masked``: over the masked pixels only). Which squares are masked is
 drawn from each image's key (category, view seed), so a static and an in-loop run mask the same pixels.
 
-Renderer modes: ``frozen`` and ``adversarial`` (the renderer makes images that are hard to reconstruct, within
-its bounds). ``joint`` is refused: descending a reconstruction loss, the renderer can shrink and darken every
-point until the image is empty, which is trivial to reconstruct and teaches the network nothing.
+The image augmentations of ``image_aug`` (flips, Mixup, erasing, label smoothing) belong to ``classify`` and are
+not applied here. Renderer modes: ``frozen`` and ``adversarial`` (the renderer makes images that are hard to
+reconstruct, within its bounds). ``joint`` is refused: descending a reconstruction loss, the renderer can shrink
+and darken every point until the image is empty, which is trivial to reconstruct and teaches the network nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +38,26 @@ def pixel_mask(class_ids: torch.Tensor, view_seeds: torch.Tensor, size: int, pat
     return squares.repeat_interleave(patch, 1).repeat_interleave(patch, 2)[:, None]
 
 
+class MaskedAutoencoder(nn.Module):
+    """The backbone and the pixel decoder as one module, so that Accelerate wraps one forward (DDP synchronises
+    both, autocast covers both). The backbone's classifier head is removed: it would get no gradient. Its weights
+    are saved under ``backbone.``, which :func:`dr_fdsl.finetune.load_pretrained` reads."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        backbone.reset_classifier(0)
+        self.backbone = backbone
+        self.patch = backbone.patch_embed.patch_size[0]
+        self.decoder = nn.Linear(backbone.embed_dim, self.patch**2 * 3)
+
+    def forward(self, masked: torch.Tensor) -> torch.Tensor:
+        """Normalised masked images ``(B, 3, H, W)`` -> reconstructed normalised images ``(B, 3, H, W)`` float32."""
+        tokens = self.backbone.forward_features(masked)[:, self.backbone.num_prefix_tokens:]  # (B, h * w, D)
+        h = masked.shape[-2] // self.patch
+        return rearrange(self.decoder(tokens).float(), "b (h w) (p q c) -> b c (h p) (w q)", h=h, p=self.patch,
+                         q=self.patch)
+
+
 class MaskedImageModelling(Objective):
     name = "mim"
     eval_names = ("val/loss", "val/identity_loss")  # identity: the masked image itself taken as reconstruction
@@ -53,28 +74,23 @@ class MaskedImageModelling(Objective):
 
     def __init__(self, cfg: Config, num_classes: int, lr: float, device: torch.device):
         self.cfg = cfg
-        self.model = create_classifier(cfg.model, num_classes, cfg.renderer.image_size)  # head unused here
-        embed = getattr(self.model, "patch_embed", None)
-        if embed is None or not hasattr(self.model, "num_prefix_tokens"):
+        backbone = create_classifier(cfg.model, num_classes, cfg.renderer.image_size)
+        if getattr(backbone, "patch_embed", None) is None or not hasattr(backbone, "num_prefix_tokens"):
             raise ConfigError(f"config key 'model.name': objective mim needs a ViT-like timm model with patch "
                               f"tokens, got {cfg.model.name!r}")
-        self.token_patch = embed.patch_size[0]
-        self.decoder = nn.Linear(self.model.embed_dim, self.token_patch**2 * 3)
-        mean, std = normalization(self.model)
+        mean, std = normalization(backbone)
         self.mean, self.std = mean.to(device), std.to(device)
-        groups = param_groups_weight_decay(self.model, cfg.optim.weight_decay) + \
-            param_groups_weight_decay(self.decoder, cfg.optim.weight_decay)
-        self.optimizer = torch.optim.AdamW(groups, lr=lr)
+        self.model = MaskedAutoencoder(backbone)  # prepared first: model.safetensors holds backbone.* and decoder.*
+        self.optimizer = torch.optim.AdamW(param_groups_weight_decay(self.model, cfg.optim.weight_decay), lr=lr)
 
     def prepare(self, accelerator) -> None:
-        self.model, self.decoder, self.optimizer = accelerator.prepare(self.model, self.decoder, self.optimizer)
+        self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
 
     def unwrap(self, accelerator) -> None:
         self.model = accelerator.unwrap_model(self.model)
-        self.decoder = accelerator.unwrap_model(self.decoder)
 
     def modules(self) -> list[nn.Module]:
-        return [self.model, self.decoder]
+        return [self.model]
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.optimizer]
@@ -82,18 +98,11 @@ class MaskedImageModelling(Objective):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
 
-    def reconstruct(self, masked: torch.Tensor) -> torch.Tensor:
-        """Normalised masked images ``(B, 3, H, W)`` -> reconstructed normalised images ``(B, 3, H, W)``."""
-        tokens = self.model.forward_features(masked)[:, self.model.num_prefix_tokens:]  # (B, h * w, D)
-        h = masked.shape[-2] // self.token_patch
-        return rearrange(self.decoder(tokens).float(), "b (h w) (p q c) -> b c (h p) (w q)", h=h,
-                         p=self.token_patch, q=self.token_patch)
-
     def _errors(self, images, class_ids, view_seeds):
         clean = self.normalize(images)
         mask = pixel_mask(class_ids, view_seeds, clean.shape[-1], self.cfg.mim.patch, self.cfg.mim.ratio)
         masked = clean.masked_fill(mask, 0.0)
-        return (self.reconstruct(masked) - clean).abs(), (masked - clean).abs(), mask
+        return (self.model(masked) - clean).abs(), (masked - clean).abs(), mask
 
     def _mean(self, errors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-image L1: over all pixels, or over the masked ones (``mim.loss_on``). ``(B,)``."""
@@ -110,8 +119,7 @@ class MaskedImageModelling(Objective):
         return ObjectiveOutput(loss, loss, metrics)
 
     def clip_gradients(self, max_norm: float) -> dict[str, torch.Tensor]:
-        params = [*self.model.parameters(), *self.decoder.parameters()]
-        return {"grad_norm/classifier": torch.nn.utils.clip_grad_norm_(params, max_norm)}
+        return {"grad_norm/classifier": torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)}
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,7 @@ from dr_fdsl.families.perlin import pnoise1
 
 
 @dataclass(frozen=True)
-class VisualAtomConfig:
+class ScriptSettings:
     """The script's command-line knobs, named as in render_VisualAtom.py; defaults from make_VisualAtom.sh."""
 
     numof_classes: int = 1000
@@ -86,9 +86,9 @@ class VisualAtomConfig:
 
 
 #: make_VisualAtom.sh, the published VisualAtom-1k recipe.
-VISUALATOM_1K = VisualAtomConfig()
+VISUALATOM_1K = ScriptSettings()
 #: render_VisualAtom.py's argparse defaults (one process), which differ from the recipe in four knobs.
-SCRIPT_DEFAULTS = VisualAtomConfig(numof_thread=1, perlin_min=2, line_width=0.01, radius_min=0)
+SCRIPT_DEFAULTS = ScriptSettings(numof_thread=1, perlin_min=2, line_width=0.01, radius_min=0)
 
 
 class MersenneStream:
@@ -207,7 +207,7 @@ class PublishedCategory:
     instances: dict[int, InstanceDraws]
 
 
-def sample_category(stream: MersenneStream, index: int, cfg: VisualAtomConfig = VISUALATOM_1K) -> CategoryParams:
+def sample_category(stream: MersenneStream, index: int, cfg: ScriptSettings = VISUALATOM_1K) -> CategoryParams:
     """Draw one category's parameters from ``stream``'s current position, in the script's order."""
     num_vertices = stream.randint(cfg.vertex_num_min, cfg.vertex_num_max)
     num_orbits = stream.randint(cfg.line_num_min, cfg.line_num_max)
@@ -224,7 +224,7 @@ def sample_category(stream: MersenneStream, index: int, cfg: VisualAtomConfig = 
     return CategoryParams(index, num_vertices, num_orbits, noise_amp, width, radius, n1, n2, oval_x, oval_y)
 
 
-def draw_centre(stream: MersenneStream, cfg: VisualAtomConfig = VISUALATOM_1K) -> tuple[float, float]:
+def draw_centre(stream: MersenneStream, cfg: ScriptSettings = VISUALATOM_1K) -> tuple[float, float]:
     """One instance centre, (x, y) pixels. The script draws y (start_pos_h) first."""
     y = (cfg.image_size + stream.randint(-cfg.start_pos, cfg.start_pos)) / 2
     x = (cfg.image_size + stream.randint(-cfg.start_pos, cfg.start_pos)) / 2
@@ -291,7 +291,7 @@ def orbit_vertices(params: CategoryParams, centre: tuple[float, float], u: np.nd
 
 
 def _run_category(
-    stream: MersenneStream, index: int, cfg: VisualAtomConfig, keep: Iterable[int]
+    stream: MersenneStream, index: int, cfg: ScriptSettings, keep: Iterable[int]
 ) -> PublishedCategory:
     """One category of the script's loop: parameters, then every instance (kept or skipped) with its centre."""
     keep = set(keep)
@@ -312,7 +312,7 @@ def _run_category(
 
 def replay_thread(
     thread: int,
-    cfg: VisualAtomConfig = VISUALATOM_1K,
+    cfg: ScriptSettings = VISUALATOM_1K,
     instances: Iterable[int] = (0,),
     stop: int | None = None,
 ) -> Iterator[PublishedCategory]:
@@ -335,7 +335,7 @@ def replay_thread(
 
 
 def published_category(
-    index: int, cfg: VisualAtomConfig = VISUALATOM_1K, instances: Iterable[int] = (0,)
+    index: int, cfg: ScriptSettings = VISUALATOM_1K, instances: Iterable[int] = (0,)
 ) -> PublishedCategory:
     """Category ``index`` exactly as the published run makes it. Replays its thread from the start (about half a
     second per category before it in the same thread, since every instance's draws must be consumed)."""

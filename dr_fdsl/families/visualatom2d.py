@@ -64,10 +64,10 @@ from dr_fdsl.families.base import Family, FamilyOutput
 MARGIN = 4.0  # canvas pixels beyond the edge still sampled (discs of radius up to 4 px can reach the canvas)
 
 
-def script_config(cfg: BankConfig) -> va.VisualAtomConfig:
+def script_config(cfg: BankConfig) -> va.ScriptSettings:
     """``bank.visualatom`` as the published script's knobs."""
     f = cfg.visualatom
-    return va.VisualAtomConfig(
+    return va.ScriptSettings(
         numof_classes=f.numof_classes, numof_instances=f.numof_instances, numof_thread=f.numof_thread,
         start_class=f.start_class, image_size=f.canvas, vertex_num_min=f.vertex_num_min,
         vertex_num_max=f.vertex_num_max, perlin_min=f.perlin_min, line_width=f.line_width, radius_min=f.radius_min,

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from dr_fdsl import checkpoint, datasets
 from dr_fdsl.config import ModelConfig, finite, load_config, need
 from dr_fdsl.errors import ConfigError, NonFiniteLossError
-from dr_fdsl.frozen_eval import extract_features, knn_predict, linear_probe
+from dr_fdsl.frozen_eval import extract_features, knn_predict, linear_probe, model_input
 from dr_fdsl.models import create_classifier, normalization
 
 
@@ -174,12 +174,6 @@ def finetune(s: FinetuneSettings) -> dict:
                                   t_in_epochs=False)
     acc.init_trackers("tensorboard", config={k: v for k, v in asdict(s).items() if v is not None})
 
-    def model_input(pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.float() / 255
-        if x.shape[-1] != size or x.shape[-2] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        return (x - mean) / std
-
     top1: list[float] = []
     step = 0
     bar = tqdm(total=s.epochs, desc=f"finetune {s.dataset}", unit="epoch",
@@ -188,7 +182,7 @@ def finetune(s: FinetuneSettings) -> dict:
         model.train()
         total, batches = 0.0, 0
         for pixels, labels in train_loader:
-            x = model_input(pixels)
+            x = model_input(pixels, size, mean, std)
             flip = torch.rand(x.shape[0], device=x.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
             loss = F.cross_entropy(model(x).float(), labels, label_smoothing=s.label_smoothing)
@@ -204,7 +198,8 @@ def finetune(s: FinetuneSettings) -> dict:
         correct = []
         with torch.no_grad():
             for pixels, labels in test_loader:
-                correct.append(acc.gather_for_metrics((model(model_input(pixels)).argmax(1) == labels).float()))
+                predicted = model(model_input(pixels, size, mean, std)).argmax(1)
+                correct.append(acc.gather_for_metrics((predicted == labels).float()))
         top1.append(float(torch.cat(correct).mean()))
         acc.log({"finetune/train_loss": total / max(batches, 1), "finetune/test_top1": top1[-1]}, step=epoch + 1)
         bar.update(1)

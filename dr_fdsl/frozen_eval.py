@@ -20,6 +20,15 @@ import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 
 
+def model_input(pixels: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 images ``(B, 3, h, w)`` -> the model's normalised float input ``(B, 3, size, size)`` (bilinear resize
+    when the sizes differ); ``mean``/``std`` ``(1, 3, 1, 1)`` on the images' device."""
+    x = pixels.float() / 255
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return (x - mean) / std
+
+
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, pixels: torch.Tensor, size: int, mean: torch.Tensor,
                      std: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
@@ -27,10 +36,7 @@ def extract_features(model: torch.nn.Module, pixels: torch.Tensor, size: int, me
     model.eval()
     out = []
     for i in range(0, len(pixels), batch_size):
-        x = pixels[i:i + batch_size].to(device).float() / 255
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        x = (x - mean.to(device)) / std.to(device)
+        x = model_input(pixels[i:i + batch_size].to(device), size, mean.to(device), std.to(device))
         out.append(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu())
     return torch.cat(out)
 

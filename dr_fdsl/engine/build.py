@@ -96,10 +96,10 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
     validate_config(cfg)  # again: a config may have been changed in Python since it was loaded
     t = cfg.train
     if resume is None:  # a new run never writes where another run's checkpoints are: it takes a numbered folder
-        process_state()  # set up before the collective below
+        state = process_state()  # set up before the collective below
         chosen = broadcast_object_list([checkpoint.free_output_dir(cfg.output_dir)])[0]  # the main process's
         if chosen != cfg.output_dir:
-            process_state().print(f"output_dir '{cfg.output_dir}' holds another run's checkpoints; this run writes "
+            state.print(f"output_dir '{cfg.output_dir}' holds another run's checkpoints; this run writes "
                                   f"to '{chosen}' (continue the other with --resume latest)")
             cfg = dataclasses.replace(cfg, output_dir=chosen)
     writable(cfg.output_dir)

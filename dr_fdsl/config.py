@@ -164,6 +164,22 @@ class VisualAtomConfig:
 
 
 @dataclass
+class SVD2DConfig:
+    """Family ``svd2d``: Anderson & Farrell's single-instance fractals ("Improving Fractal Pre-training", WACV
+    2022): 2D maps from SVD factors whose singular values meet the sigma-factor constraint, translations
+    U(-bval, bval), the chaos game from the first map's fixed point, each point's grey level the published
+    per-pixel point density (dr_fdsl/families/svd2d_family.py). Category c's system is drawn by the ported sampler
+    from ``numpy.random.default_rng(bank.seed * 2**32 + c)``."""
+
+    min_maps: int = 2  # ifs.py __main__: --min_n 2, --max_n 4 (both inclusive)
+    max_maps: int = 4
+    bval: float = 1.0  # translations U(-bval, bval) (--bval)
+    # Side of the square image whose per-pixel point counts give each point's grey level (the published
+    # IFSGenerator renders at its size, 224; MultiGenerator at size // 2, 112).
+    canvas: int = 224
+
+
+@dataclass
 class BankConfig:
     """The bank of point sets: one per category, built by a formula family (``family``, see dr_fdsl/families).
 
@@ -179,6 +195,7 @@ class BankConfig:
     ofdb: OFDBConfig = field(default_factory=OFDBConfig, metadata={"family": True})
     fractaldb: FractalDBConfig = field(default_factory=FractalDBConfig, metadata={"family": True})
     visualatom: VisualAtomConfig = field(default_factory=VisualAtomConfig, metadata={"family": True})
+    svd2d: SVD2DConfig = field(default_factory=SVD2DConfig, metadata={"family": True})
     # Where built banks are cached, keyed by the settings above.
     cache_dir: str = field(default="cache/banks", metadata=NOT_CONTENT)
 
@@ -217,6 +234,25 @@ class AugmentConfig:
     pointwolf_shift: float = 0.1
     # Points of another random category replace this fraction of each cloud's points (with their colours).
     mix: float = 0.0
+    # Anderson & Farrell's window and flips, on the projected points (dr_fdsl/render/window.py): the rendering
+    # window is shifted by U(-window_shift, window_shift) of its extent and scaled by U(window_scale) on each
+    # axis independently (published IFSGenerator: translate 0.2, scale [0.5, 2.0]); dihedral: a random transpose,
+    # then up-down and left-right flips, each with probability 0.5 (its random_flips).
+    window_scale: tuple[float, float] = (1.0, 1.0)
+    window_shift: float = 0.0
+    dihedral: bool = False
+
+
+@dataclass
+class ObjectsConfig:
+    """Multi-instance images (Anderson & Farrell's MultiGenerator; dr_fdsl/render/multi.py): each image holds 1 to
+    ``max`` objects (a count uniform over 1..max), object 0 its own category and the others distinct categories,
+    each drawn from its own view seed, scaled to U(``scale``) of the image and centred at U(-offset, offset) in NDC
+    per axis (1.0: anywhere in the image), later objects in front. ``max: 0`` switches it off."""
+
+    max: int = 0
+    scale: tuple[float, float] = (0.15, 0.6)
+    offset: float = 1.0
 
 
 @dataclass
@@ -248,6 +284,7 @@ class RendererConfig:
     background_noise: float = 0.2
     view: ViewConfig = field(default_factory=ViewConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    objects: ObjectsConfig = field(default_factory=ObjectsConfig)
     # Optimisation of the rendering parameters (modes "joint" and "adversarial"): SparseAdam on the logits
     # (lazy: only the rows of the categories a step drew move), warm-up and cosine like the classifier.
     lr: float = field(default=1e-2, metadata=NOT_CONTENT)
@@ -665,6 +702,9 @@ def validate_config(cfg: Config) -> None:
         need(get_family(cfg.bank.family).colors, "renderer.color_init",
              f"'bank' takes each point's colour from the bank, and family {cfg.bank.family!r} stores none; use a "
              "family that does (visualatom) or another color_init")
+    need(cfg.renderer.objects.max <= cfg.bank.num_classes, "renderer.objects.max",
+         f"objects come from distinct categories: needs at most bank.num_classes={cfg.bank.num_classes}, got "
+         f"{cfg.renderer.objects.max}")
     _validate_sizes(cfg)
 
     # The registry is imported here, not at module level, because objectives import this module.
@@ -717,6 +757,16 @@ def validate_renderer(r: RendererConfig) -> None:
          "need at least one anchor and a positive pointwolf_sigma")
     need(0 < aug.pointwolf_scale[0] <= aug.pointwolf_scale[1], "renderer.augment.pointwolf_scale",
          "need 0 < low <= high")
+    need(finite(aug.window_scale[1]) and 0 < aug.window_scale[0] <= aug.window_scale[1],
+         "renderer.augment.window_scale", f"need 0 < low <= high (published [0.5, 2.0]), got {list(aug.window_scale)}")
+    need(finite(aug.window_shift) and aug.window_shift >= 0, "renderer.augment.window_shift",
+         f"is a fraction of the window: must be >= 0 (published 0.2), got {aug.window_shift}")
+    obj = r.objects
+    need(0 <= obj.max <= 16, "renderer.objects.max", f"must be in [0, 16] (0: off; published 5), got {obj.max}")
+    need(finite(obj.scale[1]) and 0 < obj.scale[0] <= obj.scale[1], "renderer.objects.scale",
+         f"need 0 < low <= high (fractions of the image; published [0.15, 0.6]), got {list(obj.scale)}")
+    need(finite(obj.offset) and obj.offset >= 0, "renderer.objects.offset",
+         f"must be >= 0 (NDC; 1.0: centres anywhere in the image), got {obj.offset}")
 
 
 def _validate_sizes(cfg: Config) -> None:

@@ -89,9 +89,9 @@ def evaluate(run: Run) -> dict[str, float]:
     for i in range(0, len(ids), b):
         batch_ids, batch_seeds = ids[i:i + b].to(acc.device), seeds[i:i + b].to(acc.device)
         rows.append(run.objective.evaluate(render_eval(run, batch_ids, batch_seeds), batch_ids, batch_seeds))
-    means = acc.gather_for_metrics(torch.cat(rows)).mean(0).tolist()
+    values = run.objective.summarize(acc.gather_for_metrics(torch.cat(rows)))
     run.objective.train(True)
-    return dict(zip(run.objective.eval_names, means))
+    return values
 
 
 def log_images(run: Run) -> None:

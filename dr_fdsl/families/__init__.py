@@ -9,10 +9,11 @@ settings dataclass in ``dr_fdsl/config.py`` (a ``bank.<name>`` section) and add 
 from __future__ import annotations
 
 from dr_fdsl.errors import ConfigError
-from dr_fdsl.families import fractaldb2d, ifs3d, ofdb, visualatom2d
+from dr_fdsl.families import fractaldb2d, ifs3d, ofdb, svd2d_family, visualatom2d
 from dr_fdsl.families.base import Family, FamilyOutput
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (ifs3d.FAMILY, ofdb.FAMILY, fractaldb2d.FAMILY, visualatom2d.FAMILY)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (ifs3d.FAMILY, ofdb.FAMILY, fractaldb2d.FAMILY, visualatom2d.FAMILY,
+                                                  svd2d_family.FAMILY)}
 
 __all__ = ["FAMILIES", "Family", "FamilyOutput", "get_family"]
 

@@ -68,6 +68,12 @@ class Objective:
         """Per-image values ``(B, len(eval_names))`` float32, averaged over the evaluation set by the engine."""
         raise NotImplementedError
 
+    def summarize(self, values: torch.Tensor) -> dict[str, float]:
+        """The evaluation's metrics from every held-out image's ``evaluate`` row ``(M, ...)``: by default the mean
+        of each column, named by ``eval_names`` (an objective whose metric is not a mean over images, such as
+        mean average precision, returns more columns and overrides this)."""
+        return dict(zip(self.eval_names, values.mean(0).tolist()))
+
     def unwrap(self, accelerator) -> None:
         """Replaces the prepared (DDP-wrapped) modules by the plain ones, at the end of training."""
         raise NotImplementedError

@@ -12,12 +12,13 @@ from torch import nn
 from dr_fdsl.bank import PointBank
 from dr_fdsl.config import RendererConfig, validate_renderer
 from dr_fdsl.errors import ConfigError
-from dr_fdsl.render import augment
+from dr_fdsl.render import augment, multi
 from dr_fdsl.render import random as rnd
 from dr_fdsl.render.composite import render_scene
 from dr_fdsl.render.streams import Stream
 from dr_fdsl.render.types import OFFSCREEN, Scene
 from dr_fdsl.render.views import project, sample_views
+from dr_fdsl.render.window import window_and_flips
 
 # Squashed parameterisations cannot reach their bounds: initial values are kept this far inside them.
 # White is then 1 - 1e-3, which still quantises to 255 in 8 bits.
@@ -99,6 +100,9 @@ class PointRenderer(nn.Module):
         self.cfg = cfg = cfg if cfg is not None else RendererConfig()
         validate_renderer(cfg)
         self.num_classes, self.num_points = bank.num_classes, bank.num_points
+        if cfg.objects.max > self.num_classes:
+            raise ConfigError(f"config key 'renderer.objects.max': objects come from distinct categories: needs at "
+                              f"most {self.num_classes} (the bank's categories), got {cfg.objects.max}")
         self.register_buffer("points", bank.points.float().clone(), persistent=False)
         gen = torch.Generator().manual_seed(cfg.init_seed)
         color_tables = 1 if cfg.share_colors else self.num_classes
@@ -176,6 +180,7 @@ class PointRenderer(nn.Module):
             shift = augment.random_shift(keys, aug)
             points = points + shift[:, None] @ views.rotation
         ndc, visible = project(points, views, cfg.view.projection)
+        ndc = window_and_flips(ndc, keys, aug)  # the identity unless renderer.augment.window_* / dihedral
         keep = visible & augment.subsample_mask(keys, n, aug)
         offscreen = torch.tensor([OFFSCREEN, OFFSCREEN, 1.0], device=device)
         ndc = torch.where(keep[..., None], ndc, offscreen)
@@ -204,7 +209,12 @@ class PointRenderer(nn.Module):
         and columns follow PyTorch3D's NDC (+x to the left).
         """
         with torch.autocast(device_type=self.points.device.type, enabled=False):
-            scene, rows = self.scene(class_ids, view_seeds)
+            if self.cfg.objects.max > 0:  # multi-instance images: every object's scene, composed
+                device = self.points.device
+                scene, rows = multi.compose(self.scene, class_ids.to(device), view_seeds.to(device), self.num_classes,
+                                            self.cfg.objects)
+            else:
+                scene, rows = self.scene(class_ids, view_seeds)
             images = render_scene(scene, self.cfg.image_size, self.cfg.points_per_pixel, self.cfg.compositor,
                                   self.cfg.raster_backend)
         return Rendered(images, rows)

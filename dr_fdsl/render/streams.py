@@ -20,3 +20,13 @@ class Stream(IntEnum):
     MIX_POINTS = 16
     BACKGROUND = 17
     MIM_MASK = 18  # objective mim: which pixel patches are masked
+    # svd2d branch. Numbered from 60, not 19, so that streams other branches append meanwhile cannot take the same
+    # values (an IntEnum makes a second name with a taken value an alias: two uses would draw the same numbers).
+    WINDOW_SCALE = 60  # Anderson & Farrell's window: scale per axis
+    WINDOW_SHIFT = 61  # and shift per axis
+    DIHEDRAL = 62  # transpose, up-down flip, left-right flip
+    OBJECT_COUNT = 63  # multi-instance images: how many objects
+    OBJECT_CLASSES = 64  # which other categories
+    OBJECT_SCALE = 65
+    OBJECT_OFFSET = 66
+    OBJECT_SEED = 67  # each further object's own view seed

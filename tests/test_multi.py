@@ -140,3 +140,32 @@ def test_multilabel_trains_and_reports_map(tmp_path, bank_dir):
     for key in ("val/loss", "val/top1", "val/top5", "val/mAP"):
         assert 0 <= summary[key] < float("inf")
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["objective"] == "multilabel"
+
+
+RECIPES = {"svd2d1k_deit_small": ("deit_small_patch16_224", "adamw"), "svd2d1k_resnet50": ("resnet50", "sgd"),
+           "multi1k_deit_small": ("deit_small_patch16_224", "adamw"), "multi1k_resnet50": ("resnet50", "sgd"),
+           "fractaldb1k_deit_small": ("deit_small_patch16_224", "adamw"), "fractaldb1k_resnet50": ("resnet50", "sgd")}
+
+
+@pytest.mark.parametrize("name", ["svd2d1k_deit_small", "multi1k_resnet50"])  # the two models and optimisers
+def test_recipes_build_their_models_and_optimisers(name):
+    """Every recipe names its timm model and optimiser; each model builds (at 32 px and 4 categories, to stay small)
+    and takes the recipe's optimiser."""
+    from pathlib import Path
+
+    from dr_fdsl.config import load_config
+    from dr_fdsl.models import create_classifier
+    from dr_fdsl.optim import create_optimizer
+
+    configs = Path(__file__).parents[1] / "configs"
+    for recipe, (model_name, optim_name) in RECIPES.items():
+        cfg = load_config(configs / f"{recipe}.yaml")
+        assert (cfg.model.name, cfg.optim.name) == (model_name, optim_name)
+        assert cfg.train.objective == ("multilabel" if recipe.startswith("multi") else "classify")
+    cfg = load_config(configs / f"{name}.yaml")
+    model = create_classifier(cfg.model, 4, 32)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
+    optimizer = create_optimizer(model, cfg.optim, 0.1)
+    assert isinstance(optimizer, {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[cfg.optim.name])
+    if cfg.optim.name == "sgd":
+        assert optimizer.param_groups[0]["momentum"] == 0.9 and not optimizer.param_groups[0]["nesterov"]

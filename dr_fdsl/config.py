@@ -238,6 +238,10 @@ class AugmentConfig:
     # window is shifted by U(-window_shift, window_shift) of its extent and scaled by U(window_scale) on each
     # axis independently (published IFSGenerator: translate 0.2, scale [0.5, 2.0]); dihedral: a random transpose,
     # then up-down and left-right flips, each with probability 0.5 (its random_flips).
+    # Family svd2d only (dr_fdsl/render/ifs_jitter.py): one map of the category's system, chosen per image, scaled by
+    # U(map_jitter) (published IFSGenerator jitter_params=True: [0.8, 1.1], up to 4 draws until it stays
+    # contractive, else unchanged); the points are its chaos game replayed with the jittered maps, in its own window.
+    map_jitter: tuple[float, float] = (1.0, 1.0)
     window_scale: tuple[float, float] = (1.0, 1.0)
     window_shift: float = 0.0
     dihedral: bool = False
@@ -702,6 +706,12 @@ def validate_config(cfg: Config) -> None:
         need(get_family(cfg.bank.family).colors, "renderer.color_init",
              f"'bank' takes each point's colour from the bank, and family {cfg.bank.family!r} stores none; use a "
              "family that does (visualatom) or another color_init")
+    jitter = cfg.renderer.augment.map_jitter
+    need(finite(jitter[1]) and 0 < jitter[0] <= jitter[1], "renderer.augment.map_jitter",
+         f"need 0 < low <= high (published [0.8, 1.1]; [1, 1]: off), got {list(jitter)}")
+    need(jitter == (1.0, 1.0) or cfg.bank.family == "svd2d", "renderer.augment.map_jitter",
+         f"replays a system's chaos game with one map scaled: only family svd2d stores its maps and their order, "
+         f"got bank.family={cfg.bank.family!r}; set it to [1, 1]")
     need(cfg.renderer.objects.max <= cfg.bank.num_classes, "renderer.objects.max",
          f"objects come from distinct categories: needs at most bank.num_classes={cfg.bank.num_classes}, got "
          f"{cfg.renderer.objects.max}")

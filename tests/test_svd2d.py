@@ -62,7 +62,7 @@ def test_systems_and_chaos_games_match_the_published_code():
     # the lockstep chaos games, all three in one batch, equal the published ifs.iterate with numba's seeds
     cases = range(3)
     systems = [z[f"system_{int(z[f'iterate_system_{j}'])}"] for j in cases]
-    got = fam.chaos_games(systems, [int(z[f"iterate_seed_{j}"]) for j in cases], 500)
+    got, _ = fam.chaos_games(systems, [int(z[f"iterate_seed_{j}"]) for j in cases], 500)
     for j in cases:
         np.testing.assert_array_equal(got[j], z[f"iterate_{j}"])
 
@@ -147,3 +147,65 @@ def test_renderer_draws_the_bank_grey_levels(svd_bank):
     assert torch.equal(renderer(ids[2:], seeds[2:]), images[2:])
     plain = PointRenderer(svd_bank, dataclasses.replace(cfg, augment=AugmentConfig()))
     assert not torch.equal(plain(ids, seeds), images)
+
+
+def test_map_jitter_draws_follow_the_published_rule(svd_bank):
+    from dr_fdsl.render import ifs_jitter
+
+    p = svd_bank.params
+    ids = torch.arange(40).repeat(25)
+    keys = torch.arange(1000) * 7 + 11
+    sv, n = p["singular_values"][ids], p["num_maps"][ids]
+    j = ifs_jitter.draw_jitter(keys, sv, n, (0.8, 1.1))
+    assert (j.map_index < n).all() and (j.map_index >= 0).all()
+    moved = j.factor != 1
+    assert ((j.factor[moved] >= 0.8) & (j.factor[moved] < 1.1)).all() and moved.float().mean() > 0.5
+    jittered = ifs_jitter.jittered_system(p["system"][ids], j)
+    for b in range(0, 1000, 37):  # every kept system stays contractive; only the chosen map changed, row and shift
+        k = int(n[b])
+        assert np.linalg.svd(jittered[b, :k, :, :2].numpy(), compute_uv=False).max() <= 1 + 1e-12
+        same = torch.ones(k, dtype=torch.bool)
+        same[j.map_index[b]] = False
+        assert torch.equal(jittered[b, :k][same], p["system"][ids[b], :k][same])
+        assert torch.allclose(jittered[b, j.map_index[b]], p["system"][ids[b], j.map_index[b]] * j.factor[b])
+    # a system every draw would make expansive is used unchanged
+    tight = torch.ones(8, 3, 2)
+    fallback = ifs_jitter.draw_jitter(keys[:8], tight, torch.full((8,), 3), (1.05, 1.1))
+    assert (fallback.factor == 1).all()
+
+
+def test_map_jitter_replays_the_chaos_game_with_the_jittered_maps(svd_bank):
+    from dr_fdsl.render import ifs_jitter
+
+    p = svd_bank.params
+    ids = torch.tensor([0, 5, 9])
+    system, maps = p["system"][ids], p["maps"][ids].long()
+    # unjittered, the replay is the bank's chaos game and lands on the bank's points
+    same = ifs_jitter.window_ndc(ifs_jitter.replay(system, maps), 224)
+    assert torch.allclose(same, svd_bank.points[ids], atol=1e-6)
+    # jittered: a slow sequential reference, one point at a time from the jittered map 0's fixed point
+    jitter = ifs_jitter.Jitter(torch.tensor([1, 0, 1]), torch.tensor([0.85, 1.05, 0.9], dtype=torch.float64))
+    jsys = ifs_jitter.jittered_system(system, jitter)
+    fast = ifs_jitter.replay(jsys, maps)
+    for b in range(3):
+        m = jsys[b].tolist()
+        x, y = (float(t) for t in svd2d.fixed_point(jsys[b].numpy()))
+        for i, k in enumerate(maps[b].tolist()):
+            (a, bb, e), (c, d, f) = m[k]
+            x, y = a * x + bb * y + e, c * x + d * y + f
+            assert abs(fast[b, i, 0] - x) < 1e-12 and abs(fast[b, i, 1] - y) < 1e-12
+
+
+def test_renderer_map_jitter(svd_bank):
+    from dr_fdsl.config import load_config
+    from dr_fdsl.errors import ConfigError
+
+    cfg = RendererConfig(image_size=32, color_init="bank", view=FLAT, radius_init=0.03)
+    jit = PointRenderer(svd_bank, dataclasses.replace(cfg, augment=AugmentConfig(map_jitter=(0.8, 1.1))))
+    plain = PointRenderer(svd_bank, cfg)
+    ids, seeds = torch.arange(8), torch.arange(8) + 100
+    images = jit(ids, seeds)
+    assert not torch.equal(images, plain(ids, seeds))
+    assert torch.equal(jit(ids[3:5], seeds[3:5]), images[3:5])  # keyed per image
+    with pytest.raises(ConfigError, match=r"renderer\.augment\.map_jitter"):
+        load_config(None, ["renderer.augment.map_jitter=[0.8, 1.1]"])  # family ifs3d has no maps to jitter

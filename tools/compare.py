@@ -8,6 +8,11 @@ starts from the same initialisation and sees the same data order in every arm.
     python tools/compare.py --preset cpu --out runs/compare_cpu        # minutes on a 2-core CPU
     accelerate launch tools/compare.py --preset gpu --out runs/compare_gpu
 
+The presets families-cpu and families-gpu compare formula families instead of renderer modes: every family
+(ifs3d, ofdb, fractaldb, visualatom, svd2d and multi-instance svd2d with the multilabel objective) pre-trains
+under a frozen renderer and is fine-tuned the same way (families-cpu: toy scale, about 15 minutes on a 2-core CPU;
+families-gpu: the published scale, 1,000 categories and 90 epochs of 1M images at batch 256, on DeiT-S/16).
+
 Budgets can be overridden: --steps, --epochs, --per-class, --max-test, --seeds, --dataset, --ft-batch.
 Every arm is judged by the same protocol; under linear or knn the no-pre-training arm is the randomly initialised
 backbone's frozen features, the usual baseline of those protocols.
@@ -33,14 +38,57 @@ PRESETS = {
                 dataset="cifar10", per_class=100, epochs=30, ft_batch=64, ft_lr=5e-4, max_test=0, seeds=[0, 1, 2],
                 model="vit_tiny_patch16_224", image_size=224),
 }
+# Flat 2D families seen whole through a fixed orthographic camera (their points are placed in NDC).
+_FLAT = ["renderer.view.rotation=none", "renderer.view.projection=orthographic", "renderer.view.ortho_scale=[1, 1]"]
+_MULTI = ["renderer.objects.max=5", "train.objective=multilabel", "image_aug.mixup=0", "image_aug.cutmix=0",
+          "image_aug.label_smoothing=0"]
+# Arms that are formula families: each a config file and overrides; every arm renders frozen.
+FAMILY_ARMS = {
+    "cpu": {  # the quickstart's scale: 10 categories x 2,000 points at 32 px
+        "ifs3d": ("configs/quickstart.yaml", []),
+        "ofdb": ("configs/quickstart.yaml", ["bank.family=ofdb"]),
+        "fractaldb": ("configs/quickstart.yaml", ["bank.family=fractaldb", "bank.seed=1", *_FLAT]),
+        "visualatom": ("configs/quickstart.yaml", ["bank.family=visualatom", "renderer.color_init=bank",
+                                                   "renderer.raster_backend=sort", *_FLAT]),
+        "svd2d": ("configs/quickstart.yaml", ["bank.family=svd2d", "renderer.color_init=bank", *_FLAT,
+                                              "renderer.augment.window_scale=[0.5, 2.0]",
+                                              "renderer.augment.window_shift=0.2", "renderer.augment.dihedral=true",
+                                              "renderer.augment.map_jitter=[0.8, 1.1]",
+                                              "renderer.augment.scale=[1, 1]", "renderer.augment.shift=0"]),
+        "multi": ("configs/quickstart.yaml", ["bank.family=svd2d", "renderer.color_init=bank", *_FLAT,
+                                              "renderer.augment.dihedral=true", "renderer.augment.scale=[1, 1]",
+                                              "renderer.augment.shift=0", *_MULTI]),
+    },
+    "gpu": {  # the published categories and recipes, every arm on DeiT-S/16 with AdamW
+        "ifs3d": ("configs/ofdb1k_vit_tiny_frozen.yaml", []),
+        "ofdb": ("configs/ofdb1k_published_vit_tiny.yaml", []),
+        "fractaldb": ("configs/fractaldb1k_deit_small.yaml", []),
+        "visualatom": ("configs/visualatom1k_vit_tiny.yaml", []),
+        "svd2d": ("configs/svd2d1k_deit_small.yaml", []),
+        "multi": ("configs/multi1k_deit_small.yaml", []),
+    },
+}
+_DEIT = ["model.name=deit_small_patch16_224", "model.drop_path=0.1", "optim.name=adamw", "optim.lr=5.0e-4",
+         "optim.weight_decay=0.05", "optim.min_lr=1.0e-5"]
+PRESETS["families-cpu"] = dict(PRESETS["cpu"], arms="cpu", common=["renderer.mode=frozen"])
+PRESETS["families-gpu"] = dict(PRESETS["gpu"], arms="gpu", common=["renderer.mode=frozen", *_DEIT],
+                               steps=351563, eval_every=5000, model="deit_small_patch16_224", seeds=[0])
 
 
-def pretrain(preset: dict, mode: str, seed: int, out: Path) -> dict:
+def arms(preset: dict) -> dict[str, tuple[str, list[str]]]:
+    """The preset's arms, name -> (config file, overrides): renderer modes, or formula families."""
+    if "arms" in preset:
+        return {name: (config, [*preset["common"], *extra])
+                for name, (config, extra) in FAMILY_ARMS[preset["arms"]].items()}
+    return {mode: (preset["config"].format(mode=mode), [f"renderer.mode={mode}"]) for mode in MODES}
+
+
+def pretrain(preset: dict, arm: str, seed: int, out: Path) -> dict:
     from dr_fdsl.config import load_config
     from dr_fdsl.engine import build_run, fit
 
-    config = ROOT / preset["config"].format(mode=mode)
-    cfg = load_config(config, [f"output_dir={out}", f"seed={seed}", f"renderer.mode={mode}",
+    config, overrides = arms(preset)[arm]
+    cfg = load_config(ROOT / config, [*overrides, f"output_dir={out}", f"seed={seed}",
                                f"train.max_steps={preset['steps']}", f"train.batch_size={preset['batch']}",
                                f"train.eval_every={preset['eval_every']}", f"train.image_every={preset['steps']}",
                                f"train.ckpt_every={preset['steps']}", "train.progress=false"])
@@ -59,7 +107,7 @@ def summarize(rows: list[dict]) -> str:
     """Markdown: per arm the mean and 95% interval over seeds; per pair of arms the paired difference."""
     from dr_fdsl.stats import mean_interval, paired_difference
 
-    arms = [m for m in ("none", *MODES) if any(r["mode"] == m for r in rows)]
+    arms = list(dict.fromkeys(r["mode"] for r in rows))  # in the order they ran: none first
     lines = ["| pre-training | seeds | top-1 (%) | cumulative error (2nd half) | pre-train val top-1 | leakage probe |",
              "|---|---|---|---|---|---|"]
 
@@ -89,7 +137,7 @@ def plot(rows: list[dict], curves: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for mode in ("none", *MODES):
+    for mode in dict.fromkeys(r["mode"] for r in rows):
         runs = [r["top1_curve"] for r in rows if r["mode"] == mode]
         if runs:
             mean = [100 * statistics.mean(c[i] for c in runs) for i in range(len(runs[0]))]
@@ -145,7 +193,7 @@ def main(argv=None) -> int:
         (out / "preset.json").write_text(json.dumps(preset, indent=2))
     rows, curves = [], {}
     for seed in preset["seeds"]:
-        for mode in ("none", *MODES):
+        for mode in ("none", *arms(preset)):
             run = out / "pretrain" / f"{mode}_s{seed}"
             summary = pretrain(preset, mode, seed, run) if mode != "none" else {}
             run = Path(summary.get("output_dir", run))  # where the run really wrote (a numbered folder if taken)
@@ -174,7 +222,8 @@ def main(argv=None) -> int:
         writer.writerows({**r, "top1_curve": " ".join(f"{a:.4f}" for a in r["top1_curve"])} for r in rows)
     table = summarize(rows)
     (out / "results.md").write_text(
-        f"# Renderer modes compared ({args.preset} preset, protocol {args.protocol})\n\n{table}\n\n"
+        f"# {'Formula families' if 'arms' in preset else 'Renderer modes'} compared ({args.preset} preset, protocol "
+        f"{args.protocol})\n\n{table}\n\n"
         f"Budget: {json.dumps(preset)}\n\nMean ± half-width of the 95% Student-t interval over seeds; the paired "
         "differences are per seed (same initialisation and data order in every arm), each pair's interval at 95% "
         "on its own (no correction for comparing several pairs). Cumulative error: sum of "

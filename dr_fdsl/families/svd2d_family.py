@@ -22,8 +22,8 @@ the published code truncates). The point sets are centred: the window spans ``[-
 Colour: each point's grey level is the published density colouring's input, the count of points in its pixel of
 that image over the largest count (``ifs._render_graded``), in params ``grey (C, N)``; ``renderer.color_init=bank``
 starts from it. Not reproduced here: the published hue mapping of those levels (a random hue shift, saturation
-and value per image, through HSV), the 3 x 3 random point patches (the renderer draws discs), and the per-image
-jitter of one map (an instance of the category: see docs/svd2d.md).
+and value per image, through HSV) and the 3 x 3 random point patches (the renderer draws discs). The per-image
+jitter of one map is ``renderer.augment.map_jitter`` (:mod:`dr_fdsl.render.ifs_jitter`).
 """
 
 from __future__ import annotations
@@ -57,9 +57,10 @@ def draw_category(seed: int, c: int, min_maps: int, max_maps: int, bval: float) 
     return parts, int(rng.integers(0, 2**32))
 
 
-def chaos_games(systems: list[np.ndarray], seeds: list[int], num_points: int) -> np.ndarray:
-    """``ifs.iterate`` for several systems in lockstep: ``(S, num_points, 2)`` float64, bit for bit
-    :func:`svd2d.iterate` (``seeds[i]`` seeds the legacy MT19937 stream of system ``i``, one uniform per step).
+def chaos_games(systems: list[np.ndarray], seeds: list[int], num_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """``ifs.iterate`` for several systems in lockstep: points ``(S, num_points, 2)`` float64, bit for bit
+    :func:`svd2d.iterate` (``seeds[i]`` seeds the legacy MT19937 stream of system ``i``, one uniform per step), and
+    the map each step applied ``(S, num_points)`` int64.
 
     The maps each step applies are chosen first (``searchsorted`` on the running sums is the published "first
     ``k`` with ``r < cumsum[k]``", capped at the last map); then every step is the same three float operations per
@@ -81,7 +82,7 @@ def chaos_games(systems: list[np.ndarray], seeds: list[int], num_points: int) ->
     for t in range(num_points):
         x, y = a[t] * x + b[t] * y + e[t], c[t] * x + d[t] * y + f[t]
         out[t, 0], out[t, 1] = x, y
-    return out.transpose(2, 0, 1)
+    return out.transpose(2, 0, 1), chosen
 
 
 def window_coords(points: np.ndarray, canvas: int) -> np.ndarray:
@@ -113,7 +114,9 @@ def ndc_points(uv: np.ndarray, canvas: int) -> np.ndarray:
 def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
     """Points ``(C, N, 3)`` float32 (see the module docstring) and params: ``system (C, max_maps, 2, 3)`` float64
     (rows ``[a, b, e], [c, d, f]``, zero beyond each system's maps), ``singular_values (C, max_maps, 2)``,
-    ``sigma_factor (C,)`` float64, ``num_maps (C,)``, ``iterate_seed (C,)`` int64, ``grey (C, N)`` float32."""
+    ``sigma_factor (C,)`` float64, ``num_maps (C,)``, ``iterate_seed (C,)`` int64, ``maps (C, N)`` uint8 (the map
+    each chaos-game step applied: a point's address, which ``renderer.augment.map_jitter`` replays with jittered
+    maps), ``grey (C, N)`` float32."""
     s, c, n = cfg.svd2d, cfg.num_classes, cfg.num_points
     m = s.max_maps
     system = torch.zeros(c, m, 2, 3, dtype=torch.float64)
@@ -123,6 +126,7 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
     seeds = torch.zeros(c, dtype=torch.int64)
     points = torch.empty(c, n, 3)
     grey = torch.empty(c, n)
+    maps = torch.empty(c, n, dtype=torch.uint8)
     starts = range(0, c, BATCH)
     if progress:
         from tqdm import tqdm
@@ -131,7 +135,7 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
     for start in starts:
         idx = range(start, min(start + BATCH, c))
         drawn = [draw_category(cfg.seed, i, s.min_maps, s.max_maps, s.bval) for i in idx]
-        coords = chaos_games([p["system"] for p, _ in drawn], [k for _, k in drawn], n)
+        coords, chosen = chaos_games([p["system"] for p, _ in drawn], [k for _, k in drawn], n)
         for j, i in enumerate(idx):
             parts, seed = drawn[j]
             if not np.isfinite(coords[j]).all():
@@ -141,11 +145,12 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
             system[i, :k] = torch.from_numpy(parts["system"])
             singular[i, :k] = torch.from_numpy(parts["s"])
             alpha[i], num_maps[i], seeds[i] = parts["alpha"], k, seed
+            maps[i] = torch.from_numpy(chosen[j].astype(np.uint8))
             uv = window_coords(coords[j], s.canvas)
             points[i] = torch.from_numpy(ndc_points(uv, s.canvas)).float()
             grey[i] = torch.from_numpy(density_grey(uv, s.canvas)).float()
     params = {"system": system, "singular_values": singular, "sigma_factor": alpha, "num_maps": num_maps,
-              "iterate_seed": seeds, "grey": grey}
+              "iterate_seed": seeds, "maps": maps, "grey": grey}
     return FamilyOutput(points, params, c)
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from dr_fdsl.bank import PointBank
 from dr_fdsl.config import RendererConfig, validate_renderer
 from dr_fdsl.errors import ConfigError
-from dr_fdsl.render import augment, multi
+from dr_fdsl.render import augment, ifs_jitter, multi
 from dr_fdsl.render import random as rnd
 from dr_fdsl.render.composite import render_scene
 from dr_fdsl.render.streams import Stream
@@ -104,6 +104,14 @@ class PointRenderer(nn.Module):
             raise ConfigError(f"config key 'renderer.objects.max': objects come from distinct categories: needs at "
                               f"most {self.num_classes} (the bank's categories), got {cfg.objects.max}")
         self.register_buffer("points", bank.points.float().clone(), persistent=False)
+        if cfg.augment.map_jitter != (1.0, 1.0):  # family svd2d's systems, replayed per image with one map jittered
+            need = ("system", "singular_values", "num_maps", "maps")
+            if any(k not in bank.params for k in need) or "svd2d" not in bank.settings:
+                raise ConfigError("config key 'renderer.augment.map_jitter': needs a bank of family svd2d (its "
+                                  "systems and map sequences); set it to [1, 1]")
+            for k in need:
+                self.register_buffer(f"ifs_{k}", bank.params[k].clone(), persistent=False)
+            self.ifs_canvas = int(bank.settings["svd2d"]["canvas"])
         gen = torch.Generator().manual_seed(cfg.init_seed)
         color_tables = 1 if cfg.share_colors else self.num_classes
         radius_tables = 1 if cfg.share_radii else self.num_classes
@@ -167,6 +175,11 @@ class PointRenderer(nn.Module):
         source = torch.where(mixed, inverse[len(class_ids):, None], inverse[:len(class_ids), None])  # (B, N)
         point_index = torch.arange(n, device=device).expand_as(source)
         points = self.points[rows][source, point_index]  # (B, N, 3)
+        if aug.map_jitter != (1.0, 1.0):  # each image's own system with one map jittered (mixed-in points kept)
+            jittered = ifs_jitter.jittered_points(
+                points, keys, self.ifs_system[class_ids], self.ifs_singular_values[class_ids],
+                self.ifs_num_maps[class_ids], self.ifs_maps[class_ids], self.ifs_canvas, aug.map_jitter)
+            points = torch.where(mixed[..., None], points, jittered)
         colors = squash(self._lookup(self.color_logits, rows, source, point_index, 3))
         radii = self._radius(self._lookup(self.radius_logits, rows, source, point_index, 1).squeeze(-1))
 

@@ -30,3 +30,4 @@ class Stream(IntEnum):
     OBJECT_SCALE = 65
     OBJECT_OFFSET = 66
     OBJECT_SEED = 67  # each further object's own view seed
+    MAP_JITTER = 68  # svd2d: which map of the system is scaled per image, and by how much

@@ -3,6 +3,8 @@
     python tools/bench.py                                   # CPU-sized defaults (64 px, 2,000 points, test_vit)
     python tools/bench.py --gpu-preset --json bench.json    # batch 256, 224 px, 10,000 points, ViT-Tiny, bf16
     python tools/bench.py bank.family=visualatom renderer.view.rotation=none   # any family (or other override)
+    python tools/bench.py --objective multilabel renderer.objects.max=5 image_aug.mixup=0 image_aug.cutmix=0 \
+        image_aug.label_smoothing=0 bank.family=svd2d                        # multi-instance images
 
 Builds real runs with ``build_run`` and times the functions ``train_step`` is made of: (a) the objective's
 forward/backward and the optimiser update on a pre-rendered batch (``forward_backward`` + ``optimizer_step``),
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("--backend", default="sort", choices=sorted(RASTERIZERS))
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--objective", default="classify", help="train.objective of both runs")
     parser.add_argument("--json", default=None)
     parser.add_argument("overrides", nargs="*", default=[],
                         help="config overrides for both runs, e.g. bank.family=fractaldb renderer.view.rotation=none")
@@ -46,7 +49,7 @@ def main() -> None:
         args.batch, args.size, args.points, args.classes, args.k = 256, 224, 10000, 1000, 8
         args.model, args.precision = "vit_tiny_patch16_224", "bf16"
     if any(o.startswith(("renderer.mode=", "train.objective=")) for o in args.overrides):
-        parser.error("renderer.mode and train.objective are what the benchmark sets: frozen vs joint, classify")
+        parser.error("renderer.mode and train.objective are what the benchmark sets: frozen vs joint, --objective")
     scratch = Path(tempfile.mkdtemp(prefix="dr_fdsl_bench_"))  # runs write config and logs: keep them apart
 
     def run(mode: str):
@@ -56,7 +59,8 @@ def main() -> None:
             f"renderer.raster_backend={args.backend}", "renderer.radius_init=0.015", "renderer.augment.scale=[0.8,1.2]",
             "renderer.augment.shift=0.1", "renderer.augment.subsample=[0.5,1.0]", f"model.name={args.model}",
             f"train.batch_size={args.batch}", f"train.mixed_precision={args.precision}", "train.probe=false",
-            "train.progress=false", "train.max_steps=1000000", "train.log_every=1000000", *args.overrides])
+            "train.progress=false", "train.max_steps=1000000", "train.log_every=1000000",
+            f"train.objective={args.objective}", *args.overrides])
         return build_run(cfg)
 
     frozen = run("frozen")
@@ -110,7 +114,7 @@ def main() -> None:
     machine, peak, measured = machine_and_peak_memory(device)
     result = {
         "machine": machine, "batch": b, "size": args.size, "points": args.points, "k": args.k,
-        "model": args.model, "precision": args.precision, "backend": args.backend,
+        "model": args.model, "precision": args.precision, "backend": args.backend, "objective": args.objective,
         "images_per_s_classifier_alone": b / step_alone, "images_per_s_frozen": b / step_frozen,
         "images_per_s_learnable": b / step_learnable, "ratio_frozen": step_alone / step_frozen,
         "ratio_learnable": step_alone / step_learnable,

@@ -169,3 +169,24 @@ def test_recipes_build_their_models_and_optimisers(name):
     assert isinstance(optimizer, {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[cfg.optim.name])
     if cfg.optim.name == "sgd":
         assert optimizer.param_groups[0]["momentum"] == 0.9 and not optimizer.param_groups[0]["nesterov"]
+
+
+def test_static_multi_instance_runs_equal_in_loop_ones(tmp_path, bank_dir):
+    """A static export of multi-instance images needs nothing new: the targets come from (category, view seed)."""
+    from dr_fdsl.bank import bank_from_config
+    from dr_fdsl.engine import build_run, evaluate, train_step
+    from dr_fdsl.static import export
+
+    same = ["bank.family=svd2d", "bank.num_classes=6", "renderer.color_init=bank", *MULTI, "renderer.mode=frozen",
+            "renderer.view.rotation=none", "renderer.view.projection=orthographic"]
+    cfg = tiny(tmp_path / "export", bank_dir, *same)
+    export(PointRenderer(bank_from_config(cfg.bank), cfg.renderer), cfg, tmp_path / "data", 2, progress=False)
+
+    def losses(run):
+        return [float(train_step(run)["train/loss"]) for _ in range(3)], evaluate(run)
+
+    in_loop = losses(build_run(tiny(tmp_path / "loop", bank_dir, *same, "data.views_per_class=2",
+                                    "data.quantize=true")))
+    static = losses(build_run(tiny(tmp_path / "static", bank_dir, *same, "data.source=static",
+                                   f"data.path={tmp_path / 'data'}", "data.workers=0")))
+    assert in_loop == static and len(set(in_loop[0])) > 1

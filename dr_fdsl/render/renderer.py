@@ -106,9 +106,13 @@ class PointRenderer(nn.Module):
         self.register_buffer("points", bank.points.float().clone(), persistent=False)
         if cfg.augment.map_jitter != (1.0, 1.0):  # family svd2d's systems, replayed per image with one map jittered
             need = ("system", "singular_values", "num_maps", "maps")
-            if any(k not in bank.params for k in need) or "svd2d" not in bank.settings:
+            if bank.settings.get("family") != "svd2d":
                 raise ConfigError("config key 'renderer.augment.map_jitter': needs a bank of family svd2d (its "
                                   "systems and map sequences); set it to [1, 1]")
+            if any(k not in bank.params for k in need):  # a bank cached by a development version
+                raise ConfigError(f"config key 'renderer.augment.map_jitter': this svd2d bank lacks "
+                                  f"{[k for k in need if k not in bank.params]} (cached by an earlier version); "
+                                  "rebuild it: tools/make_bank.py --config ... --rebuild")
             for k in need:
                 self.register_buffer(f"ifs_{k}", bank.params[k].clone(), persistent=False)
             self.ifs_canvas = int(bank.settings["svd2d"]["canvas"])

@@ -544,8 +544,8 @@ def _merge(base: dict, top: dict) -> dict:
 
 
 def _read_file(path: Path, chain: tuple[Path, ...] = ()) -> dict:
-    """A config file's mapping, with ``include: other.yaml`` (relative to the file) read first and merged under
-    it: shared recipes live in one file and variants state only what differs."""
+    """A config file's mapping, with ``include: other.yaml`` (relative to the file; or a list, merged in order)
+    read first and merged under it: shared recipes live in one file and variants state only what differs."""
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist; the shipped ones are in configs/")
     if path.resolve() in chain:
@@ -564,9 +564,15 @@ def _read_file(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     include = tree.pop("include", None)
     if include is None:
         return tree
-    if not isinstance(include, str):
-        raise ConfigError(f"config file '{path}': 'include' must name one YAML file, got {include!r}")
-    return _merge(_read_file(path.parent / include, (*chain, path.resolve())), tree)
+    # One file, or a list merged in order (a recipe, then fragments such as configs/image_aug/contest.yaml).
+    files = [include] if isinstance(include, str) else include
+    if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+        raise ConfigError(f"config file '{path}': 'include' must name a YAML file or a list of them, got "
+                          f"{include!r}")
+    base: dict = {}
+    for name in files:
+        base = _merge(base, _read_file(path.parent / name, (*chain, path.resolve())))
+    return _merge(base, tree)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), cls: type = Config,

@@ -311,3 +311,15 @@ def test_contest_include_loads():
 def test_bad_values_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_include_takes_a_list_merged_in_order(tmp_path):
+    (tmp_path / "fragments").mkdir()
+    (tmp_path / "recipe.yaml").write_text("bank:\n  num_classes: 7\nimage_aug:\n  hflip: 0.0\n  vflip: 0.25\n")
+    (tmp_path / "fragments" / "aug.yaml").write_text("image_aug:\n  hflip: 0.5\n  transpose: 0.5\n")
+    (tmp_path / "run.yaml").write_text("include: [recipe.yaml, fragments/aug.yaml]\nimage_aug:\n  transpose: 0.1\n")
+    a = load_config(tmp_path / "run.yaml").image_aug
+    assert (a.hflip, a.vflip, a.transpose) == (0.5, 0.25, 0.1)  # later includes win, the file itself wins last
+    (tmp_path / "bad.yaml").write_text("include: [recipe.yaml, 3]\n")
+    with pytest.raises(ConfigError, match="'include' must name a YAML file or a list"):
+        load_config(tmp_path / "bad.yaml")

@@ -323,3 +323,20 @@ def test_include_takes_a_list_merged_in_order(tmp_path):
     (tmp_path / "bad.yaml").write_text("include: [recipe.yaml, 3]\n")
     with pytest.raises(ConfigError, match="'include' must name a YAML file or a list"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_classify_trains_through_the_published_pipelines():
+    """The objective with every pixel pipeline on: a finite loss whose gradient reaches the rendered images (the
+    renderer's colours and radii learn through the augmentations)."""
+    from dr_fdsl.objectives.classify import Classify
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "image_aug" / "contest.yaml", [
+        "model.name=test_vit", "model.drop_path=0.0", "renderer.image_size=32", "train.batch_size=4",
+        "image_aug.randaugment=rand-m9-mstd0.5-inc1", "image_aug.random_resized_crop.enabled=true",
+        "image_aug.interpolation=random"])
+    objective = Classify(cfg, 5, 1e-3, torch.device("cpu"))
+    images = torch.rand(4, 3, 32, 32, requires_grad=True)
+    torch.manual_seed(0)
+    out = objective.loss(images, torch.tensor([0, 1, 2, 3]), torch.arange(4))
+    out.total.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0

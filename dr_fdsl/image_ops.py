@@ -18,6 +18,8 @@ PIL's put them at +0.5 and are converted where PIL's matrices are taken.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -51,6 +53,27 @@ def sample(images: torch.Tensor, x: torch.Tensor, y: torch.Tensor, kernel: str =
     ``(B, C, H', W')``; differentiable in ``images`` (and in ``x, y`` almost everywhere).
     """
     b, c, h, w = images.shape
+    if kernel == "bilinear" and h > 1 and w > 1:
+        # grid_sample's kernel, with pixel centres at the grid's corners: clamping the position ("border") reads
+        # the same values as clamping the two neighbours (PIL), and reflecting the position about the edge pixel
+        # centres ("reflection") the same as reflecting each neighbour (BORDER_REFLECT_101), since the
+        # interpolation is symmetric about them. gather_sample computes the same, several times slower.
+        grid = torch.stack([x * (2.0 / (w - 1)) - 1, y * (2.0 / (h - 1)) - 1], -1).to(images.dtype)
+        out = F.grid_sample(images, grid, mode="bilinear", align_corners=True,
+                            padding_mode="border" if border == "clamp" else "reflection")
+    else:
+        out = gather_sample(images, x, y, kernel, border)
+    if fill is not None:
+        outside = (x < -0.5) | (x >= w - 0.5) | (y < -0.5) | (y >= h - 0.5)
+        out = torch.where(outside.unsqueeze(1), fill.to(out.dtype)[:, :, None, None], out)
+    return out
+
+
+def gather_sample(images: torch.Tensor, x: torch.Tensor, y: torch.Tensor, kernel: str,
+                  border: str) -> torch.Tensor:
+    """:func:`sample` without fill, tap by tap: each of the 4 (bilinear) or 16 (bicubic) neighbours gathered
+    with its border rule and weighted."""
+    b, c, h, w = images.shape
     flat = images.reshape(b, c, h * w)
     x0, y0 = x.floor(), y.floor()
     dx, dy = x - x0, y - y0
@@ -68,9 +91,6 @@ def sample(images: torch.Tensor, x: torch.Tensor, y: torch.Tensor, kernel: str =
         for col, weight_x in zip(cols, wx):
             taps = flat.gather(2, (row + col).reshape(b, 1, -1).expand(b, c, -1)).view_as(out)
             out = out + (weight_y * weight_x).unsqueeze(1) * taps
-    if fill is not None:
-        outside = (x < -0.5) | (x >= w - 0.5) | (y < -0.5) | (y >= h - 0.5)
-        out = torch.where(outside.unsqueeze(1), fill.to(out.dtype)[:, :, None, None], out)
     return out
 
 
@@ -137,21 +157,25 @@ def pil_resize_weights(start: torch.Tensor, length: torch.Tensor, size_in: int, 
                        kernel: str) -> torch.Tensor:
     """PIL's resampling coefficients (Resample.c ``precompute_coeffs``) for resizing the span
     ``[start, start + length)`` of an axis of ``size_in`` pixels to ``size_out``: ``(B, size_out, size_in)``
-    float64, zero outside each image's span. ``start, length (B,)`` integer pixels. Downscaling widens the filter
+    float32, zero outside each image's span. ``start, length (B,)`` integer pixels. Downscaling widens the filter
     by the scale (PIL's antialiasing)."""
     support = {"bilinear": 1.0, "bicubic": 2.0}[kernel]
-    start, length = start.double()[:, None, None], length.double()[:, None, None]
+    device = start.device
+    first, length = start.double()[:, None, None], length.double()[:, None, None]
     scale = length / size_out
     filter_scale = scale.clamp_min(1.0)
-    centre = (torch.arange(size_out, device=start.device, dtype=torch.float64)[None, :, None] + 0.5) * scale
+    centre = (torch.arange(size_out, device=device, dtype=torch.float64)[None, :, None] + 0.5) * scale
     reach = support * filter_scale
-    # PIL's taps: (int)(centre -/+ reach + 0.5), clipped to the span; (int) truncates toward zero.
+    # PIL's taps: (int)(centre -/+ reach + 0.5) ((int) truncates toward zero), clipped to the span; at most
+    # ceil(reach) * 2 + 1 of them, so only that band is computed.
     low = torch.trunc(centre - reach + 0.5).clamp_min(0)
     high = torch.minimum(torch.trunc(centre + reach + 0.5), length)
-    x = torch.arange(size_in, device=start.device, dtype=torch.float64)[None, None, :] - start  # within the span
-    weights = _pil_filter((x - centre + 0.5) / filter_scale, kernel) * ((x >= low) & (x < high))
-    total = weights.sum(2, keepdim=True)
-    return torch.where(total != 0, weights / torch.where(total != 0, total, 1.0), weights)
+    taps = low + torch.arange(int(math.ceil(reach.max().item())) * 2 + 1, device=device, dtype=torch.float64)
+    weights = _pil_filter((taps - centre + 0.5) / filter_scale, kernel) * (taps < high)
+    weights = weights / weights.sum(2, keepdim=True)  # a span of >= 1 pixel always holds its centre's tap
+    index = (taps + first).long().clamp_max(size_in - 1)  # taps past the span have weight 0
+    dense = torch.zeros(start.shape[0], size_out, size_in, device=device, dtype=torch.float32)
+    return dense.scatter_add_(2, index, weights.float())
 
 
 def pil_resized_crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor,
@@ -161,6 +185,7 @@ def pil_resized_crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor
     _, _, h, w = images.shape
     rows = pil_resize_weights(top, height, h, size[0], kernel).to(images.dtype)  # (B, H', H)
     cols = pil_resize_weights(left, width, w, size[1], kernel).to(images.dtype)  # (B, W', W)
+    # (float32 weights: 1e-7 relative, far below PIL's own rounding to levels)
     # PIL resamples horizontally, then vertically, clipping each pass to [0, 255] (bicubic overshoots).
     wide = torch.einsum("bchw,bqw->bchq", images, cols).clamp(0, 255)
     return torch.einsum("bph,bchq->bcpq", rows, wide).clamp(0, 255)

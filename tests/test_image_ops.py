@@ -340,3 +340,14 @@ def test_classify_trains_through_the_published_pipelines():
     out = objective.loss(images, torch.tensor([0, 1, 2, 3]), torch.arange(4))
     out.total.backward()
     assert torch.isfinite(out.loss) and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("border", ["clamp", "reflect101"])
+def test_bilinear_fast_path_equals_the_tap_by_tap_gather(border):
+    """sample() reads bilinear values through grid_sample; the slow gather of each neighbour is the reference,
+    positions far outside included (several reflections)."""
+    torch.manual_seed(0)
+    images = torch.rand(3, 2, 7, 9, dtype=torch.float64)
+    x, y = torch.rand(3, 5, 6, dtype=torch.float64) * 40 - 15, torch.rand(3, 5, 6, dtype=torch.float64) * 30 - 10
+    torch.testing.assert_close(ops.sample(images, x, y, "bilinear", border),
+                               ops.gather_sample(images, x, y, "bilinear", border), atol=1e-9, rtol=0)

@@ -1,6 +1,6 @@
 """Time the image pipelines of ``image_aug`` on a batch of rendered-like images (forward, and with backward).
 
-    python tools/bench_image_aug.py --batch 64 --size 224 [--device cuda] [--repeats 5]
+    python tools/bench_image_aug.py --batch 64 --size 224 [--device cuda] [--repeats 5] [--threads 1] [--backward]
 
 Each row is one pipeline as the configs set it (everything else off: no Mixup, erasing or flips unless the
 pipeline has them), timed through ``ImageAugment.forward`` (pixel operations and normalisation), median of
@@ -54,7 +54,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--backward", action="store_true", help="also time forward + backward to the images")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads (0: torch's default); on a shared, loaded CPU one thread avoids OpenMP "
+                             "threads waiting on each other, which made small operations 1000x slower here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     mean = torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1)
     std = torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1)

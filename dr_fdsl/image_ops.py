@@ -285,22 +285,16 @@ def rgb_to_hsv(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 
 def hsv_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """OpenCV's ``COLOR_HSV2RGB`` for uint8 units (hue in [0, 180)), continuous: ``(B, 3, H, W)``."""
-    h = (hue * 2 / 60) % 6  # sector and position in it
-    s = saturation / 255
-    sector = h.floor()
-    f = h - sector
-    p, q, t = value * (1 - s), value * (1 - s * f), value * (1 - s * (1 - f))
-    v = value
-    # (r, g, b) for the six sectors, as OpenCV's HSV2RGB table: (v,t,p) (q,v,p) (p,v,t) (p,q,v) (t,p,v) (v,p,q)
-    choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-    out = []
-    for channel in range(3):
-        result = choices[5][channel]
-        for k in range(4, -1, -1):
-            result = torch.where(sector == k, choices[k][channel], result)
-        out.append(result)
-    return torch.stack(out, 1)
+    """OpenCV's ``COLOR_HSV2RGB`` for uint8 units (hue in [0, 180)), continuous: ``(B, 3, H, W)``. Written as
+    channel = v - v s clamp(min(k, 4 - k), 0, 1) with k = (n + hue / 30) mod 6 for n = 5, 3, 1 (red, green, blue):
+    the six-sector table in one expression."""
+    sixths = hue / 30.0  # degrees / 60
+    vs = value * saturation / 255.0
+    channels = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(n + sixths, 6.0)
+        channels.append(value - vs * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
+    return torch.stack(channels, 1)
 
 
 def shift_hsv(images: torch.Tensor, hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

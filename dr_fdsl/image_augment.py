@@ -62,6 +62,70 @@ def crop_boxes(b: int, h: int, w: int, scale: tuple[float, float], ratio: tuple[
     return top, left, height, width
 
 
+class AlbumentationsPipeline:
+    """The contest's albumentations operations after its flips, in its order, each with its probability:
+    ShiftScaleRotate, RandomBrightnessContrast, HueSaturationValue, OneOf([OpticalDistortion, GridDistortion]).
+    ``__call__(x (B, 3, H, W) in 0..255) -> same``; :meth:`draw` makes every random choice of a batch and
+    :meth:`apply` applies given draws (one image at a time gives the same result: tests/test_image_ops.py)."""
+
+    def __init__(self, cfg: ImageAugConfig):
+        self.ssr, self.rbc = cfg.shift_scale_rotate, cfg.brightness_contrast
+        self.hsv, self.distortion = cfg.hue_saturation_value, cfg.distortion
+        self.active = any(c.p > 0 for c in (self.ssr, self.rbc, self.hsv, self.distortion))
+
+    def draw(self, b: int, device) -> dict[str, torch.Tensor]:
+        """Every random choice for ``b`` images, ``(b,)`` or ``(b, n)`` each (a fixed number per batch)."""
+        ssr, rbc, hsv, dist = self.ssr, self.rbc, self.hsv, self.distortion
+        grid = dist.grid_steps + 1
+        return {
+            "ssr": torch.rand(b, device=device) < ssr.p,
+            "angle": _uniform(b, -ssr.rotate_limit, ssr.rotate_limit, device),
+            "scale": _uniform(b, 1 - ssr.scale_limit, 1 + ssr.scale_limit, device),
+            "shift": _uniform((b, 2), -ssr.shift_limit, ssr.shift_limit, device),  # (dx, dy) of the size
+            "rbc": torch.rand(b, device=device) < rbc.p,
+            "alpha": 1 + _uniform(b, -rbc.contrast_limit, rbc.contrast_limit, device),
+            "beta": _uniform(b, -rbc.brightness_limit, rbc.brightness_limit, device),
+            "hsv": torch.rand(b, device=device) < hsv.p,
+            "hsv_shift": torch.stack([_uniform(b, -hsv.hue_shift_limit, hsv.hue_shift_limit, device),
+                                      _uniform(b, -hsv.sat_shift_limit, hsv.sat_shift_limit, device),
+                                      _uniform(b, -hsv.val_shift_limit, hsv.val_shift_limit, device)], 1),
+            "distort": torch.rand(b, device=device) < dist.p,
+            "optical": torch.rand(b, device=device) < 0.5,  # OneOf: the two children's p (0.5 each), normalised
+            "k": _uniform(b, -dist.optical_distort_limit, dist.optical_distort_limit, device),
+            # round(U(-limit, limit)) pixels: always 0 for albumentations' default limit of 0.05
+            "centre": torch.round(_uniform((b, 2), -dist.optical_shift_limit, dist.optical_shift_limit, device)),
+            "steps": 1 + _uniform((b, 2, grid), -dist.grid_distort_limit, dist.grid_distort_limit, device),
+        }
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply(x, self.draw(x.shape[0], x.device))
+
+    def apply(self, x: torch.Tensor, d: dict[str, torch.Tensor]) -> torch.Tensor:
+        _, _, h, w = x.shape
+        if self.ssr.p > 0:
+            forward = ops.rotation_matrix_2d(d["angle"], d["scale"], w / 2 - 0.5, h / 2 - 0.5)
+            forward[:, :, 2] += d["shift"] * d["shift"].new_tensor([w, h])
+            x = _where(x, d["ssr"], lambda part, rows: ops.cv2_warp_affine(part, forward[rows]))
+        if self.rbc.p > 0:
+            x = _where(x, d["rbc"], lambda part, rows: ops.brightness_contrast(part, d["alpha"][rows],
+                                                                               d["beta"][rows]))
+        if self.hsv.p > 0:
+            x = _where(x, d["hsv"], lambda part, rows: ops.shift_hsv(part, *d["hsv_shift"][rows].unbind(1)))
+        if self.distortion.p > 0:
+            def optical(part, rows):
+                centre = d["centre"][rows]
+                return ops.remap(part, *ops.optical_distortion_maps(d["k"][rows], centre[:, 0], centre[:, 1], h, w))
+
+            def grid(part, rows):
+                steps = d["steps"][rows]
+                return ops.remap(part, *ops.grid_distortion_maps(steps[:, 0], steps[:, 1], h, w,
+                                                                 self.distortion.grid_steps))
+
+            x = _where(x, d["distort"] & d["optical"], optical)
+            x = _where(x, d["distort"] & ~d["optical"], grid)
+        return x
+
+
 class ImageAugment(nn.Module):
     """Batched image augmentations and the matching loss.
 
@@ -87,10 +151,10 @@ class ImageAugment(nn.Module):
         if cfg.randaugment:
             fill = tuple(float(min(255, round(255 * m))) for m in self.mean.flatten().tolist())  # timm's img_mean
             self.randaugment = RandAugment(parse_randaugment(cfg.randaugment), cfg.interpolation, fill)
+        self.albumentations = AlbumentationsPipeline(cfg)
         # Pixel operations other than the flips work in 0..255 units; off, the images are not rescaled at all.
-        self.pixel_ops = (cfg.random_resized_crop.enabled or cfg.transpose > 0 or cfg.shift_scale_rotate.p > 0
-                          or cfg.brightness_contrast.p > 0 or cfg.hue_saturation_value.p > 0
-                          or cfg.distortion.p > 0 or self.randaugment is not None)
+        self.pixel_ops = (cfg.random_resized_crop.enabled or cfg.transpose > 0 or self.albumentations.active
+                          or self.randaugment is not None)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``images (B, 3, H, W)`` float in [0, 1] as rendered, ``labels (B,)`` -> normalised augmented images and
@@ -124,40 +188,15 @@ class ImageAugment(nn.Module):
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
         """The pixel pipeline on ``x (B, 3, H, W)`` in 0..255: random resized crop (timm), transpose and flips,
         the contest's albumentations operations in its order, RandAugment (timm)."""
-        cfg, device = self.cfg, x.device
-        b, _, h, w = x.shape
+        cfg, b = self.cfg, x.shape[0]
         if cfg.random_resized_crop.enabled:
             x = self.random_resized_crop(x)
         if cfg.transpose > 0:
-            chosen = torch.rand(b, device=device) < cfg.transpose
+            chosen = torch.rand(b, device=x.device) < cfg.transpose
             x = torch.where(chosen.view(b, 1, 1, 1), x.transpose(2, 3), x)
         x = self.flip(x)
-        c = cfg.shift_scale_rotate
-        if c.p > 0:
-            chosen = torch.rand(b, device=device) < c.p
-            angle = _uniform(b, -c.rotate_limit, c.rotate_limit, device)
-            scale = _uniform(b, 1 - c.scale_limit, 1 + c.scale_limit, device)
-            dx, dy = _uniform(b, -c.shift_limit, c.shift_limit, device), _uniform(b, -c.shift_limit, c.shift_limit,
-                                                                                  device)
-            forward = ops.rotation_matrix_2d(angle, scale, w / 2 - 0.5, h / 2 - 0.5)
-            forward[:, 0, 2] += dx * w
-            forward[:, 1, 2] += dy * h
-            x = _where(x, chosen, lambda part, rows: ops.cv2_warp_affine(part, forward[rows]))
-        c = cfg.brightness_contrast
-        if c.p > 0:
-            chosen = torch.rand(b, device=device) < c.p
-            alpha = 1 + _uniform(b, -c.contrast_limit, c.contrast_limit, device)
-            beta = _uniform(b, -c.brightness_limit, c.brightness_limit, device)
-            x = _where(x, chosen, lambda part, rows: ops.brightness_contrast(part, alpha[rows], beta[rows]))
-        c = cfg.hue_saturation_value
-        if c.p > 0:
-            chosen = torch.rand(b, device=device) < c.p
-            hue = _uniform(b, -c.hue_shift_limit, c.hue_shift_limit, device)
-            sat = _uniform(b, -c.sat_shift_limit, c.sat_shift_limit, device)
-            val = _uniform(b, -c.val_shift_limit, c.val_shift_limit, device)
-            x = _where(x, chosen, lambda part, rows: ops.shift_hsv(part, hue[rows], sat[rows], val[rows]))
-        if cfg.distortion.p > 0:
-            x = self.distort(x)
+        if self.albumentations.active:
+            x = self.albumentations(x)
         if self.randaugment is not None:
             x = self.randaugment(x)
         return x
@@ -174,24 +213,3 @@ class ImageAugment(nn.Module):
             x = _where(x, chosen, lambda part, rows, kernel=kernel: ops.pil_resized_crop(
                 part, top[rows], left[rows], height[rows], width[rows], (h, w), kernel))
         return x
-
-    def distort(self, x: torch.Tensor) -> torch.Tensor:
-        """albumentations' ``OneOf([OpticalDistortion(), GridDistortion()], p)``."""
-        b, _, h, w = x.shape
-        c, device = self.cfg.distortion, x.device
-        chosen = torch.rand(b, device=device) < c.p
-        optical = torch.rand(b, device=device) < 0.5  # the two children's p (0.5 each), normalised
-        k = _uniform(b, -c.optical_distort_limit, c.optical_distort_limit, device)
-        # round(U(-limit, limit)) pixels: 0 for albumentations' default limit of 0.05
-        dx = torch.round(_uniform(b, -c.optical_shift_limit, c.optical_shift_limit, device))
-        dy = torch.round(_uniform(b, -c.optical_shift_limit, c.optical_shift_limit, device))
-        steps = 1 + _uniform((2, b, c.grid_steps + 1), -c.grid_distort_limit, c.grid_distort_limit, device)
-
-        def optical_map(part, rows):
-            return ops.remap(part, *ops.optical_distortion_maps(k[rows], dx[rows], dy[rows], h, w))
-
-        def grid_map(part, rows):
-            return ops.remap(part, *ops.grid_distortion_maps(steps[0, rows], steps[1, rows], h, w, c.grid_steps))
-
-        x = _where(x, chosen & optical, optical_map)
-        return _where(x, chosen & ~optical, grid_map)

@@ -351,3 +351,21 @@ def test_bilinear_fast_path_equals_the_tap_by_tap_gather(border):
     x, y = torch.rand(3, 5, 6, dtype=torch.float64) * 40 - 15, torch.rand(3, 5, 6, dtype=torch.float64) * 30 - 10
     torch.testing.assert_close(ops.sample(images, x, y, "bilinear", border),
                                ops.gather_sample(images, x, y, "bilinear", border), atol=1e-9, rtol=0)
+
+
+def test_contest_batch_equals_one_image_at_a_time():
+    """The batched albumentations stage (per-image choices and parameters) against a loop applying the same draws
+    to one image at a time."""
+    from dr_fdsl.image_augment import AlbumentationsPipeline
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "image_aug" / "contest.yaml", validate=False)
+    stage = AlbumentationsPipeline(cfg.image_aug)
+    images = torch.cat([_tensor(_image(s)) for s in range(10)])
+    torch.manual_seed(5)
+    draws = stage.draw(10, images.device)
+    batched = stage.apply(images, draws)
+    for i in range(10):
+        alone = stage.apply(images[i : i + 1], {key: value[i : i + 1] for key, value in draws.items()})
+        torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-3, rtol=0)
+    assert draws["ssr"].any() and draws["hsv"].any() and (draws["distort"] & draws["optical"]).any()
+    assert (draws["distort"] & ~draws["optical"]).any()

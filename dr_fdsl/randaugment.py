@@ -188,8 +188,10 @@ class RandAugment:
         for layer in range(self.spec.num_layers):
             for k, name in enumerate(self.spec.names):
                 chosen = (draws["choice"][:, layer] == k) & draws["apply"][:, layer]
-                for bicubic in (False, True):
-                    rows = (chosen & (draws["bicubic"][:, layer] == bicubic)).nonzero()[:, 0]
+                # only geometric ops resample; the others run once over all their images
+                for bicubic in (False, True) if name in GEOMETRIC else (False,):
+                    group = chosen & (draws["bicubic"][:, layer] == bicubic) if name in GEOMETRIC else chosen
+                    rows = group.nonzero()[:, 0]
                     if rows.numel() == 0:
                         continue
                     arg = op_argument(name, draws["magnitude"][rows, layer], draws["negate"][rows, layer],

@@ -267,12 +267,21 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """Classifier optimisation as in the FDSL recipes: AdamW, lr scaled by total batch / 512, warm-up + cosine."""
+    """Optimisation of the objective's networks. The FDSL recipes' default: AdamW, lr scaled by total batch / 512,
+    linear warm-up then cosine decay. FractalDB's ResNet recipes use ``name: sgd`` (momentum 0.9); the masked-image
+    seed uses ``name: adam, betas: [0.9, 0.99], warmup_lr_init: 1e-9, schedule: step`` (a final constant phase)."""
 
+    name: Literal["adamw", "adam", "sgd"] = "adamw"  # sgd: heavy-ball momentum (not Nesterov)
     lr: float = 1e-3  # for a total batch of 512; the run uses lr * total_batch / 512
     weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw, adam
+    momentum: float = 0.9  # sgd
     warmup_steps: int = 100  # optimiser steps
-    min_lr: float = 1e-6
+    warmup_lr_init: float = -1.0  # learning rate the warm-up starts from; negative: optim.min_lr
+    schedule: Literal["cosine", "step"] = "cosine"  # step: constant lr, then final_lr for the last final_steps
+    min_lr: float = 1e-6  # cosine: the final learning rate
+    final_steps: int = 0  # step: length of the final constant phase, optimiser steps
+    final_lr: float = 0.0  # step: its learning rate (scaled by total batch / 512 like lr)
     clip_grad: float = 1.0  # max global grad norm of classifier and of renderer, each; 0 switches it off
 
 
@@ -696,6 +705,19 @@ def validate_config(cfg: Config) -> None:
     need(finite(o.min_lr) and 0 <= o.min_lr <= o.lr, "optim.min_lr", f"must be in [0, optim.lr], got {o.min_lr}")
     need(finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
     need(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+    need(finite(o.warmup_lr_init) and o.warmup_lr_init <= o.lr, "optim.warmup_lr_init",
+         f"must be <= optim.lr (negative: start from optim.min_lr), got {o.warmup_lr_init}")
+    need(all(finite(b) and 0 <= b < 1 for b in o.betas), "optim.betas", f"must be two numbers in [0, 1), got "
+         f"{list(o.betas)}")
+    need(finite(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}")
+    need(finite(o.final_lr) and 0 <= o.final_lr <= o.lr, "optim.final_lr", f"must be in [0, optim.lr], got "
+         f"{o.final_lr}")
+    if o.schedule == "step":
+        need(0 <= o.final_steps <= t.max_steps - o.warmup_steps, "optim.final_steps", f"must be in [0, "
+             f"train.max_steps - optim.warmup_steps = {t.max_steps - o.warmup_steps}], got {o.final_steps}")
+    else:
+        need(o.final_steps == 0, "optim.final_steps", "is a setting of optim.schedule=step (cosine decays to "
+             "optim.min_lr); remove it or set optim.schedule=step")
     need(finite(o.clip_grad) and o.clip_grad >= 0, "optim.clip_grad", f"must be >= 0 (0: off), got {o.clip_grad}")
 
     a = cfg.image_aug

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.optim import create_optimizer_v2
 
 from dr_fdsl.config import Config, need
 from dr_fdsl.image_augment import ImageAugment
 from dr_fdsl.models import create_classifier, normalization
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput
+from dr_fdsl.optim import create_optimizer
 from dr_fdsl.probe import LeakageProbe, colour_statistics
 
 
@@ -37,7 +37,7 @@ class Classify(Objective):
         self.model = create_classifier(cfg.model, num_classes, cfg.renderer.image_size)
         mean, std = normalization(self.model)
         self.mean, self.std = mean.to(device), std.to(device)
-        self.optimizer = create_optimizer_v2(self.model, "adamw", lr=lr, weight_decay=cfg.optim.weight_decay)
+        self.optimizer = create_optimizer(self.model, cfg.optim, lr)
         self.probe = self.probe_optimizer = None
         if cfg.train.probe:
             self.probe = LeakageProbe(num_classes)

@@ -197,6 +197,10 @@ class ViewConfig:
     distance: tuple[float, float] = (3.0, 3.0)
     fov: tuple[float, float] = (45.0, 45.0)  # perspective: full field of view
     ortho_scale: tuple[float, float] = (0.8, 0.8)  # orthographic: NDC units per cloud unit
+    # Perspective NDC as (x * focal) / depth, PyTorch3D's FoVPerspectiveCameras arithmetic, bit for bit, instead of
+    # x * (focal / depth) (the default, kept so that earlier renders do not move by an ulp). One ulp of NDC moves a
+    # fragment weight by ~1e-5 at radius 0.015: a render matched to a published PyTorch3D one needs true.
+    pytorch3d_arithmetic: bool = False
 
 
 @dataclass

@@ -99,7 +99,7 @@ def add_local(points: torch.Tensor, keep: torch.Tensor, keys: torch.Tensor, coun
     score = torch.where(keep, rnd.uniform(keys, Stream.ADD_LOCAL_CENTRES, (keep.shape[1],)), 2.0)
     centres = score.argsort(dim=1, stable=True)[:, :MAX_CLUSTERS]  # (B, 7)
     # Added point j belongs to the cluster whose cumulative size first exceeds j (published: filled in order).
-    cluster = torch.searchsorted(sizes.cumsum(1), torch.arange(count, device=keys.device).expand(len(keys), -1),
+    cluster = torch.searchsorted(sizes.cumsum(1), torch.arange(count, device=keys.device).repeat(len(keys), 1),
                                  right=True)  # (B, count)
     sigma = rnd.uniform_range(keys, Stream.ADD_LOCAL_SIGMA, (0.075, 0.125), (MAX_CLUSTERS,))
     source = torch.gather(centres, 1, cluster)

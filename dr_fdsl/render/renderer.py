@@ -207,7 +207,7 @@ class PointRenderer(nn.Module):
             # A camera-space shift is a shift of the cloud along R^T s before the rotation.
             shift = augment.random_shift(keys, aug)
             points = points + shift[:, None] @ views.rotation
-        ndc, visible = project(points, views, cfg.view.projection)
+        ndc, visible = project(points, views, cfg.view.projection, cfg.view.pytorch3d_arithmetic)
         keep = visible & keep
         if aug.depth_hue:  # multiplies the learnable colour: white tables give the published colours
             toward_camera = -(points @ views.rotation.transpose(1, 2))[..., 2]

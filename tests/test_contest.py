@@ -395,3 +395,40 @@ def test_contest_keys_are_checked():
     with pytest.raises(ConfigError, match="renderer.augment.drop_local"):
         PointRenderer(PointBank(torch.zeros(1, 10, 3), {}, {}, 0),
                       contest_config("renderer.augment.drop_local=10").renderer)
+
+
+# --- the ablation table as a comparison ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["contest", "contest_cpu"])
+def test_every_ablation_row_is_a_valid_config(preset):
+    from tools.compare import CONTEST_ARMS, PRESETS, arms_of
+
+    arms = arms_of(PRESETS[preset])
+    assert list(arms) == list(CONTEST_ARMS)
+    for name, overrides in arms.items():
+        cfg = load_config(ROOT / PRESETS[preset]["config"], [*PRESETS[preset].get("overrides", []), *overrides])
+        aug = cfg.renderer.augment
+        assert (aug.subsample_prob == 0.0) == (name in ("shift_scale_rotate", "colored_points", "points_50k"))
+        assert aug.depth_hue == (name == "colored_points") and aug.pointwolf == (name == "pointwolf")
+        assert (aug.jitter > 0) == (name == "noise")
+        assert (cfg.renderer.background == "diamond_square") == (name == "diamond_square")
+        base = PRESETS[preset]["points"]
+        assert cfg.bank.num_points == (5 * (base + 1) - 1 if name == "points_50k" else base)
+
+
+@pytest.mark.slow
+def test_contest_comparison_runs_two_rows_at_toy_scale(tmp_path):
+    import csv
+
+    from dr_fdsl import datasets
+    from tools.compare import main
+
+    out = tmp_path / "cmp"
+    assert main(["--preset", "contest_cpu", "--out", str(out), "--arms", "colored_points", "pointwolf", "--steps",
+                 "2", "--epochs", "1", "--per-class", "5", "--max-test", "50",
+                 "--data-root", str(datasets.DEBIAN_FASHION_MNIST)]) == 0
+    with open(out / "results.csv", newline="") as f:
+        assert [r["mode"] for r in csv.DictReader(f)] == ["none", "colored_points", "pointwolf"]
+    table = (out / "results.md").read_text()
+    assert "| colored_points | 1 |" in table and "| 71.83 |" in table and "| 72.08 |" in table

@@ -197,6 +197,10 @@ class ViewConfig:
     distance: tuple[float, float] = (3.0, 3.0)
     fov: tuple[float, float] = (45.0, 45.0)  # perspective: full field of view
     ortho_scale: tuple[float, float] = (0.8, 0.8)  # orthographic: NDC units per cloud unit
+    # Perspective NDC as (x * focal) / depth, PyTorch3D's FoVPerspectiveCameras arithmetic, bit for bit, instead of
+    # x * (focal / depth) (the default, kept so that earlier renders do not move by an ulp). One ulp of NDC moves a
+    # fragment weight by ~1e-5 at radius 0.015: a render matched to a published PyTorch3D one needs true.
+    pytorch3d_arithmetic: bool = False
 
 
 @dataclass
@@ -217,6 +221,35 @@ class AugmentConfig:
     pointwolf_shift: float = 0.1
     # Points of another random category replace this fraction of each cloud's points (with their colours).
     mix: float = 0.0
+    # --- As published by the SIGNATE contest's 4th-place solution (configs/contest_pytorch3d.yaml) and the work it
+    # cites; dr_fdsl/render/augment.py and corrupt.py. Every default leaves the images as they were.
+    subsample_prob: float = 1.0  # probability that an image is sub-sampled at all (its rate drawn in `subsample`)
+    # False: each point kept with probability rate. True: exactly int(N * rate) points kept, a uniform random subset
+    # (the contest's np.random.choice(N, int(N * rate), replace=False)).
+    subsample_exact: bool = False
+    scale_shift_prob: float = 1.0  # one coin per image switches scale and shift on together (the contest's p=0.5)
+    # "camera": the shift is added after the rotation. "object": p * scale + shift before the rotation (the contest).
+    shift_frame: Literal["camera", "object"] = "camera"
+    jitter_prob: float = 1.0  # probability that an image gets the Gaussian jitter (the contest's noise: 0.01, 0.5)
+    # "style": the PointWOLF-style deformation above. "published": PointWOLF as Kim et al. (2021) publish it
+    # (mlvlab/PointWOLF, the contest's copy): farthest-point-sampled anchors among the kept points, per-anchor
+    # random axes and transform dropout, scales drawn in pointwolf_scale (published: [1, 3]), a random projection
+    # axis for the kernel, the cloud re-centred and scaled into the unit ball. Published values: anchors 4,
+    # sigma 0.5, scale [1.0, 3.0], rotation 10, shift 0.25.
+    pointwolf_kind: Literal["style", "published"] = "style"
+    # ModelNet-C corruptions (Ren, Pan & Liu 2022, jiawei-ren/ModelNet-C build_modelnetc/corrupt_utils.py), in
+    # object space after sub-sampling; their published levels 0..4 are drop_local = add_local = 100 * (level + 1)
+    # and add_global = 10 * (level + 1) points. Added points borrow the colour and radius of a point of the cloud.
+    drop_local: int = 0  # points removed in 1..7 clusters around random points
+    add_global: int = 0  # points added uniformly in the unit ball
+    add_local: int = 0  # points added in 1..7 Gaussian clusters (sigma U(0.075, 0.125)) around random points
+    # The contest's colorize_point_cloud: hue from depth (nearest 255, farthest 0, over the image's drawn points),
+    # one saturation and value per image drawn in these ranges, through OpenCV's 8-bit HSV -> RGB; it multiplies
+    # the learnable colour (white: the published colours exactly).
+    depth_hue: bool = False
+    depth_hue_saturation: tuple[float, float] = (0.3, 1.0)
+    depth_hue_value: tuple[float, float] = (0.5, 1.0)
+    radius_scale: tuple[float, float] = (1.0, 1.0)  # per-image factor on every point's radius (random point size)
 
 
 @dataclass
@@ -243,9 +276,17 @@ class RendererConfig:
     init_seed: int = 0
     # "color": background_color; "random_color": one random colour per image; "noise": uniform noise per
     # pixel in [0, background_noise]. Composited softly through the transmittance.
-    background: Literal["color", "random_color", "noise"] = "color"
+    # "diamond_square": a coloured diamond-square fractal per image (dr_fdsl/render/background.py), as published by
+    # diamond_square_variant: "contest" (the contest's notebooks/_diamondsquare.py) or "anderson" (Anderson &
+    # Farrell's fractal-pretraining, fractal_learning/fractals/diamondsquare.py).
+    background: Literal["color", "random_color", "noise", "diamond_square"] = "color"
     background_color: tuple[float, float, float] = (0.0, 0.0, 0.0)
     background_noise: float = 0.2
+    diamond_square_variant: Literal["contest", "anderson"] = "contest"
+    # How the colour table holds colours (renderer.py, color_values): "squash": logits through an algebraic sigmoid,
+    # initial values kept 1e-3 inside (0, 1) (white is 0.999). "clamp": the colours themselves, clamped to [0, 1]
+    # and projected back into it after every renderer step: every initial colour is held exactly (white is 1.0).
+    color_param: Literal["squash", "clamp"] = "squash"
     view: ViewConfig = field(default_factory=ViewConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Optimisation of the rendering parameters (modes "joint" and "adversarial"): SparseAdam on the logits
@@ -825,6 +866,17 @@ def validate_renderer(r: RendererConfig) -> None:
          "need at least one anchor and a positive pointwolf_sigma")
     need(0 < aug.pointwolf_scale[0] <= aug.pointwolf_scale[1], "renderer.augment.pointwolf_scale",
          "need 0 < low <= high")
+    for key in ("subsample_prob", "scale_shift_prob", "jitter_prob"):
+        value = getattr(aug, key)
+        need(0 <= value <= 1, f"renderer.augment.{key}", f"is a probability: must be in [0, 1], got {value}")
+    for key in ("drop_local", "add_global", "add_local"):
+        need(getattr(aug, key) >= 0, f"renderer.augment.{key}", f"is a number of points: must be >= 0, got "
+             f"{getattr(aug, key)}")
+    for key in ("depth_hue_saturation", "depth_hue_value"):
+        lo, hi = getattr(aug, key)
+        need(0 <= lo <= hi <= 1, f"renderer.augment.{key}", f"need 0 <= low <= high <= 1, got {(lo, hi)}")
+    need(0 < aug.radius_scale[0] <= aug.radius_scale[1], "renderer.augment.radius_scale",
+         f"need 0 < low <= high, got {aug.radius_scale}")
 
 
 def _validate_sizes(cfg: Config) -> None:

@@ -86,7 +86,8 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def mmd2(x: torch.Tensor, y: torch.Tensor, estimator: str = "unbiased",
          scales: tuple[float, ...] = KERNEL_SCALES) -> torch.Tensor:
     """Squared MMD between feature sets ``x (m, D)`` and ``y (n, D)`` (m, n >= 2) with a sum of RBF kernels
-    ``exp(-d^2 / (s * median))``, the median of the off-diagonal squared distances of the pooled set (detached).
+    ``exp(-d^2 / (s * median))``, the median of the off-diagonal squared distances of the pooled set (the lower of
+    the two middle values, as ``torch.median``; detached).
 
     ``unbiased``: ``sum_{i != j} k(x_i, x_j) / (m(m-1)) + sum_{i != j} k(y_i, y_j) / (n(n-1)) - 2 mean k(x, y)``;
     ``biased``: the three means over all pairs (zero for identical sets). Returns a scalar float32.

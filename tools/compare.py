@@ -8,7 +8,9 @@ starts from the same initialisation and sees the same data order in every arm.
     python tools/compare.py --preset cpu --out runs/compare_cpu        # minutes on a 2-core CPU
     accelerate launch tools/compare.py --preset gpu --out runs/compare_gpu
 
-Budgets can be overridden: --steps, --epochs, --per-class, --max-test, --seeds, --dataset, --ft-batch.
+Budgets can be overridden: --steps, --epochs, --per-class, --max-test, --seeds, --dataset, --ft-batch. --modes
+chooses the arms; ``match`` (renderer.mode=match) matches the renderer to the training images of the dataset the
+arms are judged on (``--modes frozen joint adversarial match``).
 Every arm is judged by the same protocol; under linear or knn the no-pre-training arm is the randomly initialised
 backbone's frozen features, the usual baseline of those protocols.
 """
@@ -22,7 +24,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]  # the shipped configs
-MODES = ("frozen", "joint", "adversarial")
+MODES = ("frozen", "joint", "adversarial")  # the arms run by default (--modes chooses others)
+ALL_MODES = (*MODES, "match")  # match: the renderer matched to the preset's dataset (its training images)
 PRESETS = {
     # 10 categories at 32 px with timm's test_vit; Fashion-MNIST with 20 images per class.
     "cpu": dict(config="configs/quickstart.yaml", steps=150, batch=32, eval_every=50, dataset="fashion_mnist",
@@ -35,15 +38,17 @@ PRESETS = {
 }
 
 
-def pretrain(preset: dict, mode: str, seed: int, out: Path) -> dict:
+def pretrain(preset: dict, mode: str, seed: int, out: Path, data_root: str = "data") -> dict:
     from dr_fdsl.config import load_config
     from dr_fdsl.engine import build_run, fit
 
     config = ROOT / preset["config"].format(mode=mode)
+    # match: the target images are the training split of the dataset the arms are judged on
+    target = [f"match.dataset={preset['dataset']}", f"match.data_root={data_root}"] if mode == "match" else []
     cfg = load_config(config, [f"output_dir={out}", f"seed={seed}", f"renderer.mode={mode}",
                                f"train.max_steps={preset['steps']}", f"train.batch_size={preset['batch']}",
                                f"train.eval_every={preset['eval_every']}", f"train.image_every={preset['steps']}",
-                               f"train.ckpt_every={preset['steps']}", "train.progress=false"])
+                               f"train.ckpt_every={preset['steps']}", "train.progress=false", *target])
     return fit(build_run(cfg))  # the process group stays up for the next run of this launch
 
 
@@ -59,7 +64,7 @@ def summarize(rows: list[dict]) -> str:
     """Markdown: per arm the mean and 95% interval over seeds; per pair of arms the paired difference."""
     from dr_fdsl.stats import mean_interval, paired_difference
 
-    arms = [m for m in ("none", *MODES) if any(r["mode"] == m for r in rows)]
+    arms = [m for m in ("none", *ALL_MODES) if any(r["mode"] == m for r in rows)]
     lines = ["| pre-training | seeds | top-1 (%) | cumulative error (2nd half) | pre-train val top-1 | leakage probe |",
              "|---|---|---|---|---|---|"]
 
@@ -89,7 +94,7 @@ def plot(rows: list[dict], curves: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for mode in ("none", *MODES):
+    for mode in ("none", *ALL_MODES):
         runs = [r["top1_curve"] for r in rows if r["mode"] == mode]
         if runs:
             mean = [100 * statistics.mean(c[i] for c in runs) for i in range(len(runs[0]))]
@@ -125,6 +130,8 @@ def main(argv=None) -> int:
     parser.add_argument("--protocol", choices=["finetune", "linear", "knn"], default="finetune",
                         help="how pre-training is judged: fine-tuning, or a linear probe / k-NN on frozen features")
     parser.add_argument("--data-root", default="data")
+    parser.add_argument("--modes", nargs="+", choices=ALL_MODES, default=list(MODES),
+                        help="the pre-training arms beside no pre-training (default: frozen joint adversarial)")
     args = parser.parse_args(argv)
     preset = dict(PRESETS[args.preset])
     for key in ("steps", "epochs", "per_class", "max_test", "seeds", "dataset", "ft_batch"):
@@ -145,9 +152,9 @@ def main(argv=None) -> int:
         (out / "preset.json").write_text(json.dumps(preset, indent=2))
     rows, curves = [], {}
     for seed in preset["seeds"]:
-        for mode in ("none", *MODES):
+        for mode in ("none", *args.modes):
             run = out / "pretrain" / f"{mode}_s{seed}"
-            summary = pretrain(preset, mode, seed, run) if mode != "none" else {}
+            summary = pretrain(preset, mode, seed, run, args.data_root) if mode != "none" else {}
             run = Path(summary.get("output_dir", run))  # where the run really wrote (a numbered folder if taken)
             if mode != "none":
                 curves.setdefault(mode, {})[seed] = pretrain_curve(run)

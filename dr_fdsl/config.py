@@ -374,7 +374,7 @@ class MatchConfig:
     features: Literal["random", "classifier", "both"] = "random"
     estimator: Literal["unbiased", "biased"] = "unbiased"
     random_layers: int = 3  # 3x3 convolutions of stride 2 with ReLU, each layer's channel means are features
-    random_channels: int = 32  # channels of the first layer, doubled at each layer
+    random_channels: int = 16  # channels of the first layer, doubled at each layer
     feature_seed: int = 0  # the random convolutions' weights
     classifier_blocks: int = 1
 

@@ -12,7 +12,8 @@ compositing forward+backward, ``render_batch``, ``forward_backward``, ``optimize
 figure is the median of --steps timed steps after --warmup. The leakage probe is off: this measures the step.
 With ``--match DATASET``, also (d) ``train_step`` with ``renderer.mode=match`` against that dataset's training
 images (``match.batch`` = the batch unless overridden) and the match term's forward and backward alone: d/c is
-what the match term costs per step relative to joint.
+what the match term costs per step relative to joint (joint and match steps alternate; d/c is the median of
+the per-pair ratios).
 
     python tools/bench.py --size 32 --points 2000 --classes 10 --k 4 --match fashion_mnist   # quickstart scale
 """
@@ -117,7 +118,15 @@ def main() -> None:
     step_match = None
     if args.match:
         match = run("match")
-        step_match = median_time(lambda: train_step(match), args.steps, args.warmup, device)
+        # Joint and match steps alternate, so that a load that comes and goes on a shared machine weighs on both
+        # alike: d/c is the median of the per-pair ratios.
+        pairs = []
+        for i in range(args.warmup + args.steps):
+            pair = [median_time(lambda r=r: train_step(r), 1, 0, device) for r in (joint, match)]
+            if i >= args.warmup:
+                pairs.append(pair)
+        step_match = sorted(m for _, m in pairs)[len(pairs) // 2]
+        match_over_joint = sorted(m / j for j, m in pairs)[len(pairs) // 2]
 
         def match_term():  # the distance to the next target batch, forward and backward to the images
             images = rendered.images.detach().requires_grad_()
@@ -136,7 +145,7 @@ def main() -> None:
     }
     if step_match is not None:
         result.update(match=args.match, images_per_s_match=b / step_match, ratio_match=step_alone / step_match,
-                      match_over_joint=step_match / step_learnable)
+                      match_over_joint=match_over_joint)
     print(f"{machine}: batch {b}, {args.size} px, {args.points} points, K={args.k}, {args.model} "
           f"({args.precision}), raster backend {args.backend}")
     print(f"  (a) objective + update alone   {result['images_per_s_classifier_alone']:9.1f} images/s")

@@ -288,3 +288,15 @@ def test_targets_are_a_seeded_subset_of_the_training_split():
     assert not torch.equal(pixels, load_targets(load_config(None, ["seed=1", "renderer.mode=match",
                                                                    "match.dataset=fashion_mnist",
                                                                    "match.images=50"])))
+
+
+def test_compare_reports_a_match_arm():
+    from tools.compare import ALL_MODES, summarize
+
+    assert "match" in ALL_MODES
+    rows = [{"seed": s, "mode": m, "pretrain_top1": "" if m == "none" else 0.5, "probe_top1": "" if m == "none"
+             else 0.3, "final_top1": 0.6 + 0.01 * s + (0.02 if m == "match" else 0), "cumulative_error": 80.0}
+            for s in (0, 1) for m in ("none", "frozen", "match")]
+    table = summarize(rows)
+    assert "| match | 2 | 62.50" in table
+    assert "| frozen - match | 2 | -2.00" in table

@@ -104,9 +104,10 @@ def load_pretrained(pretrained: str) -> tuple[torch.nn.Module, int]:
     cfg = load_config(config, validate=False)  # the run's own resolved config: only its model is rebuilt
     model = create_classifier(cfg.model, cfg.bank.num_classes, cfg.renderer.image_size)
     state = load_file(str(weights))
-    if any(k.startswith("backbone.") for k in state):  # an objective's network around the backbone (mim)
+    if any(k.startswith("backbone.") for k in state):  # an objective's network around the backbone (mim, ...)
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-        model.reset_classifier(0)  # such objectives train no classifier head
+        if not state.keys() >= model.state_dict().keys():  # mim trains no classifier head; classify+mim does
+            model.reset_classifier(0)
     try:
         model.load_state_dict(state)
     except Exception as err:

@@ -97,10 +97,10 @@ def reconstruction_grids(model: MaskedAutoencoder, clean: torch.Tensor, mask: to
             for name, x in images.items()}
 
 
-def check_backbone(backbone: nn.Module, model_name: str, objective: str) -> None:
-    """A masked-image objective needs patch tokens: a ViT-like timm model."""
+def check_backbone(backbone: nn.Module, model_name: str, objective: str, key: str = "model.name") -> None:
+    """A masked-image objective needs patch tokens: a ViT-like timm model (``key``: the setting that chose it)."""
     if getattr(backbone, "patch_embed", None) is None or not hasattr(backbone, "num_prefix_tokens"):
-        raise ConfigError(f"config key 'model.name': objective {objective} needs a ViT-like timm model with patch "
+        raise ConfigError(f"config key '{key}': objective {objective} needs a ViT-like timm model with patch "
                           f"tokens, got {model_name!r}")
 
 

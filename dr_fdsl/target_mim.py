@@ -94,8 +94,9 @@ def masked_pretrain(backbone: torch.nn.Module, images: torch.Tensor, size: int, 
         acc: the fine-tuning's ``Accelerator`` (its trackers get ``target_mim/loss`` per epoch).
 
     Returns:
-        ``{"epochs", "steps", "loss": [per epoch], "identity_loss": [per epoch], "seconds"}``: the mean L1 (as
-        ``s.loss_on`` defines it) of the reconstruction and of the masked image itself, per epoch.
+        ``{"epochs", "steps", "loss", "identity_loss", "masked_loss", "seconds"}``: per epoch, the mean L1 (as
+        ``s.loss_on`` defines it) of the reconstruction and of the masked image itself, and the reconstruction's
+        L1 over the masked pixels alone (whatever ``s.loss_on``: comparable across ratios).
     """
     check_backbone(backbone, type(backbone).__name__, "target_mim", key="model")
     need(size % s.patch == 0, "target_mim.patch", f"must divide the model's input size {size} (whole squares), "
@@ -116,12 +117,12 @@ def masked_pretrain(backbone: torch.nn.Module, images: torch.Tensor, size: int, 
              f"on each of {acc.num_processes} processes; lower it")
         scheduler = create_scheduler(optimizer, s.optim(steps_per_epoch), s.epochs * steps_per_epoch)
         scheduler.step_update(0)
-        history: dict[str, list[float]] = {"loss": [], "identity_loss": []}
+        history: dict[str, list[float]] = {"loss": [], "identity_loss": [], "masked_loss": []}
         step = 0
         model.train()
         for epoch in tqdm(range(s.epochs), desc="masked pre-training on the target", unit="epoch",
                           disable=not (acc.is_main_process and progress)):
-            sums = torch.zeros(2, device=acc.device)
+            sums = torch.zeros(3, device=acc.device)
             for pixels, which in loader:
                 clean = model_input(pixels, size, mean, std)
                 mask = pixel_mask(which, torch.full_like(which, epoch), size, s.patch, s.ratio)
@@ -135,10 +136,12 @@ def masked_pretrain(backbone: torch.nn.Module, images: torch.Tensor, size: int, 
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 scheduler.step_update(step)
-                sums += torch.stack([loss.detach(), mean_l1(identity, mask, s.loss_on).mean()])
+                sums += torch.stack([loss.detach(), mean_l1(identity, mask, s.loss_on).mean(),
+                                     mean_l1(errors.detach(), mask, "masked").mean()])
             means = (acc.reduce(sums, "mean") / steps_per_epoch).tolist()
             history["loss"].append(means[0])
             history["identity_loss"].append(means[1])
+            history["masked_loss"].append(means[2])
             acc.log({"target_mim/loss": means[0], "target_mim/identity_loss": means[1]}, step=epoch + 1)
         del model, optimizer, loader  # DDP wrappers go while the process group exists; the backbone stays
         acc.free_memory()

@@ -183,3 +183,31 @@ def test_classify_mim_trains_both_heads_logs_grids_and_fine_tunes(tmp_path, bank
     result = finetune(FinetuneSettings(pretrained=str(tmp_path / "run"), output_dir=str(tmp_path / "ft"),
                                        epochs=1, per_class=2, max_test=20, batch_size=10, progress=False))
     assert result["train_images"] == 20 and len(result["top1"]) == 1
+
+
+@pytest.mark.parametrize("name, batch, steps_per_epoch", [("mim_seed_vit_tiny", 128, 782),
+                                                          ("mim_seed_quickstart", 32, 8)])
+def test_seed_recipe_configs_give_the_seeds_learning_rates(name, batch, steps_per_epoch):
+    """Adam (0.9, 0.99); from 1e-9 up to 1e-4 over 5 epochs, 1e-4 until the last 15 of 50 epochs, then 5e-5, as
+    the run uses them (optim.lr x total batch / 512, one process); 4 x 4 px at 20%, L1 over all pixels."""
+    from torch import nn
+
+    from dr_fdsl.optim import create_optimizer, create_scheduler
+    from tests.conftest import ROOT
+
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+    assert cfg.train.objective == "mim" and (cfg.mim.patch, cfg.mim.ratio, cfg.mim.loss_on) == (4, 0.2, "all")
+    assert cfg.train.batch_size == batch and cfg.train.max_steps == 50 * steps_per_epoch
+    optimizer = create_optimizer(nn.Linear(2, 2), cfg.optim, cfg.optim.lr * batch / 512)
+    assert type(optimizer) is torch.optim.Adam and optimizer.defaults["betas"] == (0.9, 0.99)
+    scheduler = create_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+
+    def lr(step):
+        scheduler.step_update(step)
+        return optimizer.param_groups[0]["lr"]
+
+    warm, final = 5 * steps_per_epoch, 35 * steps_per_epoch
+    assert lr(0) == pytest.approx(1e-9)
+    assert lr(warm // 2) == pytest.approx(1e-9 + (1e-4 - 1e-9) * (warm // 2) / warm)
+    assert lr(warm) == pytest.approx(1e-4) and lr(final - 1) == pytest.approx(1e-4)
+    assert lr(final) == pytest.approx(5e-5) and lr(cfg.train.max_steps - 1) == pytest.approx(5e-5)

@@ -83,3 +83,21 @@ def test_fine_tuning_after_masked_pretraining_on_fashion_mnist(tmp_path):
                                     target_mim=TargetMIMSettings(epochs=1, batch_size=10, warmup_epochs=0,
                                                                  final_epochs=0)))
     assert knn["target_mim"]["epochs"] == 1 and 0 <= knn["final_top1"] <= 1
+
+
+@pytest.mark.slow
+def test_compare_target_mim_study_end_to_end(tmp_path):
+    import csv
+
+    from tools.compare import main
+
+    out = tmp_path / "cmp"
+    assert main(["--study", "target_mim", "--out", str(out), "--steps", "4", "--epochs", "1", "--per-class", "3",
+                 "--max-test", "50", "--seeds", "0", "--ft-batch", "10", "--tm-epochs", "2", "--tm-batch", "10",
+                 "--data-root", str(datasets.DEBIAN_FASHION_MNIST)]) == 0
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["mode"] for r in rows] == ["none", "target_mim", "fractal", "fractal+target_mim"]
+    assert [r["target_mim_loss"] != "" for r in rows] == [False, True, False, True]
+    assert [r["pretrain_top1"] != "" for r in rows] == [False, False, True, True]
+    assert "| fractal+target_mim | 1 |" in (out / "results.md").read_text()

@@ -286,8 +286,69 @@ class OptimConfig:
 
 
 @dataclass
+class RandomResizedCropConfig:
+    """timm's ``RandomResizedCropAndInterpolation`` of the rendered image back to its own size: area fraction
+    U(scale), log-uniform aspect ratio, 10 tries then the centre crop; resampled as PIL resizes
+    (``image_aug.interpolation``)."""
+
+    enabled: bool = False
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+
+
+@dataclass
+class ShiftScaleRotateConfig:
+    """albumentations' ``ShiftScaleRotate`` (its defaults): with probability ``p``, rotate by U(-rotate_limit,
+    rotate_limit) degrees and scale by 1 + U(-scale_limit, scale_limit) about the centre, shift by
+    U(-shift_limit, shift_limit) of the size; bilinear, reflect-101 border."""
+
+    p: float = 0.0
+    shift_limit: float = 0.0625
+    scale_limit: float = 0.1
+    rotate_limit: float = 45.0
+
+
+@dataclass
+class BrightnessContrastConfig:
+    """albumentations' ``RandomBrightnessContrast`` (brightness_by_max): with probability ``p``,
+    ``level * (1 + U(-contrast_limit, contrast_limit)) + 255 * U(-brightness_limit, brightness_limit)``."""
+
+    p: float = 0.0
+    brightness_limit: float = 0.2
+    contrast_limit: float = 0.2
+
+
+@dataclass
+class HueSaturationValueConfig:
+    """albumentations' ``HueSaturationValue`` on uint8 images: with probability ``p``, hue shifted by
+    U(-hue_shift_limit, hue_shift_limit) in OpenCV's 0..180 units, saturation and value by their limits in 0..255."""
+
+    p: float = 0.0
+    hue_shift_limit: float = 20.0
+    sat_shift_limit: float = 30.0
+    val_shift_limit: float = 20.0
+
+
+@dataclass
+class DistortionConfig:
+    """albumentations' ``OneOf([OpticalDistortion(), GridDistortion()])``: with probability ``p``, one of the two,
+    equally likely, with their defaults (optical: k = U(-optical_distort_limit, ...), principal point shifted by
+    round(U(-optical_shift_limit, ...)) pixels; grid: ``grid_steps`` cells per side, each stretched by
+    1 + U(-grid_distort_limit, ...)); bilinear, reflect-101 border."""
+
+    p: float = 0.0
+    optical_distort_limit: float = 0.05
+    optical_shift_limit: float = 0.05
+    grid_steps: int = 5
+    grid_distort_limit: float = 0.3
+
+
+@dataclass
 class ImageAugConfig:
-    """Image augmentations applied on the device after rendering (timm's Mixup/CutMix and RandomErasing)."""
+    """Image augmentations applied on the device after rendering, per image, from torch's global generator (which
+    Accelerate checkpoints). In order: random resized crop, transpose, flips, the contest's albumentations
+    operations (shift-scale-rotate, brightness/contrast, HSV, distortion), RandAugment, then normalisation, random
+    erasing and Mixup/CutMix (timm's). Every new operation is off by default."""
 
     mixup: float = 0.8  # Beta(alpha, alpha); 0 switches it off
     cutmix: float = 1.0
@@ -297,6 +358,17 @@ class ImageAugConfig:
     random_erasing: float = 0.25
     hflip: float = 0.5
     vflip: float = 0.0
+    transpose: float = 0.0  # probability of swapping rows and columns (albumentations' Transpose)
+    random_resized_crop: RandomResizedCropConfig = field(default_factory=RandomResizedCropConfig)
+    shift_scale_rotate: ShiftScaleRotateConfig = field(default_factory=ShiftScaleRotateConfig)
+    brightness_contrast: BrightnessContrastConfig = field(default_factory=BrightnessContrastConfig)
+    hue_saturation_value: HueSaturationValueConfig = field(default_factory=HueSaturationValueConfig)
+    distortion: DistortionConfig = field(default_factory=DistortionConfig)
+    # timm's RandAugment config string, parsed by timm (e.g. "rand-m9-mstd0.5-inc1"); empty: off.
+    randaugment: str = ""
+    # Resampling of random_resized_crop and of RandAugment's rotate/shear/translate, as timm's create_transform
+    # passes its --interpolation to both ("random": bilinear or bicubic per image and operation).
+    interpolation: Literal["bicubic", "bilinear", "random"] = "bicubic"
 
 
 @dataclass
@@ -485,8 +557,8 @@ def _merge(base: dict, top: dict) -> dict:
 
 
 def _read_file(path: Path, chain: tuple[Path, ...] = ()) -> dict:
-    """A config file's mapping, with ``include: other.yaml`` (relative to the file) read first and merged under
-    it: shared recipes live in one file and variants state only what differs."""
+    """A config file's mapping, with ``include: other.yaml`` (relative to the file; or a list, merged in order)
+    read first and merged under it: shared recipes live in one file and variants state only what differs."""
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist; the shipped ones are in configs/")
     if path.resolve() in chain:
@@ -505,9 +577,15 @@ def _read_file(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     include = tree.pop("include", None)
     if include is None:
         return tree
-    if not isinstance(include, str):
-        raise ConfigError(f"config file '{path}': 'include' must name one YAML file, got {include!r}")
-    return _merge(_read_file(path.parent / include, (*chain, path.resolve())), tree)
+    # One file, or a list merged in order (a recipe, then fragments such as configs/image_aug/contest.yaml).
+    files = [include] if isinstance(include, str) else include
+    if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+        raise ConfigError(f"config file '{path}': 'include' must name a YAML file or a list of them, got "
+                          f"{include!r}")
+    base: dict = {}
+    for name in files:
+        base = _merge(base, _read_file(path.parent / name, (*chain, path.resolve())))
+    return _merge(base, tree)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), cls: type = Config,
@@ -652,6 +730,7 @@ def validate_config(cfg: Config) -> None:
         need(0 <= value <= 1, f"image_aug.{key}", f"is a probability: must be in [0, 1], got {value}")
     need(a.mixup >= 0 and a.cutmix >= 0, "image_aug.mixup", "mixup and cutmix (Beta alphas) must be >= 0")
     need(0 <= a.label_smoothing < 1, "image_aug.label_smoothing", f"must be in [0, 1), got {a.label_smoothing}")
+    validate_image_pipeline(a, cfg.renderer.image_size)
 
     d = cfg.data
     need(d.views_per_class >= 0, "data.views_per_class", f"must be >= 0, got {d.views_per_class}")
@@ -675,6 +754,35 @@ def validate_config(cfg: Config) -> None:
     from dr_fdsl.objectives import get_objective
 
     get_objective(t.objective).validate(cfg)
+
+
+def validate_image_pipeline(a: ImageAugConfig, image_size: int) -> None:
+    """The checks of the pixel operations of ``image_aug`` (crop, contest operations, RandAugment)."""
+    need(0 <= a.transpose <= 1, "image_aug.transpose", f"is a probability: must be in [0, 1], got {a.transpose}")
+    c = a.random_resized_crop
+    need(0 < c.scale[0] <= c.scale[1] <= 1, "image_aug.random_resized_crop.scale",
+         f"is a range of area fractions: needs 0 < low <= high <= 1, got {list(c.scale)}")
+    need(0 < c.ratio[0] <= c.ratio[1] and all(map(finite, c.ratio)), "image_aug.random_resized_crop.ratio",
+         f"is a range of aspect ratios: needs 0 < low <= high, got {list(c.ratio)}")
+    limits = {"shift_scale_rotate": ("shift_limit", "scale_limit", "rotate_limit"),
+              "brightness_contrast": ("brightness_limit", "contrast_limit"),
+              "hue_saturation_value": ("hue_shift_limit", "sat_shift_limit", "val_shift_limit"),
+              "distortion": ("optical_distort_limit", "optical_shift_limit", "grid_distort_limit")}
+    for section, keys in limits.items():
+        settings = getattr(a, section)
+        need(0 <= settings.p <= 1, f"image_aug.{section}.p", f"is a probability: must be in [0, 1], got {settings.p}")
+        for key in keys:
+            value = getattr(settings, key)
+            need(finite(value) and value >= 0, f"image_aug.{section}.{key}",
+                 f"is the half-width of a symmetric range: must be >= 0, got {value}")
+    need(a.shift_scale_rotate.scale_limit < 1, "image_aug.shift_scale_rotate.scale_limit",
+         f"scales by 1 + U(-limit, limit): must be < 1, got {a.shift_scale_rotate.scale_limit}")
+    need(1 <= a.distortion.grid_steps <= image_size, "image_aug.distortion.grid_steps",
+         f"cells per side: must be in [1, renderer.image_size={image_size}], got {a.distortion.grid_steps}")
+    if a.randaugment:
+        from dr_fdsl.randaugment import parse_randaugment  # imports timm; only when configured
+
+        parse_randaugment(a.randaugment)
 
 
 def validate_bank(b: BankConfig) -> None:

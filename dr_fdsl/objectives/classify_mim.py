@@ -1,11 +1,10 @@
 """Objective ``classify+mim``: classification and masked-image modelling on one backbone.
 
-One ViT, two heads: its classifier head names each image's category (as ``classify``: flips, random erasing,
-Mixup/CutMix and label smoothing from ``image_aug``, and the leakage probe), and the pixel decoder of ``mim``
-reconstructs the image from a masked copy (squares of ``mim.patch`` pixels at ratio ``mim.ratio``, keyed per
-image). The loss is ``classification + mim.weight * reconstruction``. Each step runs the backbone twice, inside one
-module forward (so DDP and autocast cover both): once on the augmented images for the head, once on the masked
-images for the decoder.
+One ViT, two heads: its classifier head names each image's category (as ``classify``, with all of ``image_aug`` and
+the leakage probe), and the pixel decoder of ``mim`` reconstructs the image from a masked copy (squares of
+``mim.patch`` pixels at ratio ``mim.ratio``, keyed per image). The loss is ``classification + mim.weight *
+reconstruction``. Each step runs the backbone twice, inside one module forward (so DDP and autocast cover both):
+once on the augmented images for the head, once on the masked images for the decoder.
 
 Two decisions, enforced (tests/test_objectives.py):
 
@@ -26,8 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from dr_fdsl.config import Config
-from dr_fdsl.image_augment import ImageAugment
-from dr_fdsl.models import create_classifier, normalization
 from dr_fdsl.objectives.base import ObjectiveOutput
 from dr_fdsl.objectives.classify import Classify
 from dr_fdsl.objectives.mim import (
@@ -39,7 +36,7 @@ from dr_fdsl.objectives.mim import (
     validate_mim,
 )
 from dr_fdsl.optim import create_optimizer
-from dr_fdsl.probe import LeakageProbe, colour_statistics
+from dr_fdsl.probe import colour_statistics
 
 
 class ClassifyingAutoencoder(MaskedAutoencoder):
@@ -69,20 +66,11 @@ class ClassifyMIM(Classify):
 
     def __init__(self, cfg: Config, num_classes: int, lr: float, device: torch.device):
         """``lr``: the networks' peak learning rate (the engine scales ``optim.lr`` by the total batch)."""
-        self.cfg, self.num_classes = cfg, num_classes
-        backbone = create_classifier(cfg.model, num_classes, cfg.renderer.image_size)
-        check_backbone(backbone, cfg.model.name, self.name)
-        mean, std = normalization(backbone)
-        self.mean, self.std = mean.to(device), std.to(device)
-        self.model = ClassifyingAutoencoder(backbone)  # prepared first: model.safetensors holds backbone.*, decoder.*
+        super().__init__(cfg, num_classes, lr, device)  # classify's classifier (drawn first), probe, augmentations
+        check_backbone(self.model, cfg.model.name, self.name)
+        self.model = ClassifyingAutoencoder(self.model)  # prepared first: model.safetensors holds backbone.*, decoder.*
         self.plain = self.model  # never DDP-wrapped: for the image grids of the main process alone
-        self.optimizer = create_optimizer(self.model, cfg.optim, lr)
-        self.probe = self.probe_optimizer = None
-        if cfg.train.probe:
-            self.probe = LeakageProbe(num_classes)
-            self.probe_optimizer = torch.optim.Adam(self.probe.parameters(), lr=cfg.train.probe_lr)
-        self.background = cfg.renderer.background_color[0]
-        self.augment = ImageAugment(cfg.image_aug, num_classes, device)
+        self.optimizer = create_optimizer(self.model, cfg.optim, lr)  # over the classifier and the decoder
 
     def _masked(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor):
         """The reconstruction branch's input: clean normalised images of the detached renders, the keyed mask and
@@ -92,7 +80,7 @@ class ClassifyMIM(Classify):
         return clean, mask, clean.masked_fill(mask, 0.0)
 
     def loss(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> ObjectiveOutput:
-        x, targets = self.augment(self.normalize(images), class_ids)  # first, so classify's draws are the same
+        x, targets = self.augment(images, class_ids)  # first, so that classify's draws are the same
         clean, mask, masked = self._masked(images, class_ids, view_seeds)
         logits, reconstruction = self.model(x, masked)
         classify_loss = self.augment.train_loss(logits.float(), targets)

@@ -67,9 +67,10 @@ def test_mim_is_registered_beside_classify():
 
 
 @pytest.mark.slow
-def test_mim_trains_in_two_processes(tmp_path, bank_dir):
-    """One prepared module holds backbone and decoder: DDP synchronises both (the backbone's forward_features is
-    not reachable through a DDP wrapper)."""
+@pytest.mark.parametrize("objective", ["mim", "classify+mim"])
+def test_mim_trains_in_two_processes(tmp_path, bank_dir, objective):
+    """One prepared module holds backbone and decoder (and head): DDP synchronises them (the backbone's
+    forward_features is not reachable through a DDP wrapper); the image grids run on the main process alone."""
     import json
     import os
 
@@ -79,12 +80,12 @@ def test_mim_trains_in_two_processes(tmp_path, bank_dir):
     out = run_processes([os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", "2",
                          str(ROOT / "train.py"), "--config", str(ROOT / "configs/quickstart.yaml"),
                          f"output_dir={tmp_path / 'run'}", f"bank.cache_dir={bank_dir}", "bank.num_classes=4",
-                         "bank.num_points=300", "renderer.mode=frozen", "train.objective=mim", "train.batch_size=8",
-                         "train.max_steps=3", "train.eval_every=3", "train.eval_images=16", "train.ckpt_every=3",
-                         "train.progress=false"], timeout=300, env=env)
+                         "bank.num_points=300", "renderer.mode=frozen", f"train.objective={objective}",
+                         "train.batch_size=8", "train.max_steps=3", "train.eval_every=3", "train.eval_images=16",
+                         "train.ckpt_every=3", "train.progress=false"], timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["num_processes"] == 2 and summary["objective"] == "mim" and summary["val/loss"] > 0
+    assert summary["num_processes"] == 2 and summary["objective"] == objective and summary["val/loss"] > 0
 
 
 def test_a_resume_with_other_mim_settings_is_not_exact(tmp_path, bank_dir):

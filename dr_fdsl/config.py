@@ -433,7 +433,8 @@ class TrainConfig:
     """The step-based loop. Steps are optimiser steps; ``batch_size`` is per process and per micro-batch."""
 
     # What a step computes from the rendered images (dr_fdsl/objectives): "classify" is classification of the
-    # categories with image_aug's Mixup/CutMix, label smoothing and the leakage probe.
+    # categories with image_aug's Mixup/CutMix, label smoothing and the leakage probe; "mim" masked-image
+    # modelling (section mim); "classify+mim" both on one backbone.
     objective: str = "classify"
     max_steps: int = 1000
     batch_size: int = 64
@@ -459,6 +460,9 @@ class MIMConfig:
     patch: int = 4  # side of a masked square, pixels (published: 2, 4 or 8; best 4)
     ratio: float = 0.2  # probability that a square is masked (published: 0.2, 0.4, 0.6; best 0.2)
     loss_on: Literal["all", "masked"] = "all"  # published: L1 over all pixels; "masked": over masked ones only
+    # classify+mim: loss = classification loss + weight * reconstruction loss (the relative scale of the two
+    # gradients; it changes no pixel and no draw of the random stream)
+    weight: float = field(default=1.0, metadata=NOT_CONTENT)
 
 
 @dataclass
@@ -505,7 +509,7 @@ class Config:
     image_aug: ImageAugConfig = field(default_factory=ImageAugConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    mim: MIMConfig = field(default_factory=MIMConfig)  # used by train.objective=mim
+    mim: MIMConfig = field(default_factory=MIMConfig)  # used by train.objective=mim and classify+mim
     match: MatchConfig = field(default_factory=MatchConfig)  # used by renderer.mode=match
 
 

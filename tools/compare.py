@@ -17,6 +17,14 @@ The contest presets compare the rows of the SIGNATE contest solution's ablation 
 Budgets can be overridden: --steps, --epochs, --per-class, --max-test, --seeds, --dataset, --ft-batch. --arms
 chooses the arms; among the renderer modes ``match`` (renderer.mode=match) matches the renderer to the training images
 of the dataset the arms are judged on (``--arms frozen joint adversarial match``).
+
+--study target_mim compares masked pre-training on the target's training images (dr_fdsl/target_mim.py) instead:
+arms none, target_mim (masked on the target from scratch), fractal (the preset's pre-training, frozen renderer)
+and fractal+target_mim (the same fractal pre-training, then masked on the target), then fine-tuning; --tm-epochs,
+--tm-lr and --tm-batch set the masked phase (the seed's schedule: warm-up over the first tenth of its epochs from
+1e-9, the last 30% at half the lr; Adam (0.9, 0.99), L1 over all pixels, 4 px squares at 20%).
+
+    python tools/compare.py --study target_mim --out runs/compare_target_mim
 Every arm is judged by the same protocol; under linear or knn the no-pre-training arm is the randomly initialised
 backbone's frozen features, the usual baseline of those protocols.
 """
@@ -28,6 +36,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]  # the shipped configs
 MODES = ("frozen", "joint", "adversarial")  # the arms run by default (--arms chooses others)
@@ -71,28 +80,44 @@ PRESETS = {
 }
 
 
-def arms_of(preset: dict) -> dict[str, list[str]]:
-    """The pre-training arms of a preset, each with its config overrides: the renderer modes, or the contest's
-    ablation rows."""
+class Arm(NamedTuple):
+    """pretrain: the config overrides of the arm's fractal pre-training (None: no pre-training); target_mim: masked
+    pre-training on the target's training images follows (before fine-tuning)."""
+
+    pretrain: list[str] | None
+    target_mim: bool = False
+
+
+def arms_of(preset: dict, study: str = "modes") -> dict[str, Arm]:
+    """Every arm a preset and study can run, the no-pre-training one first: the renderer modes, the contest's
+    ablation rows, or the masked-on-target arms."""
+    if study == "target_mim":
+        frozen = ["renderer.mode=frozen"]
+        return {"none": Arm(None), "target_mim": Arm(None, True), "fractal": Arm(frozen),
+                "fractal+target_mim": Arm(frozen, True)}
     if preset.get("arms") == "contest":
         x5 = 5 * (preset["points"] + 1) - 1
-        return {name: [o.format(points_x5=x5) for o in overrides] for name, (overrides, _) in CONTEST_ARMS.items()}
-    return {mode: [f"renderer.mode={mode}"] for mode in ALL_MODES}
+        rows = {name: Arm([o.format(points_x5=x5) for o in overrides]) for name, (overrides, _) in CONTEST_ARMS.items()}
+        return {"none": Arm(None), **rows}
+    # match: the target images are the training split of the dataset the arms are judged on
+    target = [f"match.dataset={preset['dataset']}"]
+    return {"none": Arm(None), **{m: Arm([f"renderer.mode={m}", *(target if m == "match" else [])]) for m in ALL_MODES}}
 
 
-def default_arms(preset: dict) -> list[str]:
-    """The arms run without --arms: every contest row, or the three classic renderer modes."""
-    return list(arms_of(preset)) if preset.get("arms") == "contest" else list(MODES)
+def default_arms(preset: dict, study: str = "modes") -> list[str]:
+    """The arms run without --arms: all of them, but only the three classic renderer modes of a modes study."""
+    arms = list(arms_of(preset, study))
+    return ["none", *MODES] if study == "modes" and preset.get("arms") != "contest" else arms
 
 
-def pretrain(preset: dict, mode: str, seed: int, out: Path, data_root: str = "data") -> dict:
+def pretrain(preset: dict, overrides: list[str], seed: int, out: Path) -> dict:
+    """One fractal pre-training of the preset's budget with ``overrides`` (those of an :class:`Arm`, and more)."""
     from dr_fdsl.config import load_config
     from dr_fdsl.engine import build_run, fit
 
+    mode = next((o.split("=", 1)[1] for o in overrides if o.startswith("renderer.mode=")), "frozen")
     config = ROOT / preset["config"].format(mode=mode)
-    # match: the target images are the training split of the dataset the arms are judged on
-    target = [f"match.dataset={preset['dataset']}", f"match.data_root={data_root}"] if mode == "match" else []
-    cfg = load_config(config, [*preset.get("overrides", []), *arms_of(preset)[mode], *target, f"output_dir={out}",
+    cfg = load_config(config, [*preset.get("overrides", []), *overrides, f"output_dir={out}",
                                f"seed={seed}", f"train.max_steps={preset['steps']}",
                                f"train.batch_size={preset['batch']}", f"train.eval_every={preset['eval_every']}",
                                f"train.image_every={preset['steps']}", f"train.ckpt_every={preset['steps']}",
@@ -167,6 +192,7 @@ def main(argv=None) -> int:
 
     from dr_fdsl.engine.build import process_state
     from dr_fdsl.finetune import FinetuneSettings, finetune
+    from dr_fdsl.target_mim import TargetMIMSettings
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -181,17 +207,33 @@ def main(argv=None) -> int:
     parser.add_argument("--protocol", choices=["finetune", "linear", "knn"], default="finetune",
                         help="how pre-training is judged: fine-tuning, or a linear probe / k-NN on frozen features")
     parser.add_argument("--data-root", default="data")
-    parser.add_argument("--arms", nargs="+", help="the pre-training arms beside no pre-training (default: frozen joint "
-                        "adversarial; every row for the contest presets; match on request)")
+    parser.add_argument("--arms", nargs="+", help="the arms to run beside no pre-training (default: frozen joint "
+                        "adversarial; every row of the contest presets; every arm of --study target_mim; match on "
+                        "request)")
+    parser.add_argument("--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides of every pre-training that change no pixel (e.g. "
+                             "renderer.raster_backend=sort)")
+    parser.add_argument("--study", choices=["modes", "target_mim"], default="modes",
+                        help="arms: the renderer modes (or contest rows), or masked pre-training on the target")
+    parser.add_argument("--tm-epochs", type=int, default=50, help="target_mim study: epochs of the masked phase")
+    parser.add_argument("--tm-lr", type=float, default=1e-4, help="target_mim study: its peak lr (the seed's 1e-4)")
+    parser.add_argument("--tm-batch", type=int, default=32, help="target_mim study: its batch per process")
     args = parser.parse_args(argv)
     preset = dict(PRESETS[args.preset])
-    arms = default_arms(preset)
+    table = arms_of(preset, args.study)
+    arms = default_arms(preset, args.study)
     if args.arms:
-        arms = list(arms_of(preset))
-        unknown = sorted(set(args.arms) - set(arms))
+        unknown = sorted(set(args.arms) - set(table))
         if unknown:
-            parser.error(f"--arms: unknown {unknown}; this preset's arms are {arms}")
-        arms = [a for a in arms if a in args.arms]
+            parser.error(f"--arms: unknown {unknown}; this preset's arms are {list(table)}")
+        arms = ["none", *(a for a in table if a in args.arms and a != "none")]  # the baseline of every pair
+    masked = TargetMIMSettings()
+    if args.study == "target_mim":
+        preset["target_mim"] = {"epochs": args.tm_epochs, "lr": args.tm_lr, "batch": args.tm_batch}
+        e = args.tm_epochs
+        masked = TargetMIMSettings(epochs=e, batch_size=args.tm_batch, lr=args.tm_lr, final_lr=args.tm_lr / 2,
+                                   warmup_epochs=round(e / 10), final_epochs=round(0.3 * e))
+        masked.validate()
     for key in ("steps", "epochs", "per_class", "max_test", "seeds", "dataset", "ft_batch"):
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
@@ -210,21 +252,31 @@ def main(argv=None) -> int:
         (out / "preset.json").write_text(json.dumps(preset, indent=2))
     rows, curves = [], {}
     for seed in preset["seeds"]:
-        for mode in ("none", *arms):
-            run = out / "pretrain" / f"{mode}_s{seed}"
-            summary = pretrain(preset, mode, seed, run, args.data_root) if mode != "none" else {}
-            run = Path(summary.get("output_dir", run))  # where the run really wrote (a numbered folder if taken)
-            if mode != "none":
-                curves.setdefault(mode, {})[seed] = pretrain_curve(run)
+        runs: dict[tuple[str, ...], dict] = {}  # arms with the same pre-training share one run of it
+        for mode in arms:
+            arm, summary, run = table[mode], {}, None
+            if arm.pretrain is not None:
+                overrides = [*arm.pretrain, *args.pretrain_set]
+                overrides += [f"match.data_root={args.data_root}"] if "renderer.mode=match" in overrides else []
+                if tuple(overrides) not in runs:
+                    path = out / "pretrain" / f"{mode}_s{seed}"
+                    runs[tuple(overrides)] = pretrain(preset, overrides, seed, path)
+                    curves.setdefault(mode, {})[seed] = pretrain_curve(Path(runs[tuple(overrides)]["output_dir"]))
+                summary = runs[tuple(overrides)]
+                run = Path(summary["output_dir"])  # where the run really wrote (a numbered folder if taken)
             result = finetune(FinetuneSettings(
-                dataset=preset["dataset"], data_root=args.data_root, pretrained=str(run) if summary else None,
-                model=None if summary else preset["model"], image_size=preset["image_size"], epochs=preset["epochs"],
+                dataset=preset["dataset"], data_root=args.data_root, pretrained=str(run) if run else None,
+                model=None if run else preset["model"], image_size=preset["image_size"], epochs=preset["epochs"],
                 batch_size=preset["ft_batch"], lr=preset["ft_lr"], per_class=preset["per_class"],
                 max_test=preset["max_test"], seed=seed, output_dir=str(out / "finetune" / f"{mode}_s{seed}"),
-                protocol=args.protocol, progress=False))
+                protocol=args.protocol, progress=False,
+                target_mim=masked if arm.target_mim else TargetMIMSettings()))
             rows.append({"seed": seed, "mode": mode, "pretrain_top1": summary.get("val/top1", ""),
                          "probe_top1": summary.get("probe/val_acc", ""), "final_top1": result["final_top1"],
-                         "cumulative_error": result["cumulative_error"], "top1_curve": result["top1"]})
+                         "cumulative_error": result["cumulative_error"], "top1_curve": result["top1"],
+                         "target_mim_loss": result["target_mim"]["loss"][-1] if "target_mim" in result else "",
+                         "target_mim_identity": (result["target_mim"]["identity_loss"][-1]
+                                                 if "target_mim" in result else "")})
             if is_main:
                 print(f"seed {seed} {mode:>11}: fine-tune top-1 {100 * result['final_top1']:.2f}%, "
                       f"cumulative error {result['cumulative_error']:.1f}", flush=True)
@@ -239,7 +291,8 @@ def main(argv=None) -> int:
         writer.writerows({**r, "top1_curve": " ".join(f"{a:.4f}" for a in r["top1_curve"])} for r in rows)
     published = {name: top1 for name, (_, top1) in CONTEST_ARMS.items()} if preset.get("arms") == "contest" else None
     table = summarize(rows, published)
-    title = "The contest's ablation rows" if published else "Renderer modes"
+    title = ("The contest's ablation rows" if published else "Renderer modes" if args.study == "modes"
+             else "Masked pre-training on the target")
     note = ("Published top-1: the contest's own runs (CIFAR-100, its pre-training and fine-tuning recipe), for "
             "comparison at the contest preset's setting only.\n\n" if published else "")
     (out / "results.md").write_text(

@@ -20,3 +20,5 @@ class Stream(IntEnum):
     MIX_POINTS = 16
     BACKGROUND = 17
     MIM_MASK = 18  # objective mim: which pixel patches are masked
+    INSTANCE = 19  # bank.<family>.instances: which instance (weight row, flip, centre) an image draws
+    INSTANCE_GREY = 20  # bank.visualatom.instances: each orbit's grey level

@@ -103,6 +103,15 @@ def test_ofdb_instances_replay_the_published_chaos_game(ofdb_bank):
     assert checked >= 15
 
 
+def test_ofdb_instance_row_0_is_the_released_3d_ofdb_cloud(ofdb_bank):
+    """Row 0 (a x 0.4) is what bank.ofdb.instance_weight=ofdb bakes into the bank (checked there against clouds
+    of the published instance.py, tests/fixtures/ofdb/published_clouds.json)."""
+    released = build_bank(family="ofdb", source=str(OFDB_CSVS), num_classes=3, num_points=1500, seed=42,
+                          instance_weight="ofdb", cache_dir=None)
+    row0 = OFDBInstances(ofdb_bank).points(torch.arange(3), torch.zeros(3, dtype=torch.long))
+    assert (row0 - released.points).abs().max() < 1e-5
+
+
 def test_ofdb_instance_draws_are_keyed_and_cover_the_rows(ofdb_bank):
     inst = OFDBInstances(ofdb_bank)
     classes = torch.zeros(400, dtype=torch.long)
@@ -208,7 +217,7 @@ def test_visualatom_instance_centres_move_the_published_vertex_pixels(visualatom
 def test_visualatom_instance_greys_are_per_orbit_and_published_distribution(visualatom_bank):
     bank = visualatom_bank
     inst = VisualAtomInstances(bank)
-    orbit = bank.params["orbit"]
+    orbit = bank.params["orbit"].long()
     grays = bank.params["grays"]
     # orbit ids are in the published order: instance 0's grey per point is its orbit's published grey
     assert torch.equal(bank.params["grey"], grays.gather(1, orbit).float() / 255)
@@ -310,3 +319,37 @@ def test_settings_instances_refuse(overrides, pattern):
 def test_renderer_built_in_python_refuses_mixing_with_instances(ofdb_bank):
     with pytest.raises(ConfigError, match="renderer.augment.mix"):
         renderer_for(ofdb_bank, "ofdb", "renderer.augment.mix=0.3")
+
+
+def test_patch_drawing_reference_is_the_published_paste_loop():
+    """tools/fractaldb_patch_iou.py's vectorised draw_patch against the published loop itself: a PIL paste of each
+    point's masked 3 x 3 patch in turn (later ones overwrite earlier ones, black included)."""
+    import random
+
+    from PIL import Image
+
+    from tools.fractaldb_patch_iou import published_patch_image
+
+    canvas = 24
+    g = np.random.RandomState(0)
+    pixels = g.randint(0, canvas - 2, size=(300, 2)).astype(np.uint16)  # some patches run off the canvas
+    image = Image.new("RGB", (canvas, canvas))
+    rng = random.Random(5)
+    for col, row in pixels:
+        mask = f"{rng.randrange(1, 512):09b}"
+        patch = np.zeros((3, 3, 3), np.uint8)
+        for i in range(3):
+            for j in range(3):
+                patch[i, j, :] = np.array([127, 127, 127]) * int(mask[i * 3 + j])
+        image.paste(Image.fromarray(patch), (int(col) + 1, int(row) + 1))
+    want = np.array(image)[..., 0] == 127
+    assert np.array_equal(published_patch_image(pixels, canvas, random.Random(5)), want)
+
+
+def test_renderer_covers_the_patch_support_and_half_of_a_published_drawing():
+    from tools.fractaldb_patch_iou import measure
+
+    (result,) = measure(canvas=64, points=3000, categories=1, rows=[2])
+    assert result["iou_support"] > 0.99  # discs of 1.7 px at the patch centres cover exactly the 3 x 3 blocks
+    # the random masks light about half of the support: no drawing independent of them does much better
+    assert 0.35 < result["iou_published"] < 0.65 and result["iou_floor"] < result["iou_published"]

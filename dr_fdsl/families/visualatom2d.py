@@ -4,7 +4,8 @@ VisualAtom (Takashima et al., CVPR 2023) draws each category as L closed orbits 
 canvas, in grey levels, with PIL's 1-pixel lines; later orbits overwrite earlier ones. The parameters, centres,
 grey levels and vertices come from :mod:`dr_fdsl.families.visualatom` (an exact port of the published generator):
 replayed from the published run (``bank.visualatom.replay=true``) or drawn from a fresh stream seeded with
-``bank.seed``. Only instance 0 of each category is made: other instances (other centres and noise) are not.
+``bank.seed``. The bank holds instance 0 of each category; ``bank.visualatom.instances`` draws per image another
+centre and other orbit grey levels (:mod:`dr_fdsl.render.instances`), not the other instances' noise.
 
 From vertices to points, per category:
 
@@ -259,8 +260,8 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
     With ``bank.visualatom.instances`` the orbits are sampled over the region that any instance centre can bring
     onto the canvas (:func:`instance_box`), and params also hold
 
-    * ``orbit (C, N)`` int64: each point's orbit, published order (orbit 0 drawn first);
-    * ``half_step (C, N, 2)`` float32: how the point moves, beyond the shift itself, when its orbit is shifted by
+    * ``orbit (C, N)`` int16: each point's orbit, published order (orbit 0 drawn first);
+    * ``half_step (C, N, 2)`` float16: how the point moves, beyond the shift itself, when its orbit is shifted by
       half a pixel (canvas pixels; :func:`half_steps`).
     """
     f, c, n = cfg.visualatom, cfg.num_classes, cfg.num_points
@@ -271,8 +272,8 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
     grays = torch.full((c, f.line_num_max), -1, dtype=torch.int64)
     num_samples = torch.empty(c, dtype=torch.int64)
     line_length = torch.empty(c, dtype=torch.float64)
-    orbits = torch.empty(c, n, dtype=torch.int64)
-    half = torch.empty(c, n, 2)
+    orbits = torch.empty(c, n, dtype=torch.int16)  # L <= 200 (compact: the bank may hold 10^8 points)
+    half = torch.empty(c, n, 2, dtype=torch.float16)  # in [-1/2, 1/2]: float16 keeps it to 2.5e-4 px
     bar = tqdm(total=c, desc="visualatom bank", unit="class", disable=not progress)
     for i, (params, centre, g, u) in enumerate(categories(cfg)):
         raw = vertices(params, centre, u).flip(0)  # the last orbit first: in front
@@ -286,8 +287,8 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
         except BankError as err:
             raise BankError(f"visualatom category {i}: {err}") from None
         if f.instances:
-            orbits[i] = params.num_orbits - 1 - orbit
-            half[i] = xy[:, 2:].float()
+            orbits[i] = (params.num_orbits - 1 - orbit).to(torch.int16)
+            half[i] = xy[:, 2:].to(torch.float16)
             xy = xy[:, :2]
         points[i, :, :2] = canvas_to_ndc(xy, f.canvas).float()
         grey[i] = torch.from_numpy(g[::-1].copy())[orbit].float() / 255

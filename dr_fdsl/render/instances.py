@@ -187,14 +187,14 @@ class VisualAtomInstances(nn.Module):
         self.orbits = int(section["line_num_max"])
         self.register_buffer("points0", bank.points.float().clone(), persistent=False)
         self.register_buffer("centre", bank.params["centre"].float(), persistent=False)  # (C, 2) x, y pixels
-        self.register_buffer("orbit", bank.params["orbit"].clone(), persistent=False)  # (C, N)
-        self.register_buffer("half_step", bank.params["half_step"].float(), persistent=False)  # (C, N, 2)
+        self.register_buffer("orbit", bank.params["orbit"].clone(), persistent=False)  # (C, N) int16
+        self.register_buffer("half_step", bank.params["half_step"].clone(), persistent=False)  # (C, N, 2) float16
 
     def points(self, class_ids: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         """``(B, N, 3)`` instance 0's points moved to the centres ``(canvas + draws) / 2`` (``draws (B, 2)``, x, y)."""
         twice = self.canvas + draws.float() - 2 * self.centre[class_ids]  # 2 d, an integer (centres are k / 2)
         half = torch.remainder(twice, 2)[:, None]  # 1 where d is a half-integer
-        move = twice[:, None] / 2 + half * self.half_step[class_ids]  # (B, N, 2) canvas pixels
+        move = twice[:, None] / 2 + half * self.half_step[class_ids].float()  # (B, N, 2) canvas pixels
         xy = self.points0[class_ids][..., :2] - 2 * move / self.canvas  # NDC: x = 1 - 2 X / canvas
         return torch.cat([xy, self.points0[class_ids][..., 2:]], dim=-1)
 
@@ -202,7 +202,7 @@ class VisualAtomInstances(nn.Module):
         span = 2 * self.start_pos + 1
         draws = torch.stack([pick(keys, 2, span), pick(keys, 3, span)], dim=1) - self.start_pos
         grey = (rnd.uniform(keys, Stream.INSTANCE_GREY, (self.orbits,)) * 256).floor().clamp_max(255) / 255
-        shade = torch.gather(grey, 1, self.orbit[class_ids])
+        shade = torch.gather(grey, 1, self.orbit[class_ids].long())
         return InstanceDraw(self.points(class_ids, draws), shade, draws)
 
 

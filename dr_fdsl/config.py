@@ -66,6 +66,9 @@ MOVED_KEYS = {f"bank.{k}": f"bank.ifs3d.{k}" for k in ("sampler", "min_variance"
 # cache folders. Every "settings that change the images" list (bank cache key, static dataset check, checkpoint
 # fingerprint) is derived from it by :func:`content_settings`.
 NOT_CONTENT = {"content": False}
+# A content field added after caches, static datasets and checkpoints were made: left out of content_settings while
+# it holds its default, so that what was made before it existed keeps its key (its default changes nothing).
+ADDED = {"omit_default": True}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -107,7 +110,7 @@ class OFDBConfig:
     # "exfractal145": every image is one of 145 instances of its category, drawn from its own key: the maps scaled
     # by a row of weights_ins145.csv and the category's chaos game replayed on the device with the same map choices
     # (dr_fdsl/render/instances.py). "none": the category's cloud itself.
-    instances: Literal["none", "exfractal145"] = "none"
+    instances: Literal["none", "exfractal145"] = field(default="none", metadata=ADDED)
 
 
 @dataclass
@@ -132,7 +135,7 @@ class FractalDBConfig:
     # True: every image is one of the published instances of its category, drawn from its own key: one of the 25
     # rows of weights_0.4.csv (the chaos game replayed on the device with the category's map choices), one of the
     # 4 flips, and the points moved to the centres of the published 3 x 3 patches (dr_fdsl/render/instances.py).
-    instances: bool = False
+    instances: bool = field(default=False, metadata=ADDED)
 
 
 @dataclass
@@ -172,7 +175,7 @@ class VisualAtomConfig:
     # True: every image draws, from its own key, a centre and a grey level per orbit as the published instances do;
     # the orbits' shapes stay instance 0's. The bank then samples the orbits over every part any centre can bring
     # onto the canvas (dr_fdsl/render/instances.py).
-    instances: bool = False
+    instances: bool = field(default=False, metadata=ADDED)
 
 
 @dataclass
@@ -572,6 +575,8 @@ def content_settings(section: Any) -> dict:
         if f.metadata.get("content", True) is False:
             continue
         if f.metadata.get("family") and f.name != getattr(section, "family", None):
+            continue
+        if f.metadata.get("omit_default") and getattr(section, f.name) == f.default:
             continue
         out[f.name] = _plain(getattr(section, f.name))
     return out

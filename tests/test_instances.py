@@ -355,3 +355,17 @@ def test_renderer_covers_the_patch_support_and_half_of_a_published_drawing():
     assert result["iou_support"] > 0.99  # discs of 1.7 px at the patch centres cover exactly the 3 x 3 blocks
     # the random masks light about half of the support: no drawing independent of them does much better
     assert 0.35 < result["iou_published"] < 0.65 and result["iou_floor"] < result["iou_published"]
+
+
+def test_instances_off_leave_the_cache_key_and_fingerprints_as_they_were():
+    """The new keys are left out of content_settings at their default: banks, static datasets and checkpoints made
+    before them keep their keys; switched on, they change them."""
+    from dr_fdsl.bank import cache_path
+    from dr_fdsl.config import BankConfig, FractalDBConfig, content_settings
+
+    before = {"family": "fractaldb", "num_classes": 2, "num_points": 300, "seed": 0,
+              "fractaldb": {"source": "search", "rate": 0.2, "search_points": 100000, "canvas": 512}}
+    off = BankConfig(family="fractaldb", num_classes=2, num_points=300)
+    assert content_settings(off) == before
+    on = BankConfig(family="fractaldb", num_classes=2, num_points=300, fractaldb=FractalDBConfig(instances=True))
+    assert content_settings(on)["fractaldb"]["instances"] is True and cache_path(on) != cache_path(off)

@@ -369,3 +369,13 @@ def test_instances_off_leave_the_cache_key_and_fingerprints_as_they_were():
     assert content_settings(off) == before
     on = BankConfig(family="fractaldb", num_classes=2, num_points=300, fractaldb=FractalDBConfig(instances=True))
     assert content_settings(on)["fractaldb"]["instances"] is True and cache_path(on) != cache_path(off)
+
+
+def test_instances_train_through_the_same_loop(tmp_path, bank_dir):
+    from dr_fdsl.engine import build_run, fit
+    from tests.conftest import tiny
+
+    summary = fit(build_run(tiny(tmp_path, bank_dir, "bank.family=ofdb", f"bank.ofdb.source={OFDB_CSVS}",
+                                 "bank.seed=42", "bank.ofdb.instances=exfractal145", "renderer.mode=joint",
+                                 "train.max_steps=2")))
+    assert summary["step"] == 2 and set(summary["renderer_checksums"]) != {0.0}

@@ -116,8 +116,8 @@ def test_ofdb_instance_draws_are_keyed_and_cover_the_rows(ofdb_bank):
     inst = OFDBInstances(ofdb_bank)
     classes = torch.zeros(400, dtype=torch.long)
     keys = rnd.image_keys(classes, torch.arange(400))
-    drawn = inst(classes, keys)
-    assert torch.equal(drawn.index, inst(classes, keys).index)
+    drawn = inst(classes, keys, ofdb_bank.points[classes])
+    assert torch.equal(drawn.index, inst(classes, keys, ofdb_bank.points[classes]).index)
     assert len(drawn.index.unique()) > 100  # of 145
     assert torch.isfinite(drawn.points).all()  # diverging rows are drawn again
 
@@ -184,7 +184,7 @@ def test_fractaldb_flips_and_patch_centres(fractaldb_bank):
         flipped = inst.points(c, row, flips=torch.tensor([flip]))
         assert torch.equal(flipped, patch * torch.tensor([sx, sy, 1.0]))
     keys = rnd.image_keys(torch.zeros(300, dtype=torch.long), torch.arange(300))
-    drawn = inst(torch.zeros(300, dtype=torch.long), keys)
+    drawn = inst(torch.zeros(300, dtype=torch.long), keys, fractaldb_bank.points[torch.zeros(300, dtype=torch.long)])
     assert drawn.index[:, 0].unique().tolist() == list(range(25))
     assert drawn.index[:, 1].unique().tolist() == list(range(4))
 
@@ -199,14 +199,14 @@ def test_visualatom_instance_centres_move_the_published_vertex_pixels(visualatom
     inst = VisualAtomInstances(bank)
     centre = bank.params["centre"][0]
     at_zero = torch.stack([2 * centre - canvas]).long()  # the draw that gives instance 0's centre
-    assert torch.equal(inst.points(torch.tensor([0]), at_zero), bank.points[:1])
+    assert torch.equal(inst.points(bank.points[:1], torch.tensor([0]), at_zero), bank.points[:1])
     # the category's raw vertices, as the bank made them (fresh stream: category 0 of bank.seed)
     cfg = load_config(None, ["bank.family=visualatom", "bank.seed=316", "bank.num_classes=1"]).bank
     params, c0, _, u = next(va2d.categories(cfg))
     raw = va2d.vertices(params, c0, u)  # (L, K, 2)
     for draw in ([0, 0], [-511, 300], [17, -4], [512, -512], [1, 1]):
         draws = torch.tensor([draw])
-        moved = inst.points(torch.tensor([0]), draws)[0, :, :2].double()
+        moved = inst.points(bank.points[:1], torch.tensor([0]), draws)[0, :, :2].double()
         d = (canvas + draws[0].double()) / 2 - torch.tensor(c0)
         # every vertex: PIL's pixel of the moved vertex, trunc(v + d), centred (where it lies on the canvas)
         pixels = torch.trunc(raw + d) + 0.5
@@ -224,7 +224,7 @@ def test_visualatom_instance_greys_are_per_orbit_and_published_distribution(visu
     # orbit ids are in the published order: instance 0's grey per point is its orbit's published grey
     assert torch.equal(bank.params["grey"], grays.gather(1, orbit).float() / 255)
     classes = torch.zeros(500, dtype=torch.long)
-    drawn = inst(classes, rnd.image_keys(classes, torch.arange(500)))
+    drawn = inst(classes, rnd.image_keys(classes, torch.arange(500)), bank.points[classes])
     shade = drawn.shade * 255
     assert torch.equal(shade, shade.round()) and shade.min() >= 0 and shade.max() <= 255
     for b in range(3):  # one grey per orbit
@@ -258,7 +258,7 @@ def test_gradients_are_exact_and_touch_only_the_drawn_categories(family, ofdb_ba
     with torch.no_grad():
         scene, _ = renderer.scene(classes, seeds)
         keys = rnd.image_keys(classes, seeds)
-        drawn = renderer.instances(classes, keys)
+        drawn = renderer.instances(classes, keys, bank.points[classes])
     logits = renderer.color_logits.detach()[classes].view(3, -1, 3).clone().requires_grad_()
     colors = squash(logits) * (drawn.shade[..., None] if drawn.shade is not None else 1)
     ref = reference_render(scene.points, colors, scene.radii, scene.background, 32, 4)

@@ -15,7 +15,8 @@ the family normalises its category clouds. Point ``t`` of every instance has the
 point ``t`` of the category's cloud, so the learnable per-point colours and radii follow the same part of the
 fractal across instances. With the identity row an instance is the category's cloud (to float32 rounding).
 
-Each module here maps ``(class_ids (B,), keys (B,))`` to an :class:`InstanceDraw`.
+Each module here maps ``(class_ids (B,), keys (B,), base (B, N, 3))`` (``base``: the bank's points of each image, as
+the renderer gathers them; only VisualAtom's instances are made from them) to an :class:`InstanceDraw`.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class OFDBInstances(nn.Module):
         scaled = (x - lo) / (hi - lo) * 2 - 1
         return scaled - scaled.sum(dim=1, keepdim=True) / (n + 1)
 
-    def forward(self, class_ids: torch.Tensor, keys: torch.Tensor) -> InstanceDraw:
+    def forward(self, class_ids: torch.Tensor, keys: torch.Tensor, base: torch.Tensor) -> InstanceDraw:
         # instance.py writes no file for an instance whose cloud is NaN (a diverging system): the published
         # instances of a category are the rows that stay finite. An image whose row diverges draws again from its
         # next slot, up to OFDB_TRIES rows, then takes the identity row (the category's own cloud, always finite).
@@ -203,7 +204,7 @@ class FractalDBInstances(nn.Module):
         xy = torch.where(ok, xy, OFFSCREEN)  # diverging in float64 too: draws nothing (see the notes)
         return torch.cat([xy, torch.zeros_like(xy[..., :1])], dim=-1).float()
 
-    def forward(self, class_ids: torch.Tensor, keys: torch.Tensor) -> InstanceDraw:
+    def forward(self, class_ids: torch.Tensor, keys: torch.Tensor, base: torch.Tensor) -> InstanceDraw:
         rows, flips = pick(keys, 0, len(self.weights)), pick(keys, 1, len(FRACTALDB_FLIPS))
         return InstanceDraw(self.points(class_ids, rows, flips), None, torch.stack([rows, flips], dim=1))
 
@@ -220,25 +221,25 @@ class VisualAtomInstances(nn.Module):
         section = bank.settings["visualatom"]
         self.canvas, self.start_pos = int(section["canvas"]), int(section["start_pos"])
         self.orbits = int(section["line_num_max"])
-        self.register_buffer("points0", bank.points.float().clone(), persistent=False)
         self.register_buffer("centre", bank.params["centre"].float(), persistent=False)  # (C, 2) x, y pixels
         self.register_buffer("orbit", bank.params["orbit"].clone(), persistent=False)  # (C, N) int16
         self.register_buffer("half_step", bank.params["half_step"].clone(), persistent=False)  # (C, N, 2) float16
 
-    def points(self, class_ids: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
-        """``(B, N, 3)`` instance 0's points moved to the centres ``(canvas + draws) / 2`` (``draws (B, 2)``, x, y)."""
+    def points(self, points: torch.Tensor, class_ids: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """``(B, N, 3)`` instance 0's ``points`` (the bank's, of ``class_ids``) moved to the centres
+        ``(canvas + draws) / 2`` (``draws (B, 2)``, x, y)."""
         twice = self.canvas + draws.float() - 2 * self.centre[class_ids]  # 2 d, an integer (centres are k / 2)
         half = torch.remainder(twice, 2)[:, None]  # 1 where d is a half-integer
         move = twice[:, None] / 2 + half * self.half_step[class_ids].float()  # (B, N, 2) canvas pixels
-        xy = self.points0[class_ids][..., :2] - 2 * move / self.canvas  # NDC: x = 1 - 2 X / canvas
-        return torch.cat([xy, self.points0[class_ids][..., 2:]], dim=-1)
+        xy = points[..., :2] - 2 * move / self.canvas  # NDC: x = 1 - 2 X / canvas
+        return torch.cat([xy, points[..., 2:]], dim=-1)
 
-    def forward(self, class_ids: torch.Tensor, keys: torch.Tensor) -> InstanceDraw:
+    def forward(self, class_ids: torch.Tensor, keys: torch.Tensor, base: torch.Tensor) -> InstanceDraw:
         span = 2 * self.start_pos + 1
         draws = torch.stack([pick(keys, 2, span), pick(keys, 3, span)], dim=1) - self.start_pos
         grey = (rnd.uniform(keys, Stream.INSTANCE_GREY, (self.orbits,)) * 256).floor().clamp_max(255) / 255
         shade = torch.gather(grey, 1, self.orbit[class_ids].long())
-        return InstanceDraw(self.points(class_ids, draws), shade, draws)
+        return InstanceDraw(self.points(base, class_ids, draws), shade, draws)
 
 
 INSTANCES = {"ofdb": OFDBInstances, "fractaldb": FractalDBInstances, "visualatom": VisualAtomInstances}

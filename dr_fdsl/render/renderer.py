@@ -169,7 +169,7 @@ class PointRenderer(nn.Module):
         points = self.points[rows][source, point_index]  # (B, N, 3)
         colors = squash(self._lookup(self.color_logits, rows, source, point_index, 3))
         if self.instances is not None:  # mixing is refused with instances: every point is the image's category's
-            drawn = self.instances(class_ids, keys)
+            drawn = self.instances(class_ids, keys, points)
             points = drawn.points
             if drawn.shade is not None:
                 colors = colors * drawn.shade[..., None]

@@ -11,13 +11,14 @@ from typing import Any
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list, parse_flag_from_env, set_seed
-from timm.scheduler import CosineLRScheduler
+from timm.scheduler.scheduler import Scheduler
 
 from dr_fdsl import checkpoint
 from dr_fdsl.bank import bank_from_config
 from dr_fdsl.config import Config, save_config, validate_config
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.objectives import Objective, get_objective
+from dr_fdsl.optim import create_scheduler
 from dr_fdsl.render import PointRenderer
 from dr_fdsl.static import StaticViews
 from dr_fdsl.stream import ViewStream, held_out_views
@@ -34,7 +35,7 @@ class Run:
     renderer: PointRenderer
     objective: Objective
     renderer_optimizer: torch.optim.Optimizer | None  # SparseAdam on the rendering tables (None when frozen)
-    schedulers: list[CosineLRScheduler]  # classifier's, then renderer's
+    schedulers: list[Scheduler]  # objective's, then renderer's (both from optim)
     stream: ViewStream
     static: StaticViews | None
     eval_views: tuple[torch.Tensor, torch.Tensor]  # this process's held-out (class ids, view seeds)
@@ -60,13 +61,6 @@ class Run:
     @property
     def num_classes(self) -> int:
         return self.renderer.num_classes
-
-
-def cosine(optimizer: torch.optim.Optimizer, cfg: Config) -> CosineLRScheduler:
-    """Linear warm-up then cosine decay to ``optim.min_lr``, counted in optimiser steps."""
-    o = cfg.optim
-    return CosineLRScheduler(optimizer, t_initial=cfg.train.max_steps, lr_min=o.min_lr, warmup_t=o.warmup_steps,
-                             warmup_lr_init=o.min_lr, t_in_epochs=False)
 
 
 def process_state() -> PartialState:
@@ -132,10 +126,10 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
     # through prepare like any optimiser.
     objective.prepare(acc)
     renderer_optimizer = None
-    schedulers = [cosine(objective.optimizer, cfg)]
+    schedulers = [create_scheduler(objective.optimizer, cfg.optim, t.max_steps)]
     if cfg.renderer.mode != "frozen":
         renderer_optimizer = acc.prepare(torch.optim.SparseAdam(renderer.parameters(), lr=cfg.renderer.lr))
-        schedulers.append(cosine(renderer_optimizer, cfg))
+        schedulers.append(create_scheduler(renderer_optimizer, cfg.optim, t.max_steps))
     set_seed(cfg.seed, device_specific=True)  # per process: image augmentations draw from the global generators
 
     rows = min(8, num_classes)

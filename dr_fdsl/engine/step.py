@@ -110,6 +110,8 @@ def optimizer_step(run: Run) -> dict[str, torch.Tensor]:
         if opt is not None:
             opt.step()
             opt.zero_grad(set_to_none=True)
+    if run.renderer_optimizer is not None:
+        run.renderer.project_()  # renderer.color_param=clamp: colours back into [0, 1]
     return norms
 
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import torch
 from einops import rearrange
-from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from dr_fdsl.config import Config, need
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.models import create_classifier, normalization
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput
+from dr_fdsl.optim import create_optimizer
 from dr_fdsl.render import random as rnd
 from dr_fdsl.render.streams import Stream
 
@@ -81,7 +81,7 @@ class MaskedImageModelling(Objective):
         mean, std = normalization(backbone)
         self.mean, self.std = mean.to(device), std.to(device)
         self.model = MaskedAutoencoder(backbone)  # prepared first: model.safetensors holds backbone.* and decoder.*
-        self.optimizer = torch.optim.AdamW(param_groups_weight_decay(self.model, cfg.optim.weight_decay), lr=lr)
+        self.optimizer = create_optimizer(self.model, cfg.optim, lr)
 
     def prepare(self, accelerator) -> None:
         self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)

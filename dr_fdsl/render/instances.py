@@ -34,7 +34,6 @@ from dr_fdsl.families.ifs_scan import replay, with_identity
 from dr_fdsl.families.ofdb_recipe import _select_maps, exfractal_weights
 from dr_fdsl.render import random as rnd
 from dr_fdsl.render.streams import Stream
-from dr_fdsl.render.types import OFFSCREEN
 
 OFDB_TRIES = 8  # rows an image may draw before it falls back to the identity row (see OFDBInstances.forward)
 IDENTITY_ROW = 6  # weights_ins145.csv's all-ones row
@@ -46,13 +45,15 @@ FRACTALDB_FLIPS = ((1.0, -1.0), (1.0, 1.0), (-1.0, -1.0), (-1.0, 1.0))
 
 
 class InstanceDraw(NamedTuple):
-    """points: ``(B, N, 3)`` float32 cloud coordinates of each image's instance (``OFFSCREEN`` x, y for points the
-    published code drops). shade: ``(B, N)`` float32 in [0, 1] multiplying each point's colour, or None.
-    index: ``(B, k)`` int64, what was drawn (family-specific; see each module)."""
+    """points: ``(B, N, 3)`` float32 cloud coordinates of each image's instance. shade: ``(B, N)`` float32 in [0, 1]
+    multiplying each point's colour, or None. index: ``(B, k)`` int64, what was drawn (family-specific; see each
+    module). keep: ``(B, N)`` bool, False for points the instance does not draw (their coordinates are then 0), or
+    None when every point is drawn."""
 
     points: torch.Tensor
     shade: torch.Tensor | None
     index: torch.Tensor
+    keep: torch.Tensor | None = None
 
 
 def far_out(x: torch.Tensor) -> torch.Tensor:
@@ -191,7 +192,8 @@ class FractalDBInstances(nn.Module):
     def points(self, class_ids: torch.Tensor, rows: torch.Tensor, flips: torch.Tensor | None = None,
                patch: bool = True) -> torch.Tensor:
         """``(B, N, 3)`` float32 NDC (z = 0) of instance ``rows`` flipped by ``flips (B,)`` (None: the canvas as
-        the bank has it), at the published pixels' centres (``patch``: at the centres of their 3 x 3 patches)."""
+        the bank has it), at the published pixels' centres (``patch``: at the centres of their 3 x 3 patches); not
+        finite where the instance diverges even in float64."""
         pixels, redo = self.canvas_pixels(class_ids, rows, far=True)
         if len(redo):  # see far_out
             pixels = pixels.double()
@@ -200,13 +202,16 @@ class FractalDBInstances(nn.Module):
         xy = 1 - (2 * q + 1) / self.canvas
         if flips is not None:
             xy = xy * self.flips[flips][:, None]
-        ok = torch.isfinite(xy).all(dim=(1, 2), keepdim=True)
-        xy = torch.where(ok, xy, OFFSCREEN)  # diverging in float64 too: draws nothing (see the notes)
         return torch.cat([xy, torch.zeros_like(xy[..., :1])], dim=-1).float()
 
     def forward(self, class_ids: torch.Tensor, keys: torch.Tensor, base: torch.Tensor) -> InstanceDraw:
         rows, flips = pick(keys, 0, len(self.weights)), pick(keys, 1, len(FRACTALDB_FLIPS))
-        return InstanceDraw(self.points(class_ids, rows, flips), None, torch.stack([rows, flips], dim=1))
+        points = self.points(class_ids, rows, flips)
+        # diverging even in float64: the published image is nearly empty (rows around the first NaN deleted, the
+        # rest min-max scaled by huge values); this one draws nothing
+        ok = torch.isfinite(points).all(dim=2).all(dim=1, keepdim=True)  # (B, 1)
+        points = torch.where(ok[..., None], points, 0.0)
+        return InstanceDraw(points, None, torch.stack([rows, flips], dim=1), ok.expand(-1, points.shape[1]))
 
 
 class VisualAtomInstances(nn.Module):

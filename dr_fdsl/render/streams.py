@@ -22,3 +22,26 @@ class Stream(IntEnum):
     MIM_MASK = 18  # objective mim: which pixel patches are masked
     INSTANCE = 19  # bank.<family>.instances: which instance (weight row, flip, centre) an image draws
     INSTANCE_GREY = 20  # bank.visualatom.instances: each orbit's grey level
+    # The contest's augmentations (branch contest), numbered from 40 so that streams other branches add after 18
+    # do not collide.
+    SUBSAMPLE_GATE = 40
+    SCALE_SHIFT_GATE = 41
+    JITTER_GATE = 42
+    WOLF_START = 43  # published PointWOLF: its first farthest-point anchor
+    WOLF_DROPOUT = 44
+    WOLF_AXIS = 45
+    WOLF_KERNEL_AXIS = 46
+    DROP_LOCAL = 47  # cluster count
+    DROP_LOCAL_SIZES = 48
+    DROP_LOCAL_CENTRES = 49
+    ADD_GLOBAL = 50  # positions
+    ADD_GLOBAL_SOURCE = 51
+    ADD_LOCAL = 52  # cluster count
+    ADD_LOCAL_SIZES = 53
+    ADD_LOCAL_CENTRES = 54
+    ADD_LOCAL_SIGMA = 55
+    ADD_LOCAL_OFFSET = 56
+    DEPTH_HUE = 57  # saturation, value
+    RADIUS_SCALE = 58
+    DIAMOND_SQUARE = 59  # one uniform per grid node
+    DIAMOND_SQUARE_COLOR = 60  # decay, then the six colouring numbers

@@ -128,6 +128,8 @@ def fingerprint(cfg: Config, num_processes: int) -> dict:
              "objective_settings": content_settings(objective) if objective is not None else None,
              "grad_accum": cfg.train.grad_accum, "image_aug": content_settings(cfg.image_aug),
              "data": content_settings(cfg.data), "mixed_precision": cfg.train.mixed_precision}
+    if cfg.renderer.mode == "match":  # the target set, its stream and what the renderer descends
+        exact["match"] = content_settings(cfg.match)
     return {"required": required, "exact": exact}
 
 

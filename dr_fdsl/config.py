@@ -271,7 +271,9 @@ class AugmentConfig:
 class RendererConfig:
     """The differentiable point renderer: learnable per-point colours and radii, PyTorch3D compositing."""
 
-    mode: Literal["frozen", "joint", "adversarial"] = field(default="frozen", metadata=NOT_CONTENT)
+    # "match": the rendering parameters descend a distance between rendered and target-domain images (section
+    # match), not the objective's loss (dr_fdsl/match.py; engine/step.py says which gradient goes where).
+    mode: Literal["frozen", "joint", "adversarial", "match"] = field(default="frozen", metadata=NOT_CONTENT)
     image_size: int = 224
     points_per_pixel: int = 8
     compositor: Literal["alpha", "norm_weighted"] = "alpha"
@@ -475,6 +477,37 @@ class MIMConfig:
 
 
 @dataclass
+class MatchConfig:
+    """Renderer mode ``match`` (dr_fdsl/match.py): the rendering parameters minimise ``weight`` x ``distance``
+    between statistics of rendered images and of unlabelled training images of a target dataset, while the
+    objective trains its networks on the same rendered batch (as in learning to simulate / Meta-Sim)."""
+
+    # Target images: the training split of fashion_mnist, cifar10, cifar100 or folder:PATH (its train/ folder),
+    # labels unused, resized to renderer.image_size (bilinear, as fine-tuning resizes). Required in mode match.
+    dataset: str = ""
+    data_root: str = field(default="data", metadata=NOT_CONTENT)  # where torchvision's copies are (or go)
+    images: int = 1000  # how many training images form the target set (a seeded subset; 0: all)
+    batch: int = 64  # target images per micro-batch, drawn with replacement from the set (keyed by step)
+    # A weighted sum of terms, e.g. "mmd + moments + 0.5*spectrum": mmd (kernel MMD^2 of image features),
+    # moments (colour mean and covariance), spectrum (radially averaged log power spectrum).
+    distance: str = "mmd + moments + spectrum"
+    weight: float = 1.0  # the renderer descends weight x distance
+    # True: the renderer also descends the objective's loss (joint + match); false: the objective's loss
+    # reaches the networks only (the images are detached for it, as in frozen).
+    joint: bool = False
+    # mmd: its features ("random": fixed random convolutions; "classifier": the objective's backbone's first
+    # classifier_blocks blocks, parameters detached; "both": the two concatenated) and its estimator
+    # ("unbiased": Gretton et al.'s U-statistic, zero in expectation for equal distributions; "biased": the
+    # V-statistic, exactly zero for identical sets). RBF kernels at 0.25, 1 and 4 x the median heuristic.
+    features: Literal["random", "classifier", "both"] = "random"
+    estimator: Literal["unbiased", "biased"] = "unbiased"
+    random_layers: int = 3  # 3x3 convolutions of stride 2 with ReLU, each layer's channel means are features
+    random_channels: int = 16  # channels of the first layer, doubled at each layer
+    feature_seed: int = 0  # the random convolutions' weights
+    classifier_blocks: int = 1
+
+
+@dataclass
 class Config:
     """Everything a run needs. ``output_dir`` receives the resolved config, logs and checkpoints."""
 
@@ -488,6 +521,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mim: MIMConfig = field(default_factory=MIMConfig)  # used by train.objective=mim
+    match: MatchConfig = field(default_factory=MatchConfig)  # used by renderer.mode=match
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -797,6 +831,8 @@ def validate_config(cfg: Config) -> None:
     validate_bank(cfg.bank)
     validate_renderer(cfg.renderer)
     validate_instances(content_settings(cfg.bank), cfg.renderer)
+    if cfg.renderer.mode == "match":
+        validate_match(cfg)
     if cfg.renderer.color_init == "bank":
         from dr_fdsl.families import get_family  # families import this module
 
@@ -838,6 +874,32 @@ def validate_image_pipeline(a: ImageAugConfig, image_size: int) -> None:
         from dr_fdsl.randaugment import parse_randaugment  # imports timm; only when configured
 
         parse_randaugment(a.randaugment)
+
+
+def validate_match(cfg: Config) -> None:
+    """The match section's checks (renderer.mode=match)."""
+    from dr_fdsl.match import parse_distance  # match imports this module
+
+    m = cfg.match
+    need(bool(m.dataset.strip()), "match.dataset",
+         "renderer.mode=match matches rendered images to a target dataset's training images and none is named; "
+         "set match.dataset=fashion_mnist (or cifar10, cifar100, folder:PATH), or choose another renderer.mode")
+    need(m.dataset in ("fashion_mnist", "cifar10", "cifar100") or (m.dataset.startswith("folder:")
+         and len(m.dataset) > len("folder:")), "match.dataset",
+         f"{m.dataset!r} is not fashion_mnist, cifar10, cifar100 or folder:PATH")
+    need(m.images >= 0, "match.images", f"must be >= 0 (0: the whole training split), got {m.images}")
+    need(m.batch >= 2, "match.batch", f"must be >= 2 (MMD compares pairs within a set), got {m.batch}")
+    need(cfg.train.batch_size >= 2, "train.batch_size",
+         f"renderer.mode=match compares pairs of rendered images: needs >= 2, got {cfg.train.batch_size}")
+    need(finite(m.weight) and m.weight > 0, "match.weight", f"must be a positive number, got {m.weight}")
+    parse_distance(m.distance)  # raises ConfigError naming match.distance
+    need(m.random_layers >= 1, "match.random_layers", f"must be >= 1, got {m.random_layers}")
+    need(m.random_channels >= 1, "match.random_channels", f"must be >= 1, got {m.random_channels}")
+    need(m.feature_seed >= 0, "match.feature_seed", f"must be >= 0, got {m.feature_seed}")
+    need(m.classifier_blocks >= 1, "match.classifier_blocks", f"must be >= 1, got {m.classifier_blocks}")
+    need(not (m.joint and cfg.train.objective == "mim"), "match.joint",
+         "joint rendering descends the reconstruction loss of objective mim (the renderer could empty the image); "
+         "set match.joint=false")
 
 
 def validate_bank(b: BankConfig) -> None:

@@ -14,7 +14,9 @@ The contest presets compare the rows of the SIGNATE contest solution's ablation 
     python tools/compare.py --preset contest_cpu --out runs/contest_cpu  # every row at toy scale on a CPU
     accelerate launch tools/compare.py --preset contest --out runs/contest  # the table's setting: CIFAR-100
 
-Budgets can be overridden: --steps, --epochs, --per-class, --max-test, --seeds, --dataset, --ft-batch.
+Budgets can be overridden: --steps, --epochs, --per-class, --max-test, --seeds, --dataset, --ft-batch. --arms
+chooses the arms; among the renderer modes ``match`` (renderer.mode=match) matches the renderer to the training images
+of the dataset the arms are judged on (``--arms frozen joint adversarial match``).
 Every arm is judged by the same protocol; under linear or knn the no-pre-training arm is the randomly initialised
 backbone's frozen features, the usual baseline of those protocols.
 """
@@ -28,7 +30,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]  # the shipped configs
-MODES = ("frozen", "joint", "adversarial")
+MODES = ("frozen", "joint", "adversarial")  # the arms run by default (--arms chooses others)
+ALL_MODES = (*MODES, "match")  # match: the renderer matched to the preset's dataset (its training images)
 # The contest solution's ablation table (hiranoko/PIDModuleContest_4thPlaceSolution, doc/Solution.md: 3D-OFDB-1k
 # re-rendered with PyTorch3D, 1,000 images per category, ViT-Tiny, CIFAR-100 fine-tuning top-1 %): each row's
 # overrides of configs/contest_pytorch3d.yaml (whose own augmentations are row 009's) and its published result.
@@ -74,15 +77,22 @@ def arms_of(preset: dict) -> dict[str, list[str]]:
     if preset.get("arms") == "contest":
         x5 = 5 * (preset["points"] + 1) - 1
         return {name: [o.format(points_x5=x5) for o in overrides] for name, (overrides, _) in CONTEST_ARMS.items()}
-    return {mode: [f"renderer.mode={mode}"] for mode in MODES}
+    return {mode: [f"renderer.mode={mode}"] for mode in ALL_MODES}
 
 
-def pretrain(preset: dict, mode: str, seed: int, out: Path) -> dict:
+def default_arms(preset: dict) -> list[str]:
+    """The arms run without --arms: every contest row, or the three classic renderer modes."""
+    return list(arms_of(preset)) if preset.get("arms") == "contest" else list(MODES)
+
+
+def pretrain(preset: dict, mode: str, seed: int, out: Path, data_root: str = "data") -> dict:
     from dr_fdsl.config import load_config
     from dr_fdsl.engine import build_run, fit
 
     config = ROOT / preset["config"].format(mode=mode)
-    cfg = load_config(config, [*preset.get("overrides", []), *arms_of(preset)[mode], f"output_dir={out}",
+    # match: the target images are the training split of the dataset the arms are judged on
+    target = [f"match.dataset={preset['dataset']}", f"match.data_root={data_root}"] if mode == "match" else []
+    cfg = load_config(config, [*preset.get("overrides", []), *arms_of(preset)[mode], *target, f"output_dir={out}",
                                f"seed={seed}", f"train.max_steps={preset['steps']}",
                                f"train.batch_size={preset['batch']}", f"train.eval_every={preset['eval_every']}",
                                f"train.image_every={preset['steps']}", f"train.ckpt_every={preset['steps']}",
@@ -171,11 +181,13 @@ def main(argv=None) -> int:
     parser.add_argument("--protocol", choices=["finetune", "linear", "knn"], default="finetune",
                         help="how pre-training is judged: fine-tuning, or a linear probe / k-NN on frozen features")
     parser.add_argument("--data-root", default="data")
-    parser.add_argument("--arms", nargs="+", help="run only these pre-training arms (and the no-pre-training one)")
+    parser.add_argument("--arms", nargs="+", help="the pre-training arms beside no pre-training (default: frozen joint "
+                        "adversarial; every row for the contest presets; match on request)")
     args = parser.parse_args(argv)
     preset = dict(PRESETS[args.preset])
-    arms = list(arms_of(preset))
+    arms = default_arms(preset)
     if args.arms:
+        arms = list(arms_of(preset))
         unknown = sorted(set(args.arms) - set(arms))
         if unknown:
             parser.error(f"--arms: unknown {unknown}; this preset's arms are {arms}")
@@ -200,7 +212,7 @@ def main(argv=None) -> int:
     for seed in preset["seeds"]:
         for mode in ("none", *arms):
             run = out / "pretrain" / f"{mode}_s{seed}"
-            summary = pretrain(preset, mode, seed, run) if mode != "none" else {}
+            summary = pretrain(preset, mode, seed, run, args.data_root) if mode != "none" else {}
             run = Path(summary.get("output_dir", run))  # where the run really wrote (a numbered folder if taken)
             if mode != "none":
                 curves.setdefault(mode, {})[seed] = pretrain_curve(run)

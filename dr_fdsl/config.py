@@ -66,6 +66,9 @@ MOVED_KEYS = {f"bank.{k}": f"bank.ifs3d.{k}" for k in ("sampler", "min_variance"
 # cache folders. Every "settings that change the images" list (bank cache key, static dataset check, checkpoint
 # fingerprint) is derived from it by :func:`content_settings`.
 NOT_CONTENT = {"content": False}
+# A content field added after caches, static datasets and checkpoints were made: left out of content_settings while
+# it holds its default, so that what was made before it existed keeps its key (its default changes nothing).
+ADDED = {"omit_default": True}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -104,6 +107,10 @@ class OFDBConfig:
     # "ofdb": every map's first coefficient scaled by 0.4 before the chaos game, as OFDB's instance.py does for
     # its released models (the first row of its weights_ins145.csv). "none": the searched systems as they are.
     instance_weight: Literal["none", "ofdb"] = "none"
+    # "exfractal145": every image is one of 145 instances of its category, drawn from its own key: the maps scaled
+    # by a row of weights_ins145.csv and the category's chaos game replayed on the device with the same map choices
+    # (dr_fdsl/render/instances.py). "none": the category's cloud itself.
+    instances: Literal["none", "exfractal145"] = field(default="none", metadata=ADDED)
 
 
 @dataclass
@@ -125,6 +132,10 @@ class FractalDBConfig:
     # Side of the published image the points are placed in (make_fractaldb.py --image_size, pad 6): 512 is its
     # default and the search's canvas; exe.sh renders FractalDB-1k at 362.
     canvas: int = 512
+    # True: every image is one of the published instances of its category, drawn from its own key: one of the 25
+    # rows of weights_0.4.csv (the chaos game replayed on the device with the category's map choices), one of the
+    # 4 flips, and the points moved to the centres of the published 3 x 3 patches (dr_fdsl/render/instances.py).
+    instances: bool = field(default=False, metadata=ADDED)
 
 
 @dataclass
@@ -161,6 +172,10 @@ class VisualAtomConfig:
     nami_2_max: int = 20
     # Ours: the polylines are sampled every `spacing` canvas pixels at most (bank.num_points then caps or pads).
     spacing: float = 0.5
+    # True: every image draws, from its own key, a centre and a grey level per orbit as the published instances do;
+    # the orbits' shapes stay instance 0's. The bank then samples the orbits over every part any centre can bring
+    # onto the canvas (dr_fdsl/render/instances.py).
+    instances: bool = field(default=False, metadata=ADDED)
 
 
 @dataclass
@@ -727,6 +742,8 @@ def content_settings(section: Any) -> dict:
             continue
         if f.metadata.get("family") and f.name != getattr(section, "family", None):
             continue
+        if f.metadata.get("omit_default") and getattr(section, f.name) == f.default:
+            continue
         out[f.name] = _plain(getattr(section, f.name))
     return out
 
@@ -817,6 +834,7 @@ def validate_config(cfg: Config) -> None:
 
     validate_bank(cfg.bank)
     validate_renderer(cfg.renderer)
+    validate_instances(content_settings(cfg.bank), cfg.renderer)
     if cfg.renderer.mode == "match":
         validate_match(cfg)
     if cfg.renderer.color_init == "bank":
@@ -896,6 +914,29 @@ def validate_bank(b: BankConfig) -> None:
     need(b.num_points >= 1, "bank.num_points", f"must be positive, got {b.num_points}")
     need(b.seed >= 0, "bank.seed", f"must be >= 0, got {b.seed}")
     get_family(b.family).validate(b)
+
+
+def instances_on(bank_settings: dict) -> bool:
+    """Whether a bank's settings (``content_settings(cfg.bank)`` or ``PointBank.settings``) ask for instances."""
+    section = bank_settings.get(bank_settings.get("family"), {})
+    return section.get("instances", "none") not in ("none", False)
+
+
+def validate_instances(bank_settings: dict, r: RendererConfig) -> None:
+    """What instances (``bank.<family>.instances``) cannot be combined with (also run by ``PointRenderer``)."""
+    if not instances_on(bank_settings):
+        return
+    family = bank_settings["family"]
+    need(r.augment.mix == 0, "renderer.augment.mix",
+         f"must be 0 with bank.{family}.instances (a mixed-in point would need the other category's instance, "
+         f"which is not drawn); got {r.augment.mix}")
+    if family == "ofdb":
+        need(bank_settings["ofdb"]["instance_weight"] == "none", "bank.ofdb.instance_weight",
+             "must be 'none' with bank.ofdb.instances=exfractal145: its 145 rows include that weight (row 0)")
+    if family == "visualatom":
+        need(r.color_init != "bank", "renderer.color_init",
+             "'bank' starts every point at instance 0's grey level, and bank.visualatom.instances multiplies the "
+             "colours by each image's own orbit grey levels: use 'white' (the published greys exactly) or another")
 
 
 def validate_renderer(r: RendererConfig) -> None:

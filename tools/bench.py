@@ -28,6 +28,7 @@ import torch
 from dr_fdsl.config import load_config
 from dr_fdsl.engine import Batch, build_run, forward_backward, optimizer_step, render_batch, train_step
 from dr_fdsl.render import RASTERIZERS, composite, fragment_weights, get_rasterizer
+from dr_fdsl.render.random import image_keys
 from dr_fdsl.timing import machine_and_peak_memory, median_time
 
 
@@ -110,6 +111,9 @@ def main() -> None:
                                  args.warmup, device),
         "composite_fwd_bwd": median_time(composite_fb, args.steps, args.warmup, device),
         "render_batch": median_time(render_only, args.steps, args.warmup, device),
+        # bank.<family>.instances: drawing each image's instance (the chaos-game replay); part of points_and_camera
+        **({"instances": median_time(lambda: renderer.instances(ids, image_keys(ids, seeds), renderer.points[ids]),
+                                     args.steps, args.warmup, device)} if renderer.instances is not None else {}),
         "forward_backward": median_time(forward_backward_only, args.steps, args.warmup, device),
         "optimizer_step": median_time(lambda: optimizer_step(frozen), args.steps, args.warmup, device),
     }

@@ -10,12 +10,13 @@ from einops import rearrange
 from torch import nn
 
 from dr_fdsl.bank import PointBank
-from dr_fdsl.config import RendererConfig, validate_renderer
+from dr_fdsl.config import RendererConfig, validate_instances, validate_renderer
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.render import augment, corrupt, pointwolf
 from dr_fdsl.render import random as rnd
 from dr_fdsl.render.background import diamond_square
 from dr_fdsl.render.composite import render_scene
+from dr_fdsl.render.instances import build_instances
 from dr_fdsl.render.streams import Stream
 from dr_fdsl.render.types import OFFSCREEN, Scene
 from dr_fdsl.render.views import project, sample_views
@@ -100,6 +101,7 @@ class PointRenderer(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg if cfg is not None else RendererConfig()
         validate_renderer(cfg)
+        validate_instances(bank.settings, cfg)
         self.num_classes, self.num_points = bank.num_classes, bank.num_points
         self.register_buffer("points", bank.points.float().clone(), persistent=False)
         gen = torch.Generator().manual_seed(cfg.init_seed)
@@ -115,6 +117,8 @@ class PointRenderer(nn.Module):
         fraction = (cfg.radius_init - cfg.radius_min) / span if span > 0 else 0.5
         self.radius_logits = nn.Parameter(unsquash(torch.full((radius_tables, self.num_points), fraction)))
         self.requires_grad_(cfg.mode != "frozen")
+        # bank.<family>.instances: each image's points (and colour shades) from its instance, made in the step
+        self.instances = build_instances(bank)
 
     @property
     def image_size(self) -> int:
@@ -191,11 +195,19 @@ class PointRenderer(nn.Module):
         point_index = torch.arange(n, device=device).expand_as(source)
         points = self.points[rows][source, point_index]  # (B, N, 3)
         colors = self.color_values(self._lookup(self.color_logits, rows, source, point_index, 3))
+        drawn = None
+        if self.instances is not None:  # mixing is refused with instances: every point is the image's category's
+            drawn = self.instances(class_ids, keys, points)
+            points = drawn.points
+            if drawn.shade is not None:
+                colors = colors * drawn.shade[..., None]
         radii = self._radius(self._lookup(self.radius_logits, rows, source, point_index, 1).squeeze(-1))
 
         # Object-space augmentations in the contest's order (sub-sampling first, so that what follows sees only
         # the kept points; its mask does not depend on positions), then the camera.
         keep = augment.subsample_mask(keys, n, aug)
+        if drawn is not None and drawn.keep is not None:
+            keep = keep & drawn.keep
         points, colors, radii, keep = self._corrupt(points, colors, radii, keep, keys)
         if aug.pointwolf and aug.pointwolf_kind == "published":
             points = pointwolf.pointwolf(points, keep, keys, aug)

@@ -20,6 +20,8 @@ class Stream(IntEnum):
     MIX_POINTS = 16
     BACKGROUND = 17
     MIM_MASK = 18  # objective mim: which pixel patches are masked
+    INSTANCE = 19  # bank.<family>.instances: which instance (weight row, flip, centre) an image draws
+    INSTANCE_GREY = 20  # bank.visualatom.instances: each orbit's grey level
     # The contest's augmentations (branch contest), numbered from 40 so that streams other branches add after 18
     # do not collide.
     SUBSAMPLE_GATE = 40

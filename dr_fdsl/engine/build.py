@@ -17,6 +17,7 @@ from dr_fdsl import checkpoint
 from dr_fdsl.bank import bank_from_config
 from dr_fdsl.config import Config, save_config, validate_config
 from dr_fdsl.errors import ConfigError
+from dr_fdsl.match import Matcher
 from dr_fdsl.objectives import Objective, get_objective
 from dr_fdsl.optim import create_scheduler
 from dr_fdsl.render import PointRenderer
@@ -48,6 +49,7 @@ class Run:
     step: int = 0
     last_checkpoint: Path | None = None
     loader: Any = None  # static source: the batch iterator, started at the stream's position on first use
+    match: Matcher | None = None  # renderer.mode=match: the distance to the target images and their stream
     first_view_seeds: list[int] | None = field(default=None, repr=False)
 
     @property
@@ -116,6 +118,8 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
 
     set_seed(cfg.seed)  # shared: the networks start identical on every process (renderer tables: init_seed)
     objective = get_objective(t.objective)(cfg, num_classes, lr, acc.device)
+    # The target images are read before the bank is built (a missing dataset fails first); no global RNG is used.
+    match = Matcher(cfg, objective, acc) if cfg.renderer.mode == "match" else None
     with acc.main_process_first():  # the main process builds and caches the bank, the others read it
         bank = bank_from_config(cfg.bank, progress=acc.is_main_process and t.progress)
     renderer = PointRenderer(bank, cfg.renderer).to(acc.device)
@@ -142,5 +146,5 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
                renderer_optimizer=renderer_optimizer, schedulers=schedulers,
                stream=ViewStream(cfg.seed, acc.process_index, num_classes, views), static=static,
                eval_views=held_out_views(t.eval_images, num_classes, acc.process_index, acc.num_processes),
-               grid_views=grid, anchor=anchor, writer=writer, lr=lr, total_batch=total_batch,
+               grid_views=grid, anchor=anchor, writer=writer, lr=lr, total_batch=total_batch, match=match,
                run_id=broadcast_object_list([checkpoint.new_run_id()])[0])  # the main process's, on every rank

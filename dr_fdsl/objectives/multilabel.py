@@ -12,8 +12,8 @@ Metrics (``train/`` on each batch, ``val/`` on the held-out views): mean average
 have at least one positive (``mAP``), ``top1`` (the highest-scoring category is in the image: precision at 1) and
 ``top5`` (the fraction of the image's categories among its 5 highest scores: recall at 5; an image holds at most
 ``renderer.objects.max`` categories). Mixup/CutMix and label smoothing (single-label image augmentations) are
-refused; flips and random erasing of ``image_aug`` apply. The published run logs accuracy and F1 instead (torchmetrics
-at threshold 0.5); there is no leakage probe here.
+refused; the other image augmentations of ``image_aug`` apply. The published run logs accuracy and F1 instead
+(torchmetrics at threshold 0.5); there is no leakage probe here.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ class MultiLabel(Objective):
         mean, std = normalization(self.model)
         self.mean, self.std = mean.to(device), std.to(device)
         self.optimizer = create_optimizer(self.model, cfg.optim, lr)
-        self.augment = ImageAugment(cfg.image_aug, num_classes, device)  # flips and erasing only (validate)
+        # image_aug's pixel operations, flips and erasing (Mixup/CutMix are refused by validate), then normalisation
+        self.augment = ImageAugment(cfg.image_aug, num_classes, device, self.mean, self.std)
 
     def prepare(self, accelerator) -> None:
         self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
@@ -106,7 +107,7 @@ class MultiLabel(Objective):
                                                   reduction=reduction)
 
     def loss(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> ObjectiveOutput:
-        x, _ = self.augment(self.normalize(images), class_ids)
+        x, _ = self.augment(images, class_ids)  # pixel operations, then normalisation
         logits = self.model(x).float()
         targets = self.targets(class_ids, view_seeds)
         loss = self._loss(logits, targets)

@@ -20,14 +20,39 @@ class Stream(IntEnum):
     MIX_POINTS = 16
     BACKGROUND = 17
     MIM_MASK = 18  # objective mim: which pixel patches are masked
-    # svd2d branch. Numbered from 60, not 19, so that streams other branches append meanwhile cannot take the same
-    # values (an IntEnum makes a second name with a taken value an alias: two uses would draw the same numbers).
-    WINDOW_SCALE = 60  # Anderson & Farrell's window: scale per axis
-    WINDOW_SHIFT = 61  # and shift per axis
-    DIHEDRAL = 62  # transpose, up-down flip, left-right flip
-    OBJECT_COUNT = 63  # multi-instance images: how many objects
-    OBJECT_CLASSES = 64  # which other categories
-    OBJECT_SCALE = 65
-    OBJECT_OFFSET = 66
-    OBJECT_SEED = 67  # each further object's own view seed
-    MAP_JITTER = 68  # svd2d: which map of the system is scaled per image, and by how much
+    INSTANCE = 19  # bank.<family>.instances: which instance (weight row, flip, centre) an image draws
+    INSTANCE_GREY = 20  # bank.visualatom.instances: each orbit's grey level
+    # The contest's augmentations (branch contest), numbered from 40 so that streams other branches add after 18
+    # do not collide.
+    SUBSAMPLE_GATE = 40
+    SCALE_SHIFT_GATE = 41
+    JITTER_GATE = 42
+    WOLF_START = 43  # published PointWOLF: its first farthest-point anchor
+    WOLF_DROPOUT = 44
+    WOLF_AXIS = 45
+    WOLF_KERNEL_AXIS = 46
+    DROP_LOCAL = 47  # cluster count
+    DROP_LOCAL_SIZES = 48
+    DROP_LOCAL_CENTRES = 49
+    ADD_GLOBAL = 50  # positions
+    ADD_GLOBAL_SOURCE = 51
+    ADD_LOCAL = 52  # cluster count
+    ADD_LOCAL_SIZES = 53
+    ADD_LOCAL_CENTRES = 54
+    ADD_LOCAL_SIGMA = 55
+    ADD_LOCAL_OFFSET = 56
+    DEPTH_HUE = 57  # saturation, value
+    RADIUS_SCALE = 58
+    DIAMOND_SQUARE = 59  # one uniform per grid node
+    DIAMOND_SQUARE_COLOR = 60  # decay, then the six colouring numbers
+    # svd2d branch, numbered from 70 (after the contest's 40-60): an IntEnum makes a second name with a taken
+    # value an alias, and two uses would draw the same numbers.
+    WINDOW_SCALE = 70  # Anderson & Farrell's window: scale per axis
+    WINDOW_SHIFT = 71  # and shift per axis
+    DIHEDRAL = 72  # transpose, up-down flip, left-right flip
+    OBJECT_COUNT = 73  # multi-instance images: how many objects
+    OBJECT_CLASSES = 74  # which other categories
+    OBJECT_SCALE = 75
+    OBJECT_OFFSET = 76
+    OBJECT_SEED = 77  # each further object's own view seed
+    MAP_JITTER = 78  # svd2d: which map of the system is scaled per image, and by how much

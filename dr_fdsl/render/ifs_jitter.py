@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 
+from dr_fdsl.families.ifs_scan import prefix_compose
 from dr_fdsl.render import random as rnd
 from dr_fdsl.render.streams import Stream
 
@@ -71,23 +72,14 @@ def jittered_system(system: torch.Tensor, jitter: Jitter) -> torch.Tensor:
 def replay(system: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
     """The chaos game of ``system (B, M, 2, 3)`` float64 along the map sequence ``maps (B, N)`` int64: ``(B, N, 2)``,
     point ``i`` = ``T_{maps[i]}`` applied to point ``i - 1``, point ``-1`` the fixed point of map 0 (not returned)."""
-    b, n = maps.shape
+    b = maps.shape[0]
     a, bb, e = system[:, 0, 0, 0], system[:, 0, 0, 1], system[:, 0, 0, 2]
     c, d, f = system[:, 0, 1, 0], system[:, 0, 1, 1], system[:, 0, 1, 2]
     s = 1 / (1 + (a * d - bb * c) - a - d)  # ifs.iterate's fixed point of map 0
     start = torch.stack([s * ((1 - d) * e + bb * f), s * ((1 - a) * f + c * e)], -1)  # (B, 2)
     steps = system[torch.arange(b, device=maps.device)[:, None], maps]  # (B, N, 2, 3)
-    lin, shift = steps[..., :2], steps[..., 2]
-    # inclusive prefix composition: after the round with stride d, step i holds T_i o ... o T_{max(0, i - 2d + 1)}
-    stride = 1
-    while stride < n:
-        # (A1, t1) o (A2, t2) = (A1 A2, A1 t2 + t1): step i (later) after step i - stride (earlier)
-        lin_new = lin[:, stride:] @ lin[:, :-stride]
-        shift_new = (lin[:, stride:] @ shift[:, :-stride, :, None]).squeeze(-1) + shift[:, stride:]
-        lin = torch.cat([lin[:, :stride], lin_new], 1)
-        shift = torch.cat([shift[:, :stride], shift_new], 1)
-        stride *= 2
-    return (lin @ start[:, None, :, None]).squeeze(-1) + shift
+    prefix = prefix_compose(steps)  # step i: T_i o ... o T_0
+    return (prefix[..., :2] @ start[:, None, :, None]).squeeze(-1) + prefix[..., 2]
 
 
 def window_ndc(xy: torch.Tensor, canvas: int) -> torch.Tensor:

@@ -95,11 +95,16 @@ def evaluate(run: Run) -> dict[str, float]:
 
 
 def log_images(run: Run) -> None:
-    """A grid of held-out renders and histograms of the rendering parameters (main process)."""
+    """A grid of held-out renders, the objective's own grids of them (``Objective.image_grids``) and histograms of
+    the rendering parameters (main process)."""
     if run.writer is None:
         return
     ids, seeds = (t.to(run.accelerator.device) for t in run.grid_views)
     run.writer.add_image("renders", render_grid(run.renderer, ids, seeds, nrow=4), run.step)
+    with torch.no_grad():
+        grids = run.objective.image_grids(render_eval(run, ids, seeds), ids, seeds)
+    for name, grid in grids.items():  # the objective's own (e.g. corrupted / reconstructed / clean)
+        run.writer.add_image(name, grid, run.step)
     with torch.no_grad():
         run.writer.add_histogram("renderer/radii", run.renderer.radii().float().cpu(), run.step)
         run.writer.add_histogram("renderer/colors", run.renderer.colors().float().cpu(), run.step)

@@ -10,8 +10,9 @@ from dr_fdsl.errors import ConfigError
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput
 from dr_fdsl.objectives.classify import Classify
 from dr_fdsl.objectives.mim import MaskedImageModelling
+from dr_fdsl.objectives.sit import SiT
 
-OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Classify, MaskedImageModelling)}
+OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Classify, MaskedImageModelling, SiT)}
 
 __all__ = ["OBJECTIVES", "Objective", "ObjectiveOutput", "get_objective"]
 

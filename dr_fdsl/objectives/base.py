@@ -67,6 +67,14 @@ class Objective:
         """Per-image values ``(B, len(eval_names))`` float32, averaged over the evaluation set by the engine."""
         raise NotImplementedError
 
+    def image_grids(self, images: torch.Tensor, class_ids: torch.Tensor,
+                    view_seeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra TensorBoard images of what the objective does with a batch (e.g. masked, reconstructed): name ->
+        ``(3, H', W')`` float32 grid in [0, 1] on the CPU. ``images``: the held-out grid views' renders, ``(B, 3, H,
+        W)`` in [0, 1], with their ``(B,)`` categories and view seeds. Called on the main process only, so it must
+        run no collective: use the plain modules, not the prepared (DDP) ones. Default: none."""
+        return {}
+
     def unwrap(self, accelerator) -> None:
         """Replaces the prepared (DDP-wrapped) modules by the plain ones, at the end of training."""
         raise NotImplementedError

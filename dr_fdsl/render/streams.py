@@ -20,3 +20,11 @@ class Stream(IntEnum):
     MIX_POINTS = 16
     BACKGROUND = 17
     MIM_MASK = 18  # objective mim: which pixel patches are masked
+    SIT_ROTATION = 19  # objective sit: which quarter-turn rotates each image (the rotation label)
+    SIT_JITTER = 20  # colour jitter factors and their order
+    SIT_GREY = 21  # the grey rectangle
+    SIT_BLUR = 22  # the blurred rectangle, its kernel size and sigma
+    SIT_DROP = 23  # the rectangles replaced by noise, and how many pixels they cover
+    SIT_NOISE = 24  # the noise
+    SIT_REPLACE = 25  # the rectangles taken from another image
+    SIT_DONOR = 26  # which image they are taken from

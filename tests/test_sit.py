@@ -242,3 +242,69 @@ def test_shipped_sit_configs_make_rotation_learnable():
         cfg = load_config(f"configs/{name}.yaml")
         assert cfg.train.objective == "sit" and cfg.renderer.view.rotation == "euler"
         assert cfg.renderer.view.roll == (0.0, 0.0) and cfg.data.views_per_category == 2
+
+
+def _scalar_tags(folder) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in folder.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"images": 0, "scalars": 0})
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"]) | set(acc.Tags()["images"])
+    return tags
+
+
+def test_sit_trains_logs_its_tasks_and_exports_a_plain_timm_vit(tmp_path, bank_dir):
+    """Two steps through the engine: every task's loss and weight is logged, the corrupted / reconstructed / clean
+    grids are written, and the exported backbone loads into a plain timm ViT with the trained weights."""
+    import json
+
+    import timm
+
+    from dr_fdsl.finetune import load_pretrained
+    from tools.export import main
+
+    run = build_run(tiny(tmp_path, bank_dir, *SIT, "train.max_steps=2"))
+    summary = fit(run)
+    assert set(SiT.eval_names) <= set(summary) and 0 <= summary["val/rotation_acc"] <= 1
+    tags = _scalar_tags(tmp_path / "run")
+    for task in ("rotation", "contrastive", "reconstruction"):
+        assert {f"train/sit_{task}_loss", f"train/sit_{task}_weight"} <= tags
+    assert {"sit/corrupted", "sit/reconstructed", "sit/clean", "renders"} <= tags
+    grids = run.objective.image_grids(torch.rand(8, 3, 32, 32), torch.arange(8) % 4, -torch.arange(1, 9))
+    assert set(grids) == {"sit/corrupted", "sit/reconstructed", "sit/clean"}
+    assert all(g.shape[0] == 3 and 0 <= g.min() and g.max() <= 1 for g in grids.values())
+
+    assert main([str(tmp_path / "run"), "--out", str(tmp_path / "exp")]) == 0
+    config = json.loads((tmp_path / "exp" / "config.json").read_text())
+    plain = timm.create_model(f"local-dir:{tmp_path / 'exp'}", pretrained=True)
+    trained = run.objective.network.backbone.state_dict()
+    assert config["architecture"] == "test_vit" and type(plain).__name__ == "VisionTransformer"
+    assert plain.state_dict().keys() == trained.keys()
+    assert all(torch.equal(v, trained[k]) for k, v in plain.state_dict().items())
+    model, size = load_pretrained(str(tmp_path / "run"))
+    x = torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        assert torch.equal(model.eval().forward_features(x), plain.eval().forward_features(x))
+
+
+@pytest.mark.slow
+def test_sit_trains_in_two_processes(tmp_path, bank_dir):
+    """One prepared module holds backbone, heads, decoder and uncertainties (returned by its forward): DDP
+    synchronises them all, and the image grids (main process only) run no collective."""
+    import json
+    import os
+
+    from tests.conftest import BIN, ROOT, run_processes
+
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    out = run_processes([os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", "2",
+                         str(ROOT / "train.py"), "--config", str(ROOT / "configs/sit_tiny.yaml"),
+                         f"output_dir={tmp_path / 'run'}", f"bank.cache_dir={bank_dir}", "bank.num_classes=4",
+                         "bank.num_points=300", "train.batch_size=8", "train.max_steps=3", "train.eval_every=3",
+                         "train.image_every=2", "train.eval_images=16", "train.ckpt_every=3", "train.progress=false"],
+                        timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["objective"] == "sit" and summary["val/reconstruction_loss"] > 0

@@ -123,11 +123,15 @@ def fingerprint(cfg: Config, num_processes: int) -> dict:
                 "mode": cfg.renderer.mode, "probe": cfg.train.probe, "num_processes": num_processes,
                 "tables": {k: renderer[k] for k in ("image_size", "share_colors", "share_radii", "radius_min",
                                                    "radius_max", "color_init", "palette_size", "init_seed")}}
-    objective = getattr(cfg, cfg.train.objective, None)  # an objective's own section (e.g. mim), if it has one
+    # An objective's own sections (mim's; classify+mim's: mim's), if it has any; one section as such.
+    sections = {part: content_settings(getattr(cfg, part)) for part in cfg.train.objective.split("+")
+                if hasattr(cfg, part)}
     exact = {"seed": cfg.seed, "renderer": renderer, "batch_size": cfg.train.batch_size,
-             "objective_settings": content_settings(objective) if objective is not None else None,
+             "objective_settings": (next(iter(sections.values())) if len(sections) == 1 else sections or None),
              "grad_accum": cfg.train.grad_accum, "image_aug": content_settings(cfg.image_aug),
              "data": content_settings(cfg.data), "mixed_precision": cfg.train.mixed_precision}
+    if cfg.renderer.mode == "match":  # the target set, its stream and what the renderer descends
+        exact["match"] = content_settings(cfg.match)
     return {"required": required, "exact": exact}
 
 

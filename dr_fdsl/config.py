@@ -66,6 +66,9 @@ MOVED_KEYS = {f"bank.{k}": f"bank.ifs3d.{k}" for k in ("sampler", "min_variance"
 # cache folders. Every "settings that change the images" list (bank cache key, static dataset check, checkpoint
 # fingerprint) is derived from it by :func:`content_settings`.
 NOT_CONTENT = {"content": False}
+# A content field added after caches, static datasets and checkpoints were made: left out of content_settings while
+# it holds its default, so that what was made before it existed keeps its key (its default changes nothing).
+ADDED = {"omit_default": True}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -104,6 +107,10 @@ class OFDBConfig:
     # "ofdb": every map's first coefficient scaled by 0.4 before the chaos game, as OFDB's instance.py does for
     # its released models (the first row of its weights_ins145.csv). "none": the searched systems as they are.
     instance_weight: Literal["none", "ofdb"] = "none"
+    # "exfractal145": every image is one of 145 instances of its category, drawn from its own key: the maps scaled
+    # by a row of weights_ins145.csv and the category's chaos game replayed on the device with the same map choices
+    # (dr_fdsl/render/instances.py). "none": the category's cloud itself.
+    instances: Literal["none", "exfractal145"] = field(default="none", metadata=ADDED)
 
 
 @dataclass
@@ -125,6 +132,10 @@ class FractalDBConfig:
     # Side of the published image the points are placed in (make_fractaldb.py --image_size, pad 6): 512 is its
     # default and the search's canvas; exe.sh renders FractalDB-1k at 362.
     canvas: int = 512
+    # True: every image is one of the published instances of its category, drawn from its own key: one of the 25
+    # rows of weights_0.4.csv (the chaos game replayed on the device with the category's map choices), one of the
+    # 4 flips, and the points moved to the centres of the published 3 x 3 patches (dr_fdsl/render/instances.py).
+    instances: bool = field(default=False, metadata=ADDED)
 
 
 @dataclass
@@ -161,6 +172,10 @@ class VisualAtomConfig:
     nami_2_max: int = 20
     # Ours: the polylines are sampled every `spacing` canvas pixels at most (bank.num_points then caps or pads).
     spacing: float = 0.5
+    # True: every image draws, from its own key, a centre and a grey level per orbit as the published instances do;
+    # the orbits' shapes stay instance 0's. The bank then samples the orbits over every part any centre can bring
+    # onto the canvas (dr_fdsl/render/instances.py).
+    instances: bool = field(default=False, metadata=ADDED)
 
 
 @dataclass
@@ -197,6 +212,10 @@ class ViewConfig:
     distance: tuple[float, float] = (3.0, 3.0)
     fov: tuple[float, float] = (45.0, 45.0)  # perspective: full field of view
     ortho_scale: tuple[float, float] = (0.8, 0.8)  # orthographic: NDC units per cloud unit
+    # Perspective NDC as (x * focal) / depth, PyTorch3D's FoVPerspectiveCameras arithmetic, bit for bit, instead of
+    # x * (focal / depth) (the default, kept so that earlier renders do not move by an ulp). One ulp of NDC moves a
+    # fragment weight by ~1e-5 at radius 0.015: a render matched to a published PyTorch3D one needs true.
+    pytorch3d_arithmetic: bool = False
 
 
 @dataclass
@@ -217,13 +236,44 @@ class AugmentConfig:
     pointwolf_shift: float = 0.1
     # Points of another random category replace this fraction of each cloud's points (with their colours).
     mix: float = 0.0
+    # --- As published by the SIGNATE contest's 4th-place solution (configs/contest_pytorch3d.yaml) and the work it
+    # cites; dr_fdsl/render/augment.py and corrupt.py. Every default leaves the images as they were.
+    subsample_prob: float = 1.0  # probability that an image is sub-sampled at all (its rate drawn in `subsample`)
+    # False: each point kept with probability rate. True: exactly int(N * rate) points kept, a uniform random subset
+    # (the contest's np.random.choice(N, int(N * rate), replace=False)).
+    subsample_exact: bool = False
+    scale_shift_prob: float = 1.0  # one coin per image switches scale and shift on together (the contest's p=0.5)
+    # "camera": the shift is added after the rotation. "object": p * scale + shift before the rotation (the contest).
+    shift_frame: Literal["camera", "object"] = "camera"
+    jitter_prob: float = 1.0  # probability that an image gets the Gaussian jitter (the contest's noise: 0.01, 0.5)
+    # "style": the PointWOLF-style deformation above. "published": PointWOLF as Kim et al. (2021) publish it
+    # (mlvlab/PointWOLF, the contest's copy): farthest-point-sampled anchors among the kept points, per-anchor
+    # random axes and transform dropout, scales drawn in pointwolf_scale (published: [1, 3]), a random projection
+    # axis for the kernel, the cloud re-centred and scaled into the unit ball. Published values: anchors 4,
+    # sigma 0.5, scale [1.0, 3.0], rotation 10, shift 0.25.
+    pointwolf_kind: Literal["style", "published"] = "style"
+    # ModelNet-C corruptions (Ren, Pan & Liu 2022, jiawei-ren/ModelNet-C build_modelnetc/corrupt_utils.py), in
+    # object space after sub-sampling; their published levels 0..4 are drop_local = add_local = 100 * (level + 1)
+    # and add_global = 10 * (level + 1) points. Added points borrow the colour and radius of a point of the cloud.
+    drop_local: int = 0  # points removed in 1..7 clusters around random points
+    add_global: int = 0  # points added uniformly in the unit ball
+    add_local: int = 0  # points added in 1..7 Gaussian clusters (sigma U(0.075, 0.125)) around random points
+    # The contest's colorize_point_cloud: hue from depth (nearest 255, farthest 0, over the image's drawn points),
+    # one saturation and value per image drawn in these ranges, through OpenCV's 8-bit HSV -> RGB; it multiplies
+    # the learnable colour (white: the published colours exactly).
+    depth_hue: bool = False
+    depth_hue_saturation: tuple[float, float] = (0.3, 1.0)
+    depth_hue_value: tuple[float, float] = (0.5, 1.0)
+    radius_scale: tuple[float, float] = (1.0, 1.0)  # per-image factor on every point's radius (random point size)
 
 
 @dataclass
 class RendererConfig:
     """The differentiable point renderer: learnable per-point colours and radii, PyTorch3D compositing."""
 
-    mode: Literal["frozen", "joint", "adversarial"] = field(default="frozen", metadata=NOT_CONTENT)
+    # "match": the rendering parameters descend a distance between rendered and target-domain images (section
+    # match), not the objective's loss (dr_fdsl/match.py; engine/step.py says which gradient goes where).
+    mode: Literal["frozen", "joint", "adversarial", "match"] = field(default="frozen", metadata=NOT_CONTENT)
     image_size: int = 224
     points_per_pixel: int = 8
     compositor: Literal["alpha", "norm_weighted"] = "alpha"
@@ -243,9 +293,17 @@ class RendererConfig:
     init_seed: int = 0
     # "color": background_color; "random_color": one random colour per image; "noise": uniform noise per
     # pixel in [0, background_noise]. Composited softly through the transmittance.
-    background: Literal["color", "random_color", "noise"] = "color"
+    # "diamond_square": a coloured diamond-square fractal per image (dr_fdsl/render/background.py), as published by
+    # diamond_square_variant: "contest" (the contest's notebooks/_diamondsquare.py) or "anderson" (Anderson &
+    # Farrell's fractal-pretraining, fractal_learning/fractals/diamondsquare.py).
+    background: Literal["color", "random_color", "noise", "diamond_square"] = "color"
     background_color: tuple[float, float, float] = (0.0, 0.0, 0.0)
     background_noise: float = 0.2
+    diamond_square_variant: Literal["contest", "anderson"] = "contest"
+    # How the colour table holds colours (renderer.py, color_values): "squash": logits through an algebraic sigmoid,
+    # initial values kept 1e-3 inside (0, 1) (white is 0.999). "clamp": the colours themselves, clamped to [0, 1]
+    # and projected back into it after every renderer step: every initial colour is held exactly (white is 1.0).
+    color_param: Literal["squash", "clamp"] = "squash"
     view: ViewConfig = field(default_factory=ViewConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Optimisation of the rendering parameters (modes "joint" and "adversarial"): SparseAdam on the logits
@@ -267,18 +325,88 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """Classifier optimisation as in the FDSL recipes: AdamW, lr scaled by total batch / 512, warm-up + cosine."""
+    """Optimisation of the objective's networks. The FDSL recipes' default: AdamW, lr scaled by total batch / 512,
+    linear warm-up then cosine decay. FractalDB's ResNet recipes use ``name: sgd`` (momentum 0.9); the masked-image
+    seed uses ``name: adam, betas: [0.9, 0.99], warmup_lr_init: 1e-9, schedule: step`` (a final constant phase)."""
 
+    name: Literal["adamw", "adam", "sgd"] = "adamw"  # sgd: heavy-ball momentum (not Nesterov)
     lr: float = 1e-3  # for a total batch of 512; the run uses lr * total_batch / 512
     weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw, adam
+    momentum: float = 0.9  # sgd
     warmup_steps: int = 100  # optimiser steps
-    min_lr: float = 1e-6
+    warmup_lr_init: float = -1.0  # learning rate the warm-up starts from; negative: optim.min_lr
+    schedule: Literal["cosine", "step"] = "cosine"  # step: constant lr, then final_lr for the last final_steps
+    min_lr: float = 1e-6  # cosine: the final learning rate
+    final_steps: int = 0  # step: length of the final constant phase, optimiser steps
+    final_lr: float = 0.0  # step: its learning rate (scaled by total batch / 512 like lr)
     clip_grad: float = 1.0  # max global grad norm of classifier and of renderer, each; 0 switches it off
 
 
 @dataclass
+class RandomResizedCropConfig:
+    """timm's ``RandomResizedCropAndInterpolation`` of the rendered image back to its own size: area fraction
+    U(scale), log-uniform aspect ratio, 10 tries then the centre crop; resampled as PIL resizes
+    (``image_aug.interpolation``)."""
+
+    enabled: bool = False
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+
+
+@dataclass
+class ShiftScaleRotateConfig:
+    """albumentations' ``ShiftScaleRotate`` (its defaults): with probability ``p``, rotate by U(-rotate_limit,
+    rotate_limit) degrees and scale by 1 + U(-scale_limit, scale_limit) about the centre, shift by
+    U(-shift_limit, shift_limit) of the size; bilinear, reflect-101 border."""
+
+    p: float = 0.0
+    shift_limit: float = 0.0625
+    scale_limit: float = 0.1
+    rotate_limit: float = 45.0
+
+
+@dataclass
+class BrightnessContrastConfig:
+    """albumentations' ``RandomBrightnessContrast`` (brightness_by_max): with probability ``p``,
+    ``level * (1 + U(-contrast_limit, contrast_limit)) + 255 * U(-brightness_limit, brightness_limit)``."""
+
+    p: float = 0.0
+    brightness_limit: float = 0.2
+    contrast_limit: float = 0.2
+
+
+@dataclass
+class HueSaturationValueConfig:
+    """albumentations' ``HueSaturationValue`` on uint8 images: with probability ``p``, hue shifted by
+    U(-hue_shift_limit, hue_shift_limit) in OpenCV's 0..180 units, saturation and value by their limits in 0..255."""
+
+    p: float = 0.0
+    hue_shift_limit: float = 20.0
+    sat_shift_limit: float = 30.0
+    val_shift_limit: float = 20.0
+
+
+@dataclass
+class DistortionConfig:
+    """albumentations' ``OneOf([OpticalDistortion(), GridDistortion()])``: with probability ``p``, one of the two,
+    equally likely, with their defaults (optical: k = U(-optical_distort_limit, ...), principal point shifted by
+    round(U(-optical_shift_limit, ...)) pixels; grid: ``grid_steps`` cells per side, each stretched by
+    1 + U(-grid_distort_limit, ...)); bilinear, reflect-101 border."""
+
+    p: float = 0.0
+    optical_distort_limit: float = 0.05
+    optical_shift_limit: float = 0.05
+    grid_steps: int = 5
+    grid_distort_limit: float = 0.3
+
+
+@dataclass
 class ImageAugConfig:
-    """Image augmentations applied on the device after rendering (timm's Mixup/CutMix and RandomErasing)."""
+    """Image augmentations applied on the device after rendering, per image, from torch's global generator (which
+    Accelerate checkpoints). In order: random resized crop, transpose, flips, the contest's albumentations
+    operations (shift-scale-rotate, brightness/contrast, HSV, distortion), RandAugment, then normalisation, random
+    erasing and Mixup/CutMix (timm's). Every new operation is off by default."""
 
     mixup: float = 0.8  # Beta(alpha, alpha); 0 switches it off
     cutmix: float = 1.0
@@ -288,6 +416,17 @@ class ImageAugConfig:
     random_erasing: float = 0.25
     hflip: float = 0.5
     vflip: float = 0.0
+    transpose: float = 0.0  # probability of swapping rows and columns (albumentations' Transpose)
+    random_resized_crop: RandomResizedCropConfig = field(default_factory=RandomResizedCropConfig)
+    shift_scale_rotate: ShiftScaleRotateConfig = field(default_factory=ShiftScaleRotateConfig)
+    brightness_contrast: BrightnessContrastConfig = field(default_factory=BrightnessContrastConfig)
+    hue_saturation_value: HueSaturationValueConfig = field(default_factory=HueSaturationValueConfig)
+    distortion: DistortionConfig = field(default_factory=DistortionConfig)
+    # timm's RandAugment config string, parsed by timm (e.g. "rand-m9-mstd0.5-inc1"); empty: off.
+    randaugment: str = ""
+    # Resampling of random_resized_crop and of RandAugment's rotate/shear/translate, as timm's create_transform
+    # passes its --interpolation to both ("random": bilinear or bicubic per image and operation).
+    interpolation: Literal["bicubic", "bilinear", "random"] = "bicubic"
 
 
 @dataclass
@@ -315,7 +454,8 @@ class TrainConfig:
     """The step-based loop. Steps are optimiser steps; ``batch_size`` is per process and per micro-batch."""
 
     # What a step computes from the rendered images (dr_fdsl/objectives): "classify" is classification of the
-    # categories with image_aug's Mixup/CutMix, label smoothing and the leakage probe.
+    # categories with image_aug's Mixup/CutMix, label smoothing and the leakage probe; "mim" masked-image
+    # modelling (section mim); "classify+mim" both on one backbone.
     objective: str = "classify"
     max_steps: int = 1000
     batch_size: int = 64
@@ -341,6 +481,40 @@ class MIMConfig:
     patch: int = 4  # side of a masked square, pixels (published: 2, 4 or 8; best 4)
     ratio: float = 0.2  # probability that a square is masked (published: 0.2, 0.4, 0.6; best 0.2)
     loss_on: Literal["all", "masked"] = "all"  # published: L1 over all pixels; "masked": over masked ones only
+    # classify+mim: loss = classification loss + weight * reconstruction loss (the relative scale of the two
+    # gradients; it changes no pixel and no draw of the random stream)
+    weight: float = field(default=1.0, metadata=NOT_CONTENT)
+
+
+@dataclass
+class MatchConfig:
+    """Renderer mode ``match`` (dr_fdsl/match.py): the rendering parameters minimise ``weight`` x ``distance``
+    between statistics of rendered images and of unlabelled training images of a target dataset, while the
+    objective trains its networks on the same rendered batch (as in learning to simulate / Meta-Sim)."""
+
+    # Target images: the training split of fashion_mnist, cifar10, cifar100 or folder:PATH (its train/ folder),
+    # labels unused, resized to renderer.image_size (bilinear, as fine-tuning resizes). Required in mode match.
+    dataset: str = ""
+    data_root: str = field(default="data", metadata=NOT_CONTENT)  # where torchvision's copies are (or go)
+    images: int = 1000  # how many training images form the target set (a seeded subset; 0: all)
+    batch: int = 64  # target images per micro-batch, drawn with replacement from the set (keyed by step)
+    # A weighted sum of terms, e.g. "mmd + moments + 0.5*spectrum": mmd (kernel MMD^2 of image features),
+    # moments (colour mean and covariance), spectrum (radially averaged log power spectrum).
+    distance: str = "mmd + moments + spectrum"
+    weight: float = 1.0  # the renderer descends weight x distance
+    # True: the renderer also descends the objective's loss (joint + match); false: the objective's loss
+    # reaches the networks only (the images are detached for it, as in frozen).
+    joint: bool = False
+    # mmd: its features ("random": fixed random convolutions; "classifier": the objective's backbone's first
+    # classifier_blocks blocks, parameters detached; "both": the two concatenated) and its estimator
+    # ("unbiased": Gretton et al.'s U-statistic, zero in expectation for equal distributions; "biased": the
+    # V-statistic, exactly zero for identical sets). RBF kernels at 0.25, 1 and 4 x the median heuristic.
+    features: Literal["random", "classifier", "both"] = "random"
+    estimator: Literal["unbiased", "biased"] = "unbiased"
+    random_layers: int = 3  # 3x3 convolutions of stride 2 with ReLU, each layer's channel means are features
+    random_channels: int = 16  # channels of the first layer, doubled at each layer
+    feature_seed: int = 0  # the random convolutions' weights
+    classifier_blocks: int = 1
 
 
 @dataclass
@@ -377,7 +551,8 @@ class Config:
     image_aug: ImageAugConfig = field(default_factory=ImageAugConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    mim: MIMConfig = field(default_factory=MIMConfig)  # used by train.objective=mim
+    mim: MIMConfig = field(default_factory=MIMConfig)  # used by train.objective=mim and classify+mim
+    match: MatchConfig = field(default_factory=MatchConfig)  # used by renderer.mode=match
     sit: SiTConfig = field(default_factory=SiTConfig)  # used by train.objective=sit
 
 
@@ -500,8 +675,8 @@ def _merge(base: dict, top: dict) -> dict:
 
 
 def _read_file(path: Path, chain: tuple[Path, ...] = ()) -> dict:
-    """A config file's mapping, with ``include: other.yaml`` (relative to the file) read first and merged under
-    it: shared recipes live in one file and variants state only what differs."""
+    """A config file's mapping, with ``include: other.yaml`` (relative to the file; or a list, merged in order)
+    read first and merged under it: shared recipes live in one file and variants state only what differs."""
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist; the shipped ones are in configs/")
     if path.resolve() in chain:
@@ -520,9 +695,15 @@ def _read_file(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     include = tree.pop("include", None)
     if include is None:
         return tree
-    if not isinstance(include, str):
-        raise ConfigError(f"config file '{path}': 'include' must name one YAML file, got {include!r}")
-    return _merge(_read_file(path.parent / include, (*chain, path.resolve())), tree)
+    # One file, or a list merged in order (a recipe, then fragments such as configs/image_aug/contest.yaml).
+    files = [include] if isinstance(include, str) else include
+    if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+        raise ConfigError(f"config file '{path}': 'include' must name a YAML file or a list of them, got "
+                          f"{include!r}")
+    base: dict = {}
+    for name in files:
+        base = _merge(base, _read_file(path.parent / name, (*chain, path.resolve())))
+    return _merge(base, tree)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), cls: type = Config,
@@ -589,6 +770,8 @@ def content_settings(section: Any) -> dict:
             continue
         if f.metadata.get("family") and f.name != getattr(section, "family", None):
             continue
+        if f.metadata.get("omit_default") and getattr(section, f.name) == f.default:
+            continue
         out[f.name] = _plain(getattr(section, f.name))
     return out
 
@@ -646,6 +829,19 @@ def validate_config(cfg: Config) -> None:
     need(finite(o.min_lr) and 0 <= o.min_lr <= o.lr, "optim.min_lr", f"must be in [0, optim.lr], got {o.min_lr}")
     need(finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
     need(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+    need(finite(o.warmup_lr_init) and o.warmup_lr_init <= o.lr, "optim.warmup_lr_init",
+         f"must be <= optim.lr (negative: start from optim.min_lr), got {o.warmup_lr_init}")
+    need(all(finite(b) and 0 <= b < 1 for b in o.betas), "optim.betas", f"must be two numbers in [0, 1), got "
+         f"{list(o.betas)}")
+    need(finite(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}")
+    need(finite(o.final_lr) and 0 <= o.final_lr <= o.lr, "optim.final_lr", f"must be in [0, optim.lr], got "
+         f"{o.final_lr}")
+    if o.schedule == "step":
+        need(0 <= o.final_steps <= t.max_steps - o.warmup_steps, "optim.final_steps", f"must be in [0, "
+             f"train.max_steps - optim.warmup_steps = {t.max_steps - o.warmup_steps}], got {o.final_steps}")
+    else:
+        need(o.final_steps == 0, "optim.final_steps", "is a setting of optim.schedule=step (cosine decays to "
+             "optim.min_lr); remove it or set optim.schedule=step")
     need(finite(o.clip_grad) and o.clip_grad >= 0, "optim.clip_grad", f"must be >= 0 (0: off), got {o.clip_grad}")
 
     a = cfg.image_aug
@@ -654,6 +850,7 @@ def validate_config(cfg: Config) -> None:
         need(0 <= value <= 1, f"image_aug.{key}", f"is a probability: must be in [0, 1], got {value}")
     need(a.mixup >= 0 and a.cutmix >= 0, "image_aug.mixup", "mixup and cutmix (Beta alphas) must be >= 0")
     need(0 <= a.label_smoothing < 1, "image_aug.label_smoothing", f"must be in [0, 1), got {a.label_smoothing}")
+    validate_image_pipeline(a, cfg.renderer.image_size)
 
     d = cfg.data
     need(d.views_per_class >= 0, "data.views_per_class", f"must be >= 0, got {d.views_per_class}")
@@ -679,6 +876,9 @@ def validate_config(cfg: Config) -> None:
 
     validate_bank(cfg.bank)
     validate_renderer(cfg.renderer)
+    validate_instances(content_settings(cfg.bank), cfg.renderer)
+    if cfg.renderer.mode == "match":
+        validate_match(cfg)
     if cfg.renderer.color_init == "bank":
         from dr_fdsl.families import get_family  # families import this module
 
@@ -693,6 +893,61 @@ def validate_config(cfg: Config) -> None:
     get_objective(t.objective).validate(cfg)
 
 
+def validate_image_pipeline(a: ImageAugConfig, image_size: int) -> None:
+    """The checks of the pixel operations of ``image_aug`` (crop, contest operations, RandAugment)."""
+    need(0 <= a.transpose <= 1, "image_aug.transpose", f"is a probability: must be in [0, 1], got {a.transpose}")
+    c = a.random_resized_crop
+    need(0 < c.scale[0] <= c.scale[1] <= 1, "image_aug.random_resized_crop.scale",
+         f"is a range of area fractions: needs 0 < low <= high <= 1, got {list(c.scale)}")
+    need(0 < c.ratio[0] <= c.ratio[1] and all(map(finite, c.ratio)), "image_aug.random_resized_crop.ratio",
+         f"is a range of aspect ratios: needs 0 < low <= high, got {list(c.ratio)}")
+    limits = {"shift_scale_rotate": ("shift_limit", "scale_limit", "rotate_limit"),
+              "brightness_contrast": ("brightness_limit", "contrast_limit"),
+              "hue_saturation_value": ("hue_shift_limit", "sat_shift_limit", "val_shift_limit"),
+              "distortion": ("optical_distort_limit", "optical_shift_limit", "grid_distort_limit")}
+    for section, keys in limits.items():
+        settings = getattr(a, section)
+        need(0 <= settings.p <= 1, f"image_aug.{section}.p", f"is a probability: must be in [0, 1], got {settings.p}")
+        for key in keys:
+            value = getattr(settings, key)
+            need(finite(value) and value >= 0, f"image_aug.{section}.{key}",
+                 f"is the half-width of a symmetric range: must be >= 0, got {value}")
+    need(a.shift_scale_rotate.scale_limit < 1, "image_aug.shift_scale_rotate.scale_limit",
+         f"scales by 1 + U(-limit, limit): must be < 1, got {a.shift_scale_rotate.scale_limit}")
+    need(1 <= a.distortion.grid_steps <= image_size, "image_aug.distortion.grid_steps",
+         f"cells per side: must be in [1, renderer.image_size={image_size}], got {a.distortion.grid_steps}")
+    if a.randaugment:
+        from dr_fdsl.randaugment import parse_randaugment  # imports timm; only when configured
+
+        parse_randaugment(a.randaugment)
+
+
+def validate_match(cfg: Config) -> None:
+    """The match section's checks (renderer.mode=match)."""
+    from dr_fdsl.match import parse_distance  # match imports this module
+
+    m = cfg.match
+    need(bool(m.dataset.strip()), "match.dataset",
+         "renderer.mode=match matches rendered images to a target dataset's training images and none is named; "
+         "set match.dataset=fashion_mnist (or cifar10, cifar100, folder:PATH), or choose another renderer.mode")
+    need(m.dataset in ("fashion_mnist", "cifar10", "cifar100") or (m.dataset.startswith("folder:")
+         and len(m.dataset) > len("folder:")), "match.dataset",
+         f"{m.dataset!r} is not fashion_mnist, cifar10, cifar100 or folder:PATH")
+    need(m.images >= 0, "match.images", f"must be >= 0 (0: the whole training split), got {m.images}")
+    need(m.batch >= 2, "match.batch", f"must be >= 2 (MMD compares pairs within a set), got {m.batch}")
+    need(cfg.train.batch_size >= 2, "train.batch_size",
+         f"renderer.mode=match compares pairs of rendered images: needs >= 2, got {cfg.train.batch_size}")
+    need(finite(m.weight) and m.weight > 0, "match.weight", f"must be a positive number, got {m.weight}")
+    parse_distance(m.distance)  # raises ConfigError naming match.distance
+    need(m.random_layers >= 1, "match.random_layers", f"must be >= 1, got {m.random_layers}")
+    need(m.random_channels >= 1, "match.random_channels", f"must be >= 1, got {m.random_channels}")
+    need(m.feature_seed >= 0, "match.feature_seed", f"must be >= 0, got {m.feature_seed}")
+    need(m.classifier_blocks >= 1, "match.classifier_blocks", f"must be >= 1, got {m.classifier_blocks}")
+    need(not (m.joint and cfg.train.objective == "mim"), "match.joint",
+         "joint rendering descends the reconstruction loss of objective mim (the renderer could empty the image); "
+         "set match.joint=false")
+
+
 def validate_bank(b: BankConfig) -> None:
     """The bank section's checks, the chosen family's included (also run by ``bank_from_config``)."""
     from dr_fdsl.families import get_family  # families import this module
@@ -701,6 +956,29 @@ def validate_bank(b: BankConfig) -> None:
     need(b.num_points >= 1, "bank.num_points", f"must be positive, got {b.num_points}")
     need(b.seed >= 0, "bank.seed", f"must be >= 0, got {b.seed}")
     get_family(b.family).validate(b)
+
+
+def instances_on(bank_settings: dict) -> bool:
+    """Whether a bank's settings (``content_settings(cfg.bank)`` or ``PointBank.settings``) ask for instances."""
+    section = bank_settings.get(bank_settings.get("family"), {})
+    return section.get("instances", "none") not in ("none", False)
+
+
+def validate_instances(bank_settings: dict, r: RendererConfig) -> None:
+    """What instances (``bank.<family>.instances``) cannot be combined with (also run by ``PointRenderer``)."""
+    if not instances_on(bank_settings):
+        return
+    family = bank_settings["family"]
+    need(r.augment.mix == 0, "renderer.augment.mix",
+         f"must be 0 with bank.{family}.instances (a mixed-in point would need the other category's instance, "
+         f"which is not drawn); got {r.augment.mix}")
+    if family == "ofdb":
+        need(bank_settings["ofdb"]["instance_weight"] == "none", "bank.ofdb.instance_weight",
+             "must be 'none' with bank.ofdb.instances=exfractal145: its 145 rows include that weight (row 0)")
+    if family == "visualatom":
+        need(r.color_init != "bank", "renderer.color_init",
+             "'bank' starts every point at instance 0's grey level, and bank.visualatom.instances multiplies the "
+             "colours by each image's own orbit grey levels: use 'white' (the published greys exactly) or another")
 
 
 def validate_renderer(r: RendererConfig) -> None:
@@ -737,6 +1015,17 @@ def validate_renderer(r: RendererConfig) -> None:
          "need at least one anchor and a positive pointwolf_sigma")
     need(0 < aug.pointwolf_scale[0] <= aug.pointwolf_scale[1], "renderer.augment.pointwolf_scale",
          "need 0 < low <= high")
+    for key in ("subsample_prob", "scale_shift_prob", "jitter_prob"):
+        value = getattr(aug, key)
+        need(0 <= value <= 1, f"renderer.augment.{key}", f"is a probability: must be in [0, 1], got {value}")
+    for key in ("drop_local", "add_global", "add_local"):
+        need(getattr(aug, key) >= 0, f"renderer.augment.{key}", f"is a number of points: must be >= 0, got "
+             f"{getattr(aug, key)}")
+    for key in ("depth_hue_saturation", "depth_hue_value"):
+        lo, hi = getattr(aug, key)
+        need(0 <= lo <= hi <= 1, f"renderer.augment.{key}", f"need 0 <= low <= high <= 1, got {(lo, hi)}")
+    need(0 < aug.radius_scale[0] <= aug.radius_scale[1], "renderer.augment.radius_scale",
+         f"need 0 < low <= high, got {aug.radius_scale}")
 
 
 def _validate_sizes(cfg: Config) -> None:

@@ -12,7 +12,7 @@ import gc
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +30,7 @@ from dr_fdsl.config import ModelConfig, finite, load_config, need
 from dr_fdsl.errors import ConfigError, NonFiniteLossError
 from dr_fdsl.frozen_eval import extract_features, knn_predict, linear_probe, model_input
 from dr_fdsl.models import create_classifier, normalization
+from dr_fdsl.target_mim import TargetMIMSettings, masked_pretrain
 
 
 @dataclass
@@ -64,6 +65,9 @@ class FinetuneSettings:
     seed: int = 0
     output_dir: str = "runs/finetune"
     progress: bool = True
+    # Masked pre-training on the training images above (without labels) before fine-tuning or a frozen-feature
+    # protocol, after loading `pretrained` if given (dr_fdsl/target_mim.py); target_mim.epochs=0: none.
+    target_mim: TargetMIMSettings = field(default_factory=TargetMIMSettings)
 
 
     def validate(self) -> None:
@@ -81,6 +85,7 @@ class FinetuneSettings:
         need(finite(self.probe_lr) and self.probe_lr > 0, "probe_lr", f"must be a positive number, got {self.probe_lr}")
         need(self.knn_k >= 1, "knn_k", f"must be >= 1, got {self.knn_k}")
         need(finite(self.knn_temperature) and self.knn_temperature > 0, "knn_temperature", "must be positive")
+        self.target_mim.validate()
 
 
 def cumulative_error(top1: list[float]) -> float:
@@ -104,9 +109,10 @@ def load_pretrained(pretrained: str) -> tuple[torch.nn.Module, int]:
     cfg = load_config(config, validate=False)  # the run's own resolved config: only its model is rebuilt
     model = create_classifier(cfg.model, cfg.bank.num_classes, cfg.renderer.image_size)
     state = load_file(str(weights))
-    if any(k.startswith("backbone.") for k in state):  # an objective's network around the backbone (mim)
+    if any(k.startswith("backbone.") for k in state):  # an objective's network around the backbone (mim, ...)
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-        model.reset_classifier(0)  # such objectives train no classifier head
+        if not state.keys() >= model.state_dict().keys():  # mim trains no classifier head; classify+mim does
+            model.reset_classifier(0)
     try:
         model.load_state_dict(state)
     except Exception as err:
@@ -114,7 +120,18 @@ def load_pretrained(pretrained: str) -> tuple[torch.nn.Module, int]:
     return model, cfg.renderer.image_size
 
 
-def frozen_protocol(s: FinetuneSettings, model, train, test, size: int, mean, std, acc) -> dict:
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """Settings as TensorBoard's hyper-parameters take them: flat, scalars (sections dotted, lists as text)."""
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif value is not None:
+            out[prefix + key] = str(list(value)) if isinstance(value, (tuple, list)) else value
+    return out
+
+
+def frozen_protocol(s: FinetuneSettings, model, train, test, size: int, mean, std, acc, masked=None) -> dict:
     """``s.protocol`` ``linear`` or ``knn`` on the frozen backbone's features (every process computes the same)."""
     start = time.perf_counter()
     features = [extract_features(model, part.images, size, mean, std, 2 * s.batch_size, acc.device)
@@ -130,9 +147,13 @@ def frozen_protocol(s: FinetuneSettings, model, train, test, size: int, mean, st
               "test_images": len(test), "feature_dim": features[0].shape[1], "epochs": len(top1), "top1": top1,
               "final_top1": top1[-1], "cumulative_error": cumulative_error(top1),
               "seconds": time.perf_counter() - start}
+    if masked is not None:
+        result["target_mim"] = masked
     if acc.is_main_process:
         Path(s.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(s.output_dir) / "finetune.json").write_text(json.dumps(result, indent=2))
+    for tracker in acc.trackers:  # the masked phase's, if it ran
+        tracker.finish()
     return result
 
 
@@ -155,10 +176,14 @@ def finetune(s: FinetuneSettings) -> dict:
         train = train.few_shot(s.per_class, s.seed)
     if s.max_test:
         test = datasets.ImageSet(test.images[:s.max_test], test.labels[:s.max_test], test.num_classes)
-    model.reset_classifier(train.num_classes)
     mean, std = (t.to(acc.device) for t in normalization(model))
+    masked = None
+    if s.target_mim.epochs:  # the backbone learns the target images, unlabelled; its head is replaced below
+        acc.init_trackers("tensorboard", config=_flat(asdict(s)))
+        masked = masked_pretrain(model, train.images, size, mean, std, s.target_mim, s.seed, acc, s.progress)
+    model.reset_classifier(train.num_classes)
     if s.protocol != "finetune":
-        return frozen_protocol(s, model.to(acc.device), train, test, size, mean, std, acc)
+        return frozen_protocol(s, model.to(acc.device), train, test, size, mean, std, acc, masked)
 
     train_loader = DataLoader(TensorDataset(train.images, train.labels), batch_size=s.batch_size, shuffle=True,
                               drop_last=len(train) >= s.batch_size * acc.num_processes,
@@ -172,7 +197,8 @@ def finetune(s: FinetuneSettings) -> dict:
     scheduler = CosineLRScheduler(optimizer, t_initial=s.epochs * steps_per_epoch, lr_min=1e-6,
                                   warmup_t=s.warmup_epochs * steps_per_epoch, warmup_lr_init=1e-6,
                                   t_in_epochs=False)
-    acc.init_trackers("tensorboard", config={k: v for k, v in asdict(s).items() if v is not None})
+    if masked is None:  # else already started for the masked phase
+        acc.init_trackers("tensorboard", config=_flat(asdict(s)))
 
     top1: list[float] = []
     step = 0
@@ -208,6 +234,8 @@ def finetune(s: FinetuneSettings) -> dict:
     result = {"dataset": s.dataset, "pretrained": s.pretrained, "train_images": len(train),
               "test_images": len(test), "epochs": s.epochs, "top1": top1, "final_top1": top1[-1],
               "cumulative_error": cumulative_error(top1)}
+    if masked is not None:
+        result["target_mim"] = masked
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "finetune.json").write_text(json.dumps(result, indent=2))

@@ -10,6 +10,12 @@ forward/backward and the optimiser update on a pre-rendered batch (``forward_bac
 b/a (ratio_frozen) and c/a (ratio_learnable); time per stage (``renderer.scene``, the registered rasteriser,
 compositing forward+backward, ``render_batch``, ``forward_backward``, ``optimizer_step``) and peak memory. Each
 figure is the median of --steps timed steps after --warmup. The leakage probe is off: this measures the step.
+With ``--match DATASET``, also (d) ``train_step`` with ``renderer.mode=match`` against that dataset's training
+images (``match.batch`` = the batch unless overridden) and the match term's forward and backward alone: d/c is
+what the match term costs per step relative to joint (joint and match steps alternate; d/c is the median of
+the per-pair ratios).
+
+    python tools/bench.py --size 32 --points 2000 --classes 10 --k 4 --match fashion_mnist   # quickstart scale
 """
 
 import argparse
@@ -22,6 +28,7 @@ import torch
 from dr_fdsl.config import load_config
 from dr_fdsl.engine import Batch, build_run, forward_backward, optimizer_step, render_batch, train_step
 from dr_fdsl.render import RASTERIZERS, composite, fragment_weights, get_rasterizer
+from dr_fdsl.render.random import image_keys
 from dr_fdsl.timing import machine_and_peak_memory, median_time
 
 
@@ -39,6 +46,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--match", default=None, metavar="DATASET",
+                        help="also time renderer.mode=match against DATASET's training images (e.g. fashion_mnist)")
     parser.add_argument("overrides", nargs="*", default=[],
                         help="config overrides for both runs, e.g. bank.family=fractaldb renderer.view.rotation=none")
     args = parser.parse_args()
@@ -50,7 +59,8 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="dr_fdsl_bench_"))  # runs write config and logs: keep them apart
 
     def run(mode: str):
-        cfg = load_config(None, [
+        target = [f"match.dataset={args.match}", f"match.batch={args.batch}"] if mode == "match" else []
+        cfg = load_config(None, [*target,
             f"output_dir={scratch / mode}", f"bank.num_classes={args.classes}", f"bank.num_points={args.points}",
             f"renderer.mode={mode}", f"renderer.image_size={args.size}", f"renderer.points_per_pixel={args.k}",
             f"renderer.raster_backend={args.backend}", "renderer.radius_init=0.015", "renderer.augment.scale=[0.8,1.2]",
@@ -101,11 +111,32 @@ def main() -> None:
                                  args.warmup, device),
         "composite_fwd_bwd": median_time(composite_fb, args.steps, args.warmup, device),
         "render_batch": median_time(render_only, args.steps, args.warmup, device),
+        # bank.<family>.instances: drawing each image's instance (the chaos-game replay); part of points_and_camera
+        **({"instances": median_time(lambda: renderer.instances(ids, image_keys(ids, seeds), renderer.points[ids]),
+                                     args.steps, args.warmup, device)} if renderer.instances is not None else {}),
         "forward_backward": median_time(forward_backward_only, args.steps, args.warmup, device),
         "optimizer_step": median_time(lambda: optimizer_step(frozen), args.steps, args.warmup, device),
     }
     joint = run("joint")
     step_learnable = median_time(lambda: train_step(joint), args.steps, args.warmup, device)
+    step_match = None
+    if args.match:
+        match = run("match")
+        # Joint and match steps alternate, so that a load that comes and goes on a shared machine weighs on both
+        # alike: d/c is the median of the per-pair ratios.
+        pairs = []
+        for i in range(args.warmup + args.steps):
+            pair = [median_time(lambda r=r: train_step(r), 1, 0, device) for r in (joint, match)]
+            if i >= args.warmup:
+                pairs.append(pair)
+        step_match = sorted(m for _, m in pairs)[len(pairs) // 2]
+        match_over_joint = sorted(m / j for j, m in pairs)[len(pairs) // 2]
+
+        def match_term():  # the distance to the next target batch, forward and backward to the images
+            images = rendered.images.detach().requires_grad_()
+            match.match(images).total.backward()
+
+        stages["match_term_fwd_bwd"] = median_time(match_term, args.steps, args.warmup, device)
 
     machine, peak, measured = machine_and_peak_memory(device)
     result = {
@@ -116,6 +147,9 @@ def main() -> None:
         "ratio_learnable": step_alone / step_learnable,
         "stage_ms": {k: round(v * 1e3, 3) for k, v in stages.items()}, "peak_memory_mib": round(peak, 1),
     }
+    if step_match is not None:
+        result.update(match=args.match, images_per_s_match=b / step_match, ratio_match=step_alone / step_match,
+                      match_over_joint=match_over_joint)
     print(f"{machine}: batch {b}, {args.size} px, {args.points} points, K={args.k}, {args.model} "
           f"({args.precision}), raster backend {args.backend}")
     print(f"  (a) objective + update alone   {result['images_per_s_classifier_alone']:9.1f} images/s")
@@ -123,6 +157,10 @@ def main() -> None:
           f"b/a = {result['ratio_frozen']:.3f}")
     print(f"  (c) learnable renderer in loop {result['images_per_s_learnable']:9.1f} images/s   "
           f"c/a = {result['ratio_learnable']:.3f}")
+    if step_match is not None:
+        print(f"  (d) match renderer in loop     {result['images_per_s_match']:9.1f} images/s   "
+              f"d/a = {result['ratio_match']:.3f}   step time d/c = {result['match_over_joint']:.3f} "
+              f"(match vs joint, target {args.match})")
     for key, value in stages.items():
         print(f"      {key:<22} {value * 1e3:9.2f} ms/batch")
     print(f"  peak memory {peak:.0f} MiB ({measured})")

@@ -2,19 +2,21 @@
 
     python tools/bench_render.py --batch 128 --points 10000 --size 224 --k 8      # the issue's GPU setting
     python tools/bench_render.py --batch 16 --points 2000 --size 64               # a CPU-sized setting
+    python tools/bench_render.py --config configs/contest_pytorch3d.yaml --points 9999 --batch 8  # the contest's
 
 Stages are timed separately: scene (gathers, augmentations, projection), rasterise (--backend), and
 composite (weights + compositing, forward and backward).
 """
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
 from dr_fdsl.bank import build_bank
-from dr_fdsl.config import AugmentConfig, RendererConfig
+from dr_fdsl.config import AugmentConfig, RendererConfig, load_config
 from dr_fdsl.render import RASTERIZERS, PointRenderer, composite, fragment_weights, get_rasterizer
 from dr_fdsl.timing import machine_and_peak_memory, median_time
 
@@ -23,8 +25,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--points", type=int, default=2000)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--size", type=int, default=None, help="image size (default 64, or the --config's)")
+    parser.add_argument("--k", type=int, default=None, help="points per pixel (default 8, or the --config's)")
+    parser.add_argument("--config", default=None, help="take the renderer section (camera, augmentations, radius, "
+                        "colours) from this config; the bank stays ours (ifs3d, --points)")
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -34,9 +38,16 @@ def main() -> None:
     device = torch.device(args.device)
 
     bank = build_bank(num_classes=args.classes, num_points=args.points, seed=0, cache_dir="cache/banks")
-    cfg = RendererConfig(mode="joint", image_size=args.size, points_per_pixel=args.k, color_init="random",
-                         raster_backend=args.backend,
-                         augment=AugmentConfig(scale=(0.8, 1.1), shift=0.1, subsample=(0.6, 1.0)))
+    if args.config:
+        cfg = load_config(args.config).renderer
+        args.size, args.k = args.size or cfg.image_size, args.k or cfg.points_per_pixel
+        cfg = dataclasses.replace(cfg, mode="joint", image_size=args.size, points_per_pixel=args.k,
+                                  raster_backend=args.backend)
+    else:
+        args.size, args.k = args.size or 64, args.k or 8
+        cfg = RendererConfig(mode="joint", image_size=args.size, points_per_pixel=args.k, color_init="random",
+                             raster_backend=args.backend,
+                             augment=AugmentConfig(scale=(0.8, 1.1), shift=0.1, subsample=(0.6, 1.0)))
     renderer = PointRenderer(bank, cfg).to(device)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, args.classes, (args.batch,), generator=gen).to(device)

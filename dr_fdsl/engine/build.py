@@ -11,13 +11,15 @@ from typing import Any
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list, parse_flag_from_env, set_seed
-from timm.scheduler import CosineLRScheduler
+from timm.scheduler.scheduler import Scheduler
 
 from dr_fdsl import checkpoint
 from dr_fdsl.bank import bank_from_config
 from dr_fdsl.config import Config, save_config, validate_config
 from dr_fdsl.errors import ConfigError
+from dr_fdsl.match import Matcher
 from dr_fdsl.objectives import Objective, get_objective
+from dr_fdsl.optim import create_scheduler
 from dr_fdsl.render import PointRenderer
 from dr_fdsl.static import StaticViews
 from dr_fdsl.stream import ViewStream, held_out_views
@@ -34,7 +36,7 @@ class Run:
     renderer: PointRenderer
     objective: Objective
     renderer_optimizer: torch.optim.Optimizer | None  # SparseAdam on the rendering tables (None when frozen)
-    schedulers: list[CosineLRScheduler]  # classifier's, then renderer's
+    schedulers: list[Scheduler]  # objective's, then renderer's (both from optim)
     stream: ViewStream
     static: StaticViews | None
     eval_views: tuple[torch.Tensor, torch.Tensor]  # this process's held-out (class ids, view seeds)
@@ -47,6 +49,7 @@ class Run:
     step: int = 0
     last_checkpoint: Path | None = None
     loader: Any = None  # static source: the batch iterator, started at the stream's position on first use
+    match: Matcher | None = None  # renderer.mode=match: the distance to the target images and their stream
     first_view_seeds: list[int] | None = field(default=None, repr=False)
 
     @property
@@ -60,13 +63,6 @@ class Run:
     @property
     def num_classes(self) -> int:
         return self.renderer.num_classes
-
-
-def cosine(optimizer: torch.optim.Optimizer, cfg: Config) -> CosineLRScheduler:
-    """Linear warm-up then cosine decay to ``optim.min_lr``, counted in optimiser steps."""
-    o = cfg.optim
-    return CosineLRScheduler(optimizer, t_initial=cfg.train.max_steps, lr_min=o.min_lr, warmup_t=o.warmup_steps,
-                             warmup_lr_init=o.min_lr, t_in_epochs=False)
 
 
 def process_state() -> PartialState:
@@ -126,6 +122,8 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
 
     set_seed(cfg.seed)  # shared: the networks start identical on every process (renderer tables: init_seed)
     objective = get_objective(t.objective)(cfg, num_classes, lr, acc.device)
+    # The target images are read before the bank is built (a missing dataset fails first); no global RNG is used.
+    match = Matcher(cfg, objective, acc) if cfg.renderer.mode == "match" else None
     with acc.main_process_first():  # the main process builds and caches the bank, the others read it
         bank = bank_from_config(cfg.bank, progress=acc.is_main_process and t.progress)
     renderer = PointRenderer(bank, cfg.renderer).to(acc.device)
@@ -136,10 +134,10 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
     # through prepare like any optimiser.
     objective.prepare(acc)
     renderer_optimizer = None
-    schedulers = [cosine(objective.optimizer, cfg)]
+    schedulers = [create_scheduler(objective.optimizer, cfg.optim, t.max_steps)]
     if cfg.renderer.mode != "frozen":
         renderer_optimizer = acc.prepare(torch.optim.SparseAdam(renderer.parameters(), lr=cfg.renderer.lr))
-        schedulers.append(cosine(renderer_optimizer, cfg))
+        schedulers.append(create_scheduler(renderer_optimizer, cfg.optim, t.max_steps))
     set_seed(cfg.seed, device_specific=True)  # per process: image augmentations draw from the global generators
 
     rows = min(8, num_classes)
@@ -153,5 +151,5 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
                stream=ViewStream(cfg.seed, acc.process_index, num_classes, views, cfg.data.views_per_category,
                                  cfg.data.repeated_aug), static=static,
                eval_views=held_out_views(t.eval_images, num_classes, acc.process_index, acc.num_processes),
-               grid_views=grid, anchor=anchor, writer=writer, lr=lr, total_batch=total_batch,
+               grid_views=grid, anchor=anchor, writer=writer, lr=lr, total_batch=total_batch, match=match,
                run_id=broadcast_object_list([checkpoint.new_run_id()])[0])  # the main process's, on every rank

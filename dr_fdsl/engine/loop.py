@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -100,7 +101,14 @@ def log_images(run: Run) -> None:
     if run.writer is None:
         return
     ids, seeds = (t.to(run.accelerator.device) for t in run.grid_views)
-    run.writer.add_image("renders", render_grid(run.renderer, ids, seeds, nrow=4), run.step)
+    grid = render_grid(run.renderer, ids, seeds, nrow=4)
+    run.writer.add_image("renders", grid, run.step)
+    if run.match is not None:  # the renders (left) beside as many target images (right)
+        targets = run.match.target_grid(len(ids), nrow=4)
+        height = max(grid.shape[1], targets.shape[1])
+        panels = [F.pad(g, (0, 0, 0, height - g.shape[1]), value=0.5) for g in (grid, targets)]
+        spacer = torch.full((3, height, 6), 0.5)
+        run.writer.add_image("match/renders_vs_targets", torch.cat([panels[0], spacer, panels[1]], 2), run.step)
     with torch.no_grad():
         grids = run.objective.image_grids(render_eval(run, ids, seeds), ids, seeds)
     for name, grid in grids.items():  # the objective's own (e.g. corrupted / reconstructed / clean)
@@ -158,6 +166,8 @@ def save_checkpoint(run: Run) -> Path:
     if _all_ok(run, problem is None) and acc.is_main_process:
         state = {"step": run.step, "stream_index": run.stream.index,
                  "fingerprint": checkpoint.fingerprint(run.cfg, acc.num_processes)}
+        if run.match is not None:
+            state["match_index"] = run.match.stream.index
         try:
             path = checkpoint.finalize(tmp, state, run.cfg.train.keep_checkpoints, run.run_id)
         except (OSError, CheckpointError) as err:
@@ -197,6 +207,8 @@ def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
         for group, settings in zip(optimizer.param_groups, groups):
             group.update(settings)
     run.step, run.stream.index, run.last_checkpoint = int(state["step"]), int(state["stream_index"]), path
+    if run.match is not None:
+        run.match.stream.index = int(state.get("match_index", state["stream_index"]))  # both: one per micro-batch
     run.run_id = state.get("run_id") or run.run_id  # pruning goes on over the run's own checkpoints
     set_learning_rates(run)
     if acc.is_main_process:

@@ -7,6 +7,12 @@ Renderer modes (``renderer.mode``):
     adversarial  they ascend it (a gradient reversal of ``renderer.adversarial_scale`` between renderer and
                  objective), pulled back towards their initial values by ``renderer.anchor_penalty``: the
                  renderer makes hard examples within its bounds.
+    match        they descend ``match.weight`` x ``match.distance`` between the rendered batch and a batch of
+                 unlabelled target-domain images (dr_fdsl/match.py). The objective's loss trains the networks
+                 only: its images are detached, as in frozen, so the renderer's gradient is that of the weighted
+                 distance alone; with ``match.joint=true`` it also descends the objective's loss (joint + match).
+                 The distance's features never train the networks (random convolutions are fixed; the
+                 classifier's early layers are read with their parameters detached).
 """
 
 from __future__ import annotations
@@ -71,7 +77,11 @@ def render_batch(run: Run) -> Batch:
 
 def forward_backward(run: Run, batch: Batch) -> ObjectiveOutput:
     """The objective on a batch, the renderer's mode applied, and the backward pass (scaled for accumulation)."""
-    images = batch.images
+    images, match = batch.images, None
+    if run.match is not None:  # before the objective: its features read the backbone with detached parameters
+        match = run.match(batch.images)
+        if not run.match.joint:
+            images = images.detach()
     if run.mode == "adversarial":
         # Between renderer and objective: only the renderer's gradient is reversed. (The first version reversed
         # after the classifier's input normalisation; for an adversarial_scale that is not a power of two the
@@ -85,6 +95,13 @@ def forward_backward(run: Run, batch: Batch) -> ObjectiveOutput:
             "lower optim.lr (the schedule follows the config on resume), a larger optim.warmup_steps, "
             "optim.clip_grad > 0, or train.mixed_precision=no/bf16")
     total = out.total
+    if match is not None:
+        if not torch.isfinite(match.total.detach()).item():
+            raise NonFiniteLossError(f"match distance is {match.total.item()} at step {run.step + 1} (terms: "
+                                     f"{ {k: v.item() for k, v in match.terms.items()} }); lower renderer.lr")
+        total = total + run.match.weight * match.total
+        out = out._replace(metrics={**out.metrics, "match/distance": match.total.detach(),
+                                    **{f"match/{k}": v for k, v in match.terms.items()}})
     if run.anchor is not None and run.cfg.renderer.anchor_penalty > 0:
         # Only on the rows this batch read: the others do not move (SparseAdam is lazy).
         total = total + run.cfg.renderer.anchor_penalty * run.renderer.drift(batch.rows, run.anchor)
@@ -110,6 +127,8 @@ def optimizer_step(run: Run) -> dict[str, torch.Tensor]:
         if opt is not None:
             opt.step()
             opt.zero_grad(set_to_none=True)
+    if run.renderer_optimizer is not None:
+        run.renderer.project_()  # renderer.color_param=clamp: colours back into [0, 1]
     return norms
 
 

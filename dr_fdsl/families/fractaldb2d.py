@@ -25,9 +25,12 @@ What they do not reproduce (later issues): the published drawing, the published 
 unseeded mask whose top-left pixel is ``(row + 1, col + 1)`` (its centre 2 px right of and below ours); here the
 renderer draws discs of ``renderer`` colours and radii at ``renderer.image_size``. The published image is flipped
 top to bottom before saving and saved in 4 flips (``_flip0`` .. ``_flip3``): the un-flipped canvas reproduced here
-is its ``_flip1`` file, and ``image_aug.hflip`` / ``vflip`` of 0.5 draw the four equally often. The instances (25
-weight rows x 10 patch-mask draws per category) are not made, and the published training's random 224 px crops
-of its 362 px images (no resizing) are not either: the whole canvas fills the rendered image.
+is its ``_flip1`` file, and ``image_aug.hflip`` / ``vflip`` of 0.5 draw the four equally often. The instances:
+``bank.fractaldb.instances`` draws per image one of the 25 weight rows and one of the 4 flips, and moves each point
+to the centre of its 3 x 3 patch (:mod:`dr_fdsl.render.instances`); the 10 patch-mask draws per row are not
+reproduced (the published masks come from unseeded Python ``random``; tools/fractaldb_patch_iou.py measures what
+a point drawing shares with them). The published training's random 224 px crops of its 362 px images (no
+resizing) are not made: the whole canvas fills the rendered image.
 
 Unlike the 3D families the point sets are not centred: they lie where the published image has them.
 Diverging systems (non-finite points, where the published code drops rows around the first NaN) are refused.

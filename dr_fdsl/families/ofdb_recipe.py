@@ -46,6 +46,31 @@ PUBLISHED_NORMALIZE = 1.0  # --normalize default: clouds span [-1, 1] before cen
 # instance.py builds each 3D-OFDB model with the first row of ifs_weight/weights_ins145.csv, which scales the
 # coefficient ``a`` of every map by 0.4 (the all-ones row is the 7th). The contest solution uses no weights.
 OFDB_INSTANCE_WEIGHT = (0.4,) + (1.0,) * 11
+# ifs_weight/weights_ins145.csv (the instances of ExFractal / 3D-OFDB): the factors, as the file's text, that each of
+# the 12 coefficients a..l is scaled by in turn; the identity row follows a's 0.9 row. In the published file the
+# row of ``i`` (the 9th coefficient) that should scale it by 1.6 scales it by 0.6 again: kept, as published.
+_EXFRACTAL_FACTORS = ("0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6")
+_EXFRACTAL_QUIRK = (8, 11, "0.6")  # (coefficient i, its 12th factor, the published value)
+EXFRACTAL_INSTANCES = 145
+
+
+def exfractal_weights() -> np.ndarray:
+    """The ``(145, 12)`` float64 rows of ``ifs_weight/weights_ins145.csv`` in file order (``float()`` of its text,
+    as ``instance.py`` reads it): a times 0.4, ..., 0.9, the identity row, a times 1.1, ..., 1.6, then b..l each
+    times the same 12 factors. Row 0 is :data:`OFDB_INSTANCE_WEIGHT`, the row 3D-OFDB's released models use."""
+    rows = []
+    for coefficient in range(12):
+        for j, text in enumerate(_EXFRACTAL_FACTORS):
+            if coefficient == 0 and j == 6:
+                rows.append(np.ones(12))
+            if (coefficient, j) == _EXFRACTAL_QUIRK[:2]:
+                text = _EXFRACTAL_QUIRK[2]
+            row = np.ones(12)
+            row[coefficient] = float(text)
+            rows.append(row)
+    return np.asarray(rows)
+
+
 _MAX_BATCH = 2048  # attempts drawn and screened together: 20 MB of map choices, 2 x 12 MB chunk buffers
 _EXACT_BATCH = 64  # attempts whose whole trajectories are kept for the exact filter: (10^4, 3, 64) = 15 MB
 _STEP_CHUNK = 256  # chaos-game steps between statistics updates

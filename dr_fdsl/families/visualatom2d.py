@@ -4,7 +4,8 @@ VisualAtom (Takashima et al., CVPR 2023) draws each category as L closed orbits 
 canvas, in grey levels, with PIL's 1-pixel lines; later orbits overwrite earlier ones. The parameters, centres,
 grey levels and vertices come from :mod:`dr_fdsl.families.visualatom` (an exact port of the published generator):
 replayed from the published run (``bank.visualatom.replay=true``) or drawn from a fresh stream seeded with
-``bank.seed``. Only instance 0 of each category is made: other instances (other centres and noise) are not.
+``bank.seed``. The bank holds instance 0 of each category; ``bank.visualatom.instances`` draws per image another
+centre and other orbit grey levels (:mod:`dr_fdsl.render.instances`), not the other instances' noise.
 
 From vertices to points, per category:
 
@@ -140,24 +141,26 @@ def vertices(params: va.CategoryParams, centre: tuple[float, float], u: np.ndarr
 # --------------------------------------------------------------------------------------------------------
 
 
-def clip_segments(verts: torch.Tensor, lo: float, hi: float) -> tuple[torch.Tensor, ...]:
+def clip_segments(verts: torch.Tensor, lo, hi) -> tuple[torch.Tensor, ...]:
     """The closed polylines' segments and the part of each inside the box ``[lo, hi]^2`` (Liang-Barsky).
 
     Args:
-        verts: ``(L, K, 2)`` float64.
+        verts: ``(L, K, 2 + E)`` float64: x, y, then E features interpolated along with them (not clipped on).
+        lo, hi: the box's bounds, one float for both axes or a pair (x, y).
     Returns:
-        start ``(S, 2)``, direction ``(S, 2)`` (end - start), t0, t1 ``(S,)`` and orbit ``(S,)`` int64 of the
-        S segments that touch the box, in order (orbit-major, segment k from vertex k to k + 1 mod K).
+        start ``(S, 2 + E)``, direction ``(S, 2 + E)`` (end - start), t0, t1 ``(S,)`` and orbit ``(S,)`` int64 of
+        the S segments that touch the box, in order (orbit-major, segment k from vertex k to k + 1 mod K).
     """
-    num_orbits, k, _ = verts.shape
-    start = verts.reshape(-1, 2)
-    direction = torch.roll(verts, -1, dims=1).reshape(-1, 2) - start
+    num_orbits, k, width = verts.shape
+    lo, hi = (v if isinstance(v, (tuple, list)) else (v, v) for v in (lo, hi))
+    start = verts.reshape(-1, width)
+    direction = torch.roll(verts, -1, dims=1).reshape(-1, width) - start
     orbit = torch.arange(num_orbits).repeat_interleave(k)
     t0 = torch.zeros(start.shape[0], dtype=verts.dtype)
     t1 = torch.ones_like(t0)
     for axis in range(2):
         d, p = direction[:, axis], start[:, axis]
-        for step, room in ((-d, p - lo), (d, hi - p)):  # the segment stays inside while t * step <= room
+        for step, room in ((-d, p - lo[axis]), (d, hi[axis] - p)):  # inside while t * step <= room
             ratio = room / torch.where(step == 0, torch.ones_like(step), step)
             t0 = torch.where(step < 0, torch.maximum(t0, ratio), t0)
             t1 = torch.where(step > 0, torch.minimum(t1, ratio), t1)
@@ -171,17 +174,19 @@ def published_pixels(verts: torch.Tensor) -> torch.Tensor:
     return verts.trunc() + 0.5
 
 
-def sample_polylines(verts: torch.Tensor, num_points: int, spacing: float, canvas: int,
+def sample_polylines(verts: torch.Tensor, num_points: int, spacing: float, canvas: int, box=None,
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, float]:
-    """Points along the closed polylines ``verts (L, K, 2)`` (continuous canvas coordinates), capped or padded to
-    ``num_points`` (see the module docstring).
+    """Points along the closed polylines ``verts (L, K, 2 + E)`` (continuous canvas coordinates, then E features
+    interpolated like them), capped or padded to ``num_points`` (see the module docstring). ``box``: the
+    ``(lo, hi)`` region sampled (see :func:`clip_segments`), by default the canvas grown by ``MARGIN``.
 
     Returns:
-        points ``(num_points, 2)`` float64, orbit ``(num_points,)`` int64 (each point's orbit), vertex
+        points ``(num_points, 2 + E)`` float64, orbit ``(num_points,)`` int64 (each point's orbit), vertex
         ``(num_points,)`` bool (the point is a vertex, exactly), M (dense samples) and S (drawn length, pixels).
     """
-    start, direction, t0, t1, orbit = clip_segments(verts, -MARGIN, canvas + MARGIN)
-    part = direction.norm(dim=1) * (t1 - t0)  # length of each segment's drawn part
+    lo, hi = box if box is not None else (-MARGIN, canvas + MARGIN)
+    start, direction, t0, t1, orbit = clip_segments(verts, lo, hi)
+    part = direction[:, :2].norm(dim=1) * (t1 - t0)  # length of each segment's drawn part
     count = (part / spacing).ceil().long().clamp_min(1)
     dense, length = int(count.sum()), float(part.sum())
     if dense == 0 or length == 0:
@@ -200,13 +205,36 @@ def sample_polylines(verts: torch.Tensor, num_points: int, spacing: float, canva
     points = start[seg] + t[:, None] * direction[seg]  # exactly the vertex where t = 0
     vertex = t == 0
     # Padding: copies of the first vertex on the canvas (else of the first sample on it), after the M samples.
-    inside = ((points >= 0) & (points < canvas)).all(1)
+    inside = ((points[:, :2] >= 0) & (points[:, :2] < canvas)).all(1)
     candidates = (vertex & inside).nonzero()
     if len(candidates) == 0:
         candidates = inside.nonzero()
     anchor = int(candidates[0]) if len(candidates) else 0
     pick = torch.cat([torch.arange(dense), torch.full((num_points - dense,), anchor)])
     return points[pick], orbit[seg][pick], vertex[pick], dense, length
+
+
+def instance_box(centre: tuple[float, float], canvas: int, start_pos: int) -> tuple[tuple, tuple]:
+    """The region ``(lo, hi)`` (x, y bounds, instance 0's canvas pixels) that some instance centre brings within
+    ``MARGIN`` of the canvas: centres lie in ``[(canvas - start_pos) / 2, (canvas + start_pos) / 2]`` on each axis,
+    so an instance moves instance 0's points by ``d`` in ``[low - centre, high - centre]`` (plus a pixel for the
+    half-pixel steps)."""
+    low, high = (canvas - start_pos) / 2, (canvas + start_pos) / 2
+    lo = tuple(-MARGIN - 1 - (high - c) for c in centre)
+    hi = tuple(canvas + MARGIN + 1 - (low - c) for c in centre)
+    return lo, hi
+
+
+def half_steps(raw: torch.Tensor) -> torch.Tensor:
+    """Where each vertex's drawn pixel goes, beyond the shift, when the orbit moves by half a pixel.
+
+    An instance moves the orbit by ``d`` (a multiple of 1/2 on each axis). PIL draws vertex ``v`` in pixel
+    ``trunc(v + d)``; for ``v + d >= 0`` and ``v >= 0`` that is ``floor``, and ``floor(v + d) = floor(v) + d`` for an
+    integer ``d`` while for a half-integer one ``floor(v + d) = floor(v + 1/2) + d - 1/2``: the pixel centre moves by
+    ``d + h`` with ``h = floor(v + 1/2) - floor(v) - 1/2`` = -1/2 or +1/2 (by whether ``v``'s fraction is below
+    1/2). Returns ``h`` ``(..., 2)`` float64 for raw vertices ``(..., 2)``; between vertices it is interpolated like
+    the points (the drawn polyline's vertices move, so its samples move with them)."""
+    return torch.floor(raw + 0.5) - torch.floor(raw) - 0.5
 
 
 def canvas_to_ndc(xy: torch.Tensor, canvas: int) -> torch.Tensor:
@@ -228,6 +256,13 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
     * ``grey (C, N)`` float32: each point's grey level / 255 (``renderer.color_init=bank``);
     * ``num_samples (C,)`` int64 and ``line_length (C,)`` float64: the dense sample count M before the cap or
       padding to N, and the drawn length in canvas pixels.
+
+    With ``bank.visualatom.instances`` the orbits are sampled over the region that any instance centre can bring
+    onto the canvas (:func:`instance_box`), and params also hold
+
+    * ``orbit (C, N)`` int16: each point's orbit, published order (orbit 0 drawn first);
+    * ``half_step (C, N, 2)`` float16: how the point moves, beyond the shift itself, when its orbit is shifted by
+      half a pixel (canvas pixels; :func:`half_steps`).
     """
     f, c, n = cfg.visualatom, cfg.num_classes, cfg.num_points
     points = torch.zeros(c, n, 3)
@@ -237,13 +272,24 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
     grays = torch.full((c, f.line_num_max), -1, dtype=torch.int64)
     num_samples = torch.empty(c, dtype=torch.int64)
     line_length = torch.empty(c, dtype=torch.float64)
+    orbits = torch.empty(c, n, dtype=torch.int16)  # L <= 200 (compact: the bank may hold 10^8 points)
+    half = torch.empty(c, n, 2, dtype=torch.float16)  # in [-1/2, 1/2]: float16 keeps it to 2.5e-4 px
     bar = tqdm(total=c, desc="visualatom bank", unit="class", disable=not progress)
     for i, (params, centre, g, u) in enumerate(categories(cfg)):
-        verts = published_pixels(vertices(params, centre, u).flip(0))  # the last orbit first: in front
+        raw = vertices(params, centre, u).flip(0)  # the last orbit first: in front
+        verts = published_pixels(raw)
+        box = None
+        if f.instances:
+            verts = torch.cat([verts, half_steps(raw)], dim=-1)
+            box = instance_box(centre, f.canvas, f.start_pos)
         try:
-            xy, orbit, _, num_samples[i], line_length[i] = sample_polylines(verts, n, f.spacing, f.canvas)
+            xy, orbit, _, num_samples[i], line_length[i] = sample_polylines(verts, n, f.spacing, f.canvas, box)
         except BankError as err:
             raise BankError(f"visualatom category {i}: {err}") from None
+        if f.instances:
+            orbits[i] = (params.num_orbits - 1 - orbit).to(torch.int16)
+            half[i] = xy[:, 2:].to(torch.float16)
+            xy = xy[:, :2]
         points[i, :, :2] = canvas_to_ndc(xy, f.canvas).float()
         grey[i] = torch.from_numpy(g[::-1].copy())[orbit].float() / 255
         category[i] = torch.tensor([params.num_vertices, params.num_orbits, params.noise_amp, params.width,
@@ -255,6 +301,8 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
     bar.close()
     params = {"category": category, "centre": centres, "grays": grays, "grey": grey, "num_samples": num_samples,
               "line_length": line_length}
+    if f.instances:
+        params.update(orbit=orbits, half_step=half)
     return FamilyOutput(points, params, c)
 
 

@@ -24,8 +24,9 @@ class Objective:
     """What a step computes from rendered images and their categories.
 
     An objective owns the networks it trains: ``model`` (the backbone that is exported and fine-tuned; prepared
-    first, so Accelerate saves it as ``model.safetensors``) with ``optimizer`` (scheduled by the engine: warm-up
-    and cosine), plus any heads or auxiliary modules. The engine calls, in order: ``prepare(accelerator)`` once;
+    first, so Accelerate saves it as ``model.safetensors``) with ``optimizer`` (from
+    :func:`dr_fdsl.optim.create_optimizer`; the engine schedules it), plus any heads or auxiliary modules. The engine
+    calls, in order: ``prepare(accelerator)`` once;
     per micro-batch ``loss(images, class_ids, view_seeds)`` then backward; at each optimiser step
     ``clip_gradients``; for evaluation ``evaluate(images, class_ids, view_seeds)`` between ``train(False)`` and
     ``train(True)``.

@@ -1,20 +1,21 @@
 """Objective ``classify``: name each image's category (the FDSL recipes' supervised pre-training).
 
-Flips, random erasing, Mixup/CutMix and label smoothing run on the device (``image_aug``). The leakage probe (a
-linear classifier on colour statistics, :mod:`dr_fdsl.probe`) trains beside it on detached statistics, so it
-never shapes the renderer; its accuracy tells whether learnt rendering leaks the label through colour or size.
+The image augmentations (``image_aug``: the published pixel pipelines, flips, random erasing, Mixup/CutMix, label
+smoothing) run on the device. The leakage probe (a linear classifier on colour statistics, :mod:`dr_fdsl.probe`)
+trains beside it on detached statistics, so it never shapes the renderer; its accuracy tells whether learnt
+rendering leaks the label through colour or size.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.optim import create_optimizer_v2
 
 from dr_fdsl.config import Config, need
 from dr_fdsl.image_augment import ImageAugment
 from dr_fdsl.models import create_classifier, normalization
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput
+from dr_fdsl.optim import create_optimizer
 from dr_fdsl.probe import LeakageProbe, colour_statistics
 
 
@@ -36,13 +37,13 @@ class Classify(Objective):
         self.model = create_classifier(cfg.model, num_classes, cfg.renderer.image_size)
         mean, std = normalization(self.model)
         self.mean, self.std = mean.to(device), std.to(device)
-        self.optimizer = create_optimizer_v2(self.model, "adamw", lr=lr, weight_decay=cfg.optim.weight_decay)
+        self.optimizer = create_optimizer(self.model, cfg.optim, lr)
         self.probe = self.probe_optimizer = None
         if cfg.train.probe:
             self.probe = LeakageProbe(num_classes)
             self.probe_optimizer = torch.optim.Adam(self.probe.parameters(), lr=cfg.train.probe_lr)
         self.background = cfg.renderer.background_color[0]
-        self.augment = ImageAugment(cfg.image_aug, num_classes, device)
+        self.augment = ImageAugment(cfg.image_aug, num_classes, device, self.mean, self.std)
 
     def prepare(self, accelerator) -> None:
         self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
@@ -64,7 +65,7 @@ class Classify(Objective):
         return (images - self.mean) / self.std
 
     def loss(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> ObjectiveOutput:
-        x, targets = self.augment(self.normalize(images), class_ids)
+        x, targets = self.augment(images, class_ids)  # pixel operations, then normalisation
         logits = self.model(x)
         loss = self.augment.train_loss(logits.float(), targets)
         metrics = {"train/loss": loss.detach(), "train/acc": (logits.argmax(1) == class_ids).float().mean().detach()}

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import torch
 from einops import rearrange
-from timm.optim import param_groups_weight_decay
 from torch import nn
+from torchvision.utils import make_grid
 
-from dr_fdsl.config import Config, need
+from dr_fdsl.config import Config, finite, need
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.models import create_classifier, normalization
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput
+from dr_fdsl.optim import create_optimizer
 from dr_fdsl.render import random as rnd
 from dr_fdsl.render.streams import Stream
 
@@ -40,22 +41,76 @@ def pixel_mask(class_ids: torch.Tensor, view_seeds: torch.Tensor, size: int, pat
 
 class MaskedAutoencoder(nn.Module):
     """The backbone and the pixel decoder as one module, so that Accelerate wraps one forward (DDP synchronises
-    both, autocast covers both). The backbone's classifier head is removed: it would get no gradient. Its weights
-    are saved under ``backbone.``, which :func:`dr_fdsl.finetune.load_pretrained` reads."""
+    both, autocast covers both). The backbone's classifier head is removed (``keep_head=False``): it would get no
+    gradient. Its weights are saved under ``backbone.``, which :func:`dr_fdsl.finetune.load_pretrained` reads."""
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: nn.Module, keep_head: bool = False):
         super().__init__()
-        backbone.reset_classifier(0)
+        if not keep_head:
+            backbone.reset_classifier(0)
         self.backbone = backbone
         self.patch = backbone.patch_embed.patch_size[0]
         self.decoder = nn.Linear(backbone.embed_dim, self.patch**2 * 3)
 
-    def forward(self, masked: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, masked: torch.Tensor) -> torch.Tensor:
         """Normalised masked images ``(B, 3, H, W)`` -> reconstructed normalised images ``(B, 3, H, W)`` float32."""
         tokens = self.backbone.forward_features(masked)[:, self.backbone.num_prefix_tokens:]  # (B, h * w, D)
         h = masked.shape[-2] // self.patch
         return rearrange(self.decoder(tokens).float(), "b (h w) (p q c) -> b c (h p) (w q)", h=h, p=self.patch,
                          q=self.patch)
+
+    def forward(self, masked: torch.Tensor) -> torch.Tensor:
+        return self.reconstruct(masked)
+
+
+def mask_and_reconstruct(model: MaskedAutoencoder, clean: torch.Tensor, mask: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel L1 errors ``(B, 3, H, W)`` of the reconstruction of ``clean`` (normalised, ``(B, 3, H, W)``)
+    masked by ``mask`` (``(B, 1, H, W)`` bool; masked pixels set to the normalised mean, 0), and of the masked
+    image itself taken as its reconstruction (the identity baseline). ``model`` is any callable from masked to
+    reconstructed images (a prepared :class:`MaskedAutoencoder`)."""
+    masked = clean.masked_fill(mask, 0.0)
+    return (model(masked) - clean).abs(), (masked - clean).abs()
+
+
+def mean_l1(errors: torch.Tensor, mask: torch.Tensor, loss_on: str) -> torch.Tensor:
+    """Per-image L1 ``(B,)`` of per-pixel ``errors (B, 3, H, W)``: over all pixels (``loss_on="all"``, as
+    published), or over the masked ones (``"masked"``)."""
+    if loss_on == "all":
+        return errors.mean(dim=(1, 2, 3))
+    weight = mask.expand_as(errors).float()
+    return (errors * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3)).clamp_min(1.0)
+
+
+@torch.no_grad()
+def reconstruction_grids(model: MaskedAutoencoder, clean: torch.Tensor, mask: torch.Tensor, mean: torch.Tensor,
+                         std: torch.Tensor, nrow: int = 4) -> dict[str, torch.Tensor]:
+    """TensorBoard grids ``(3, H', W')`` float32 in [0, 1] on the CPU of the masked, reconstructed and clean images
+    (``clean``: normalised ``(B, 3, H, W)``; ``mask`` ``(B, 1, H, W)`` bool; ``mean``/``std`` ``(1, 3, 1, 1)``).
+    ``model`` must be the plain module (no DDP: the main process calls this alone); run in evaluation mode."""
+    was_training = model.training
+    model.eval()
+    masked = clean.masked_fill(mask, 0.0)
+    images = {"mim/masked": masked, "mim/reconstructed": model.reconstruct(masked), "mim/clean": clean}
+    model.train(was_training)
+    return {name: make_grid((x.float() * std + mean).clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=0.5)
+            for name, x in images.items()}
+
+
+def check_backbone(backbone: nn.Module, model_name: str, objective: str, key: str = "model.name") -> None:
+    """A masked-image objective needs patch tokens: a ViT-like timm model (``key``: the setting that chose it)."""
+    if getattr(backbone, "patch_embed", None) is None or not hasattr(backbone, "num_prefix_tokens"):
+        raise ConfigError(f"config key '{key}': objective {objective} needs a ViT-like timm model with patch "
+                          f"tokens, got {model_name!r}")
+
+
+def validate_mim(cfg: Config) -> None:
+    """The ``mim`` section's checks against the image size (shared by every objective that masks)."""
+    m, size = cfg.mim, cfg.renderer.image_size
+    need(m.patch >= 1 and size % m.patch == 0, "mim.patch",
+         f"must divide renderer.image_size={size} (whole squares), got {m.patch}")
+    need(0 < m.ratio < 1, "mim.ratio", f"is a probability of masking a square: must be in (0, 1), got {m.ratio}")
+    need(finite(m.weight) and m.weight >= 0, "mim.weight", f"must be a number >= 0, got {m.weight}")
 
 
 class MaskedImageModelling(Objective):
@@ -64,10 +119,9 @@ class MaskedImageModelling(Objective):
 
     @classmethod
     def validate(cls, cfg: Config) -> None:
-        m, size = cfg.mim, cfg.renderer.image_size
-        need(m.patch >= 1 and size % m.patch == 0, "mim.patch",
-             f"must divide renderer.image_size={size} (whole squares), got {m.patch}")
-        need(0 < m.ratio < 1, "mim.ratio", f"is a probability of masking a square: must be in (0, 1), got {m.ratio}")
+        validate_mim(cfg)
+        need(cfg.mim.weight == 1.0, "mim.weight", f"weighs the reconstruction against classification under "
+             f"train.objective=classify+mim; mim's loss is the reconstruction alone: remove it (got {cfg.mim.weight})")
         need(cfg.renderer.mode != "joint", "renderer.mode",
              "joint rendering descends the reconstruction loss: the renderer could empty the image, which is "
              "trivial to reconstruct; use frozen or adversarial")
@@ -75,13 +129,12 @@ class MaskedImageModelling(Objective):
     def __init__(self, cfg: Config, num_classes: int, lr: float, device: torch.device):
         self.cfg = cfg
         backbone = create_classifier(cfg.model, num_classes, cfg.renderer.image_size)
-        if getattr(backbone, "patch_embed", None) is None or not hasattr(backbone, "num_prefix_tokens"):
-            raise ConfigError(f"config key 'model.name': objective mim needs a ViT-like timm model with patch "
-                              f"tokens, got {cfg.model.name!r}")
+        check_backbone(backbone, cfg.model.name, self.name)
         mean, std = normalization(backbone)
         self.mean, self.std = mean.to(device), std.to(device)
         self.model = MaskedAutoencoder(backbone)  # prepared first: model.safetensors holds backbone.* and decoder.*
-        self.optimizer = torch.optim.AdamW(param_groups_weight_decay(self.model, cfg.optim.weight_decay), lr=lr)
+        self.plain = self.model  # never DDP-wrapped: for the image grids of the main process alone
+        self.optimizer = create_optimizer(self.model, cfg.optim, lr)
 
     def prepare(self, accelerator) -> None:
         self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
@@ -101,15 +154,10 @@ class MaskedImageModelling(Objective):
     def _errors(self, images, class_ids, view_seeds):
         clean = self.normalize(images)
         mask = pixel_mask(class_ids, view_seeds, clean.shape[-1], self.cfg.mim.patch, self.cfg.mim.ratio)
-        masked = clean.masked_fill(mask, 0.0)
-        return (self.model(masked) - clean).abs(), (masked - clean).abs(), mask
+        return (*mask_and_reconstruct(self.model, clean, mask), mask)
 
     def _mean(self, errors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Per-image L1: over all pixels, or over the masked ones (``mim.loss_on``). ``(B,)``."""
-        if self.cfg.mim.loss_on == "all":
-            return errors.mean(dim=(1, 2, 3))
-        weight = mask.expand_as(errors).float()
-        return (errors * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3)).clamp_min(1.0)
+        return mean_l1(errors, mask, self.cfg.mim.loss_on)
 
     def loss(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> ObjectiveOutput:
         errors, identity, mask = self._errors(images, class_ids, view_seeds)
@@ -125,3 +173,11 @@ class MaskedImageModelling(Objective):
     def evaluate(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> torch.Tensor:
         errors, identity, mask = self._errors(images, class_ids, view_seeds)
         return torch.stack([self._mean(errors, mask), self._mean(identity, mask)], 1)
+
+    @torch.no_grad()
+    def image_grids(self, images: torch.Tensor, class_ids: torch.Tensor,
+                    view_seeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Masked, reconstructed and clean images (``mim/masked``, ``mim/reconstructed``, ``mim/clean``)."""
+        clean = self.normalize(images)
+        mask = pixel_mask(class_ids, view_seeds, clean.shape[-1], self.cfg.mim.patch, self.cfg.mim.ratio)
+        return reconstruction_grids(self.plain, clean, mask, self.mean, self.std)

@@ -41,7 +41,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
-from timm.optim import param_groups_weight_decay
 from torch import nn
 from torchvision.utils import make_grid
 
@@ -50,6 +49,7 @@ from dr_fdsl.errors import ConfigError
 from dr_fdsl.models import create_classifier, normalization
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput
 from dr_fdsl.objectives.sit_views import color_jitter, corrupt, rotate, rotation_labels, view_keys
+from dr_fdsl.optim import create_optimizer
 
 TASKS = ("rotation", "contrastive", "reconstruction")
 # exp(-a s): the published LearnedLoss's `adj`: 1 for cross-entropy and contrastive, 0.5 for L1.
@@ -170,8 +170,9 @@ class SiT(Objective):
         # The plain module: image grids run it on the main process alone, where the DDP wrapper must not run.
         self.network = SiTNetwork(backbone, cfg.sit.projection_dim).to(device)
         self.model = self.network  # prepared first: model.safetensors holds backbone.* and the rest
-        groups = param_groups_weight_decay(self.network, cfg.optim.weight_decay, self.network.no_weight_decay())
-        self.optimizer = torch.optim.AdamW(groups, lr=lr)
+        # optim.name's optimiser; timm leaves biases, norms, the uncertainties (1-D, as published) and the
+        # network's no_weight_decay() (position embedding, tokens) out of the weight decay.
+        self.optimizer = create_optimizer(self.network, cfg.optim, lr)
         self.scale = torch.tensor(UNCERTAINTY_SCALE, device=device)
 
     def prepare(self, accelerator) -> None:

@@ -13,6 +13,8 @@ import torch
 from dr_fdsl.config import AugmentConfig
 from dr_fdsl.geometry import axis_rotation
 from dr_fdsl.render import random as rnd
+from dr_fdsl.render.corrupt import uniform_ranks
+from dr_fdsl.render.hsv import hsv8_to_rgb8
 from dr_fdsl.render.streams import Stream
 
 
@@ -38,24 +40,82 @@ def pointwolf(points: torch.Tensor, keys: torch.Tensor, cfg: AugmentConfig) -> t
     return (kernel[..., None] * moved).sum(1)
 
 
+def coin(keys: torch.Tensor, stream: int, prob: float) -> torch.Tensor | None:
+    """``(B,)`` bool, True with probability ``prob`` (``np.random.random() < p``); None when ``prob == 1``, so
+    that an always-on augmentation draws nothing more than it did before the probabilities existed."""
+    return None if prob >= 1 else rnd.uniform(keys, stream, ()) < prob
+
+
+def random_scale(keys: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    """Isotropic scale factor per image in ``cfg.scale``, 1 where the image's scale-and-shift coin is off: ``(B,)``."""
+    scale = rnd.uniform_range(keys, Stream.SCALE, cfg.scale)
+    on = coin(keys, Stream.SCALE_SHIFT_GATE, cfg.scale_shift_prob)
+    return scale if on is None else torch.where(on, scale, 1.0)
+
+
 def scale_and_jitter(points: torch.Tensor, keys: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
-    """Random isotropic scale in ``cfg.scale``, then Gaussian jitter of std ``cfg.jitter``."""
+    """Random isotropic scale in ``cfg.scale`` (with ``shift_frame: object``, then the shift: ``p * s + t``, the
+    contest's ``random_shift_scale_point_cloud``), then Gaussian jitter of std ``cfg.jitter``."""
     if cfg.scale != (1.0, 1.0):
-        points = points * rnd.uniform_range(keys, Stream.SCALE, cfg.scale)[:, None, None]
+        points = points * random_scale(keys, cfg)[:, None, None]
+    if cfg.shift_frame == "object" and cfg.shift > 0:
+        points = points + random_shift(keys, cfg)[:, None]
     if cfg.jitter > 0:
-        points = points + cfg.jitter * rnd.normal(keys, Stream.JITTER, tuple(points.shape[1:]))
+        noise = cfg.jitter * rnd.normal(keys, Stream.JITTER, tuple(points.shape[1:]))
+        on = coin(keys, Stream.JITTER_GATE, cfg.jitter_prob)
+        points = points + (noise if on is None else noise * on[:, None, None])
     return points
 
 
 def random_shift(keys: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
-    """Camera-space shift per image, uniform in ``[-cfg.shift, cfg.shift]`` per axis: ``(B, 3)``."""
-    return rnd.uniform_range(keys, Stream.SHIFT, (-cfg.shift, cfg.shift), (3,))
+    """Shift per image, uniform in ``[-cfg.shift, cfg.shift]`` per axis, zero where the image's scale-and-shift
+    coin is off: ``(B, 3)``. Camera space, or object space with ``shift_frame: object``."""
+    shift = rnd.uniform_range(keys, Stream.SHIFT, (-cfg.shift, cfg.shift), (3,))
+    on = coin(keys, Stream.SCALE_SHIFT_GATE, cfg.scale_shift_prob)
+    return shift if on is None else shift * on[:, None]
 
 
 def subsample_mask(keys: torch.Tensor, num_points: int, cfg: AugmentConfig) -> torch.Tensor:
-    """Which points survive random sub-sampling: ``(B, N)`` bool, a rate per image drawn in ``cfg.subsample``."""
+    """Which points survive random sub-sampling: ``(B, N)`` bool, a rate per image drawn in ``cfg.subsample``.
+
+    Each point survives with probability rate, or with ``cfg.subsample_exact`` exactly ``int(N * rate)`` of them
+    do, a uniform random subset (the points of smallest key-drawn score). With ``cfg.subsample_prob < 1`` an image
+    is sub-sampled only when its coin says so."""
     rate = rnd.uniform_range(keys, Stream.SUBSAMPLE_RATE, cfg.subsample)
-    return rnd.uniform(keys, Stream.SUBSAMPLE, (num_points,)) < rate[:, None]
+    score = rnd.uniform(keys, Stream.SUBSAMPLE, (num_points,))
+    if cfg.subsample_exact:
+        count = torch.floor(num_points * rate.double())  # int(N * rate), the rate's float32 value exact in float64
+        keep = uniform_ranks(score) < count[:, None]
+    else:
+        keep = score < rate[:, None]
+    on = coin(keys, Stream.SUBSAMPLE_GATE, cfg.subsample_prob)
+    return keep if on is None else keep | ~on[:, None]
+
+
+def depth_hue_colors(toward_camera: torch.Tensor, keep: torch.Tensor, keys: torch.Tensor, cfg: AugmentConfig
+                     ) -> torch.Tensor:
+    """The contest's ``colorize_point_cloud`` (random mode), its hue from depth: ``(B, N, 3)`` float32 in [0, 1].
+
+    Published: ``hue = uint8((z - z_min) / (z_max - z_min) * 255)`` over the cloud's points, one saturation
+    ``uint8(U(0.3, 1) * 255)`` and value ``uint8(U(0.5, 1) * 255)`` per cloud, OpenCV's 8-bit HSV -> RGB (its hue
+    wraps past 180), divided by 255. The contest's z is the rotated cloud's, and its camera sits on +z looking
+    down -z: z is the coordinate toward the camera, so the nearest point has hue 255 and the farthest 0.
+
+    Args:
+        toward_camera: ``(B, N)`` each point's coordinate along the axis from the cloud to the camera (minus the
+            camera-space z: ``-(R p)_z``). keep: ``(B, N)`` bool, the points drawn (the range is theirs).
+    """
+    z = toward_camera
+    inf = torch.tensor(math.inf, device=z.device)
+    low = torch.where(keep, z, inf).amin(1, keepdim=True)
+    high = torch.where(keep, z, -inf).amax(1, keepdim=True)
+    hue = torch.trunc(((z - low) / (high - low)).nan_to_num(0.0).clamp(0, 1) * 255)
+    u = rnd.uniform(keys, Stream.DEPTH_HUE, (2,))
+    (s0, s1), (v0, v1) = cfg.depth_hue_saturation, cfg.depth_hue_value
+    sat = torch.trunc((s0 + (s1 - s0) * u[:, 0]) * 255)
+    val = torch.trunc((v0 + (v1 - v0) * u[:, 1]) * 255)
+    hsv = torch.stack([hue, sat[:, None].expand_as(hue), val[:, None].expand_as(hue)], -1)
+    return hsv8_to_rgb8(hsv).float() / 255
 
 
 def mix_partners(class_ids: torch.Tensor, keys: torch.Tensor, num_classes: int, num_points: int,

@@ -10,11 +10,13 @@ from einops import rearrange
 from torch import nn
 
 from dr_fdsl.bank import PointBank
-from dr_fdsl.config import RendererConfig, validate_renderer
+from dr_fdsl.config import RendererConfig, validate_instances, validate_renderer
 from dr_fdsl.errors import ConfigError
-from dr_fdsl.render import augment
+from dr_fdsl.render import augment, corrupt, pointwolf
 from dr_fdsl.render import random as rnd
+from dr_fdsl.render.background import diamond_square
 from dr_fdsl.render.composite import render_scene
+from dr_fdsl.render.instances import build_instances
 from dr_fdsl.render.streams import Stream
 from dr_fdsl.render.types import OFFSCREEN, Scene
 from dr_fdsl.render.views import project, sample_views
@@ -77,7 +79,8 @@ class PointRenderer(nn.Module):
     """Renders (category, view seed) pairs of a bank, differentiably in colours and radii.
 
     Parameters, one row per category (``share_*`` makes a single row that every category uses):
-        color_logits: ``(C, N * 3)``; colours are ``squash(color_logits)`` in (0, 1), point-major RGB.
+        color_logits: ``(C, N * 3)``; colours are ``squash(color_logits)`` in (0, 1), point-major RGB (with
+            ``cfg.color_param == "clamp"``: the colours themselves, see :meth:`color_values`).
         radius_logits: ``(C, N)``; radii are ``radius_min + (radius_max - radius_min) * squash(radius_logits)``.
 
     A forward pass reads only the rows of the categories it draws (``F.embedding``); in a trainable renderer the
@@ -98,25 +101,52 @@ class PointRenderer(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg if cfg is not None else RendererConfig()
         validate_renderer(cfg)
+        validate_instances(bank.settings, cfg)
         self.num_classes, self.num_points = bank.num_classes, bank.num_points
         self.register_buffer("points", bank.points.float().clone(), persistent=False)
         gen = torch.Generator().manual_seed(cfg.init_seed)
         color_tables = 1 if cfg.share_colors else self.num_classes
         radius_tables = 1 if cfg.share_radii else self.num_classes
         colors = initial_colors(cfg, color_tables, self.num_points, gen, bank.params.get("grey"))
-        self.color_logits = nn.Parameter(rearrange(unsquash(colors), "t n c -> t (n c)"))
+        table = colors if cfg.color_param == "clamp" else unsquash(colors)
+        self.color_logits = nn.Parameter(rearrange(table, "t n c -> t (n c)"))
+        if cfg.augment.drop_local >= self.num_points:
+            raise ConfigError(f"config key 'renderer.augment.drop_local': {cfg.augment.drop_local} points would "
+                              f"empty clouds of {self.num_points}; use fewer (ModelNet-C's levels: 100 to 500)")
         span = cfg.radius_max - cfg.radius_min
         fraction = (cfg.radius_init - cfg.radius_min) / span if span > 0 else 0.5
         self.radius_logits = nn.Parameter(unsquash(torch.full((radius_tables, self.num_points), fraction)))
         self.requires_grad_(cfg.mode != "frozen")
+        # bank.<family>.instances: each image's points (and colour shades) from its instance, made in the step
+        self.instances = build_instances(bank)
 
     @property
     def image_size(self) -> int:
         return self.cfg.image_size
 
     def colors(self) -> torch.Tensor:
-        """Colour tables ``(C or 1, N, 3)`` float32 in (0, 1)."""
-        return rearrange(squash(self.color_logits), "t (n c) -> t n c", c=3)
+        """Colour tables ``(C or 1, N, 3)`` float32 in (0, 1) (in [0, 1] with ``color_param: clamp``)."""
+        return rearrange(self.color_values(self.color_logits), "t (n c) -> t n c", c=3)
+
+    def color_values(self, logits: torch.Tensor) -> torch.Tensor:
+        """Colours from colour-table entries, by ``cfg.color_param``.
+
+        ``squash`` (default) keeps every colour strictly inside (0, 1) with a smooth, never-flat map, so the
+        initial values sit ``_INIT_MARGIN`` inside the bounds (white is 0.999). ``clamp`` holds the colours
+        themselves: every initial colour is exact (white is 1.0), which a published render needs to be matched to
+        1e-5 (the contest's white points; 0.999 would be off by 1e-3). A smooth bounded map cannot reach its
+        bound with a non-zero slope, so exactness at white needs a clamp; to keep the clamp from freezing colours
+        that step past a bound (zero gradient beyond it), :meth:`project_` puts them back on the bound after each
+        renderer step: projected gradient descent, whose colours always lie in [0, 1] and always get gradients.
+        """
+        return logits.clamp(0, 1) if self.cfg.color_param == "clamp" else squash(logits)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """After a renderer optimiser step: colours back into [0, 1] (``color_param: clamp``; else nothing).
+        Entries already inside are untouched, so categories a step did not draw stay bit-identical."""
+        if self.cfg.color_param == "clamp":
+            self.color_logits.clamp_(0, 1)
 
     def radii(self) -> torch.Tensor:
         """Radius tables ``(C or 1, N)`` float32 in [radius_min, radius_max], NDC units."""
@@ -140,7 +170,8 @@ class PointRenderer(nn.Module):
 
     def scene(self, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> tuple[Scene, torch.Tensor]:
         """Everything but the drawing: augmented, projected points with their colours, radii and background,
-        and the ``(R,)`` table rows they read (see :class:`Rendered`).
+        and the ``(R,)`` table rows they read (see :class:`Rendered`). The scene holds the bank's ``N`` points
+        per image, plus ``augment.add_global + augment.add_local`` added ones.
 
         Args:
             class_ids: ``(B,)`` int64 in ``[0, C)``.
@@ -163,23 +194,59 @@ class PointRenderer(nn.Module):
         source = torch.where(mixed, inverse[len(class_ids):, None], inverse[:len(class_ids), None])  # (B, N)
         point_index = torch.arange(n, device=device).expand_as(source)
         points = self.points[rows][source, point_index]  # (B, N, 3)
-        colors = squash(self._lookup(self.color_logits, rows, source, point_index, 3))
+        colors = self.color_values(self._lookup(self.color_logits, rows, source, point_index, 3))
+        drawn = None
+        if self.instances is not None:  # mixing is refused with instances: every point is the image's category's
+            drawn = self.instances(class_ids, keys, points)
+            points = drawn.points
+            if drawn.shade is not None:
+                colors = colors * drawn.shade[..., None]
         radii = self._radius(self._lookup(self.radius_logits, rows, source, point_index, 1).squeeze(-1))
 
-        # Object-space augmentations, then the camera.
-        if aug.pointwolf:
+        # Object-space augmentations in the contest's order (sub-sampling first, so that what follows sees only
+        # the kept points; its mask does not depend on positions), then the camera.
+        keep = augment.subsample_mask(keys, n, aug)
+        if drawn is not None and drawn.keep is not None:
+            keep = keep & drawn.keep
+        points, colors, radii, keep = self._corrupt(points, colors, radii, keep, keys)
+        if aug.pointwolf and aug.pointwolf_kind == "published":
+            points = pointwolf.pointwolf(points, keep, keys, aug)
+        elif aug.pointwolf:
             points = augment.pointwolf(points, keys, aug)
         points = augment.scale_and_jitter(points, keys, aug)
         views = sample_views(keys, cfg.view)
-        if aug.shift > 0:
+        if aug.shift > 0 and aug.shift_frame == "camera":
             # A camera-space shift is a shift of the cloud along R^T s before the rotation.
             shift = augment.random_shift(keys, aug)
             points = points + shift[:, None] @ views.rotation
-        ndc, visible = project(points, views, cfg.view.projection)
-        keep = visible & augment.subsample_mask(keys, n, aug)
+        ndc, visible = project(points, views, cfg.view.projection, cfg.view.pytorch3d_arithmetic)
+        keep = visible & keep
+        if aug.depth_hue:  # multiplies the learnable colour: white tables give the published colours
+            toward_camera = -(points @ views.rotation.transpose(1, 2))[..., 2]
+            colors = colors * augment.depth_hue_colors(toward_camera, keep, keys, aug)
+        if aug.radius_scale != (1.0, 1.0):
+            radii = radii * rnd.uniform_range(keys, Stream.RADIUS_SCALE, aug.radius_scale)[:, None]
         offscreen = torch.tensor([OFFSCREEN, OFFSCREEN, 1.0], device=device)
         ndc = torch.where(keep[..., None], ndc, offscreen)
         return Scene(ndc, colors, radii, self._background(keys)), rows
+
+    def _corrupt(self, points: torch.Tensor, colors: torch.Tensor, radii: torch.Tensor, keep: torch.Tensor,
+                 keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ModelNet-C's drop-local (a mask), add-global and add-local (points appended after the bank's ``N``,
+        each with the colour and radius of its source point, gradients included): see :mod:`corrupt`."""
+        aug = self.cfg.augment
+        keep = corrupt.drop_local(points, keep, keys, aug.drop_local)
+        added = []
+        if aug.add_global > 0:
+            added.append(corrupt.add_global(keys, keep, aug.add_global))
+        if aug.add_local > 0:
+            added.append(corrupt.add_local(points, keep, keys, aug.add_local))
+        if not added:
+            return points, colors, radii, keep
+        xyz, source = (torch.cat(parts, 1) for parts in zip(*added))
+        rows = torch.arange(len(keys), device=keys.device)[:, None]
+        return (torch.cat([points, xyz], 1), torch.cat([colors, colors[rows, source]], 1),
+                torch.cat([radii, radii[rows, source]], 1), torch.cat([keep, torch.ones_like(source, dtype=bool)], 1))
 
     def _lookup(self, table: nn.Parameter, rows: torch.Tensor, source: torch.Tensor, point_index: torch.Tensor,
                 width: int) -> torch.Tensor:
@@ -194,6 +261,8 @@ class PointRenderer(nn.Module):
             return torch.tensor(cfg.background_color, device=keys.device).view(1, 3, 1, 1).expand(b, 3, 1, 1)
         if cfg.background == "random_color":
             return rnd.uniform(keys, Stream.BACKGROUND, (3, 1, 1))
+        if cfg.background == "diamond_square":
+            return diamond_square(keys, cfg.image_size, cfg.diamond_square_variant)
         size = cfg.image_size
         return cfg.background_noise * rnd.uniform(keys, Stream.BACKGROUND, (3, size, size))
 

@@ -54,13 +54,16 @@ def sample_views(keys: torch.Tensor, cfg: ViewConfig) -> Views:
     return Views(rotation, distance, focal)
 
 
-def project(points: torch.Tensor, views: Views, projection: str) -> tuple[torch.Tensor, torch.Tensor]:
+def project(points: torch.Tensor, views: Views, projection: str, pytorch3d_arithmetic: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Camera-space points to NDC.
 
     Args:
         points: ``(B, N, 3)`` float32 cloud coordinates (already augmented), centred near the origin.
         views: cameras from :func:`sample_views`.
         projection: ``"perspective"`` or ``"orthographic"``.
+        pytorch3d_arithmetic: perspective x, y as ``(x * focal) / depth`` (PyTorch3D's order of operations) rather
+            than ``x * (focal / depth)``; the same value up to one rounding.
 
     Returns:
         ndc: ``(B, N, 3)`` float32, NDC x, y and depth z.
@@ -69,7 +72,9 @@ def project(points: torch.Tensor, views: Views, projection: str) -> tuple[torch.
     cam = points @ views.rotation.transpose(1, 2)
     depth = cam[..., 2] + views.distance[:, None]
     visible = depth > NEAR
-    if projection == "perspective":
+    if projection == "perspective" and pytorch3d_arithmetic:
+        xy = (cam[..., :2] * views.focal[:, None, None]) / depth.clamp_min(NEAR)[..., None]
+    elif projection == "perspective":
         xy = cam[..., :2] * (views.focal[:, None] / depth.clamp_min(NEAR))[..., None]
     else:
         xy = cam[..., :2] * views.focal[:, None, None]

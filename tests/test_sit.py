@@ -340,3 +340,24 @@ def test_sit_reconstructs_better_than_the_corrupted_view(tmp_path, bank_dir):
     rows = objective.evaluate(images, ids, -seeds - 1).mean(0)  # other corruptions than any seen in training
     reconstruction, identity = rows[2].item(), rows[3].item()
     assert reconstruction < 0.8 * identity, (reconstruction, identity)
+
+
+def test_defaults_are_the_published_values():
+    """tests/fixtures/sit/published.json: values read from Sara-Ahmed/SiT at 1aacd6a (its README says where)."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from dr_fdsl.objectives.sit import UNCERTAINTY_SCALE, SiTNetwork
+
+    published = json.loads((Path(__file__).parent / "fixtures/sit/published.json").read_text())
+    settings = dataclasses.asdict(SiTConfig())
+    assert settings == {k: published[k] for k in settings}
+    assert list(UNCERTAINTY_SCALE) == published["uncertainty_scale"]
+    import timm
+
+    network = SiTNetwork(timm.create_model("test_vit", img_size=32), published["projection_dim"])
+    assert network.uncertainty.tolist() == published["uncertainty_init"]
+    assert network.rotation_head.out_features == published["rotation_classes"]
+    ofdb = load_config("configs/sit_ofdb1k_vit_tiny.yaml").optim
+    assert (ofdb.lr, ofdb.min_lr, ofdb.weight_decay) == tuple(published[k] for k in ("lr", "min_lr", "weight_decay"))

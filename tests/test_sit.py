@@ -316,7 +316,7 @@ def test_sit_reconstructs_better_than_the_corrupted_view(tmp_path, bank_dir):
     reconstruction beats taking the corrupted view itself. The setting: SiT's rectangles may cover the whole image
     (sit.max_drop = sit.max_replace = 1), so that copying the input is not nearly right already; at 32 px with
     test_vit's four 16 px patches the network learns the background first, which is what beats the identity here
-    (measured: 0.21 against 0.34 after 60 steps)."""
+    (measured: 0.20 against 0.36 after 60 steps)."""
     from dr_fdsl.bank import bank_from_config
     from dr_fdsl.render import PointRenderer
 
@@ -361,3 +361,36 @@ def test_defaults_are_the_published_values():
     assert network.rotation_head.out_features == published["rotation_classes"]
     ofdb = load_config("configs/sit_ofdb1k_vit_tiny.yaml").optim
     assert (ofdb.lr, ofdb.min_lr, ofdb.weight_decay) == tuple(published[k] for k in ("lr", "min_lr", "weight_decay"))
+
+
+@pytest.mark.slow  # about 20 CPU-seconds: 300 steps of the whole objective at 64 px
+def test_sit_learns_rotation_with_views_that_have_an_up(tmp_path, bank_dir):
+    """Views with a fixed orientation (renderer.view.rotation=none; points sub-sampled per view), the whole
+    three-task objective with its learned weights: on held-out renders the quarter-turn is predicted well above
+    chance (1/4). The setting that makes it reachable in seconds: 64 px (test_vit's 16 px patches: 16 tokens) and
+    the corruptions and colour jitter switched off (measured, 300 steps: 0.94 held-out accuracy; with the published
+    corruptions on, the rotation stays at chance at this scale, and it does with 32 px images)."""
+    from dr_fdsl.bank import bank_from_config
+    from dr_fdsl.render import PointRenderer
+
+    cfg = tiny(tmp_path, bank_dir, "train.objective=sit", "data.views_per_category=2", "renderer.view.rotation=none",
+               "renderer.augment.subsample=[0.5,1.0]", "renderer.image_size=64", "bank.num_classes=8",
+               "train.batch_size=16", "sit.max_drop=0", "sit.max_replace=0", "sit.max_sigma=0.1", "sit.color_jitter=0")
+    renderer = PointRenderer(bank_from_config(cfg.bank), cfg.renderer)
+    ids, seeds = torch.arange(8).repeat_interleave(16), torch.arange(128)
+    held_ids, held_seeds = torch.arange(8).repeat_interleave(4), -torch.arange(1, 33)
+    with torch.no_grad():
+        images, held = renderer(ids, seeds), renderer(held_ids, held_seeds)
+    torch.manual_seed(0)
+    objective = SiT(cfg, 8, 1e-3, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    for step in range(300):  # 8 categories x 2 of their 16 views, fresh quarter-turns each step
+        pick = (torch.randperm(8, generator=g)[:, None] * 16 + torch.stack(
+            [torch.randperm(16, generator=g)[:2] for _ in range(8)])).reshape(-1)
+        out = objective.loss(images[pick], ids[pick], seeds[pick] + 7919 * step)
+        objective.optimizer.zero_grad()
+        out.total.backward()
+        objective.optimizer.step()
+    objective.train(False)
+    accuracy = objective.evaluate(held, held_ids, held_seeds)[:, 0].mean().item()
+    assert accuracy > 0.6, accuracy

@@ -482,6 +482,12 @@ class DataConfig:
     views_per_class: int = 0
     quantize: bool = False  # round rendered images to 8 bits as PNG files are (straight-through gradients)
     workers: int = field(default=2, metadata=NOT_CONTENT)  # static: data-loader worker processes (own seeds)
+    # Grouped draws (dr_fdsl/stream.py): each drawn category appears with this many different view seeds,
+    # adjacent in the micro-batch, categories distinct within it (positives of a contrastive task, e.g. sit).
+    views_per_category: int = 1
+    # Repeated augmentation (DeiT, timm's RepeatAugSampler): each (category, view seed) appears this many times
+    # in the micro-batch, adjacent; the on-device augmentations differ per copy. 1, 1: the ungrouped stream.
+    repeated_aug: int = 1
 
 
 @dataclass
@@ -553,6 +559,27 @@ class MatchConfig:
 
 
 @dataclass
+class SiTConfig:
+    """Objective ``sit``: SiT, self-supervised vision transformer (Atito, Awais & Kittler 2021), as its public code
+    (Sara-Ahmed/SiT at 1aacd6a, the paper's version) computes it: rotation prediction (4 classes) and a contrastive
+    task (NT-Xent) on two tokens of their own, reconstruction of the clean image from a corrupted one by a linear
+    pixel decoder (L1), the three losses weighted by learned uncertainties. Defaults are the published values
+    (dr_fdsl/objectives/sit.py says where each comes from)."""
+
+    temperature: float = 0.5  # NT-Xent temperature (losses.py ContrastiveLoss)
+    projection_dim: int = 512  # contrastive head output (vision_transformer_SiT.py contrastive_head)
+    # Colour changes of each view: brightness, contrast and saturation factors in [1 - j, 1 + j], in a random order
+    # (torchvision's ColorJitter(0.4, 0.4, 0.4), timm's create_transform default, which SiT's views go through).
+    color_jitter: float = 0.4
+    max_drop: float = 0.3  # rectangles of noise cover up to this fraction of the pixels (drop_rand_patches)
+    max_replace: float = 0.3  # rectangles taken from another image cover up to this fraction
+    max_block: float = 0.25  # side of a dropped or replaced rectangle: up to this fraction of the image side
+    min_block: float = 0.05  # and at least this fraction ("tolr"; also the smallest grey or blurred rectangle)
+    max_kernel: int = 15  # blur: odd kernel sizes 3..max_kernel (smooth_patch)
+    max_sigma: float = 5.0  # blur: sigma in [0.1, 0.1 + max_sigma)
+
+
+@dataclass
 class Config:
     """Everything a run needs. ``output_dir`` receives the resolved config, logs and checkpoints."""
 
@@ -567,6 +594,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     mim: MIMConfig = field(default_factory=MIMConfig)  # used by train.objective=mim and classify+mim
     match: MatchConfig = field(default_factory=MatchConfig)  # used by renderer.mode=match
+    sit: SiTConfig = field(default_factory=SiTConfig)  # used by train.objective=sit
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -868,6 +896,20 @@ def validate_config(cfg: Config) -> None:
     d = cfg.data
     need(d.views_per_class >= 0, "data.views_per_class", f"must be >= 0, got {d.views_per_class}")
     need(d.workers >= 0, "data.workers", f"must be >= 0, got {d.workers}")
+    for key in ("views_per_category", "repeated_aug"):
+        need(getattr(d, key) >= 1, f"data.{key}", f"must be >= 1, got {getattr(d, key)}")
+    group = d.views_per_category * d.repeated_aug
+    need(t.batch_size % group == 0, "train.batch_size",
+         f"must be a multiple of data.views_per_category x data.repeated_aug = {group} (whole groups per "
+         f"micro-batch), got {t.batch_size}")
+    if d.views_per_category > 1:
+        need(t.batch_size // group <= cfg.bank.num_classes, "data.views_per_category",
+             f"a micro-batch of {t.batch_size} holds {t.batch_size // group} distinct categories of "
+             f"{d.views_per_category} x {d.repeated_aug} images, more than bank.num_classes={cfg.bank.num_classes}; "
+             "lower train.batch_size or raise data.views_per_category")
+        need(d.views_per_class == 0 or d.views_per_category <= d.views_per_class, "data.views_per_category",
+             f"{d.views_per_category} different view seeds per category need data.views_per_class >= it, got "
+             f"{d.views_per_class}")
     if d.source == "static":
         need(bool(d.path), "data.path", "must name a dataset folder when data.source=static")
         need(cfg.renderer.mode == "frozen", "renderer.mode",

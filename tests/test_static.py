@@ -97,3 +97,32 @@ def test_static_source_bad_input(tmp_path, bank_dir, exported):
         build_run(tiny(tmp_path, bank_dir, "data.source=static", f"data.path={tmp_path}", "renderer.mode=frozen"))
     with pytest.raises(ConfigError, match="exported with other renderer settings"):
         build_run(tiny(tmp_path, bank_dir, "data.source=static", f"data.path={root}", "renderer.mode=frozen"))
+
+
+@pytest.mark.parametrize("objective", ["classify", "sit"])
+def test_grouped_draws_agree_between_static_and_in_loop_runs(tmp_path_factory, bank_dir, objective):
+    """data.views_per_category and data.repeated_aug: the static loader follows the grouped stream, so a static
+    run and the in-loop run restricted to its views give the same losses; under sit the corruptions, drawn from
+    each image's key and copy, agree too. (Two views per category, euler views: sit's rotation can be learnt.)"""
+    root = tmp_path_factory.mktemp(f"grouped_{objective}")
+    same = ["renderer.view.rotation=euler", "renderer.view.roll=[0,0]", "renderer.mode=frozen"]
+    if objective == "sit":
+        same += ["train.objective=sit", "data.views_per_category=2"]
+    else:  # 2 categories x 2 view seeds x 2 copies per micro-batch of 8
+        same += ["data.views_per_category=2", "data.repeated_aug=2", "image_aug.random_erasing=0.5"]
+    cfg = tiny(root, bank_dir, *same)
+    export(PointRenderer(bank_from_config(cfg.bank), cfg.renderer), cfg, root / "data", 2, progress=False)
+    in_loop = build_run(tiny(root / "loop", bank_dir, *same, "data.views_per_class=2", "data.quantize=true"))
+    a, a_eval = losses(in_loop, 3), evaluate(in_loop)
+    static = build_run(tiny(root / "static", bank_dir, *same, "data.source=static", f"data.path={root / 'data'}",
+                            "data.workers=1"))
+    b, b_eval = losses(static, 3), evaluate(static)
+    assert a == b and len(set(a)) > 1
+    assert a_eval == b_eval
+    group = 4 if objective == "classify" else 2  # adjacent images of one category
+    ids = static.stream.batch(0, 8)[0].view(-1, group)
+    assert (ids == ids[:, :1]).all()
+    if objective == "classify":  # more view seeds per category than the dataset holds: refused when it is read
+        with pytest.raises(ConfigError, match="'data.views_per_category': 3 different view seeds"):
+            build_run(tiny(root / "three", bank_dir, *same[:3], "data.views_per_category=3", "train.batch_size=6",
+                           "data.source=static", f"data.path={root / 'data'}"))

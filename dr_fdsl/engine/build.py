@@ -112,6 +112,10 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
             static = StaticViews(cfg.data.path, verify=acc.is_main_process)
         static.check_matches(cfg)
         views = static.views
+        if cfg.data.views_per_category > views:
+            raise ConfigError(f"config key 'data.views_per_category': {cfg.data.views_per_category} different view "
+                              f"seeds per category, but '{cfg.data.path}' holds {views} views per category; lower it "
+                              "or export more views")
     num_classes = cfg.bank.num_classes
     total_batch = t.batch_size * t.grad_accum * acc.num_processes
     lr = cfg.optim.lr * total_batch / 512
@@ -144,7 +148,8 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
     writer = acc.get_tracker("tensorboard", unwrap=True) if acc.is_main_process else None
     return Run(cfg=cfg, accelerator=acc, renderer=renderer, objective=objective,
                renderer_optimizer=renderer_optimizer, schedulers=schedulers,
-               stream=ViewStream(cfg.seed, acc.process_index, num_classes, views), static=static,
+               stream=ViewStream(cfg.seed, acc.process_index, num_classes, views, cfg.data.views_per_category,
+                                 cfg.data.repeated_aug), static=static,
                eval_views=held_out_views(t.eval_images, num_classes, acc.process_index, acc.num_processes),
                grid_views=grid, anchor=anchor, writer=writer, lr=lr, total_batch=total_batch, match=match,
                run_id=broadcast_object_list([checkpoint.new_run_id()])[0])  # the main process's, on every rank

@@ -19,6 +19,9 @@ classify+mim    yes     the classification loss only (the           the classifi
                         detached): exactly classify's gradient      with the same weights (tested)
                         with the same weights (tested); the same
                         leakage trap as classify
+sit             yes     refused at load: descending reconstruction  SiT's weighted loss through the network's
+                        and contrastive losses can empty the image  input (the reconstruction target is
+                        or colour each category apart               detached): hard views within the bounds
 ==============  ======  ==========================================  ==========================================
 
 Objectives whose name joins two (``classify+mim``) read every section named in it (``mim``); the checkpoint
@@ -33,8 +36,9 @@ from dr_fdsl.objectives.classify import Classify
 from dr_fdsl.objectives.classify_mim import ClassifyMIM
 from dr_fdsl.objectives.mim import MaskedImageModelling
 from dr_fdsl.objectives.multilabel import MultiLabel
+from dr_fdsl.objectives.sit import SiT
 
-OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Classify, MaskedImageModelling, ClassifyMIM,
+OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Classify, MaskedImageModelling, ClassifyMIM, SiT,
                                                                       MultiLabel)}
 
 __all__ = ["OBJECTIVES", "Objective", "ObjectiveOutput", "get_objective"]

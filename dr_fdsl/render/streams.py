@@ -1,8 +1,9 @@
 """Stream numbers of the per-image random numbers: each use of an image's key draws from its own stream."""
 
-from enum import IntEnum
+from enum import IntEnum, unique
 
 
+@unique  # a second name with a taken value would be an alias: two uses would draw the same numbers
 class Stream(IntEnum):
     ROTATION = 1  # 1, 2, 3: quaternion, or azimuth / elevation / roll
     DISTANCE = 4
@@ -22,8 +23,7 @@ class Stream(IntEnum):
     MIM_MASK = 18  # objective mim: which pixel patches are masked
     INSTANCE = 19  # bank.<family>.instances: which instance (weight row, flip, centre) an image draws
     INSTANCE_GREY = 20  # bank.visualatom.instances: each orbit's grey level
-    # The contest's augmentations (branch contest), numbered from 40 so that streams other branches add after 18
-    # do not collide.
+    # 21-39 free. The contest's point augmentations, backgrounds and colouring:
     SUBSAMPLE_GATE = 40
     SCALE_SHIFT_GATE = 41
     JITTER_GATE = 42
@@ -45,8 +45,15 @@ class Stream(IntEnum):
     RADIUS_SCALE = 58
     DIAMOND_SQUARE = 59  # one uniform per grid node
     DIAMOND_SQUARE_COLOR = 60  # decay, then the six colouring numbers
-    # svd2d branch, numbered from 70 (after the contest's 40-60): an IntEnum makes a second name with a taken
-    # value an alias, and two uses would draw the same numbers.
+    # 61-68 objective sit; 69 free; 70-78 svd2d's window, flips and map jitter, and multi-instance images
+    SIT_ROTATION = 61  # objective sit: which quarter-turn rotates each image (the rotation label)
+    SIT_JITTER = 62  # colour jitter factors and their order
+    SIT_GREY = 63  # the grey rectangle
+    SIT_BLUR = 64  # the blurred rectangle, its kernel size and sigma
+    SIT_DROP = 65  # the rectangles replaced by noise, and how many pixels they cover
+    SIT_NOISE = 66  # the noise
+    SIT_REPLACE = 67  # the rectangles taken from another image
+    SIT_DONOR = 68  # which image they are taken from
     WINDOW_SCALE = 70  # Anderson & Farrell's window: scale per axis
     WINDOW_SHIFT = 71  # and shift per axis
     DIHEDRAL = 72  # transpose, up-down flip, left-right flip

@@ -113,16 +113,20 @@ def refuse_to_overwrite(output_dir: str | Path, resume: str | None = None) -> No
 def fingerprint(cfg: Config, num_processes: int) -> dict:
     """Settings a checkpoint must share with the run that resumes it, in two groups.
 
-    ``required``: what gives the saved tensors their meaning (bank, renderer tables and radius range, model,
-    objective, mode, processes). ``exact``: what changes the random stream (seeds, batch, image and point
-    augmentations, data source); a resume with other values runs, but not as the original would have.
+    ``required``: what gives the saved tensors their meaning (bank, renderer tables, their parameterisation and
+    radius range, model, objective, optimiser, mode, processes). ``exact``: what changes the random stream (seeds,
+    batch, image and point augmentations, data source); a resume with other values runs, but not as the original
+    would have.
     """
     images = image_settings(cfg)
     renderer = images["renderer"]
     required = {"bank": images["bank"], "model": cfg.model.name, "objective": cfg.train.objective,
                 "mode": cfg.renderer.mode, "probe": cfg.train.probe, "num_processes": num_processes,
                 "tables": {k: renderer[k] for k in ("image_size", "share_colors", "share_radii", "radius_min",
-                                                   "radius_max", "color_init", "palette_size", "init_seed")}}
+                                                   "radius_max", "color_init", "palette_size", "init_seed",
+                                                   "color_param") if k in renderer}}  # color_param: when not default
+    if cfg.optim.name != "adamw":  # the optimiser's state tensors mean other things (named only when not the default,
+        required["optimizer"] = cfg.optim.name  # so that checkpoints made before the key existed still match)
     # An objective's own sections (mim's; classify+mim's: mim's), if it has any; one section as such.
     sections = {part: content_settings(getattr(cfg, part)) for part in cfg.train.objective.split("+")
                 if hasattr(cfg, part)}

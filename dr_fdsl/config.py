@@ -232,7 +232,7 @@ class ViewConfig:
     # Perspective NDC as (x * focal) / depth, PyTorch3D's FoVPerspectiveCameras arithmetic, bit for bit, instead of
     # x * (focal / depth) (the default, kept so that earlier renders do not move by an ulp). One ulp of NDC moves a
     # fragment weight by ~1e-5 at radius 0.015: a render matched to a published PyTorch3D one needs true.
-    pytorch3d_arithmetic: bool = False
+    pytorch3d_arithmetic: bool = field(default=False, metadata=ADDED)
 
 
 @dataclass
@@ -255,33 +255,38 @@ class AugmentConfig:
     mix: float = 0.0
     # --- As published by the SIGNATE contest's 4th-place solution (configs/contest_pytorch3d.yaml) and the work it
     # cites; dr_fdsl/render/augment.py and corrupt.py. Every default leaves the images as they were.
-    subsample_prob: float = 1.0  # probability that an image is sub-sampled at all (its rate drawn in `subsample`)
+    # probability that an image is sub-sampled at all (its rate drawn in `subsample`)
+    subsample_prob: float = field(default=1.0, metadata=ADDED)
     # False: each point kept with probability rate. True: exactly int(N * rate) points kept, a uniform random subset
     # (the contest's np.random.choice(N, int(N * rate), replace=False)).
-    subsample_exact: bool = False
-    scale_shift_prob: float = 1.0  # one coin per image switches scale and shift on together (the contest's p=0.5)
+    subsample_exact: bool = field(default=False, metadata=ADDED)
+    # one coin per image switches scale and shift on together (the contest's p=0.5)
+    scale_shift_prob: float = field(default=1.0, metadata=ADDED)
     # "camera": the shift is added after the rotation. "object": p * scale + shift before the rotation (the contest).
-    shift_frame: Literal["camera", "object"] = "camera"
-    jitter_prob: float = 1.0  # probability that an image gets the Gaussian jitter (the contest's noise: 0.01, 0.5)
+    shift_frame: Literal["camera", "object"] = field(default="camera", metadata=ADDED)
+    # probability that an image gets the Gaussian jitter (the contest's noise: 0.01, 0.5)
+    jitter_prob: float = field(default=1.0, metadata=ADDED)
     # "style": the PointWOLF-style deformation above. "published": PointWOLF as Kim et al. (2021) publish it
     # (mlvlab/PointWOLF, the contest's copy): farthest-point-sampled anchors among the kept points, per-anchor
     # random axes and transform dropout, scales drawn in pointwolf_scale (published: [1, 3]), a random projection
     # axis for the kernel, the cloud re-centred and scaled into the unit ball. Published values: anchors 4,
     # sigma 0.5, scale [1.0, 3.0], rotation 10, shift 0.25.
-    pointwolf_kind: Literal["style", "published"] = "style"
+    pointwolf_kind: Literal["style", "published"] = field(default="style", metadata=ADDED)
     # ModelNet-C corruptions (Ren, Pan & Liu 2022, jiawei-ren/ModelNet-C build_modelnetc/corrupt_utils.py), in
     # object space after sub-sampling; their published levels 0..4 are drop_local = add_local = 100 * (level + 1)
     # and add_global = 10 * (level + 1) points. Added points borrow the colour and radius of a point of the cloud.
-    drop_local: int = 0  # points removed in 1..7 clusters around random points
-    add_global: int = 0  # points added uniformly in the unit ball
-    add_local: int = 0  # points added in 1..7 Gaussian clusters (sigma U(0.075, 0.125)) around random points
+    drop_local: int = field(default=0, metadata=ADDED)  # points removed in 1..7 clusters around random points
+    add_global: int = field(default=0, metadata=ADDED)  # points added uniformly in the unit ball
+    # points added in 1..7 Gaussian clusters (sigma U(0.075, 0.125)) around random points
+    add_local: int = field(default=0, metadata=ADDED)
     # The contest's colorize_point_cloud: hue from depth (nearest 255, farthest 0, over the image's drawn points),
     # one saturation and value per image drawn in these ranges, through OpenCV's 8-bit HSV -> RGB; it multiplies
     # the learnable colour (white: the published colours exactly).
-    depth_hue: bool = False
-    depth_hue_saturation: tuple[float, float] = (0.3, 1.0)
-    depth_hue_value: tuple[float, float] = (0.5, 1.0)
-    radius_scale: tuple[float, float] = (1.0, 1.0)  # per-image factor on every point's radius (random point size)
+    depth_hue: bool = field(default=False, metadata=ADDED)
+    depth_hue_saturation: tuple[float, float] = field(default=(0.3, 1.0), metadata=ADDED)
+    depth_hue_value: tuple[float, float] = field(default=(0.5, 1.0), metadata=ADDED)
+    # per-image factor on every point's radius (random point size)
+    radius_scale: tuple[float, float] = field(default=(1.0, 1.0), metadata=ADDED)
     # Anderson & Farrell's window and flips, on the projected points (dr_fdsl/render/window.py): the rendering
     # window is shifted by U(-window_shift, window_shift) of its extent and scaled by U(window_scale) on each
     # axis independently (published IFSGenerator: translate 0.2, scale [0.5, 2.0]); dihedral: a random transpose,
@@ -289,10 +294,10 @@ class AugmentConfig:
     # Family svd2d only (dr_fdsl/render/ifs_jitter.py): one map of the category's system, chosen per image, scaled by
     # U(map_jitter) (published IFSGenerator jitter_params=True: [0.8, 1.1], up to 4 draws until it stays
     # contractive, else unchanged); the points are its chaos game replayed with the jittered maps, in its own window.
-    map_jitter: tuple[float, float] = (1.0, 1.0)
-    window_scale: tuple[float, float] = (1.0, 1.0)
-    window_shift: float = 0.0
-    dihedral: bool = False
+    map_jitter: tuple[float, float] = field(default=(1.0, 1.0), metadata=ADDED)
+    window_scale: tuple[float, float] = field(default=(1.0, 1.0), metadata=ADDED)
+    window_shift: float = field(default=0.0, metadata=ADDED)
+    dihedral: bool = field(default=False, metadata=ADDED)
 
 
 @dataclass
@@ -339,14 +344,14 @@ class RendererConfig:
     background: Literal["color", "random_color", "noise", "diamond_square"] = "color"
     background_color: tuple[float, float, float] = (0.0, 0.0, 0.0)
     background_noise: float = 0.2
-    diamond_square_variant: Literal["contest", "anderson"] = "contest"
+    diamond_square_variant: Literal["contest", "anderson"] = field(default="contest", metadata=ADDED)
     # How the colour table holds colours (renderer.py, color_values): "squash": logits through an algebraic sigmoid,
     # initial values kept 1e-3 inside (0, 1) (white is 0.999). "clamp": the colours themselves, clamped to [0, 1]
     # and projected back into it after every renderer step: every initial colour is held exactly (white is 1.0).
-    color_param: Literal["squash", "clamp"] = "squash"
+    color_param: Literal["squash", "clamp"] = field(default="squash", metadata=ADDED)
     view: ViewConfig = field(default_factory=ViewConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    objects: ObjectsConfig = field(default_factory=ObjectsConfig)
+    objects: ObjectsConfig = field(default_factory=ObjectsConfig, metadata=ADDED)
     # Optimisation of the rendering parameters (modes "joint" and "adversarial"): SparseAdam on the logits
     # (lazy: only the rows of the categories a step drew move), warm-up and cosine like the classifier.
     lr: float = field(default=1e-2, metadata=NOT_CONTENT)
@@ -457,17 +462,18 @@ class ImageAugConfig:
     random_erasing: float = 0.25
     hflip: float = 0.5
     vflip: float = 0.0
-    transpose: float = 0.0  # probability of swapping rows and columns (albumentations' Transpose)
-    random_resized_crop: RandomResizedCropConfig = field(default_factory=RandomResizedCropConfig)
-    shift_scale_rotate: ShiftScaleRotateConfig = field(default_factory=ShiftScaleRotateConfig)
-    brightness_contrast: BrightnessContrastConfig = field(default_factory=BrightnessContrastConfig)
-    hue_saturation_value: HueSaturationValueConfig = field(default_factory=HueSaturationValueConfig)
-    distortion: DistortionConfig = field(default_factory=DistortionConfig)
+    # probability of swapping rows and columns (albumentations' Transpose)
+    transpose: float = field(default=0.0, metadata=ADDED)
+    random_resized_crop: RandomResizedCropConfig = field(default_factory=RandomResizedCropConfig, metadata=ADDED)
+    shift_scale_rotate: ShiftScaleRotateConfig = field(default_factory=ShiftScaleRotateConfig, metadata=ADDED)
+    brightness_contrast: BrightnessContrastConfig = field(default_factory=BrightnessContrastConfig, metadata=ADDED)
+    hue_saturation_value: HueSaturationValueConfig = field(default_factory=HueSaturationValueConfig, metadata=ADDED)
+    distortion: DistortionConfig = field(default_factory=DistortionConfig, metadata=ADDED)
     # timm's RandAugment config string, parsed by timm (e.g. "rand-m9-mstd0.5-inc1"); empty: off.
-    randaugment: str = ""
+    randaugment: str = field(default="", metadata=ADDED)
     # Resampling of random_resized_crop and of RandAugment's rotate/shear/translate, as timm's create_transform
     # passes its --interpolation to both ("random": bilinear or bicubic per image and operation).
-    interpolation: Literal["bicubic", "bilinear", "random"] = "bicubic"
+    interpolation: Literal["bicubic", "bilinear", "random"] = field(default="bicubic", metadata=ADDED)
 
 
 @dataclass
@@ -484,10 +490,10 @@ class DataConfig:
     workers: int = field(default=2, metadata=NOT_CONTENT)  # static: data-loader worker processes (own seeds)
     # Grouped draws (dr_fdsl/stream.py): each drawn category appears with this many different view seeds,
     # adjacent in the micro-batch, categories distinct within it (positives of a contrastive task, e.g. sit).
-    views_per_category: int = 1
+    views_per_category: int = field(default=1, metadata=ADDED)
     # Repeated augmentation (DeiT, timm's RepeatAugSampler): each (category, view seed) appears this many times
     # in the micro-batch, adjacent; the on-device augmentations differ per copy. 1, 1: the ungrouped stream.
-    repeated_aug: int = 1
+    repeated_aug: int = field(default=1, metadata=ADDED)
 
 
 @dataclass
@@ -811,10 +817,15 @@ def content_settings(section: Any) -> dict:
             continue
         if f.metadata.get("family") and f.name != getattr(section, "family", None):
             continue
-        if f.metadata.get("omit_default") and getattr(section, f.name) == f.default:
+        if f.metadata.get("omit_default") and getattr(section, f.name) == _default(f):
             continue
         out[f.name] = _plain(getattr(section, f.name))
     return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default value (a fresh one for a ``default_factory`` section)."""
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 def _plain(value: Any) -> Any:
@@ -993,9 +1004,12 @@ def validate_match(cfg: Config) -> None:
     need(m.random_channels >= 1, "match.random_channels", f"must be >= 1, got {m.random_channels}")
     need(m.feature_seed >= 0, "match.feature_seed", f"must be >= 0, got {m.feature_seed}")
     need(m.classifier_blocks >= 1, "match.classifier_blocks", f"must be >= 1, got {m.classifier_blocks}")
-    need(not (m.joint and cfg.train.objective == "mim"), "match.joint",
-         "joint rendering descends the reconstruction loss of objective mim (the renderer could empty the image); "
-         "set match.joint=false")
+    if m.joint:
+        from dr_fdsl.objectives import get_objective  # objectives import this module
+
+        need(get_objective(cfg.train.objective).joint_ok, "match.joint",
+             f"it makes the renderer descend objective {cfg.train.objective}'s loss, which the renderer can trivialise "
+             "(renderer.mode=joint is refused for it too); set match.joint=false")
 
 
 def validate_bank(b: BankConfig) -> None:

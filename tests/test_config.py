@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from dr_fdsl.config import Config, load_config, save_config
@@ -81,3 +83,20 @@ def test_yes_no_on_off_are_strings_not_booleans(tmp_path):
     assert load_config(path).train.mixed_precision == "no"
     with pytest.raises(ConfigError, match="'train.probe': expected bool, got 'yes'"):
         load_config(None, ["train.probe=yes"])
+
+
+@pytest.mark.parametrize("config, overrides, key", [
+    # a renderer that descends sit's or mim's losses can trivialise them, in mode match as in mode joint
+    ("sit_tiny.yaml", ["renderer.mode=match", "match.dataset=fashion_mnist", "match.joint=true"], "match.joint"),
+    # quarter-turns hidden in other settings make sit's rotation labels ambiguous
+    ("sit_tiny.yaml", ["renderer.augment.dihedral=true"], "renderer.augment.dihedral"),
+    ("sit_tiny.yaml", ["renderer.view.elevation=[-90,90]"], "renderer.view.elevation"),
+    # objectives that do not run image_aug refuse its pixel pipelines instead of ignoring them
+    ("sit_tiny.yaml", ["image_aug.randaugment=rand-m9-mstd0.5-inc1"], "image_aug.randaugment"),
+    ("quickstart.yaml", ["train.objective=mim", "renderer.mode=frozen", "image_aug.transpose=0.5"],
+     "image_aug.transpose"),
+    ("quickstart.yaml", ["train.objective=mim", "renderer.mode=frozen", "data.repeated_aug=2"], "data.repeated_aug"),
+])
+def test_objective_checks_cover_settings_that_would_be_ignored_or_degenerate(config, overrides, key):
+    with pytest.raises(ConfigError, match=re.escape(f"config key '{key}'")):
+        load_config(ROOT / "configs" / config, overrides)

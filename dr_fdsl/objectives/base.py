@@ -7,7 +7,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from dr_fdsl.config import Config
+from dr_fdsl.config import Config, need
 
 
 class ObjectiveOutput(NamedTuple):
@@ -18,6 +18,22 @@ class ObjectiveOutput(NamedTuple):
     loss: torch.Tensor
     total: torch.Tensor
     metrics: dict[str, torch.Tensor]
+
+
+def refuse_pixel_pipelines(cfg: Config, objective: str) -> None:
+    """For an objective that does not run ``image_aug``: its pixel pipelines, if configured, would be silently
+    ignored, so they are a ``ConfigError``."""
+    a = cfg.image_aug
+    on = [key for key, active in (
+        ("image_aug.random_resized_crop.enabled", a.random_resized_crop.enabled),
+        ("image_aug.randaugment", bool(a.randaugment)), ("image_aug.transpose", a.transpose > 0),
+        ("image_aug.shift_scale_rotate.p", a.shift_scale_rotate.p > 0),
+        ("image_aug.brightness_contrast.p", a.brightness_contrast.p > 0),
+        ("image_aug.hue_saturation_value.p", a.hue_saturation_value.p > 0),
+        ("image_aug.distortion.p", a.distortion.p > 0))
+        if active]
+    need(not on, on[0] if on else "image_aug", f"objective {objective} does not apply image_aug's pixel pipelines "
+         f"({', '.join(on)} set): switch them off or use objective classify")
 
 
 class Objective:
@@ -38,6 +54,9 @@ class Objective:
     """
 
     name: ClassVar[str]
+    # False: descending this objective's loss lets the renderer trivialise it (e.g. empty images are easy to
+    # reconstruct), so renderer.mode=joint and match.joint are refused
+    joint_ok: ClassVar[bool] = True
     eval_names: ClassVar[tuple[str, ...]]  # names of the columns ``evaluate`` returns
 
     @classmethod

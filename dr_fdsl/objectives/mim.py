@@ -22,7 +22,7 @@ from torchvision.utils import make_grid
 from dr_fdsl.config import Config, finite, need
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.models import create_classifier, normalization
-from dr_fdsl.objectives.base import Objective, ObjectiveOutput
+from dr_fdsl.objectives.base import Objective, ObjectiveOutput, refuse_pixel_pipelines
 from dr_fdsl.optim import create_optimizer
 from dr_fdsl.render import random as rnd
 from dr_fdsl.render.streams import Stream
@@ -116,12 +116,17 @@ def validate_mim(cfg: Config) -> None:
 class MaskedImageModelling(Objective):
     name = "mim"
     eval_names = ("val/loss", "val/identity_loss")  # identity: the masked image itself taken as reconstruction
+    joint_ok = False
 
     @classmethod
     def validate(cls, cfg: Config) -> None:
         validate_mim(cfg)
         need(cfg.mim.weight == 1.0, "mim.weight", f"weighs the reconstruction against classification under "
              f"train.objective=classify+mim; mim's loss is the reconstruction alone: remove it (got {cfg.mim.weight})")
+        refuse_pixel_pipelines(cfg, cls.name)
+        need(cfg.data.repeated_aug == 1, "data.repeated_aug",
+             f"objective mim masks each (category, view seed) by its key and applies no image augmentation: "
+             f"{cfg.data.repeated_aug} copies would be identical images; set data.repeated_aug=1")
         need(cfg.renderer.mode != "joint", "renderer.mode",
              "joint rendering descends the reconstruction loss: the renderer could empty the image, which is "
              "trivial to reconstruct; use frozen or adversarial")

@@ -47,7 +47,7 @@ from torchvision.utils import make_grid
 from dr_fdsl.config import Config, need
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.models import create_classifier, normalization
-from dr_fdsl.objectives.base import Objective, ObjectiveOutput
+from dr_fdsl.objectives.base import Objective, ObjectiveOutput, refuse_pixel_pipelines
 from dr_fdsl.objectives.sit_views import color_jitter, corrupt, rotate, rotation_labels, view_keys
 from dr_fdsl.optim import create_optimizer
 
@@ -120,6 +120,7 @@ class SiTNetwork(nn.Module):
 
 class SiT(Objective):
     name = "sit"
+    joint_ok = False
     # identity: the corrupted view itself taken as the reconstruction
     eval_names = ("val/rotation_acc", "val/rotation_loss", "val/reconstruction_loss", "val/identity_loss")
 
@@ -143,6 +144,12 @@ class SiT(Objective):
              f"spans {width} degrees: a view turned by a quarter-turn is then also an unturned view of another roll"
              f"{' (every one, at 360 degrees)' if width >= 360 else ''}, so sit's rotation labels are ambiguous; "
              "keep it within 90 degrees, e.g. [0, 0]")
+        need(view.rotation != "euler" or max(abs(e) for e in view.elevation) <= 45, "renderer.view.elevation",
+             f"reaches {max(abs(e) for e in view.elevation)} degrees: near the poles the azimuth turns the image in "
+             "its plane, so sit's rotation labels are ambiguous; keep it within [-45, 45]")
+        need(not cfg.renderer.augment.dihedral, "renderer.augment.dihedral",
+             "transposes and flips include quarter-turns, so sit's rotation labels are ambiguous; set it false")
+        refuse_pixel_pipelines(cfg, cls.name)
         size = cfg.renderer.image_size
         tol, largest = int(s.min_block * size), int(s.max_block * size)
         need(0 < s.min_block < s.max_block <= 1, "sit.min_block",

@@ -155,9 +155,9 @@ def test_make_bank_tool(tmp_path):
 
 def test_unknown_family_is_a_config_error_listing_the_valid_ones():
     with pytest.raises(ConfigError, match=r"'bank.family': unknown family 'ifs2d'; valid: fractaldb, ifs3d, ofdb, "
-                                          r"visualatom"):
+                                          r"svd2d, visualatom"):
         load_config(None, ["bank.family=ifs2d"])
-    assert set(FAMILIES) == {"fractaldb", "ifs3d", "ofdb", "visualatom"}
+    assert set(FAMILIES) == {"fractaldb", "ifs3d", "ofdb", "svd2d", "visualatom"}
 
 
 def test_cache_key_is_the_chosen_familys_content():

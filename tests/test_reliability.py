@@ -290,7 +290,8 @@ def test_yaml_sections_merge_keys_and_includes(tmp_path):
     ("train.batch_size=7", r"'train.batch_size': Mixup/CutMix .* even batch, got 7"),
     ("train.batch_size=0", r"'train.batch_size': must be >= 1"),
     ("image_aug.hflip=1.5", r"'image_aug.hflip': is a probability"),
-    ("train.objective=sit", r"'train.objective': unknown objective 'sit'; valid: classify, mim"),
+    ("train.objective=simclr", r"'train.objective': unknown objective 'simclr'; valid: classify, classify\+mim, mim, "
+                              "multilabel, sit"),
     ("renderer.image_size=8192", r"'renderer.image_size' \(8192 px.*need about [\d.]+ GiB, more than"),
     ("bank.num_points=200000000", r"'bank.num_classes' x 'bank.num_points'.*need about [\d.]+ GiB"),
 ])

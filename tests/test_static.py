@@ -107,7 +107,7 @@ def test_grouped_draws_agree_between_static_and_in_loop_runs(tmp_path_factory, b
     root = tmp_path_factory.mktemp(f"grouped_{objective}")
     same = ["renderer.view.rotation=euler", "renderer.view.roll=[0,0]", "renderer.mode=frozen"]
     if objective == "sit":
-        same += ["train.objective=sit", "data.views_per_category=2"]
+        same += ["train.objective=sit", "data.views_per_category=2", "renderer.view.elevation=[-45,45]"]
     else:  # 2 categories x 2 view seeds x 2 copies per micro-batch of 8
         same += ["data.views_per_category=2", "data.repeated_aug=2", "image_aug.random_erasing=0.5"]
     cfg = tiny(root, bank_dir, *same)

@@ -279,10 +279,12 @@ def test_objectives_and_families_are_chosen_by_config_key():
     from dr_fdsl.families import FAMILIES
     from dr_fdsl.objectives import OBJECTIVES, Objective
 
-    assert set(OBJECTIVES) == {"classify", "mim"} and set(FAMILIES) == {"ifs3d", "ofdb", "fractaldb", "visualatom"}
+    assert set(OBJECTIVES) == {"classify", "mim", "classify+mim", "sit", "multilabel"}
+    assert set(FAMILIES) == {"ifs3d", "ofdb", "fractaldb", "visualatom", "svd2d"}
     assert all(issubclass(o, Objective) and o.name == n for n, o in OBJECTIVES.items())
-    with pytest.raises(ConfigError, match="unknown objective 'sit'; valid: classify, mim"):
-        load_config(None, ["train.objective=sit"])
+    with pytest.raises(ConfigError, match=r"unknown objective 'simclr'; valid: classify, classify\+mim, mim, "
+                                          r"multilabel, sit"):
+        load_config(None, ["train.objective=simclr"])
 
 
 @pytest.mark.slow

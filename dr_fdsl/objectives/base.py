@@ -66,15 +66,16 @@ class Objective:
     model: nn.Module
     optimizer: torch.optim.Optimizer
 
+    # The defaults serve an objective whose networks are one module ``model`` with one ``optimizer``.
     def prepare(self, accelerator) -> None:
-        raise NotImplementedError
+        self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
 
     def modules(self) -> list[nn.Module]:
         """Every module that trains (for gradient accumulation and train/eval switching)."""
-        raise NotImplementedError
+        return [self.model]
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
-        raise NotImplementedError
+        return [self.optimizer]
 
     def loss(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> ObjectiveOutput:
         raise NotImplementedError
@@ -103,7 +104,7 @@ class Objective:
 
     def unwrap(self, accelerator) -> None:
         """Replaces the prepared (DDP-wrapped) modules by the plain ones, at the end of training."""
-        raise NotImplementedError
+        self.model = accelerator.unwrap_model(self.model)
 
     def train(self, mode: bool = True) -> None:
         for module in self.modules():

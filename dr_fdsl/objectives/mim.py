@@ -141,18 +141,6 @@ class MaskedImageModelling(Objective):
         self.plain = self.model  # never DDP-wrapped: for the image grids of the main process alone
         self.optimizer = create_optimizer(self.model, cfg.optim, lr)
 
-    def prepare(self, accelerator) -> None:
-        self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
-
-    def unwrap(self, accelerator) -> None:
-        self.model = accelerator.unwrap_model(self.model)
-
-    def modules(self) -> list[nn.Module]:
-        return [self.model]
-
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.optimizer]
-
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
 

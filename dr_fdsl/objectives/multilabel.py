@@ -83,18 +83,6 @@ class MultiLabel(Objective):
         # image_aug's pixel operations, flips and erasing (Mixup/CutMix are refused by validate), then normalisation
         self.augment = ImageAugment(cfg.image_aug, num_classes, device, self.mean, self.std)
 
-    def prepare(self, accelerator) -> None:
-        self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
-
-    def unwrap(self, accelerator) -> None:
-        self.model = accelerator.unwrap_model(self.model)
-
-    def modules(self) -> list[torch.nn.Module]:
-        return [self.model]
-
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.optimizer]
-
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
 

@@ -182,18 +182,6 @@ class SiT(Objective):
         self.optimizer = create_optimizer(self.network, cfg.optim, lr)
         self.scale = torch.tensor(UNCERTAINTY_SCALE, device=device)
 
-    def prepare(self, accelerator) -> None:
-        self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
-
-    def unwrap(self, accelerator) -> None:
-        self.model = accelerator.unwrap_model(self.model)
-
-    def modules(self) -> list[nn.Module]:
-        return [self.model]
-
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.optimizer]
-
     def views(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor,
               group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Clean views (jittered, normalised, turned: the reconstruction targets), corrupted views and rotation

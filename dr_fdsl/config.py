@@ -475,6 +475,11 @@ class ImageAugConfig:
     # passes its --interpolation to both ("random": bilinear or bicubic per image and operation).
     interpolation: Literal["bicubic", "bilinear", "random"] = field(default="bicubic", metadata=ADDED)
 
+    @property
+    def mixing(self) -> bool:
+        """Whether Mixup/CutMix runs at all."""
+        return self.mix_prob > 0 and (self.mixup > 0 or self.cutmix > 0)
+
 
 @dataclass
 class DataConfig:

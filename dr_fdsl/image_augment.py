@@ -139,7 +139,7 @@ class ImageAugment(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.mean, self.std = mean.to(device), std.to(device)
-        use_mix = cfg.mix_prob > 0 and (cfg.mixup > 0 or cfg.cutmix > 0)
+        use_mix = cfg.mixing
         self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
                            switch_prob=cfg.switch_prob, label_smoothing=cfg.label_smoothing,
                            num_classes=num_classes) if use_mix else None

@@ -25,9 +25,7 @@ class Classify(Objective):
 
     @classmethod
     def validate(cls, cfg: Config) -> None:
-        a = cfg.image_aug
-        mixing = a.mix_prob > 0 and (a.mixup > 0 or a.cutmix > 0)
-        need(not mixing or cfg.train.batch_size % 2 == 0, "train.batch_size",
+        need(not cfg.image_aug.mixing or cfg.train.batch_size % 2 == 0, "train.batch_size",
              f"Mixup/CutMix pair images within a batch: needs an even batch, got {cfg.train.batch_size} (or set "
              "image_aug.mix_prob=0)")
 
@@ -69,12 +67,16 @@ class Classify(Objective):
         logits = self.model(x)
         loss = self.augment.train_loss(logits.float(), targets)
         metrics = {"train/loss": loss.detach(), "train/acc": (logits.argmax(1) == class_ids).float().mean().detach()}
-        total = loss
-        if self.probe is not None:  # a separate graph on detached statistics: it never shapes the renderer
-            probe_logits = self.probe(colour_statistics(images, self.background))
-            total = total + F.cross_entropy(probe_logits, class_ids)
-            metrics["probe/train_acc"] = (probe_logits.argmax(1) == class_ids).float().mean().detach()
-        return ObjectiveOutput(loss, total, metrics)
+        return ObjectiveOutput(loss, loss + self.probe_loss(images, class_ids, metrics), metrics)
+
+    def probe_loss(self, images: torch.Tensor, class_ids: torch.Tensor, metrics: dict) -> torch.Tensor | float:
+        """The leakage probe's loss (0 without a probe), adding its accuracy to ``metrics``: a separate graph on
+        detached statistics, so it never shapes the renderer."""
+        if self.probe is None:
+            return 0.0
+        probe_logits = self.probe(colour_statistics(images, self.background))
+        metrics["probe/train_acc"] = (probe_logits.argmax(1) == class_ids).float().mean().detach()
+        return F.cross_entropy(probe_logits, class_ids)
 
     def clip_gradients(self, max_norm: float) -> dict[str, torch.Tensor]:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)

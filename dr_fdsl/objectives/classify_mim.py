@@ -92,12 +92,7 @@ class ClassifyMIM(Classify):
                    "train/mim_loss": mim_loss.detach(),
                    "train/identity_loss": mean_l1((masked - clean).abs(), mask, loss_on).mean().detach(),
                    "train/masked_fraction": mask.float().mean().detach()}
-        total = loss
-        if self.probe is not None:  # a separate graph on detached statistics: it never shapes the renderer
-            probe_logits = self.probe(colour_statistics(images, self.background))
-            total = total + F.cross_entropy(probe_logits, class_ids)
-            metrics["probe/train_acc"] = (probe_logits.argmax(1) == class_ids).float().mean().detach()
-        return ObjectiveOutput(loss, total, metrics)
+        return ObjectiveOutput(loss, loss + self.probe_loss(images, class_ids, metrics), metrics)
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,7 @@ class MultiLabel(Objective):
     @classmethod
     def validate(cls, cfg: Config) -> None:
         a = cfg.image_aug
-        need(not (a.mix_prob > 0 and (a.mixup > 0 or a.cutmix > 0)), "image_aug.mixup",
+        need(not a.mixing, "image_aug.mixup",
              f"objective multilabel names every object of an image: Mixup/CutMix (mixup={a.mixup}, cutmix={a.cutmix}, "
              f"mix_prob={a.mix_prob}) would blend another image's objects in without their labels; set "
              "image_aug.mixup=0 image_aug.cutmix=0 (or image_aug.mix_prob=0)")

@@ -127,6 +127,8 @@ def fingerprint(cfg: Config, num_processes: int) -> dict:
                                                    "color_param") if k in renderer}}  # color_param: when not default
     if cfg.optim.name != "adamw":  # the optimiser's state tensors mean other things (named only when not the default,
         required["optimizer"] = cfg.optim.name  # so that checkpoints made before the key existed still match)
+    if cfg.model.patch_size:  # the same: named only when set
+        required["patch_size"] = cfg.model.patch_size
     # An objective's own sections (mim's; classify+mim's: mim's), if it has any; one section as such.
     sections = {part: content_settings(getattr(cfg, part)) for part in cfg.train.objective.split("+")
                 if hasattr(cfg, part)}

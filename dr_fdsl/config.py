@@ -367,6 +367,9 @@ class ModelConfig:
 
     name: str = "vit_tiny_patch16_224"
     drop_path: float = 0.1
+    # A ViT's patch size in px (timm's ``patch_size``), 0: the model's own. Small images need small patches: timm's
+    # test_vit has 16 px patches, four tokens at 32 px; with 4 px patches it sees 64.
+    patch_size: int = field(default=0, metadata=ADDED)
 
 
 @dataclass
@@ -880,6 +883,12 @@ def validate_config(cfg: Config) -> None:
         need(getattr(t, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
     need(t.keep_checkpoints >= 0, "train.keep_checkpoints", f"must be >= 0 (0 keeps all), got {t.keep_checkpoints}")
     need(finite(t.probe_lr) and t.probe_lr > 0, "train.probe_lr", f"must be a positive number, got {t.probe_lr}")
+
+    m = cfg.model
+    need(finite(m.drop_path) and 0 <= m.drop_path < 1, "model.drop_path", f"must be in [0, 1), got {m.drop_path}")
+    need(m.patch_size >= 0, "model.patch_size", f"must be >= 0 (0: the model's own), got {m.patch_size}")
+    need(m.patch_size == 0 or cfg.renderer.image_size % m.patch_size == 0, "model.patch_size",
+         f"{m.patch_size} does not divide renderer.image_size={cfg.renderer.image_size}")
 
     o = cfg.optim
     need(finite(o.lr) and o.lr > 0, "optim.lr", f"must be a positive number, got {o.lr}")

@@ -1,9 +1,9 @@
 """Fine-tuning on real data: the judge of a pre-training run.
 
 Loads a pre-trained classifier (or none, for training from scratch), replaces its head, fine-tunes it on a real
-dataset under Accelerate, and reports top-1 after every epoch plus the seed contest's metric: the cumulative
-error rate, ``sum(100 - top1%)`` over the second half of the epochs (lower is better; it rewards reaching a
-high accuracy early and staying there).
+dataset under Accelerate, and reports top-1 after every epoch (or every ``eval_every``-th and the last) plus the
+seed contest's metric: the cumulative error rate, ``sum(100 - top1%)`` over the second half of the evaluations
+(lower is better; it rewards reaching a high accuracy early and staying there).
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ class FinetuneSettings:
     data_root: str = "data"
     pretrained: str | None = None
     model: str | None = None  # from scratch: any timm model (default test_vit)
+    patch_size: int = 0  # from scratch: a ViT's patch size (model.patch_size; 0: the model's own)
     image_size: int = 32
     epochs: int = 10
+    eval_every: int = 1  # test top-1 after every eval_every-th epoch and the last (a large test set costs most)
     batch_size: int = 64
     lr: float = 5e-4
     weight_decay: float = 0.05
@@ -75,9 +77,11 @@ class FinetuneSettings:
         need(not (self.pretrained and self.model), "model",
              f"{self.model!r} given with pretrained={self.pretrained!r}: a pre-trained run brings its own model; "
              "drop model=, or drop pretrained= to train it from scratch")
-        for key in ("epochs", "batch_size", "image_size"):
+        need(not (self.pretrained and self.patch_size), "patch_size", "a pre-trained run brings its own patch size; "
+             "drop patch_size=")
+        for key in ("epochs", "batch_size", "image_size", "eval_every"):
             need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
-        for key in ("per_class", "max_test", "warmup_epochs", "seed"):
+        for key in ("per_class", "max_test", "warmup_epochs", "seed", "patch_size"):
             need(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
         need(finite(self.lr) and self.lr > 0, "lr", f"must be a positive number, got {self.lr}")
         need(finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
@@ -89,7 +93,7 @@ class FinetuneSettings:
 
 
 def cumulative_error(top1: list[float]) -> float:
-    """Sum of the error rates (100 - top-1 %) over the second half of the epochs."""
+    """Sum of the error rates (100 - top-1 %) over the second half of the evaluations."""
     return float(sum(100.0 - 100.0 * acc for acc in top1[len(top1) // 2:]))
 
 
@@ -166,7 +170,8 @@ def finetune(s: FinetuneSettings) -> dict:
         model, size = load_pretrained(s.pretrained)
     else:
         size = s.image_size
-        model = create_classifier(ModelConfig(name=s.model or "test_vit", drop_path=0.0), 10, size)
+        model = create_classifier(ModelConfig(name=s.model or "test_vit", drop_path=0.0, patch_size=s.patch_size),
+                                  10, size)
     train = datasets.load(s.dataset, True, s.data_root, size)
     test = datasets.load(s.dataset, False, s.data_root, size)
     if s.per_class:
@@ -201,6 +206,7 @@ def finetune(s: FinetuneSettings) -> dict:
         acc.init_trackers("tensorboard", config=_flat(asdict(s)))
 
     top1: list[float] = []
+    evaluated: list[int] = []  # the epochs (1-based) top1 was measured after
     step = 0
     bar = tqdm(total=s.epochs, desc=f"finetune {s.dataset}", unit="epoch",
                disable=not (acc.is_main_process and s.progress))
@@ -220,6 +226,10 @@ def finetune(s: FinetuneSettings) -> dict:
             step += 1
             scheduler.step_update(step)
             total, batches = total + loss.item(), batches + 1
+        bar.update(1)
+        acc.log({"finetune/train_loss": total / max(batches, 1)}, step=epoch + 1)
+        if (epoch + 1) % s.eval_every and epoch + 1 < s.epochs:
+            continue  # evaluation draws no random numbers: skipping it changes no later step
         model.eval()
         correct = []
         with torch.no_grad():
@@ -227,12 +237,13 @@ def finetune(s: FinetuneSettings) -> dict:
                 predicted = model(model_input(pixels, size, mean, std)).argmax(1)
                 correct.append(acc.gather_for_metrics((predicted == labels).float()))
         top1.append(float(torch.cat(correct).mean()))
-        acc.log({"finetune/train_loss": total / max(batches, 1), "finetune/test_top1": top1[-1]}, step=epoch + 1)
-        bar.update(1)
+        evaluated.append(epoch + 1)
+        acc.log({"finetune/test_top1": top1[-1]}, step=epoch + 1)
         bar.set_postfix(top1=f"{top1[-1]:.3f}")
     bar.close()
     result = {"dataset": s.dataset, "pretrained": s.pretrained, "train_images": len(train),
-              "test_images": len(test), "epochs": s.epochs, "top1": top1, "final_top1": top1[-1],
+              "test_images": len(test), "epochs": s.epochs, "eval_epochs": evaluated, "top1": top1,
+              "final_top1": top1[-1],
               "cumulative_error": cumulative_error(top1)}
     if masked is not None:
         result["target_mim"] = masked

@@ -24,13 +24,25 @@ def create_classifier(cfg: ModelConfig, num_classes: int, image_size: int) -> nn
         hint = f" (did you mean {', '.join(close)}?)" if close else " (see timm.list_models())"
         raise ConfigError(f"config key 'model.name': unknown timm model {cfg.name!r}{hint}")
     kwargs = dict(num_classes=num_classes, drop_path_rate=cfg.drop_path)
+    if cfg.patch_size:
+        try:
+            return _checked(timm.create_model(cfg.name, img_size=image_size, patch_size=cfg.patch_size, **kwargs),
+                            cfg.name, num_classes, image_size)
+        except TypeError as err:
+            raise ConfigError(f"config key 'model.patch_size': {cfg.name!r} has no patch size to set ({err}); "
+                              "drop model.patch_size or choose a ViT") from err
     try:  # ViT-like models are built for the renderer's size; convolutional ones take any size
         model = timm.create_model(cfg.name, img_size=image_size, **kwargs)
     except TypeError:
         model = timm.create_model(cfg.name, **kwargs)
+    return _checked(model, cfg.name, num_classes, image_size)
+
+
+def _checked(model: nn.Module, name: str, num_classes: int, image_size: int) -> nn.Module:
+    """``model`` after one dry forward of an ``image_size`` px image and a check of its patch grid and logits."""
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     if patch is not None and any(image_size % p for p in patch):
-        raise ConfigError(f"renderer.image_size={image_size} is not a multiple of {cfg.name}'s patch size "
+        raise ConfigError(f"renderer.image_size={image_size} is not a multiple of {name}'s patch size "
                           f"{tuple(patch)}; choose a multiple of it")
     try:
         with torch.no_grad():
@@ -38,10 +50,10 @@ def create_classifier(cfg: ModelConfig, num_classes: int, image_size: int) -> nn
             logits = model.eval()(torch.zeros(1, 3, image_size, image_size))
             model.train(was_training)
     except Exception as err:
-        raise ConfigError(f"model {cfg.name!r} cannot take the renderer's {image_size} px images "
+        raise ConfigError(f"model {name!r} cannot take the renderer's {image_size} px images "
                           f"(renderer.image_size): {err}") from err
     if logits.shape != (1, num_classes):
-        raise ConfigError(f"model {cfg.name!r} returned {tuple(logits.shape)} for one image, not (1, {num_classes})")
+        raise ConfigError(f"model {name!r} returned {tuple(logits.shape)} for one image, not (1, {num_classes})")
     return model
 
 

@@ -44,6 +44,8 @@ def test_int_widens_to_float_but_not_the_reverse():
         ("bank=3", r"section 'bank' must be a mapping"),
         ("bank.num_classes", r"must look like 'section.key=value'"),
         ("seed.x=1", r"'seed': expected int, got \{'x': 1\}"),
+        ("model.patch_size=5", r"'model.patch_size': 5 does not divide renderer.image_size=224"),
+        ("model.drop_path=1.5", r"'model.drop_path': must be in \[0, 1\), got 1.5"),
     ],
 )
 def test_bad_input_names_the_key(override, pattern):

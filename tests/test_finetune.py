@@ -1,4 +1,5 @@
 import csv
+import json
 import pickle
 
 import numpy as np
@@ -108,6 +109,20 @@ def test_finetune_from_a_pretraining_run_and_from_scratch(tmp_path, pretrained_r
     assert scratch["top1"] != result["top1"]  # the pre-trained weights were used (same seed otherwise)
 
 
+def test_evaluating_every_few_epochs_changes_no_step(tmp_path, fashion_root):
+    """eval_every=2 over 3 epochs measures after epochs 2 and 3, and reaches the same final top-1 as evaluating
+    after every epoch (evaluation draws no random numbers); a scratch ViT takes model.patch_size's patches."""
+    common = dict(dataset="fashion_mnist", data_root=fashion_root, epochs=3, per_class=4, max_test=64,
+                  batch_size=8, progress=False, patch_size=8)
+    every = finetune(FinetuneSettings(output_dir=str(tmp_path / "every"), **common))
+    sparse = finetune(FinetuneSettings(output_dir=str(tmp_path / "sparse"), eval_every=2, **common))
+    assert every["eval_epochs"] == [1, 2, 3] and sparse["eval_epochs"] == [2, 3]
+    assert sparse["top1"] == every["top1"][1:]
+    assert sparse["cumulative_error"] == pytest.approx(100 - 100 * sparse["top1"][1])
+    with pytest.raises(ConfigError, match="'patch_size'.*a pre-trained run brings its own"):
+        FinetuneSettings(pretrained="runs/x", patch_size=8).validate()
+
+
 def test_bad_pretrained_path(tmp_path):
     with pytest.raises(ConfigError, match="expected a pre-training output_dir"):
         load_pretrained(str(tmp_path))
@@ -128,6 +143,27 @@ def test_compare_tool_end_to_end(tmp_path, fashion_root):
     for mode in ("none", "frozen", "joint", "adversarial"):
         assert f"| {mode} | 1 |" in table
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_compare_tool_runs_seeds_in_parallel_workers(tmp_path, fashion_root):
+    """--jobs 2: each seed in its own process; the parent's table holds both seeds of every arm, and each seed's
+    rows are those its worker wrote."""
+    from tools.compare import main
+
+    out = tmp_path / "cmp"
+    assert main(["--preset", "study", "--out", str(out), "--steps", "2", "--epochs", "1", "--per-class", "2",
+                 "--max-test", "40", "--seeds", "0", "1", "--data-root", fashion_root, "--arms", "frozen",
+                 "joint_shared", "--jobs", "2"]) == 0
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["seed"], r["mode"]) for r in rows] == [(s, m) for s in "01" for m in ("none", "frozen", "joint_shared")]
+    for seed in (0, 1):
+        worker = json.loads((out / "seeds" / str(seed) / "rows.json").read_text())
+        assert [r["final_top1"] for r in worker] == [float(r["final_top1"]) for r in rows if r["seed"] == str(seed)]
+    assert "| joint_shared | 2 |" in (out / "results.md").read_text()
+    config = (out / "seeds" / "0" / "pretrain" / "joint_shared_s0" / "config.yaml").read_text()
+    assert "share_colors: true" in config and "patch_size: 8" in config
 
 
 @pytest.mark.slow

@@ -144,6 +144,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, bank_dir):
     (["model.name=vit_tiny_patch16_2244"], r"unknown timm model 'vit_tiny_patch16_2244' \(did you mean"),
     (["model.name=vit_tiny_patch16_224", "renderer.image_size=40"],
      r"image_size=40 is not a multiple of .*patch size \(16, 16\)"),
+    (["model.name=resnet18", "model.patch_size=8"], r"'model.patch_size': 'resnet18' has no patch size to set"),
 ])
 def test_bad_models_fail_before_the_bank_is_built(tmp_path, bank_dir, overrides, pattern):
     cfg = tiny(tmp_path, bank_dir, *overrides, f"bank.cache_dir={tmp_path / 'banks'}")
@@ -306,3 +307,18 @@ def test_compare_runs_several_trainings_in_one_two_process_launch(tmp_path, bank
     for mode in ("frozen", "joint", "adversarial"):
         summary = json.loads((tmp_path / "cmp" / "pretrain" / f"{mode}_s0" / "summary.json").read_text())
         assert summary["num_processes"] == 2 and summary["step"] == 2
+
+
+def test_patch_size_gives_small_images_more_tokens_and_travels_with_the_run(tmp_path, bank_dir):
+    """model.patch_size=8 at 32 px: 16 tokens instead of test_vit's 4; fine-tuning rebuilds the same model from the
+    run's config, and a resume with another patch size is refused."""
+    from dr_fdsl.checkpoint import fingerprint
+    from dr_fdsl.finetune import load_pretrained
+
+    run = build_run(tiny(tmp_path, bank_dir, "model.patch_size=8", "train.max_steps=2", "train.ckpt_every=2"))
+    assert run.objective.modules()[0].patch_embed.num_patches == 16
+    fit(run)
+    model, size = load_pretrained(run.cfg.output_dir)
+    assert (model.patch_embed.num_patches, size) == (16, 32)
+    assert fingerprint(run.cfg, 1)["required"]["patch_size"] == 8
+    assert "patch_size" not in fingerprint(tiny(tmp_path, bank_dir), 1)["required"]  # unset: earlier files match

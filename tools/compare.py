@@ -82,6 +82,19 @@ PRESETS = {
                         overrides=["bank.num_classes=10", "bank.num_points=999", "renderer.image_size=32",
                                    "model.name=test_vit", "train.mixed_precision=no", "train.eval_images=64",
                                    "optim.warmup_steps=5", "train.log_every=5"]),
+    # The renderer-mode study (docs/results.md): every mode, joint with one shared colour table, and match, over 5
+    # seeds, in about an hour on a 2-core CPU. The scale was chosen so that pre-training clearly beats none first:
+    # timm's test_vit with 8 px patches (16 tokens at 32 px; with its own 16 px patches it sees 4 and gains
+    # nothing measurable); Fashion-MNIST with 20 labelled images per class, judged on all 10,000 test images.
+    "study": dict(config="configs/quickstart.yaml", arms="study", steps=600, batch=64, eval_every=600,
+                  dataset="fashion_mnist", per_class=20, epochs=15, ft_batch=32, ft_lr=5e-4, max_test=0,
+                  seeds=[0, 1, 2, 3, 4], model="test_vit", patch_size=8, image_size=32,
+                  overrides=["model.patch_size=8"]),
+    # The same arms at the published scale: 3D-OFDB-1k (1,000 categories x 10,000 points, 224 px) for the recipe's
+    # 240,000 steps of batch 256, ViT-Tiny, fine-tuned on all of CIFAR-100 (configs/finetune/cifar100.yaml).
+    "study-gpu": dict(config="configs/ofdb1k_vit_tiny_{mode}.yaml", arms="study", steps=240000, batch=256,
+                      eval_every=5000, dataset="cifar100", per_class=0, epochs=30, ft_batch=64, ft_lr=5e-4,
+                      max_test=0, seeds=[0, 1, 2, 3, 4], model="vit_tiny_patch16_224", image_size=224),
 }
 
 
@@ -148,13 +161,17 @@ def arms_of(preset: dict, study: str = "modes") -> dict[str, Arm]:
         x5 = 5 * (preset["points"] + 1) - 1
         rows = {name: Arm([o.format(points_x5=x5) for o in overrides]) for name, (overrides, _) in CONTEST_ARMS.items()}
         return {"none": Arm(None), **rows}
+    modes = {m: [f"renderer.mode={m}"] for m in ALL_MODES}
+    # joint_shared: one colour table for every category, so no per-category colour code can leak the label
+    modes["joint_shared"] = ["renderer.mode=joint", "renderer.share_colors=true"]
     # match: the target images are the training split of the dataset the arms are judged on
-    target = [f"match.dataset={preset['dataset']}"]
-    return {"none": Arm(None), **{m: Arm([f"renderer.mode={m}", *(target if m == "match" else [])]) for m in ALL_MODES}}
+    modes["match"].append(f"match.dataset={preset['dataset']}")
+    return {"none": Arm(None), **{name: Arm(overrides) for name, overrides in modes.items()}}
 
 
 def default_arms(preset: dict, study: str = "modes") -> list[str]:
-    """The arms run without --arms: all of them, but only the three classic renderer modes of a modes study."""
+    """The arms run without --arms: all of them, but only the three classic renderer modes of a modes study
+    outside the study presets."""
     arms = list(arms_of(preset, study))
     return ["none", *MODES] if study == "modes" and preset.get("arms") is None else arms
 
@@ -221,10 +238,10 @@ def plot(rows: list[dict], curves: dict, path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for mode in dict.fromkeys(r["mode"] for r in rows):
-        runs = [r["top1_curve"] for r in rows if r["mode"] == mode]
-        if runs:
-            mean = [100 * statistics.mean(c[i] for c in runs) for i in range(len(runs[0]))]
-            left.plot(range(1, len(mean) + 1), mean, marker="o", label=mode)
+        mine = [r for r in rows if r["mode"] == mode]
+        if mine:
+            mean = [100 * statistics.mean(r["top1_curve"][i] for r in mine) for i in range(len(mine[0]["top1_curve"]))]
+            left.plot(mine[0]["eval_epochs"], mean, marker="o", label=mode)
         for seed, curve in curves.get(mode, {}).items():
             if curve:
                 right.plot(*zip(*curve), marker=".", label=f"{mode} s{seed}", alpha=0.8)
@@ -237,11 +254,99 @@ def plot(rows: list[dict], curves: dict, path: Path) -> None:
     plt.close(fig)
 
 
+
+def run_seeds(preset: dict, args, table: dict[str, Arm], arms: list[str], masked, out: Path,
+              is_main: bool) -> tuple[list[dict], dict]:
+    """Every arm for every seed of ``preset`` in this process: the result rows and the pre-training curves
+    (``{arm: {seed: [(step, held-out top-1)]}}``)."""
+    from dr_fdsl.finetune import FinetuneSettings, finetune
+    from dr_fdsl.target_mim import TargetMIMSettings
+
+    rows, curves = [], {}
+    for seed in preset["seeds"]:
+        runs: dict[tuple[str, ...], dict] = {}  # arms with the same pre-training share one run of it
+        for mode in arms:
+            arm, summary, run = table[mode], {}, None
+            if arm.pretrain is not None:
+                overrides = [*arm.pretrain, *args.pretrain_set]
+                overrides += [f"match.data_root={args.data_root}"] if "renderer.mode=match" in overrides else []
+                key = (arm.config or "", *overrides)
+                if key not in runs:
+                    path = out / "pretrain" / f"{mode}_s{seed}"
+                    runs[key] = pretrain(preset, overrides, seed, path, arm.config)
+                    curves.setdefault(mode, {})[seed] = pretrain_curve(Path(runs[key]["output_dir"]))
+                summary = runs[key]
+                run = Path(summary["output_dir"])  # where the run really wrote (a numbered folder if taken)
+            result = finetune(FinetuneSettings(
+                dataset=preset["dataset"], data_root=args.data_root, pretrained=str(run) if run else None,
+                model=None if run else preset["model"], patch_size=0 if run else preset.get("patch_size", 0),
+                image_size=preset["image_size"], epochs=preset["epochs"], eval_every=preset.get("ft_eval_every", 1),
+                batch_size=preset["ft_batch"], lr=preset["ft_lr"], per_class=preset["per_class"],
+                max_test=preset["max_test"], seed=seed, output_dir=str(out / "finetune" / f"{mode}_s{seed}"),
+                protocol=args.protocol, progress=False,
+                target_mim=masked if arm.target_mim else TargetMIMSettings()))
+            rows.append({"seed": seed, "mode": mode, "pretrain_top1": summary.get("val/top1", ""),
+                         "probe_top1": summary.get("probe/val_acc", ""), "final_top1": result["final_top1"],
+                         "cumulative_error": result["cumulative_error"], "top1_curve": result["top1"],
+                         "eval_epochs": result.get("eval_epochs", list(range(1, len(result["top1"]) + 1))),
+                         "target_mim_loss": result["target_mim"]["loss"][-1] if "target_mim" in result else "",
+                         "target_mim_identity": (result["target_mim"]["identity_loss"][-1]
+                                                 if "target_mim" in result else "")})
+            if is_main:
+                print(f"seed {seed} {mode:>11}: fine-tune top-1 {100 * result['final_top1']:.2f}%, "
+                      f"cumulative error {result['cumulative_error']:.1f}", flush=True)
+
+    return rows, curves
+
+
+def run_in_workers(argv: list[str], seeds: list[int], jobs: int, out: Path) -> tuple[list[dict] | None, dict]:
+    """Every seed in its own process of this tool (``argv`` with ``--seeds S --out OUT/seeds/S --jobs 1``; argparse
+    keeps an option's last value), ``jobs`` at a time, each with ``cpus // jobs`` threads; the rows and curves of
+    all seeds in the order of ``seeds``, or ``None`` (after naming the logs) when a seed failed."""
+    import os
+    import subprocess
+    import time
+
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    pending, running, failed = list(seeds), {}, []
+    while pending or running:
+        while pending and len(running) < jobs:
+            seed = pending.pop(0)
+            folder = out / "seeds" / str(seed)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            log = out / "seeds" / f"{seed}.log"
+            command = [sys.executable, str(Path(__file__).resolve()), *argv, "--seeds", str(seed), "--out",
+                       str(folder), "--jobs", "1"]
+            with open(log, "w") as stream:  # the child holds its own descriptor
+                running[seed] = (subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env),
+                                 time.monotonic())
+            print(f"seed {seed}: started ({threads} threads; log {log})", flush=True)
+        time.sleep(1)
+        for seed, (process, start) in list(running.items()):
+            if process.poll() is not None:
+                del running[seed]
+                print(f"seed {seed}: {'done' if process.returncode == 0 else 'FAILED'} in "
+                      f"{time.monotonic() - start:.0f} s", flush=True)
+                if process.returncode:
+                    failed.append(seed)
+    if failed:
+        logs = ", ".join(str(out / "seeds" / f"{seed}.log") for seed in failed)
+        print(f"error: seeds {failed} failed; see {logs}", file=sys.stderr)
+        return None, {}
+    rows, curves = [], {}
+    for seed in seeds:
+        folder = out / "seeds" / str(seed)
+        rows += json.loads((folder / "rows.json").read_text())
+        for mode, by_seed in json.loads((folder / "curves.json").read_text()).items():
+            curves.setdefault(mode, {}).update({int(k): v for k, v in by_seed.items()})
+    return rows, curves
+
+
 def main(argv=None) -> int:
     from accelerate import PartialState
 
     from dr_fdsl.engine.build import process_state
-    from dr_fdsl.finetune import FinetuneSettings, finetune
     from dr_fdsl.target_mim import TargetMIMSettings
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -268,6 +373,10 @@ def main(argv=None) -> int:
     parser.add_argument("--tm-epochs", type=int, default=50, help="target_mim study: epochs of the masked phase")
     parser.add_argument("--tm-lr", type=float, default=1e-4, help="target_mim study: its peak lr (the seed's 1e-4)")
     parser.add_argument("--tm-batch", type=int, default=32, help="target_mim study: its batch per process")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds run at once, each in its own process with an equal share of the CPU threads "
+                             "(on a small CPU, 2 one-thread processes outrun one two-thread process; not under "
+                             "accelerate launch)")
     args = parser.parse_args(argv)
     preset = dict(PRESETS[args.preset])
     table = arms_of(preset, args.study)
@@ -291,6 +400,8 @@ def main(argv=None) -> int:
     out = Path(args.out or f"runs/compare_{args.preset}")
     state = process_state()  # as the trainings' Accelerator sets the processes up
     is_main = state.is_main_process
+    if args.jobs < 1 or (args.jobs > 1 and state.num_processes > 1):
+        parser.error(f"--jobs {args.jobs}: must be >= 1, and 1 under a multi-process accelerate launch")
     earlier = (out / "preset.json").exists()  # its runs' checkpoints would be refused minutes later, one by one
     state.wait_for_everyone()  # every process has looked before the main one writes
     if earlier:
@@ -300,46 +411,23 @@ def main(argv=None) -> int:
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "preset.json").write_text(json.dumps(preset, indent=2))
-    rows, curves = [], {}
-    for seed in preset["seeds"]:
-        runs: dict[tuple[str, ...], dict] = {}  # arms with the same pre-training share one run of it
-        for mode in arms:
-            arm, summary, run = table[mode], {}, None
-            if arm.pretrain is not None:
-                overrides = [*arm.pretrain, *args.pretrain_set]
-                overrides += [f"match.data_root={args.data_root}"] if "renderer.mode=match" in overrides else []
-                key = (arm.config or "", *overrides)
-                if key not in runs:
-                    path = out / "pretrain" / f"{mode}_s{seed}"
-                    runs[key] = pretrain(preset, overrides, seed, path, arm.config)
-                    curves.setdefault(mode, {})[seed] = pretrain_curve(Path(runs[key]["output_dir"]))
-                summary = runs[key]
-                run = Path(summary["output_dir"])  # where the run really wrote (a numbered folder if taken)
-            result = finetune(FinetuneSettings(
-                dataset=preset["dataset"], data_root=args.data_root, pretrained=str(run) if run else None,
-                model=None if run else preset["model"], image_size=preset["image_size"], epochs=preset["epochs"],
-                batch_size=preset["ft_batch"], lr=preset["ft_lr"], per_class=preset["per_class"],
-                max_test=preset["max_test"], seed=seed, output_dir=str(out / "finetune" / f"{mode}_s{seed}"),
-                protocol=args.protocol, progress=False,
-                target_mim=masked if arm.target_mim else TargetMIMSettings()))
-            rows.append({"seed": seed, "mode": mode, "pretrain_top1": summary.get("val/top1", ""),
-                         "probe_top1": summary.get("probe/val_acc", ""), "final_top1": result["final_top1"],
-                         "cumulative_error": result["cumulative_error"], "top1_curve": result["top1"],
-                         "target_mim_loss": result["target_mim"]["loss"][-1] if "target_mim" in result else "",
-                         "target_mim_identity": (result["target_mim"]["identity_loss"][-1]
-                                                 if "target_mim" in result else "")})
-            if is_main:
-                print(f"seed {seed} {mode:>11}: fine-tune top-1 {100 * result['final_top1']:.2f}%, "
-                      f"cumulative error {result['cumulative_error']:.1f}", flush=True)
-
+    if args.jobs > 1:
+        rows, curves = run_in_workers(argv if argv is not None else sys.argv[1:], preset["seeds"], args.jobs, out)
+        if rows is None:
+            return 1
+    else:
+        rows, curves = run_seeds(preset, args, table, arms, masked, out, is_main)
     if not is_main:  # under `accelerate launch`, every process ran the same runs; one writes the results
         PartialState().destroy_process_group()
         return 0
+    (out / "rows.json").write_text(json.dumps(rows))  # full precision: for --jobs and later analysis
+    (out / "curves.json").write_text(json.dumps(curves))
 
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows({**r, "top1_curve": " ".join(f"{a:.4f}" for a in r["top1_curve"])} for r in rows)
+        writer.writerows({**r, "top1_curve": " ".join(f"{a:.4f}" for a in r["top1_curve"]),
+                          "eval_epochs": " ".join(map(str, r["eval_epochs"]))} for r in rows)
     published = {name: top1 for name, (_, top1) in CONTEST_ARMS.items()} if preset.get("arms") == "contest" else None
     table = summarize(rows, published)
     title = ("The contest's ablation rows" if published else "Masked pre-training on the target"

@@ -147,21 +147,23 @@ def test_compare_tool_end_to_end(tmp_path, fashion_root):
 
 @pytest.mark.slow
 def test_compare_tool_runs_seeds_in_parallel_workers(tmp_path, fashion_root):
-    """--jobs 2: each seed in its own process; the parent's table holds both seeds of every arm, and each seed's
-    rows are those its worker wrote."""
+    """--jobs 2: each seed in its own process; the parent's tables (one per protocol, both judging the same
+    pre-trainings) hold both seeds of every arm, and each seed's rows are those its worker wrote."""
     from tools.compare import main
 
     out = tmp_path / "cmp"
     assert main(["--preset", "study", "--out", str(out), "--steps", "2", "--epochs", "1", "--per-class", "2",
                  "--max-test", "40", "--seeds", "0", "1", "--data-root", fashion_root, "--arms", "frozen",
-                 "joint_shared", "--jobs", "2"]) == 0
+                 "joint_shared", "--jobs", "2", "--protocol", "finetune", "knn"]) == 0
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["seed"], r["mode"]) for r in rows] == [(s, m) for s in "01" for m in ("none", "frozen", "joint_shared")]
+    assert [(r["seed"], r["mode"], r["protocol"]) for r in rows] == [
+        (s, m, p) for s in "01" for m in ("none", "frozen", "joint_shared") for p in ("finetune", "knn")]
     for seed in (0, 1):
         worker = json.loads((out / "seeds" / str(seed) / "rows.json").read_text())
         assert [r["final_top1"] for r in worker] == [float(r["final_top1"]) for r in rows if r["seed"] == str(seed)]
-    assert "| joint_shared | 2 |" in (out / "results.md").read_text()
+    results = (out / "results.md").read_text()
+    assert results.count("| joint_shared | 2 |") == 2 and "## Protocol: knn" in results
     config = (out / "seeds" / "0" / "pretrain" / "joint_shared_s0" / "config.yaml").read_text()
     assert "share_colors: true" in config and "patch_size: 8" in config
 

@@ -277,24 +277,28 @@ def run_seeds(preset: dict, args, table: dict[str, Arm], arms: list[str], masked
                     curves.setdefault(mode, {})[seed] = pretrain_curve(Path(runs[key]["output_dir"]))
                 summary = runs[key]
                 run = Path(summary["output_dir"])  # where the run really wrote (a numbered folder if taken)
-            result = finetune(FinetuneSettings(
-                dataset=preset["dataset"], data_root=args.data_root, pretrained=str(run) if run else None,
-                model=None if run else preset["model"], patch_size=0 if run else preset.get("patch_size", 0),
-                image_size=preset["image_size"], epochs=preset["epochs"], eval_every=preset.get("ft_eval_every", 1),
-                batch_size=preset["ft_batch"], lr=preset["ft_lr"], per_class=preset["per_class"],
-                max_test=preset["max_test"], seed=seed, output_dir=str(out / "finetune" / f"{mode}_s{seed}"),
-                protocol=args.protocol, progress=False,
-                target_mim=masked if arm.target_mim else TargetMIMSettings()))
-            rows.append({"seed": seed, "mode": mode, "pretrain_top1": summary.get("val/top1", ""),
-                         "probe_top1": summary.get("probe/val_acc", ""), "final_top1": result["final_top1"],
-                         "cumulative_error": result["cumulative_error"], "top1_curve": result["top1"],
-                         "eval_epochs": result.get("eval_epochs", list(range(1, len(result["top1"]) + 1))),
-                         "target_mim_loss": result["target_mim"]["loss"][-1] if "target_mim" in result else "",
-                         "target_mim_identity": (result["target_mim"]["identity_loss"][-1]
-                                                 if "target_mim" in result else "")})
-            if is_main:
-                print(f"seed {seed} {mode:>11}: fine-tune top-1 {100 * result['final_top1']:.2f}%, "
-                      f"cumulative error {result['cumulative_error']:.1f}", flush=True)
+            for protocol in args.protocol:  # every protocol judges the same pre-training
+                result = finetune(FinetuneSettings(
+                    dataset=preset["dataset"], data_root=args.data_root, pretrained=str(run) if run else None,
+                    model=None if run else preset["model"], patch_size=0 if run else preset.get("patch_size", 0),
+                    image_size=preset["image_size"], epochs=preset["epochs"],
+                    eval_every=preset.get("ft_eval_every", 1) if protocol == "finetune" else 1,
+                    batch_size=preset["ft_batch"], lr=preset["ft_lr"], per_class=preset["per_class"],
+                    max_test=preset["max_test"], seed=seed, protocol=protocol, progress=False,
+                    output_dir=str(out / ("finetune" if protocol == "finetune" else protocol) / f"{mode}_s{seed}"),
+                    target_mim=masked if arm.target_mim else TargetMIMSettings()))
+                rows.append({"seed": seed, "mode": mode, "protocol": protocol,
+                             "pretrain_top1": summary.get("val/top1", ""),
+                             "probe_top1": summary.get("probe/val_acc", ""),
+                             "final_top1": result["final_top1"], "cumulative_error": result["cumulative_error"],
+                             "top1_curve": result["top1"],
+                             "eval_epochs": result.get("eval_epochs", list(range(1, len(result["top1"]) + 1))),
+                             "target_mim_loss": result["target_mim"]["loss"][-1] if "target_mim" in result else "",
+                             "target_mim_identity": (result["target_mim"]["identity_loss"][-1]
+                                                     if "target_mim" in result else "")})
+                if is_main:
+                    print(f"seed {seed} {mode:>11} {protocol}: top-1 {100 * result['final_top1']:.2f}%, "
+                          f"cumulative error {result['cumulative_error']:.1f}", flush=True)
 
     return rows, curves
 
@@ -359,8 +363,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--dataset")
     parser.add_argument("--ft-batch", type=int, help="fine-tuning batch per process")
-    parser.add_argument("--protocol", choices=["finetune", "linear", "knn"], default="finetune",
-                        help="how pre-training is judged: fine-tuning, or a linear probe / k-NN on frozen features")
+    parser.add_argument("--protocol", choices=["finetune", "linear", "knn"], nargs="+", default=["finetune"],
+                        help="how pre-training is judged: fine-tuning, and/or a linear probe and k-NN on frozen "
+                             "features (several: each judges the same pre-trainings, one table each)"),
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--arms", nargs="+", help="the arms to run beside no pre-training (default: frozen joint "
                         "adversarial; every row of the contest presets; every arm of --study target_mim; match on "
@@ -429,19 +434,21 @@ def main(argv=None) -> int:
         writer.writerows({**r, "top1_curve": " ".join(f"{a:.4f}" for a in r["top1_curve"]),
                           "eval_epochs": " ".join(map(str, r["eval_epochs"]))} for r in rows)
     published = {name: top1 for name, (_, top1) in CONTEST_ARMS.items()} if preset.get("arms") == "contest" else None
-    table = summarize(rows, published)
+    protocols = list(dict.fromkeys(r["protocol"] for r in rows))
+    table = "\n\n".join((f"## Protocol: {p}\n\n" if len(protocols) > 1 else "")
+                        + summarize([r for r in rows if r["protocol"] == p], published) for p in protocols)
     title = ("The contest's ablation rows" if published else "Masked pre-training on the target"
              if args.study != "modes" else "Formula families" if preset.get("arms") in FAMILY_ARMS
              else "Renderer modes")
     note = ("Published top-1: the contest's own runs (CIFAR-100, its pre-training and fine-tuning recipe), for "
             "comparison at the contest preset's setting only.\n\n" if published else "")
     (out / "results.md").write_text(
-        f"# {title} compared ({args.preset} preset, protocol {args.protocol})\n\n{table}\n\n{note}"
+        f"# {title} compared ({args.preset} preset, protocol {', '.join(protocols)})\n\n{table}\n\n{note}"
         f"Budget: {json.dumps(preset)}\n\nMean ± half-width of the 95% Student-t interval over seeds; the paired "
         "differences are per seed (same initialisation and data order in every arm), each pair's interval at 95% "
         "on its own (no correction for comparing several pairs). Cumulative error: sum of "
         "(100 - top-1 %) over the second half of the evaluation epochs; lower is better.\n")
-    plot(rows, curves, out / "curves.png")
+    plot([r for r in rows if r["protocol"] == protocols[0]], curves, out / "curves.png")
     print(table)
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'curves.png'}")
     PartialState().destroy_process_group()  # one launch, several trainings: the process group goes down once, here

@@ -291,9 +291,9 @@ def test_targets_are_a_seeded_subset_of_the_training_split():
 
 
 def test_compare_reports_a_match_arm():
-    from tools.compare import ALL_MODES, summarize
+    from tools.compare import PRESETS, arms_of, summarize
 
-    assert "match" in ALL_MODES
+    assert arms_of(PRESETS["study"])["match"].pretrain == ["renderer.mode=match", "match.dataset=fashion_mnist"]
     rows = [{"seed": s, "mode": m, "pretrain_top1": "" if m == "none" else 0.5, "probe_top1": "" if m == "none"
              else 0.3, "final_top1": 0.6 + 0.01 * s + (0.02 if m == "match" else 0), "cumulative_error": 80.0}
             for s in (0, 1) for m in ("none", "frozen", "match")]

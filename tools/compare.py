@@ -45,7 +45,6 @@ from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]  # the shipped configs
 MODES = ("frozen", "joint", "adversarial")  # the arms run by default (--arms chooses others)
-ALL_MODES = (*MODES, "match")  # match: the renderer matched to the preset's dataset (its training images)
 # The contest solution's ablation table (hiranoko/PIDModuleContest_4thPlaceSolution, doc/Solution.md: 3D-OFDB-1k
 # re-rendered with PyTorch3D, 1,000 images per category, ViT-Tiny, CIFAR-100 fine-tuning top-1 %): each row's
 # overrides of configs/contest_pytorch3d.yaml (whose own augmentations are row 009's) and its published result.
@@ -86,10 +85,10 @@ PRESETS = {
     # seeds, in about an hour on a 2-core CPU. The scale was chosen so that pre-training clearly beats none first:
     # timm's test_vit with 8 px patches (16 tokens at 32 px; with its own 16 px patches it sees 4 and gains
     # nothing measurable); Fashion-MNIST with 20 labelled images per class, judged on all 10,000 test images.
-    "study": dict(config="configs/quickstart.yaml", arms="study", steps=600, batch=64, eval_every=600,
-                  dataset="fashion_mnist", per_class=20, epochs=15, ft_batch=32, ft_lr=5e-4, max_test=0,
-                  seeds=[0, 1, 2, 3, 4], model="test_vit", patch_size=8, image_size=32,
-                  overrides=["model.patch_size=8"]),
+    "study": dict(config="configs/quickstart.yaml", arms="study", steps=800, batch=64, eval_every=400,
+                  dataset="fashion_mnist", per_class=20, epochs=30, ft_batch=32, ft_lr=1e-3, ft_eval_every=5,
+                  max_test=0, seeds=[0, 1, 2, 3, 4, 5], model="test_vit", patch_size=8, image_size=32,
+                  overrides=["model.patch_size=8", "optim.lr=2e-3", "optim.warmup_steps=50"]),
     # The same arms at the published scale: 3D-OFDB-1k (1,000 categories x 10,000 points, 224 px) for the recipe's
     # 240,000 steps of batch 256, ViT-Tiny, fine-tuned on all of CIFAR-100 (configs/finetune/cifar100.yaml).
     "study-gpu": dict(config="configs/ofdb1k_vit_tiny_{mode}.yaml", arms="study", steps=240000, batch=256,
@@ -161,11 +160,11 @@ def arms_of(preset: dict, study: str = "modes") -> dict[str, Arm]:
         x5 = 5 * (preset["points"] + 1) - 1
         rows = {name: Arm([o.format(points_x5=x5) for o in overrides]) for name, (overrides, _) in CONTEST_ARMS.items()}
         return {"none": Arm(None), **rows}
-    modes = {m: [f"renderer.mode={m}"] for m in ALL_MODES}
+    modes = {m: [f"renderer.mode={m}"] for m in MODES}
     # joint_shared: one colour table for every category, so no per-category colour code can leak the label
     modes["joint_shared"] = ["renderer.mode=joint", "renderer.share_colors=true"]
     # match: the target images are the training split of the dataset the arms are judged on
-    modes["match"].append(f"match.dataset={preset['dataset']}")
+    modes["match"] = ["renderer.mode=match", f"match.dataset={preset['dataset']}"]
     return {"none": Arm(None), **{name: Arm(overrides) for name, overrides in modes.items()}}
 
 

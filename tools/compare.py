@@ -1,12 +1,19 @@
 """Did learnable rendering help? Pre-trains in each renderer mode (frozen, joint, adversarial) plus a
 no-pre-training baseline, with identical seeds and budgets, judges each on real data (fine-tuning, a linear
-probe or k-NN on frozen features: --protocol), repeats over seeds, and writes results.csv, results.md (per arm
-the mean and its 95% interval; for every pair of arms the paired difference over seeds and its interval) and
-curves.png (evaluation and pre-training curves). Every arm uses the same seeds, so per seed the classifier
-starts from the same initialisation and sees the same data order in every arm.
+probe or k-NN on frozen features: --protocol, one or several), repeats over seeds, and writes results.csv,
+results.md (per arm the mean and its 95% interval; for every pair of arms the paired difference over seeds and its
+interval), curves.png (evaluation and pre-training curves) and differences.png (each arm minus frozen, paired, with
+its interval). Every arm uses the same seeds, so per seed the classifier starts from the same initialisation and
+sees the same data order in every arm.
 
     python tools/compare.py --preset cpu --out runs/compare_cpu        # minutes on a 2-core CPU
     accelerate launch tools/compare.py --preset gpu --out runs/compare_gpu
+
+The study presets add joint with one shared colour table (joint_shared: no per-category colour code to leak the
+label) and match (the renderer matched to the target's training images); `study` is docs/results.md's setting,
+about an hour on a 2-core CPU, `study-gpu` the published scale (3D-OFDB-1k, ViT-Tiny, CIFAR-100):
+
+    python tools/compare.py --preset study --protocol finetune knn linear --jobs 2 --out runs/study
 
 The contest presets compare the rows of the SIGNATE contest solution's ablation table instead of renderer modes
 (configs/contest_pytorch3d.yaml, frozen, one row per set of point augmentations; --arms picks some):
@@ -254,6 +261,38 @@ def plot(rows: list[dict], curves: dict, path: Path) -> None:
 
 
 
+def plot_differences(rows: list[dict], path: Path, reference: str = "frozen") -> None:
+    """One panel per protocol: every other arm's paired top-1 difference to ``reference`` (to the first arm if
+    ``reference`` did not run), mean and 95% interval over seeds; an interval clear of the zero line is a
+    difference the seeds resolve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dr_fdsl.stats import paired_difference
+
+    protocols = list(dict.fromkeys(r.get("protocol", "finetune") for r in rows))
+    fig, axes = plt.subplots(1, len(protocols), figsize=(4.2 * len(protocols), 3.2), squeeze=False)
+    for ax, protocol in zip(axes[0], protocols):
+        mine = [r for r in rows if r.get("protocol", "finetune") == protocol]
+        top1 = {}
+        for r in mine:
+            top1.setdefault(r["mode"], {})[r["seed"]] = 100 * r["final_top1"]
+        base = reference if reference in top1 else next(iter(top1))
+        others = [m for m in top1 if m != base]
+        diffs = [paired_difference(top1[m], top1[base]) for m in others]
+        ax.errorbar([d.mean for d in diffs], range(len(others)), xerr=[d.half_width for d in diffs], fmt="o",
+                    capsize=4)
+        ax.axvline(0, color="grey", lw=1)
+        ax.set_yticks(range(len(others)), others)
+        ax.invert_yaxis()
+        ax.set(xlabel=f"top-1 minus {base} (points)", title=protocol)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def run_seeds(preset: dict, args, table: dict[str, Arm], arms: list[str], masked, out: Path,
               is_main: bool) -> tuple[list[dict], dict]:
     """Every arm for every seed of ``preset`` in this process: the result rows and the pre-training curves
@@ -448,8 +487,9 @@ def main(argv=None) -> int:
         "on its own (no correction for comparing several pairs). Cumulative error: sum of "
         "(100 - top-1 %) over the second half of the evaluation epochs; lower is better.\n")
     plot([r for r in rows if r["protocol"] == protocols[0]], curves, out / "curves.png")
+    plot_differences(rows, out / "differences.png")
     print(table)
-    print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'curves.png'}")
+    print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'curves.png'}, {out / 'differences.png'}")
     PartialState().destroy_process_group()  # one launch, several trainings: the process group goes down once, here
     return 0
 

@@ -88,9 +88,9 @@ PRESETS = {
                         overrides=["bank.num_classes=10", "bank.num_points=999", "renderer.image_size=32",
                                    "model.name=test_vit", "train.mixed_precision=no", "train.eval_images=64",
                                    "optim.warmup_steps=5", "train.log_every=5"]),
-    # The renderer-mode study (docs/results.md): every mode, joint with one shared colour table, and match, over 5
-    # seeds, in about an hour on a 2-core CPU. The scale was chosen so that pre-training clearly beats none first:
-    # timm's test_vit with 8 px patches (16 tokens at 32 px; with its own 16 px patches it sees 4 and gains
+    # The renderer-mode study (docs/results.md): every mode, joint with one shared colour table, and match, over 6
+    # seeds, in about an hour on a 2-core CPU with --jobs 2. The scale was chosen so that pre-training beats none
+    # first: timm's test_vit with 8 px patches (16 tokens at 32 px; with its own 16 px patches it sees 4 and gains
     # nothing measurable); Fashion-MNIST with 20 labelled images per class, judged on all 10,000 test images.
     "study": dict(config="configs/quickstart.yaml", arms="study", steps=800, batch=64, eval_every=400,
                   dataset="fashion_mnist", per_class=20, epochs=30, ft_batch=32, ft_lr=1e-3, ft_eval_every=5,
@@ -260,7 +260,6 @@ def plot(rows: list[dict], curves: dict, path: Path) -> None:
     plt.close(fig)
 
 
-
 def plot_differences(rows: list[dict], path: Path, reference: str = "frozen") -> None:
     """One panel per protocol: every other arm's paired top-1 difference to ``reference`` (to the first arm if
     ``reference`` did not run), mean and 95% interval over seeds; an interval clear of the zero line is a
@@ -403,7 +402,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ft-batch", type=int, help="fine-tuning batch per process")
     parser.add_argument("--protocol", choices=["finetune", "linear", "knn"], nargs="+", default=["finetune"],
                         help="how pre-training is judged: fine-tuning, and/or a linear probe and k-NN on frozen "
-                             "features (several: each judges the same pre-trainings, one table each)"),
+                             "features (several: each judges the same pre-trainings, one table each)")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--arms", nargs="+", help="the arms to run beside no pre-training (default: frozen joint "
                         "adversarial; every row of the contest presets; every arm of --study target_mim; match on "

@@ -92,9 +92,18 @@ class FinetuneSettings:
         self.target_mim.validate()
 
 
-def cumulative_error(top1: list[float]) -> float:
-    """Sum of the error rates (100 - top-1 %) over the second half of the evaluations."""
-    return float(sum(100.0 - 100.0 * acc for acc in top1[len(top1) // 2:]))
+def cumulative_error(top1: list[float], epochs: list[int] | None = None) -> float:
+    """Sum of the error rates (100 - top-1 %) over the second half of the epochs.
+
+    ``epochs``: the (1-based, increasing) epochs ``top1`` was measured after, the last one being the final epoch;
+    default every epoch. A measurement stands for the epochs since the one before it, so measuring every k-th
+    epoch keeps the scale of measuring every epoch."""
+    epochs = epochs or list(range(1, len(top1) + 1))
+    half, previous, total = epochs[-1] // 2, 0, 0.0
+    for accuracy, epoch in zip(top1, epochs, strict=True):
+        total += (100.0 - 100.0 * accuracy) * max(0, epoch - max(previous, half))
+        previous = epoch
+    return float(total)
 
 
 def load_pretrained(pretrained: str) -> tuple[torch.nn.Module, int]:
@@ -207,6 +216,7 @@ def finetune(s: FinetuneSettings) -> dict:
 
     top1: list[float] = []
     evaluated: list[int] = []  # the epochs (1-based) top1 was measured after
+    train_loss: list[float] = []  # per epoch
     step = 0
     bar = tqdm(total=s.epochs, desc=f"finetune {s.dataset}", unit="epoch",
                disable=not (acc.is_main_process and s.progress))
@@ -227,12 +237,15 @@ def finetune(s: FinetuneSettings) -> dict:
             scheduler.step_update(step)
             total, batches = total + loss.item(), batches + 1
         bar.update(1)
-        acc.log({"finetune/train_loss": total / max(batches, 1)}, step=epoch + 1)
+        train_loss.append(total / max(batches, 1))
+        acc.log({"finetune/train_loss": train_loss[-1]}, step=epoch + 1)
         if (epoch + 1) % s.eval_every and epoch + 1 < s.epochs:
-            continue  # evaluation draws no random numbers: skipping it changes no later step
+            continue
         model.eval()
         correct = []
-        with torch.no_grad():
+        # Starting a loader's iteration draws from the global stream the flips above use: the evaluation runs on a
+        # copy of it, so how often it runs changes no training step.
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             for pixels, labels in test_loader:
                 predicted = model(model_input(pixels, size, mean, std)).argmax(1)
                 correct.append(acc.gather_for_metrics((predicted == labels).float()))
@@ -243,8 +256,8 @@ def finetune(s: FinetuneSettings) -> dict:
     bar.close()
     result = {"dataset": s.dataset, "pretrained": s.pretrained, "train_images": len(train),
               "test_images": len(test), "epochs": s.epochs, "eval_epochs": evaluated, "top1": top1,
-              "final_top1": top1[-1],
-              "cumulative_error": cumulative_error(top1)}
+              "final_top1": top1[-1], "train_loss": train_loss,
+              "cumulative_error": cumulative_error(top1, evaluated)}
     if masked is not None:
         result["target_mim"] = masked
     if acc.is_main_process:

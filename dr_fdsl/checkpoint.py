@@ -142,8 +142,11 @@ def fingerprint(cfg: Config, num_processes: int) -> dict:
 
 
 def _differences(saved: dict, current: dict) -> str:
-    return "; ".join(f"{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in current.items()
-                     if saved.get(k) != v)
+    """The keys whose values differ, either way: a key named only when set (``patch_size``, ``optimizer``) is a
+    difference when one side has it and the other does not."""
+    keys = dict.fromkeys([*saved, *current])
+    return "; ".join(f"{k}: checkpoint {saved.get(k)!r}, config {current.get(k)!r}" for k in keys
+                     if saved.get(k) != current.get(k))
 
 
 # --------------------------------------------------------------------------------------------------------

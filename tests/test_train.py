@@ -320,5 +320,7 @@ def test_patch_size_gives_small_images_more_tokens_and_travels_with_the_run(tmp_
     fit(run)
     model, size = load_pretrained(run.cfg.output_dir)
     assert (model.patch_embed.num_patches, size) == (16, 32)
-    assert fingerprint(run.cfg, 1)["required"]["patch_size"] == 8
     assert "patch_size" not in fingerprint(tiny(tmp_path, bank_dir), 1)["required"]  # unset: earlier files match
+    for other in ("model.patch_size=4", "model.patch_size=0"):  # another size, or none: either way refused
+        with pytest.raises(CheckpointError, match=r"other settings \(patch_size: checkpoint 8, config (4|None)\)"):
+            resume(build_run(tiny(tmp_path, bank_dir, other, "train.max_steps=4"), resume="latest"), "latest")

@@ -1,6 +1,7 @@
 import csv
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -171,6 +172,19 @@ def test_compare_tool_runs_seeds_in_parallel_workers(tmp_path, fashion_root):
     assert (out / "differences.png").read_bytes()[:4] == b"\x89PNG"
     config = (out / "seeds" / "0" / "pretrain" / "joint_shared_s0" / "config.yaml").read_text()
     assert "share_colors: true" in config and "patch_size: 8" in config
+
+
+def test_compare_tool_stops_every_worker_when_a_seed_fails(tmp_path, capsys):
+    from tools.compare import main
+
+    out = tmp_path / "cmp"
+    assert main(["--preset", "study", "--out", str(out), "--steps", "1", "--epochs", "1", "--seeds", "0", "1",
+                 "--dataset", f"folder:{tmp_path / 'nothing'}", "--arms", "frozen", "--jobs", "2"]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"error: seed [01] failed \(exit code 2\); see .*seeds/[01]\.log", err)
+    assert "nothing" in (out / "seeds" / "0.log").read_text() + (out / "seeds" / "1.log").read_text()
+    with pytest.raises(SystemExit):  # a seed counts once in a paired difference
+        main(["--preset", "study", "--out", str(tmp_path / "twice"), "--seeds", "0", "0"])
 
 
 @pytest.mark.slow

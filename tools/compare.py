@@ -22,8 +22,9 @@ The contest presets compare the rows of the SIGNATE contest solution's ablation 
     accelerate launch tools/compare.py --preset contest --out runs/contest  # the table's setting: CIFAR-100
 
 Budgets can be overridden: --steps, --epochs, --per-class, --max-test, --seeds, --dataset, --ft-batch. --arms
-chooses the arms; among the renderer modes ``match`` (renderer.mode=match) matches the renderer to the training images
-of the dataset the arms are judged on (``--arms frozen joint adversarial match``).
+chooses the arms; beside the renderer modes, ``joint_shared`` is joint with one colour table for all categories and
+``match`` (renderer.mode=match) matches the renderer to the training images of the dataset the arms are judged on
+(``--arms frozen joint joint_shared match``).
 
 --study target_mim compares masked pre-training on the target's training images (dr_fdsl/target_mim.py) instead:
 arms none, target_mim (masked on the target from scratch), fractal (the preset's pre-training, frozen renderer)
@@ -41,14 +42,20 @@ Every arm is judged by the same protocol; under linear or knn the no-pre-trainin
 backbone's frozen features, the usual baseline of those protocols.
 """
 
+from __future__ import annotations
+
 import argparse
 import csv
 import itertools
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:  # the package is imported when a run starts, so that --help answers at once
+    from dr_fdsl.target_mim import TargetMIMSettings
 
 ROOT = Path(__file__).resolve().parents[1]  # the shipped configs
 MODES = ("frozen", "joint", "adversarial")  # the arms run by default (--arms chooses others)
@@ -94,7 +101,7 @@ PRESETS = {
     # nothing measurable); Fashion-MNIST with 20 labelled images per class, judged on all 10,000 test images.
     "study": dict(config="configs/quickstart.yaml", arms="study", steps=800, batch=64, eval_every=400,
                   dataset="fashion_mnist", per_class=20, epochs=30, ft_batch=32, ft_lr=1e-3, ft_eval_every=5,
-                  max_test=0, seeds=[0, 1, 2, 3, 4, 5], model="test_vit", patch_size=8, image_size=32,
+                  max_test=0, seeds=[0, 1, 2, 3, 4, 5], model="test_vit", image_size=32,
                   overrides=["model.patch_size=8", "optim.lr=2e-3", "optim.warmup_steps=50"]),
     # The same arms at the published scale: 3D-OFDB-1k (1,000 categories x 10,000 points, 224 px) for the recipe's
     # 240,000 steps of batch 256, ViT-Tiny, fine-tuned on all of CIFAR-100 (configs/finetune/cifar100.yaml).
@@ -292,13 +299,22 @@ def plot_differences(rows: list[dict], path: Path, reference: str = "frozen") ->
     plt.close(fig)
 
 
-def run_seeds(preset: dict, args, table: dict[str, Arm], arms: list[str], masked, out: Path,
-              is_main: bool) -> tuple[list[dict], dict]:
+def pretrain_value(preset: dict, pretrain_set: list[str], key: str, default: str) -> str:
+    """The value the pre-trainings give config key ``key`` through the preset's overrides and ``--pretrain-set``
+    (the last wins), else ``default``: the no-pre-training arm is built as they are."""
+    values = [o.split("=", 1)[1] for o in [*preset.get("overrides", []), *pretrain_set] if o.startswith(f"{key}=")]
+    return values[-1] if values else default
+
+
+def run_seeds(preset: dict, args: argparse.Namespace, table: dict[str, Arm], arms: list[str],
+              masked: TargetMIMSettings, out: Path, is_main: bool) -> tuple[list[dict], dict]:
     """Every arm for every seed of ``preset`` in this process: the result rows and the pre-training curves
     (``{arm: {seed: [(step, held-out top-1)]}}``)."""
     from dr_fdsl.finetune import FinetuneSettings, finetune
     from dr_fdsl.target_mim import TargetMIMSettings
 
+    scratch = dict(model=pretrain_value(preset, args.pretrain_set, "model.name", preset["model"]),
+                   patch_size=int(pretrain_value(preset, args.pretrain_set, "model.patch_size", "0")))
     rows, curves = [], {}
     for seed in preset["seeds"]:
         runs: dict[tuple[str, ...], dict] = {}  # arms with the same pre-training share one run of it
@@ -317,7 +333,7 @@ def run_seeds(preset: dict, args, table: dict[str, Arm], arms: list[str], masked
             for protocol in args.protocol:  # every protocol judges the same pre-training
                 result = finetune(FinetuneSettings(
                     dataset=preset["dataset"], data_root=args.data_root, pretrained=str(run) if run else None,
-                    model=None if run else preset["model"], patch_size=0 if run else preset.get("patch_size", 0),
+                    **({} if run else scratch),
                     image_size=preset["image_size"], epochs=preset["epochs"],
                     eval_every=preset.get("ft_eval_every", 1) if protocol == "finetune" else 1,
                     batch_size=preset["ft_batch"], lr=preset["ft_lr"], per_class=preset["per_class"],
@@ -340,41 +356,49 @@ def run_seeds(preset: dict, args, table: dict[str, Arm], arms: list[str], masked
     return rows, curves
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def run_in_workers(argv: list[str], seeds: list[int], jobs: int, out: Path) -> tuple[list[dict] | None, dict]:
     """Every seed in its own process of this tool (``argv`` with ``--seeds S --out OUT/seeds/S --jobs 1``; argparse
     keeps an option's last value), ``jobs`` at a time, each with ``cpus // jobs`` threads; the rows and curves of
-    all seeds in the order of ``seeds``, or ``None`` (after naming the logs) when a seed failed."""
-    import os
+    all seeds in the order of ``seeds``. The first seed that fails stops the others (none is left running, also
+    when this process is interrupted); then ``None``, after naming its log."""
     import subprocess
     import time
 
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    pending, running, failed = list(seeds), {}, []
-    while pending or running:
-        while pending and len(running) < jobs:
-            seed = pending.pop(0)
-            folder = out / "seeds" / str(seed)
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            log = out / "seeds" / f"{seed}.log"
-            command = [sys.executable, str(Path(__file__).resolve()), *argv, "--seeds", str(seed), "--out",
-                       str(folder), "--jobs", "1"]
-            with open(log, "w") as stream:  # the child holds its own descriptor
-                running[seed] = (subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env),
-                                 time.monotonic())
-            print(f"seed {seed}: started ({threads} threads; log {log})", flush=True)
-        time.sleep(1)
-        for seed, (process, start) in list(running.items()):
-            if process.poll() is not None:
+    pending, running = list(seeds), {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                seed = pending.pop(0)
+                log = out / "seeds" / f"{seed}.log"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                command = [sys.executable, str(Path(__file__).resolve()), *argv, "--seeds", str(seed), "--out",
+                           str(out / "seeds" / str(seed)), "--jobs", "1"]
+                with open(log, "w") as stream:  # the child holds its own descriptor
+                    running[seed] = (subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env),
+                                     time.monotonic())
+                print(f"seed {seed}: started ({threads} threads; log {log})", flush=True)
+            time.sleep(1)
+            for seed, (process, start) in list(running.items()):
+                if process.poll() is None:
+                    continue
                 del running[seed]
-                print(f"seed {seed}: {'done' if process.returncode == 0 else 'FAILED'} in "
-                      f"{time.monotonic() - start:.0f} s", flush=True)
                 if process.returncode:
-                    failed.append(seed)
-    if failed:
-        logs = ", ".join(str(out / "seeds" / f"{seed}.log") for seed in failed)
-        print(f"error: seeds {failed} failed; see {logs}", file=sys.stderr)
-        return None, {}
+                    print(f"error: seed {seed} failed (exit code {process.returncode}); see "
+                          f"{out / 'seeds' / f'{seed}.log'}; the other seeds were stopped", file=sys.stderr)
+                    return None, {}
+                print(f"seed {seed}: done in {time.monotonic() - start:.0f} s", flush=True)
+    finally:
+        for process, _ in running.values():
+            process.terminate()
+            process.wait()
     rows, curves = [], {}
     for seed in seeds:
         folder = out / "seeds" / str(seed)
@@ -405,8 +429,8 @@ def main(argv=None) -> int:
                              "features (several: each judges the same pre-trainings, one table each)")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--arms", nargs="+", help="the arms to run beside no pre-training (default: frozen joint "
-                        "adversarial; every row of the contest presets; every arm of --study target_mim; match on "
-                        "request)")
+                        "adversarial, and also joint_shared and match in the study presets; every row of the contest "
+                        "presets; every arm of --study target_mim)")
     parser.add_argument("--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides of every pre-training that change no pixel (e.g. "
                              "renderer.raster_backend=sort)")
@@ -416,9 +440,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tm-lr", type=float, default=1e-4, help="target_mim study: its peak lr (the seed's 1e-4)")
     parser.add_argument("--tm-batch", type=int, default=32, help="target_mim study: its batch per process")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="seeds run at once, each in its own process with an equal share of the CPU threads "
-                             "(on a small CPU, 2 one-thread processes outrun one two-thread process; not under "
-                             "accelerate launch)")
+                        help="seeds run at once, each in its own process of this tool with an equal share of the "
+                             "CPU threads (on a small CPU, two one-thread processes outrun one two-thread process); "
+                             "not with several accelerate processes")
     args = parser.parse_args(argv)
     preset = dict(PRESETS[args.preset])
     table = arms_of(preset, args.study)
@@ -439,6 +463,11 @@ def main(argv=None) -> int:
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
     preset["eval_every"] = min(preset["eval_every"], preset["steps"])
+    if len(set(preset["seeds"])) != len(preset["seeds"]):
+        parser.error(f"--seeds {preset['seeds']}: each seed once (a paired difference counts a seed once)")
+    # What else decides the numbers, recorded beside the budget (preset.json, results.md)
+    preset.update(arms_run=arms, protocols=args.protocol, pretrain_set=args.pretrain_set, jobs=args.jobs,
+                  threads=int(os.environ.get("OMP_NUM_THREADS", 0)) or torch_threads())
     out = Path(args.out or f"runs/compare_{args.preset}")
     state = process_state()  # as the trainings' Accelerator sets the processes up
     is_main = state.is_main_process
@@ -485,7 +514,8 @@ def main(argv=None) -> int:
         "differences are per seed (same initialisation and data order in every arm), each pair's interval at 95% "
         "on its own (no correction for comparing several pairs). Cumulative error: sum of "
         "(100 - top-1 %) over the second half of the evaluation epochs; lower is better.\n")
-    plot([r for r in rows if r["protocol"] == protocols[0]], curves, out / "curves.png")
+    curve_protocol = "finetune" if "finetune" in protocols else protocols[0]  # its curve is per epoch
+    plot([r for r in rows if r["protocol"] == curve_protocol], curves, out / "curves.png")
     plot_differences(rows, out / "differences.png")
     print(table)
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'curves.png'}, {out / 'differences.png'}")

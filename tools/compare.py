@@ -11,7 +11,7 @@ sees the same data order in every arm.
 
 The study presets add joint with one shared colour table (joint_shared: no per-category colour code to leak the
 label) and match (the renderer matched to the target's training images); `study` is docs/results.md's setting,
-about an hour on a 2-core CPU, `study-gpu` the published scale (3D-OFDB-1k, ViT-Tiny, CIFAR-100):
+45 minutes on a 2-core CPU with --jobs 2, `study-gpu` the published scale (3D-OFDB-1k, ViT-Tiny, CIFAR-100):
 
     python tools/compare.py --preset study --protocol finetune knn linear --jobs 2 --out runs/study
 
@@ -96,7 +96,7 @@ PRESETS = {
                                    "model.name=test_vit", "train.mixed_precision=no", "train.eval_images=64",
                                    "optim.warmup_steps=5", "train.log_every=5"]),
     # The renderer-mode study (docs/results.md): every mode, joint with one shared colour table, and match, over 6
-    # seeds, in about an hour on a 2-core CPU with --jobs 2. The scale was chosen so that pre-training beats none
+    # seeds, 45 minutes on a 2-core CPU with --jobs 2. The scale was chosen so that pre-training beats none
     # first: timm's test_vit with 8 px patches (16 tokens at 32 px; with its own 16 px patches it sees 4 and gains
     # nothing measurable); Fashion-MNIST with 20 labelled images per class, judged on all 10,000 test images.
     "study": dict(config="configs/quickstart.yaml", arms="study", steps=800, batch=64, eval_every=400,
@@ -244,24 +244,32 @@ def summarize(rows: list[dict], published: dict[str, float] | None = None) -> st
 
 
 def plot(rows: list[dict], curves: dict, path: Path) -> None:
+    """Left: each arm's fine-tuning curve, the mean over seeds. Right: each arm's held-out pre-training top-1, every
+    seed thin and the mean over seeds bold, in the arm's colour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for mode in dict.fromkeys(r["mode"] for r in rows):
+    for index, mode in enumerate(dict.fromkeys(r["mode"] for r in rows)):
+        colour = f"C{index}"
         mine = [r for r in rows if r["mode"] == mode]
-        if mine:
-            mean = [100 * statistics.mean(r["top1_curve"][i] for r in mine) for i in range(len(mine[0]["top1_curve"]))]
-            left.plot(mine[0]["eval_epochs"], mean, marker="o", label=mode)
-        for seed, curve in curves.get(mode, {}).items():
-            if curve:
-                right.plot(*zip(*curve), marker=".", label=f"{mode} s{seed}", alpha=0.8)
+        mean = [100 * statistics.mean(r["top1_curve"][i] for r in mine) for i in range(len(mine[0]["top1_curve"]))]
+        left.plot(mine[0]["eval_epochs"], mean, marker="o", color=colour, label=mode)
+        runs = [curve for curve in curves.get(mode, {}).values() if curve]
+        for curve in runs:
+            right.plot([step for step, _ in curve], [100 * top1 for _, top1 in curve], color=colour, alpha=0.3, lw=1)
+        if runs and all(len(c) == len(runs[0]) for c in runs):
+            steps = [step for step, _ in runs[0]]
+            right.plot(steps, [100 * statistics.mean(c[i][1] for c in runs) for i in range(len(steps))], marker="o",
+                       color=colour, lw=2, label=mode)
     left.set(xlabel="fine-tuning epoch", ylabel="test top-1 (%)", title="fine-tuning (mean over seeds)")
-    right.set(xlabel="pre-training step", ylabel="held-out view top-1", title="pre-training")
+    right.set(xlabel="pre-training step", ylabel="held-out view top-1 (%)",
+              title="pre-training (seeds thin, their mean bold)")
     left.legend()
-    right.legend(fontsize=7)
+    if right.get_legend_handles_labels()[0]:
+        right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -17,7 +17,7 @@ from dr_fdsl.config import save_config
 from dr_fdsl.engine.build import Run
 from dr_fdsl.engine.step import set_learning_rates, train_step
 from dr_fdsl.errors import CheckpointError, NonFiniteLossError
-from dr_fdsl.render import render_grid
+from dr_fdsl.render import image_grid
 from dr_fdsl.static import quantize
 
 
@@ -74,7 +74,11 @@ def log_scalars(run: Run, out: dict, window: dict) -> dict[str, float]:
 
 def render_eval(run: Run, ids: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
     """Held-out views, through the same 8-bit rounding as the training images when those are 8-bit."""
-    images = run.renderer(ids, seeds)
+    return as_training_images(run, run.renderer(ids, seeds))
+
+
+def as_training_images(run: Run, images: torch.Tensor) -> torch.Tensor:
+    """``images`` rounded to 8 bits when the training images are (a static dataset or ``data.quantize``)."""
     if run.cfg.data.quantize or run.static is not None:
         images = quantize(images).float() / 255
     return images
@@ -101,7 +105,9 @@ def log_images(run: Run) -> None:
     if run.writer is None:
         return
     ids, seeds = (t.to(run.accelerator.device) for t in run.grid_views)
-    grid = render_grid(run.renderer, ids, seeds, nrow=4)
+    with torch.no_grad():
+        images = run.renderer(ids, seeds)  # rendered once for every grid below
+    grid = image_grid(images, nrow=4)
     run.writer.add_image("renders", grid, run.step)
     if run.match is not None:  # the renders (left) beside as many target images (right)
         targets = run.match.target_grid(len(ids), nrow=4)
@@ -110,7 +116,7 @@ def log_images(run: Run) -> None:
         spacer = torch.full((3, height, 6), 0.5)
         run.writer.add_image("match/renders_vs_targets", torch.cat([panels[0], spacer, panels[1]], 2), run.step)
     with torch.no_grad():
-        grids = run.objective.image_grids(render_eval(run, ids, seeds), ids, seeds)
+        grids = run.objective.image_grids(as_training_images(run, images), ids, seeds)
     for name, grid in grids.items():  # the objective's own (e.g. corrupted / reconstructed / clean)
         run.writer.add_image(name, grid, run.step)
     with torch.no_grad():

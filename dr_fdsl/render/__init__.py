@@ -7,10 +7,10 @@ registered by name in ``rasterizers``), ``composite`` (weights, compositing, ``r
 """
 
 from dr_fdsl.render.composite import composite, fragment_weights, render_scene
-from dr_fdsl.render.grid import render_grid, save_grid
+from dr_fdsl.render.grid import image_grid, render_grid, save_grid
 from dr_fdsl.render.rasterizers import RASTERIZERS, get_rasterizer
 from dr_fdsl.render.renderer import PointRenderer, Rendered
 from dr_fdsl.render.types import Fragments, Scene
 
 __all__ = ["RASTERIZERS", "Fragments", "PointRenderer", "Rendered", "Scene", "composite", "fragment_weights",
-           "get_rasterizer", "render_grid", "render_scene", "save_grid"]
+           "get_rasterizer", "image_grid", "render_grid", "render_scene", "save_grid"]

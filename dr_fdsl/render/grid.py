@@ -11,7 +11,11 @@ from torchvision.utils import make_grid, save_image
 @torch.no_grad()
 def render_grid(renderer, class_ids: torch.Tensor, view_seeds: torch.Tensor, nrow: int = 8) -> torch.Tensor:
     """Renders ``(B,)`` (category, view seed) pairs into one ``(3, H', W')`` float32 grid in [0, 1] on the CPU."""
-    images = renderer(class_ids, view_seeds)
+    return image_grid(renderer(class_ids, view_seeds), nrow)
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
+    """``(B, 3, H, W)`` images in [0, 1] as one ``(3, H', W')`` float32 grid on the CPU, framed in grey."""
     return make_grid(images.float().cpu(), nrow=nrow, padding=2, pad_value=0.5)
 
 

@@ -436,3 +436,29 @@ def test_optimiser_and_colour_parameterisation_are_required_to_resume():
     assert fingerprint(replace(cfg, optim=OptimConfig(name="sgd")), 1)["required"]["optimizer"] == "sgd"
     clamp = replace(cfg, renderer=replace(cfg.renderer, color_param="clamp"))
     assert fingerprint(clamp, 1)["required"]["tables"]["color_param"] == "clamp"
+
+
+def test_the_first_ctrl_c_stops_at_the_next_step_and_the_second_at_once():
+    """The first SIGINT only sets the request (no KeyboardInterrupt wherever the code happens to be); check() then
+    raises it at the loop's boundary; a second SIGINT raises at once; the previous handler comes back after."""
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    from dr_fdsl.engine.interrupt import StopRequest
+
+    # Python's own handler, whatever this process inherited (a shell's background job starts with SIGINT ignored)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        one_process = SimpleNamespace(num_processes=1)
+        with StopRequest() as stop:
+            stop.check(one_process)  # nothing asked yet
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.requested
+            with pytest.raises(KeyboardInterrupt):
+                stop.check(one_process)
+            with pytest.raises(KeyboardInterrupt):  # Python runs the handler before the next statement
+                os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)

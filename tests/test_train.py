@@ -251,7 +251,9 @@ def test_ctrl_c_leaves_a_whole_checkpoint_to_resume_from(tmp_path, bank_dir):
             f"output_dir={tmp_path / 'run'}", f"bank.cache_dir={bank_dir}", "bank.num_classes=4",
             "bank.num_points=300", "model.name=test_vit", "train.batch_size=8", "train.max_steps=100000",
             "train.ckpt_every=3", "train.eval_every=1000", "train.progress=false"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    # SIGINT as a terminal gives it, even where this test runs as a background job (started with SIGINT ignored)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not list_checkpoints(tmp_path / "run") and time.time() < deadline:
         time.sleep(0.2)

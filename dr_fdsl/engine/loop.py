@@ -15,6 +15,7 @@ from tqdm import tqdm
 from dr_fdsl import checkpoint
 from dr_fdsl.config import save_config
 from dr_fdsl.engine.build import Run
+from dr_fdsl.engine.interrupt import StopRequest
 from dr_fdsl.engine.step import set_learning_rates, train_step
 from dr_fdsl.errors import CheckpointError, NonFiniteLossError
 from dr_fdsl.render import image_grid
@@ -32,28 +33,30 @@ def fit(run: Run) -> dict:
     last_eval: dict[str, float] = {}
     if run.step == 0:
         log_images(run)
-    while run.step < t.max_steps:
-        before = run.step
-        out = train_step(run)
-        for meter in (window, total):
-            meter["seconds"] += out["seconds"]
-            meter["images"] += images_per_micro_batch
-        window["render_seconds"] += out["render_seconds"]
-        if run.step == before:
-            continue  # inside an accumulation
-        bar.update(1)
-        last = run.step == t.max_steps
-        if run.step % t.log_every == 0 or last:
-            scalars = log_scalars(run, out, window)
-            bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", img_s=f"{scalars['perf/images_per_s']:.0f}")
-            window = {"seconds": 0.0, "render_seconds": 0.0, "images": 0}
-        if run.step % t.eval_every == 0 or last:
-            last_eval = evaluate(run)
-            acc.log(last_eval, step=run.step)
-        if run.step % t.image_every == 0 or last:
-            log_images(run)
-        if run.step % t.ckpt_every == 0 or last:
-            save_checkpoint(run)
+    with StopRequest() as stop:
+        while run.step < t.max_steps:
+            stop.check(acc)  # Ctrl-C lands here, between micro-steps (dr_fdsl/engine/interrupt.py)
+            before = run.step
+            out = train_step(run)
+            for meter in (window, total):
+                meter["seconds"] += out["seconds"]
+                meter["images"] += images_per_micro_batch
+            window["render_seconds"] += out["render_seconds"]
+            if run.step == before:
+                continue  # inside an accumulation
+            bar.update(1)
+            last = run.step == t.max_steps
+            if run.step % t.log_every == 0 or last:
+                scalars = log_scalars(run, out, window)
+                bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", img_s=f"{scalars['perf/images_per_s']:.0f}")
+                window = {"seconds": 0.0, "render_seconds": 0.0, "images": 0}
+            if run.step % t.eval_every == 0 or last:
+                last_eval = evaluate(run)
+                acc.log(last_eval, step=run.step)
+            if run.step % t.image_every == 0 or last:
+                log_images(run)
+            if run.step % t.ckpt_every == 0 or last:
+                save_checkpoint(run)
     bar.close()
     return finish(run, last_eval, total)
 

@@ -258,7 +258,10 @@ def test_ctrl_c_leaves_a_whole_checkpoint_to_resume_from(tmp_path, bank_dir):
     while not list_checkpoints(tmp_path / "run") and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # no-op once it has exited; a child that ignored the signal must not outlive the test
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted at step" in err and "--resume latest" in err
     resumed = build_run(load_config(tmp_path / "run" / "config.yaml"), resume="latest")  # its resolved config

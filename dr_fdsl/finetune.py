@@ -2,8 +2,9 @@
 
 Loads a pre-trained classifier (or none, for training from scratch), replaces its head, fine-tunes it on a real
 dataset under Accelerate, and reports top-1 after every epoch (or every ``eval_every``-th and the last) plus the
-seed contest's metric: the cumulative error rate, ``sum(100 - top1%)`` over the second half of the evaluations
-(lower is better; it rewards reaching a high accuracy early and staying there).
+seed contest's metric: the cumulative error rate, ``sum(100 - top1%)`` over the second half of the epochs, a
+measurement standing for the epochs since the one before it (lower is better; it rewards reaching a high accuracy
+early and staying there).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from dr_fdsl.config import Config, need
+from dr_fdsl.models import normalization
 
 
 class ObjectiveOutput(NamedTuple):
@@ -65,6 +66,17 @@ class Objective:
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
+    mean: torch.Tensor  # (1, 3, 1, 1) on the training device: the backbone's input normalisation
+    std: torch.Tensor
+
+    def set_normalization(self, backbone: nn.Module, device: torch.device) -> None:
+        """``mean`` and ``std`` from timm's data config for ``backbone``, on ``device``."""
+        mean, std = normalization(backbone)
+        self.mean, self.std = mean.to(device), std.to(device)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` images in [0, 1] as the backbone's input."""
+        return (images - self.mean) / self.std
 
     # The defaults serve an objective whose networks are one module ``model`` with one ``optimizer``.
     def prepare(self, accelerator) -> None:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from dr_fdsl.config import Config, need
 from dr_fdsl.image_augment import ImageAugment
-from dr_fdsl.models import create_classifier, normalization
+from dr_fdsl.models import create_classifier
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput
 from dr_fdsl.optim import create_optimizer
 from dr_fdsl.probe import LeakageProbe, colour_statistics
@@ -33,8 +33,7 @@ class Classify(Objective):
         """``lr``: the classifier's peak learning rate (the engine scales ``optim.lr`` by the total batch)."""
         self.cfg, self.num_classes = cfg, num_classes
         self.model = create_classifier(cfg.model, num_classes, cfg.renderer.image_size)
-        mean, std = normalization(self.model)
-        self.mean, self.std = mean.to(device), std.to(device)
+        self.set_normalization(self.model, device)
         self.optimizer = create_optimizer(self.model, cfg.optim, lr)
         self.probe = self.probe_optimizer = None
         if cfg.train.probe:
@@ -58,9 +57,6 @@ class Classify(Objective):
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [o for o in (self.optimizer, self.probe_optimizer) if o is not None]
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return (images - self.mean) / self.std
 
     def loss(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> ObjectiveOutput:
         x, targets = self.augment(images, class_ids)  # pixel operations, then normalisation

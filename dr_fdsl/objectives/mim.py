@@ -21,7 +21,7 @@ from torchvision.utils import make_grid
 
 from dr_fdsl.config import Config, finite, need
 from dr_fdsl.errors import ConfigError
-from dr_fdsl.models import create_classifier, normalization
+from dr_fdsl.models import create_classifier
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput, refuse_pixel_pipelines
 from dr_fdsl.optim import create_optimizer
 from dr_fdsl.render import random as rnd
@@ -135,14 +135,10 @@ class MaskedImageModelling(Objective):
         self.cfg = cfg
         backbone = create_classifier(cfg.model, num_classes, cfg.renderer.image_size)
         check_backbone(backbone, cfg.model.name, self.name)
-        mean, std = normalization(backbone)
-        self.mean, self.std = mean.to(device), std.to(device)
+        self.set_normalization(backbone, device)
         self.model = MaskedAutoencoder(backbone)  # prepared first: model.safetensors holds backbone.* and decoder.*
         self.plain = self.model  # never DDP-wrapped: for the image grids of the main process alone
         self.optimizer = create_optimizer(self.model, cfg.optim, lr)
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return (images - self.mean) / self.std
 
     def _errors(self, images, class_ids, view_seeds):
         clean = self.normalize(images)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from dr_fdsl.config import Config, need
 from dr_fdsl.image_augment import ImageAugment
-from dr_fdsl.models import create_classifier, normalization
+from dr_fdsl.models import create_classifier
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput
 from dr_fdsl.optim import create_optimizer
 from dr_fdsl.render.multi import targets as multi_hot
@@ -77,14 +77,10 @@ class MultiLabel(Objective):
     def __init__(self, cfg: Config, num_classes: int, lr: float, device: torch.device):
         self.cfg, self.num_classes = cfg, num_classes
         self.model = create_classifier(cfg.model, num_classes, cfg.renderer.image_size)
-        mean, std = normalization(self.model)
-        self.mean, self.std = mean.to(device), std.to(device)
+        self.set_normalization(self.model, device)
         self.optimizer = create_optimizer(self.model, cfg.optim, lr)
         # image_aug's pixel operations, flips and erasing (Mixup/CutMix are refused by validate), then normalisation
         self.augment = ImageAugment(cfg.image_aug, num_classes, device, self.mean, self.std)
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return (images - self.mean) / self.std
 
     def targets(self, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> torch.Tensor:
         """Multi-hot ``(B, C)`` float32 on the images' device."""

@@ -46,7 +46,7 @@ from torchvision.utils import make_grid
 
 from dr_fdsl.config import Config, need
 from dr_fdsl.errors import ConfigError
-from dr_fdsl.models import create_classifier, normalization
+from dr_fdsl.models import create_classifier
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput, refuse_pixel_pipelines
 from dr_fdsl.objectives.sit_views import color_jitter, corrupt, rotate, rotation_labels, view_keys
 from dr_fdsl.optim import create_optimizer
@@ -172,8 +172,7 @@ class SiT(Objective):
         if getattr(backbone, "cls_token", None) is None or not hasattr(backbone, "_pos_embed"):
             raise ConfigError(f"config key 'model.name': objective sit needs a timm VisionTransformer with a class "
                               f"token (the contrastive token), got {cfg.model.name!r}")
-        mean, std = normalization(backbone)
-        self.mean, self.std = mean.to(device), std.to(device)
+        self.set_normalization(backbone, device)
         # The plain module: image grids run it on the main process alone, where the DDP wrapper must not run.
         self.network = SiTNetwork(backbone, cfg.sit.projection_dim).to(device)
         self.model = self.network  # prepared first: model.safetensors holds backbone.* and the rest
@@ -188,7 +187,7 @@ class SiT(Objective):
         labels: ``(B, 3, H, W)``, ``(B, 3, H, W)``, ``(B,)``. ``group``: see :func:`sit_views.corrupt`."""
         keys = view_keys(class_ids, view_seeds.to(images.device))
         labels = rotation_labels(keys)
-        clean = rotate((color_jitter(images, keys, self.cfg.sit.color_jitter) - self.mean) / self.std, labels)
+        clean = rotate(self.normalize(color_jitter(images, keys, self.cfg.sit.color_jitter)), labels)
         return clean, corrupt(clean, keys, self.cfg.sit, group), labels
 
     def loss(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> ObjectiveOutput:

@@ -310,6 +310,24 @@ def test_sit_trains_in_two_processes(tmp_path, bank_dir):
     assert summary["num_processes"] == 2 and summary["objective"] == "sit" and summary["val/reconstruction_loss"] > 0
 
 
+def train_on_view_pairs(cfg, images, ids, seeds, views: int, steps: int, salt: int) -> SiT:
+    """SiT (8 categories) trained on frozen renders ``images`` (``views`` consecutive ones per category): each step
+    2 views of every category, with fresh corruptions and quarter-turns (view seed + ``salt`` x step); returned in
+    evaluation mode."""
+    torch.manual_seed(0)
+    objective = SiT(cfg, 8, 1e-3, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    for step in range(steps):
+        pick = (torch.randperm(8, generator=g)[:, None] * views + torch.stack(
+            [torch.randperm(views, generator=g)[:2] for _ in range(8)])).reshape(-1)
+        out = objective.loss(images[pick], ids[pick], seeds[pick] + salt * step)
+        objective.optimizer.zero_grad()
+        out.total.backward()
+        objective.optimizer.step()
+    objective.train(False)
+    return objective
+
+
 @pytest.mark.slow  # about 2 CPU-minutes: 60 steps of the whole objective
 def test_sit_reconstructs_better_than_the_corrupted_view(tmp_path, bank_dir):
     """A tiny training of the whole objective (three tasks, learned weights) on frozen renders: on held-out views the
@@ -326,17 +344,7 @@ def test_sit_reconstructs_better_than_the_corrupted_view(tmp_path, bank_dir):
     ids, seeds = torch.arange(8).repeat_interleave(8), torch.arange(64)
     with torch.no_grad():
         images = renderer(ids, seeds)
-    torch.manual_seed(0)
-    objective = SiT(cfg, 8, 1e-3, torch.device("cpu"))
-    g = torch.Generator().manual_seed(0)
-    for step in range(60):  # 8 categories x 2 of their 8 views, fresh corruptions each step
-        pick = (torch.randperm(8, generator=g)[:, None] * 8 + torch.stack(
-            [torch.randperm(8, generator=g)[:2] for _ in range(8)])).reshape(-1)
-        out = objective.loss(images[pick], ids[pick], seeds[pick] + 1000 * step)
-        objective.optimizer.zero_grad()
-        out.total.backward()
-        objective.optimizer.step()
-    objective.train(False)
+    objective = train_on_view_pairs(cfg, images, ids, seeds, views=8, steps=60, salt=1000)
     rows = objective.evaluate(images, ids, -seeds - 1).mean(0)  # other corruptions than any seen in training
     reconstruction, identity = rows[2].item(), rows[3].item()
     assert reconstruction < 0.8 * identity, (reconstruction, identity)
@@ -381,16 +389,6 @@ def test_sit_learns_rotation_with_views_that_have_an_up(tmp_path, bank_dir):
     held_ids, held_seeds = torch.arange(8).repeat_interleave(4), -torch.arange(1, 33)
     with torch.no_grad():
         images, held = renderer(ids, seeds), renderer(held_ids, held_seeds)
-    torch.manual_seed(0)
-    objective = SiT(cfg, 8, 1e-3, torch.device("cpu"))
-    g = torch.Generator().manual_seed(0)
-    for step in range(300):  # 8 categories x 2 of their 16 views, fresh quarter-turns each step
-        pick = (torch.randperm(8, generator=g)[:, None] * 16 + torch.stack(
-            [torch.randperm(16, generator=g)[:2] for _ in range(8)])).reshape(-1)
-        out = objective.loss(images[pick], ids[pick], seeds[pick] + 7919 * step)
-        objective.optimizer.zero_grad()
-        out.total.backward()
-        objective.optimizer.step()
-    objective.train(False)
+    objective = train_on_view_pairs(cfg, images, ids, seeds, views=16, steps=300, salt=7919)
     accuracy = objective.evaluate(held, held_ids, held_seeds)[:, 0].mean().item()
     assert accuracy > 0.6, accuracy

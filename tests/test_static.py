@@ -72,19 +72,25 @@ def losses(run, steps):
     return out
 
 
+def assert_static_run_equals_in_loop(folder, bank_dir, same, data, views, steps, workers):
+    """A static run from ``data`` and the in-loop run restricted to its ``views`` per category (8-bit, as exported)
+    give the same losses over ``steps`` and the same evaluation; returns the static run."""
+    in_loop = build_run(tiny(folder / "loop", bank_dir, *same, f"data.views_per_class={views}", "data.quantize=true"))
+    a, a_eval = losses(in_loop, steps), evaluate(in_loop)
+    static = build_run(tiny(folder / "static", bank_dir, *same, "data.source=static", f"data.path={data}",
+                            f"data.workers={workers}"))
+    b, b_eval = losses(static, steps), evaluate(static)
+    assert a == b and len(set(a)) > 1
+    assert a_eval == b_eval
+    return static
+
+
 def test_static_and_in_loop_frozen_runs_give_the_same_losses(tmp_path, bank_dir, exported):
     root, _, _ = exported
     same = ["renderer.augment.subsample=[0.5,1.0]", "renderer.color_init=palette", "renderer.mode=frozen",
             "image_aug.random_erasing=0.5"]
     # One after the other: augmentations draw from the process-wide generators each trainer seeds.
-    in_loop = build_run(tiny(tmp_path / "loop", bank_dir, *same, f"data.views_per_class={VIEWS}",
-                             "data.quantize=true"))
-    a, a_eval = losses(in_loop, 4), evaluate(in_loop)
-    static = build_run(tiny(tmp_path / "static", bank_dir, *same, "data.source=static", f"data.path={root}",
-                            "data.workers=2"))
-    b, b_eval = losses(static, 4), evaluate(static)
-    assert a == b and len(set(a)) > 1
-    assert a_eval == b_eval
+    assert_static_run_equals_in_loop(tmp_path, bank_dir, same, root, VIEWS, steps=4, workers=2)
 
 
 def test_static_source_bad_input(tmp_path, bank_dir, exported):
@@ -112,13 +118,7 @@ def test_grouped_draws_agree_between_static_and_in_loop_runs(tmp_path_factory, b
         same += ["data.views_per_category=2", "data.repeated_aug=2", "image_aug.random_erasing=0.5"]
     cfg = tiny(root, bank_dir, *same)
     export(PointRenderer(bank_from_config(cfg.bank), cfg.renderer), cfg, root / "data", 2, progress=False)
-    in_loop = build_run(tiny(root / "loop", bank_dir, *same, "data.views_per_class=2", "data.quantize=true"))
-    a, a_eval = losses(in_loop, 3), evaluate(in_loop)
-    static = build_run(tiny(root / "static", bank_dir, *same, "data.source=static", f"data.path={root / 'data'}",
-                            "data.workers=1"))
-    b, b_eval = losses(static, 3), evaluate(static)
-    assert a == b and len(set(a)) > 1
-    assert a_eval == b_eval
+    static = assert_static_run_equals_in_loop(root, bank_dir, same, root / "data", 2, steps=3, workers=1)
     group = 4 if objective == "classify" else 2  # adjacent images of one category
     ids = static.stream.batch(0, 8)[0].view(-1, group)
     assert (ids == ids[:, :1]).all()

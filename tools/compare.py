@@ -213,6 +213,14 @@ def pretrain_curve(run: Path) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in events.Scalars("val/top1")] if "val/top1" in events.Tags()["scalars"] else []
 
 
+def top1_by_arm(rows: list[dict]) -> dict[str, dict[int, float]]:
+    """``{arm: {seed: top-1 %}}`` from one protocol's rows, arms in their order of appearance."""
+    top1: dict[str, dict[int, float]] = {}
+    for r in rows:
+        top1.setdefault(r["mode"], {})[r["seed"]] = 100 * r["final_top1"]
+    return top1
+
+
 def summarize(rows: list[dict], published: dict[str, float] | None = None) -> str:
     """Markdown: per arm the mean and 95% interval over seeds (and the published top-1 where given); per pair of
     arms the paired difference."""
@@ -236,7 +244,7 @@ def summarize(rows: list[dict], published: dict[str, float] | None = None) -> st
                      f"{interval(probe, 100)} |" + (f" {published.get(mode, '-')} |" if published else ""))
     lines += ["", "| A - B (paired over seeds) | seeds | top-1 difference (points) | interval excludes 0 |",
               "|---|---|---|---|"]
-    top1 = {m: {r["seed"]: 100 * r["final_top1"] for r in rows if r["mode"] == m} for m in arms}
+    top1 = top1_by_arm(rows)
     for a, b in itertools.combinations(arms, 2):
         diff = paired_difference(top1[a], top1[b])
         lines.append(f"| {a} - {b} | {diff.n} | {diff} | {'yes' if diff.excludes_zero else 'no'} |")
@@ -289,10 +297,7 @@ def plot_differences(rows: list[dict], path: Path, reference: str = "frozen") ->
     protocols = list(dict.fromkeys(r.get("protocol", "finetune") for r in rows))
     fig, axes = plt.subplots(1, len(protocols), figsize=(4.2 * len(protocols), 3.2), squeeze=False)
     for ax, protocol in zip(axes[0], protocols):
-        mine = [r for r in rows if r.get("protocol", "finetune") == protocol]
-        top1 = {}
-        for r in mine:
-            top1.setdefault(r["mode"], {})[r["seed"]] = 100 * r["final_top1"]
+        top1 = top1_by_arm([r for r in rows if r.get("protocol", "finetune") == protocol])
         base = reference if reference in top1 else next(iter(top1))
         others = [m for m in top1 if m != base]
         diffs = [paired_difference(top1[m], top1[base]) for m in others]

@@ -37,3 +37,7 @@ class DataError(DrFdslError, RuntimeError):
 
 class NonFiniteLossError(DrFdslError, RuntimeError):
     """The loss became NaN or infinite; training stopped and no checkpoint was written after it."""
+
+
+class IntegrityError(DrFdslError, RuntimeError):
+    """A file whose content does not match what was recorded when it was written (damaged, truncated, swapped)."""

@@ -99,18 +99,30 @@ def save_bank(bank: PointBank, path: str | Path) -> Path:
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     digest = content_digest(bank.settings, bank.draws, bank.points, bank.params)
+    _make_folder(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"format": BANK_FORMAT, "settings": bank.settings, "draws": bank.draws, "points": bank.points,
                     "params": bank.params, "digest": digest}, tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
         with contextlib.suppress(OSError):  # a half-written temporary file is removed; the error is the one above
             tmp.unlink()
-        reason = getattr(err, "strerror", None) or str(err).strip().split("\n")[0][:200] or type(err).__name__
-        raise BankCacheError(f"cannot write bank cache '{path}' ({reason}); free space there or set "
-                             "bank.cache_dir to a writable folder") from err
+        raise _unwritable(path, err) from err
     return path
+
+
+def _unwritable(path: Path, err: Exception) -> BankCacheError:
+    reason = getattr(err, "strerror", None) or str(err).strip().split("\n")[0][:200] or type(err).__name__
+    return BankCacheError(f"cannot write bank cache '{path}' ({reason}); free space there or set bank.cache_dir to "
+                          "a writable folder")
+
+
+def _make_folder(path: Path) -> None:
+    """Creates the cache file's folder, or raises :class:`BankCacheError` naming the file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _unwritable(path, err) from err
 
 
 _WARNED: set[str] = set()  # unchecked (pre-digest) cache files already reported by this process
@@ -170,6 +182,8 @@ def bank_from_config(cfg: BankConfig, rebuild: bool = False, progress: bool = Fa
     path = cache_path(cfg)
     if use_cache and path.exists() and not rebuild:
         return load_bank(path, expect=content_settings(cfg))
+    if use_cache:  # a folder that cannot be made fails before minutes of generation, not after
+        _make_folder(path)
     bank = _generate(cfg, progress)
     if use_cache:
         save_bank(bank, path)

@@ -291,11 +291,10 @@ class StaticViews(Dataset):
             raise ConfigError(f"config key 'data.views_per_class': {d.views_per_class} view seeds per category, but "
                               f"'{self.root}' holds {self.views}; lower it (0 uses all of them) or export more views")
         views = d.views_per_class or self.views  # fewer: seeds 0..V-1 of the export, as the in-loop run draws
-        if d.views_per_category > views:
+        if d.views_per_category > views:  # (with views_per_class set, load_config already holds it to that)
             raise ConfigError(f"config key 'data.views_per_category': {d.views_per_category} different view seeds "
-                              f"per category, but '{self.root}' holds {views} views per category"
-                              f"{' (data.views_per_class)' if d.views_per_class else ''}; lower it or export more "
-                              "views")
+                              f"per category, but '{self.root}' holds {views} views per category; lower it or export "
+                              "more views")
         return views
 
     def __len__(self) -> int:

@@ -102,7 +102,7 @@ def _check_existing(file: Path, recorded: str | None, size: int) -> str | None:
     of ``size`` px."""
     try:
         data = file.read_bytes()
-    except FileNotFoundError:
+    except OSError:  # unreadable counts as damaged: its replacement is written then renamed over it
         return None
     digest = hashlib.sha256(data).hexdigest()
     if recorded is not None:
@@ -149,13 +149,17 @@ def export(renderer, cfg: Config, out: str | Path, views: int, batch_size: int =
     recorded = _recorded_digests(out / MANIFEST)
     present = [(c, v) for c, v in pairs if (out / image_path(c, v)).exists()]
     digests: dict[tuple[int, int], str] = {}  # (category, view) -> sha256 of its intact file
-    with ThreadPoolExecutor(workers) as pool:  # hashing and decoding release the GIL
-        results = pool.map(lambda cv: _check_existing(out / image_path(*cv), recorded.get(image_path(*cv)),
-                                                      cfg.renderer.image_size), present)
-        for cv, digest in zip(present, tqdm(results, total=len(present), desc="check", unit="img",
-                                            disable=not progress or not present)):
-            if digest is not None:
-                digests[cv] = digest
+
+    def check(pair: tuple[int, int]) -> str | None:
+        return _check_existing(out / image_path(*pair), recorded.get(image_path(*pair)), cfg.renderer.image_size)
+
+    check_bar = tqdm(total=len(present), desc="check", unit="img", disable=not progress or not present)
+    with ThreadPoolExecutor(workers) as pool:  # hashlib releases the GIL; chunks bound the futures held at once
+        for i in range(0, len(present), 4096):
+            chunk = present[i:i + 4096]
+            digests.update((pair, digest) for pair, digest in zip(chunk, pool.map(check, chunk)) if digest)
+            check_bar.update(len(chunk))
+    check_bar.close()
     damaged = [image_path(c, v) for c, v in present if (c, v) not in digests]
     todo = [(c, v) for c, v in pairs if (c, v) not in digests]
     if todo:  # the export is incomplete until every file is written again

@@ -14,11 +14,12 @@ the same (category, view seed) draws the in-loop renderer would make, so the two
 
 Integrity: opening a dataset checks every row (its path must be its own (category, view)'s file) and every PNG's
 header; each PNG's digest is checked when a loader worker reads it, on the bytes it decodes. Hashing there costs
-about 3 % of a read (SHA-256 runs at ~900 MB/s on one core here, 31 us for a 34 KB PNG that takes 640 us to
-decode), spread over the workers; hashing every file at opening would cost a 1M-image export minutes before
-every run and resume. Re-running the export checks every existing file (``export``) and re-renders damaged ones.
-Exports written before digests (a manifest without ``sha256``) open with a warning that their images cannot be
-checked; re-running ``tools/render_dataset.py`` on them checks that each PNG decodes and records the digests.
+about 5 % of a read (SHA-256 runs at ~900 MB/s on one core here: 31 us for a 224 px, 34 KB PNG that takes 640 us to
+decode), spread over the workers; hashing every file at opening would cost a 1M-image export (~30 GB) half a minute
+of hashing per core plus minutes of reading from disk, before every run and resume. Re-running the export checks
+every existing file (``export``) and re-renders damaged ones. Exports written before digests (a manifest without
+``sha256``) open with a warning that their images cannot be checked; re-running ``tools/render_dataset.py`` on them
+checks that each PNG decodes and records the digests.
 """
 
 from __future__ import annotations

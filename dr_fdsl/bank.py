@@ -4,14 +4,23 @@ A bank is a pure function of ``content_settings(cfg.bank)`` (family, classes, po
 section): the cache file is named by a hash of those settings and holds them, so a file is never read for other
 settings. Files are written then renamed (never half-written) and read with ``torch.load(weights_only=True)``:
 a cache file cannot run code.
+
+Each file also holds ``digest``, a SHA-256 of its settings, draws and tensors (names, dtypes, shapes and bytes),
+recorded when it is written and checked when it is read: ``torch.load`` itself accepts a file whose tensor bytes
+were flipped, and a file of other points whose settings were edited to these (or points edited in place) reads
+as valid. A file written before digests existed has none; it is read unchecked, with one warning per process
+(banks take minutes to build, so it is not refused). The digest is a check against damage and mix-ups, not a
+signature: a file rewritten as a whole by other code carries its own consistent digest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import sys
 import typing
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -70,26 +79,67 @@ def _generate(cfg: BankConfig, progress: bool) -> PointBank:
     return PointBank(out.points, out.params, content_settings(cfg), out.draws)
 
 
+def content_digest(settings: dict, draws: int, points: torch.Tensor, params: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of what a cache file holds: the settings and draws (as sorted JSON), then every tensor's name,
+    dtype, shape and bytes, ``points`` first and ``params`` by name. Any tensor of any dtype, on any device."""
+    h = hashlib.sha256(json.dumps({"settings": settings, "draws": draws}, sort_keys=True).encode())
+    for name, tensor in [("points", points), *sorted(params.items())]:
+        h.update(f"\n{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def save_bank(bank: PointBank, path: str | Path) -> Path:
-    """Writes the bank with ``torch.save`` (tensors and plain types only), atomically (write, then rename)."""
+    """Writes the bank with ``torch.save`` (tensors and plain types only) and its :func:`content_digest`,
+    atomically (write, then rename).
+
+    Raises:
+        BankCacheError: the file cannot be written (a full disk, a read-only or missing folder), naming it.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save({"format": BANK_FORMAT, "settings": bank.settings, "draws": bank.draws, "points": bank.points,
-                "params": bank.params}, tmp)
-    os.replace(tmp, path)
+    digest = content_digest(bank.settings, bank.draws, bank.points, bank.params)
+    _make_folder(path)
+    try:
+        torch.save({"format": BANK_FORMAT, "settings": bank.settings, "draws": bank.draws, "points": bank.points,
+                    "params": bank.params, "digest": digest}, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
+        with contextlib.suppress(OSError):  # a half-written temporary file is removed; the error is the one above
+            tmp.unlink()
+        raise _unwritable(path, err) from err
     return path
 
 
+def _unwritable(path: Path, err: Exception) -> BankCacheError:
+    reason = getattr(err, "strerror", None) or str(err).strip().split("\n")[0][:200] or type(err).__name__
+    return BankCacheError(f"cannot write bank cache '{path}' ({reason}); free space there or set bank.cache_dir to "
+                          "a writable folder")
+
+
+def _make_folder(path: Path) -> None:
+    """Creates the cache file's folder, or raises :class:`BankCacheError` naming the file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _unwritable(path, err) from err
+
+
+_WARNED: set[str] = set()  # unchecked (pre-digest) cache files already reported by this process
+
+
 def load_bank(path: str | Path, expect: dict | None = None) -> PointBank:
-    """Reads a bank written by :func:`save_bank`, checking its format, settings (if ``expect``) and shapes.
+    """Reads a bank written by :func:`save_bank`, checking its format, settings (if ``expect``), shapes and content
+    digest. A file without a digest (written before digests existed) is read unchecked, with one ``warning:``
+    line on stderr per file and process.
 
     Raises:
-        BankCacheError: unreadable, truncated, of another format, or made with settings other than ``expect``.
+        BankCacheError: unreadable, truncated, of another format, made with settings other than ``expect``, or
+            whose settings and tensors do not match the digest recorded when it was written.
     """
     path = Path(path)
-    fix = (f"delete '{path}' or rebuild it: `python tools/make_bank.py --rebuild ...` or "
-           f"`build_bank(..., rebuild=True)`")
+    fix = (f"delete '{path}' or rebuild it: `python tools/make_bank.py --config CONFIG --rebuild` (with the run's "
+           "config and overrides) or `build_bank(..., rebuild=True)`")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
@@ -110,8 +160,17 @@ def load_bank(path: str | Path, expect: dict | None = None) -> PointBank:
         elif not isinstance(params, dict) or any(not isinstance(v, torch.Tensor) or v.shape[:1] != (c,)
                                                   for v in params.values()):
             problem = f"'params' is not a dict of tensors with {c} rows"
+        elif "digest" in data and data["digest"] != content_digest(data["settings"], data.get("draws"), points,
+                                                                    params):
+            problem = ("its settings and tensors do not match the digest recorded when it was written (damaged, "
+                       "or other points saved under these settings)")
     if problem:
         raise BankCacheError(f"bank cache '{path}' does not hold a valid bank: {problem}; {fix}")
+    if "digest" not in data and str(path) not in _WARNED:
+        _WARNED.add(str(path))
+        print(f"warning: bank cache '{path}' was written before content digests and cannot be checked; it is used "
+              "as it is (rebuild it to add one: `python tools/make_bank.py --config CONFIG --rebuild`)",
+              file=sys.stderr)
     return PointBank(data["points"], data["params"], data["settings"], int(data["draws"]))
 
 
@@ -123,6 +182,8 @@ def bank_from_config(cfg: BankConfig, rebuild: bool = False, progress: bool = Fa
     path = cache_path(cfg)
     if use_cache and path.exists() and not rebuild:
         return load_bank(path, expect=content_settings(cfg))
+    if use_cache:  # a folder that cannot be made fails before minutes of generation, not after
+        _make_folder(path)
     bank = _generate(cfg, progress)
     if use_cache:
         save_bank(bank, path)

@@ -492,7 +492,8 @@ class DataConfig:
     source: Literal["render", "static"] = "render"
     path: str = field(default="", metadata=NOT_CONTENT)  # static: the dataset folder
     # render: 0 draws fresh view seeds in [0, 2^62) every step; V > 0 draws seeds 0..V-1 only, which is the
-    # (category, view) universe of a static dataset exported with --views V.
+    # (category, view) universe of a static dataset exported with --views V. static: 0 draws from all the
+    # dataset's views, V from its first V (more than it holds is refused when it is opened).
     views_per_class: int = 0
     quantize: bool = False  # round rendered images to 8 bits as PNG files are (straight-through gradients)
     workers: int = field(default=2, metadata=NOT_CONTENT)  # static: data-loader worker processes (own seeds)

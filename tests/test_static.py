@@ -8,6 +8,7 @@ from torchvision.io import read_image
 from dr_fdsl.bank import bank_from_config
 from dr_fdsl.engine import build_run, evaluate, train_step
 from dr_fdsl.errors import ConfigError, DatasetError
+from dr_fdsl.manifest import digest_file
 from dr_fdsl.render import PointRenderer
 from dr_fdsl.static import StaticViews, export, image_path, quantize
 from tests.conftest import tiny
@@ -30,10 +31,11 @@ def test_every_png_equals_the_in_loop_frozen_render(exported):
     root, _, renderer = exported
     with open(root / "manifest.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 4 * VIEWS and set(rows[0]) == {"path", "category", "view_seed"}
+    assert len(rows) == 4 * VIEWS and set(rows[0]) == {"path", "category", "view_seed", "sha256"}
     for row in rows:
         c, v = int(row["category"]), int(row["view_seed"])
         assert row["path"] == image_path(c, v)
+        assert row["sha256"] == digest_file(root / row["path"])
         png = read_image(str(root / row["path"]))
         with torch.no_grad():
             loop = quantize(renderer(torch.tensor([c]), torch.tensor([v])))[0]

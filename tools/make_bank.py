@@ -1,6 +1,10 @@
 """Builds (or finds in the cache) the category bank for a config and prints where it is.
 
     python tools/make_bank.py --config configs/quickstart.yaml [bank.num_classes=1000 ...] [--rebuild]
+
+A cache file is checked when read (format, settings, shapes and the content digest recorded when it was written):
+one that fails is refused with one `error:` line naming it; --rebuild replaces it. A file written before digests
+is used with a warning that it cannot be checked (--rebuild gives it one).
 """
 
 import argparse

@@ -4,8 +4,10 @@
 
 Takes the same --config and dotted overrides as train.py. Renders view seeds 0..views-1 of every category in
 batches (on the GPU when there is one), writes dataset.json (settings), the PNGs (write-then-rename) and
-manifest.csv (path,category,view_seed) last. Run it again to resume an interrupted export; a folder made with
-other settings is refused. Train from it with data.source=static data.path=DIR.
+manifest.csv (path,category,view_seed,sha256) last. Run it again to resume an interrupted export, or to check a
+finished one: every file already there is checked (against its recorded SHA-256, or by decoding it when none is
+recorded) and a damaged one is rendered again and named; a folder made with other settings is refused. Train from
+it with data.source=static data.path=DIR.
 """
 
 import argparse
@@ -45,7 +47,10 @@ def main(argv=None) -> int:
     rate = counts["written"] / max(counts["seconds"], 1e-9)
     print(f"dataset: {args.out} ({bank.num_classes} categories x {args.views} views); wrote {counts['written']} "
           f"images in {counts['seconds']:.1f} s ({rate:.0f} images/s on {args.device}), "
-          f"{counts['skipped']} already there")
+          f"{counts['skipped']} already there and intact")
+    if counts["damaged"]:
+        shown = ", ".join(counts["damaged"][:5]) + (", ..." if len(counts["damaged"]) > 5 else "")
+        print(f"re-rendered {len(counts['damaged'])} damaged or replaced images: {shown}")
     return 0
 
 

@@ -110,12 +110,9 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
     if cfg.data.source == "static":  # a missing, foreign or damaged dataset fails here
         with acc.main_process_first():  # every PNG header is read once, by the main process
             static = StaticViews(cfg.data.path, verify=acc.is_main_process)
-        static.check_matches(cfg)
-        views = static.views
-        if cfg.data.views_per_category > views:
-            raise ConfigError(f"config key 'data.views_per_category': {cfg.data.views_per_category} different view "
-                              f"seeds per category, but '{cfg.data.path}' holds {views} views per category; lower it "
-                              "or export more views")
+        views = static.check_matches(cfg)  # the views the stream draws from; refuses what the dataset cannot serve
+        if static.unchecked_warning():
+            acc.print(static.unchecked_warning())
     num_classes = cfg.bank.num_classes
     total_batch = t.batch_size * t.grad_accum * acc.num_processes
     lr = cfg.optim.lr * total_batch / 512

@@ -9,7 +9,6 @@ from dr_fdsl import memory
 from dr_fdsl.config import BankConfig, SVD2DConfig, load_config
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.families import svd2d_family
-from dr_fdsl.match import random_feature_bytes
 
 QUICK = ["renderer.image_size=32", "renderer.points_per_pixel=4", "bank.num_classes=4", "bank.num_points=300",
          "model.name=test_vit", "train.batch_size=8"]
@@ -47,6 +46,8 @@ def test_a_size_past_the_machine_is_refused_at_load_naming_its_key(machine_of_16
 
 
 def test_the_estimates_admit_the_shipped_sizes_and_grow_as_the_buffers_do(machine_of_16_gib):
+    from dr_fdsl.match import random_feature_bytes
+
     load_config(None, QUICK + ["renderer.mode=match", "match.dataset=fashion_mnist"])
     load_config(None, ["bank.family=visualatom"])  # 1,000 categories of 10,000 points, published orbits
     # 12 layers of 16 doubling channels hold 24 GB of float32 weights (the kernel's kill at 24 GB); the estimate

@@ -516,6 +516,7 @@ class TrainConfig:
     max_steps: int = 1000
     batch_size: int = 64
     grad_accum: int = 1
+    # bf16 autocasts on CPU and CUDA; fp16 needs a CUDA GPU (on a CPU Accelerate would run float32: refused)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     log_every: int = 10
     eval_every: int = 200
@@ -524,7 +525,7 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_checkpoints: int = 3  # this run's newest checkpoints kept; 0 keeps every one
     probe: bool = True  # the colour-statistics leakage probe
-    probe_lr: float = 1e-2
+    probe_lr: float = 1e-2  # in (0, 1]; a diverged probe logs probe/diverged = 1 and NaN accuracies
     progress: bool = True
 
 

@@ -45,9 +45,9 @@ def need_bytes(key: str, nbytes: float, what: str, fix: str = "lower it", device
     fix")`` when the estimate ``nbytes`` exceeds the memory of ``device`` (None: this machine's memory)."""
     limit = device_memory(device)
     if nbytes > limit:
-        where = "this machine's" if device is None or getattr(device, "type", "") != "cuda" else f"{device}'s"
-        raise ConfigError(f"config key '{key}' ({what}): would need about {gib(nbytes)}, more than {where} "
-                          f"{gib(limit)}; {fix}")
+        on_gpu = getattr(device, "type", None) == "cuda"
+        where = f"the {gib(limit)} of GPU {device}" if on_gpu else f"this machine's {gib(limit)}"
+        raise ConfigError(f"config key '{key}' ({what}): would need about {gib(nbytes)}, more than {where}; {fix}")
 
 
 def index_dtype(count: int, library: str = "torch"):

@@ -110,3 +110,14 @@ def test_svd2d_stores_map_indices_past_255():
     # the published sizes keep their compact uint8 (and the cached banks' layout)
     small = svd2d_family.generate(BankConfig(family="svd2d", num_classes=2, num_points=50, cache_dir="unused"))
     assert small.params["maps"].dtype == torch.uint8
+
+
+def test_the_step_is_checked_against_the_gpu_once_the_device_is_known(monkeypatch):
+    from dr_fdsl.config import validate_device
+
+    cfg = load_config(None, QUICK + ["renderer.image_size=1536"])  # 2.3 GiB of fragments and images
+    monkeypatch.setattr(memory, "device_memory", lambda device=None: 2**30 if device is not None else 2**40)
+    validate_device(cfg, torch.device("cpu"), autocast=False)  # a CPU run was checked at load
+    with pytest.raises(ConfigError, match=r"^config key 'renderer.image_size' \(1536 px, .*\): would need about "
+                                          r"[\d.]+ GiB, more than the 1.0 GiB of GPU cuda:0; lower"):
+        validate_device(cfg, torch.device("cuda", 0), autocast=True)

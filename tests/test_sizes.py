@@ -121,3 +121,16 @@ def test_the_step_is_checked_against_the_gpu_once_the_device_is_known(monkeypatc
     with pytest.raises(ConfigError, match=r"^config key 'renderer.image_size' \(1536 px, .*\): would need about "
                                           r"[\d.]+ GiB, more than the 1.0 GiB of GPU cuda:0; lower"):
         validate_device(cfg, torch.device("cuda", 0), autocast=True)
+
+
+def test_an_ofdb_file_with_more_maps_than_the_family_stores_is_refused(tmp_path):
+    from dr_fdsl.errors import BankError
+    from dr_fdsl.families import ofdb
+
+    rows = np.full((8, 13), 0.1)
+    rows[:, 12] = 1 / 8  # 8 contractive maps, probabilities summing to 1
+    np.savetxt(tmp_path / "000000.csv", rows, delimiter=",")
+    cfg = BankConfig(family="ofdb", num_classes=1, num_points=50, cache_dir="unused")
+    cfg.ofdb.source = str(tmp_path)
+    with pytest.raises(BankError, match=r"category 0 has 8 maps, more than the 7 of the published search"):
+        ofdb.generate(cfg)  # was a shape-mismatch traceback after the cloud was made

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
 import re
 import types
 import typing
@@ -22,7 +21,9 @@ from typing import Any, Literal
 
 import yaml
 
+from dr_fdsl import memory
 from dr_fdsl.errors import ConfigError
+from dr_fdsl.memory import gib, need_bytes
 
 
 class _Loader(yaml.SafeLoader):
@@ -516,6 +517,7 @@ class TrainConfig:
     max_steps: int = 1000
     batch_size: int = 64
     grad_accum: int = 1
+    # bf16 autocasts on CPU and CUDA; fp16 needs a CUDA GPU (on a CPU Accelerate would run float32: refused)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     log_every: int = 10
     eval_every: int = 200
@@ -524,7 +526,7 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_checkpoints: int = 3  # this run's newest checkpoints kept; 0 keeps every one
     probe: bool = True  # the colour-statistics leakage probe
-    probe_lr: float = 1e-2
+    probe_lr: float = 1e-2  # in (0, 1]; a diverged probe logs probe/diverged = 1 and NaN accuracies
     progress: bool = True
 
 
@@ -850,16 +852,14 @@ def image_settings(cfg: Config) -> dict:
     return {"bank": content_settings(cfg.bank), "renderer": content_settings(cfg.renderer)}
 
 
-# Refuse sizes whose buffers would not fit in this machine's memory, with an estimate (bytes per element x count).
+# Refuse sizes whose buffers would not fit in memory, with an estimate (bytes per element x count; dr_fdsl/memory.py).
 _FRAGMENT_BYTES = 8 + 4 + 4 + 4  # packed index, depth, squared distance, weight per (pixel, slot)
-
-
-def _machine_memory() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB"
+_PIXEL_BYTES = 3 * 4 * 4  # float32 RGB: the image, its augmented copy, and their gradients
+_POINT_BYTES = 16 * 4  # float32 per point: position, camera position, NDC, colour, radius and gradients
+# The leakage probe's Adam moves each weight by up to lr per step; its inputs are standardised (BatchNorm), so a
+# step above 1 moves a logit by more than its useful range: measured, 10 already gives losses of 20-100 at 4
+# classes (chance: 1.4), 1e30 losses of 1e30 with finite weights, and its accuracy is then chance.
+PROBE_LR_MAX = 1.0
 
 
 def need(ok: bool, key: str, what: str) -> None:
@@ -883,7 +883,16 @@ def validate_config(cfg: Config) -> None:
                 "eval_images"):
         need(getattr(t, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
     need(t.keep_checkpoints >= 0, "train.keep_checkpoints", f"must be >= 0 (0 keeps all), got {t.keep_checkpoints}")
-    need(finite(t.probe_lr) and t.probe_lr > 0, "train.probe_lr", f"must be a positive number, got {t.probe_lr}")
+    need(finite(t.probe_lr) and 0 < t.probe_lr <= PROBE_LR_MAX, "train.probe_lr",
+         f"must be in (0, {PROBE_LR_MAX}] (the probe's Adam moves every weight by up to probe_lr per step, on "
+         f"standardised statistics: a larger step overshoots every minimum and the probe diverges; default 1e-2), "
+         f"got {t.probe_lr}")
+
+    # The renderer's and the bank's own keys first: other checks read their sizes (image_size, num_classes), and an
+    # out-of-range size must be named itself, not as the key whose check it breaks (e.g. distortion.grid_steps).
+    validate_renderer(cfg.renderer)
+    _validate_bank_size(cfg)
+    validate_bank(cfg.bank)
 
     m = cfg.model
     need(finite(m.drop_path) and 0 <= m.drop_path < 1, "model.drop_path", f"must be in [0, 1), got {m.drop_path}")
@@ -941,8 +950,10 @@ def validate_config(cfg: Config) -> None:
         need(cfg.renderer.mode == "frozen", "renderer.mode",
              f"data.source=static trains on fixed images: it needs renderer.mode=frozen, got {cfg.renderer.mode!r}")
 
-    validate_bank(cfg.bank)
-    validate_renderer(cfg.renderer)
+    aug = cfg.renderer.augment
+    need(aug.drop_local < cfg.bank.num_points, "renderer.augment.drop_local",
+         f"{aug.drop_local} points would empty clouds of bank.num_points={cfg.bank.num_points}; use fewer "
+         "(ModelNet-C's levels: 100 to 500)")
     validate_instances(content_settings(cfg.bank), cfg.renderer)
     if cfg.renderer.mode == "match":
         validate_match(cfg)
@@ -1117,20 +1128,70 @@ def validate_renderer(r: RendererConfig) -> None:
          f"must be >= 0 (NDC; 1.0: centres anywhere in the image), got {obj.offset}")
 
 
-def _validate_sizes(cfg: Config) -> None:
-    """Refuses sizes that cannot fit in this machine's memory, with the estimate (before minutes of work)."""
-    memory = _machine_memory()
+def _validate_bank_size(cfg: Config) -> None:
+    """Refuses a bank whose points and rendering tables cannot fit in this machine's memory (before the family's
+    own estimates, which :func:`validate_bank` runs)."""
+    limit = memory.machine_memory()
     b, r = cfg.bank, cfg.renderer
     # The bank (float32 points) plus colour and radius tables (float32 logits), and SparseAdam's two moments
     # of each when they train.
     tables = b.num_classes * b.num_points * (3 + 3 + 1) * 4 * (1 if r.mode == "frozen" else 3)
-    if tables > memory:
+    if tables > limit:
         raise ConfigError(f"config keys 'bank.num_classes' x 'bank.num_points' ({b.num_classes} x {b.num_points}): "
-                          f"the bank and its rendering tables need about {_gib(tables)}, more than this machine's "
-                          f"{_gib(memory)}; lower them")
-    fragments = cfg.train.batch_size * r.image_size**2 * r.points_per_pixel * _FRAGMENT_BYTES
-    if fragments > memory:
-        raise ConfigError(f"config key 'renderer.image_size' ({r.image_size} px, batch {cfg.train.batch_size}, "
-                          f"K={r.points_per_pixel}): one batch's fragments need about {_gib(fragments)}, more than "
-                          f"this machine's {_gib(memory)}; lower renderer.image_size, train.batch_size or "
-                          "renderer.points_per_pixel")
+                          f"the bank and its rendering tables need about {gib(tables)}, more than this machine's "
+                          f"{gib(limit)}; lower them")
+    if r.color_init == "palette":  # drawn for every table at once: float32 colours, an int64 choice per point
+        tables = 1 if r.share_colors else b.num_classes
+        need_bytes("renderer.palette_size", tables * (r.palette_size * 3 * 4 + b.num_points * 8),
+                   f"{tables} palettes of {r.palette_size} colours")
+
+
+def batch_sizes(cfg: Config) -> list[tuple[str, float, str, str]]:
+    """The largest buffers of one training step that live on the training device, estimated from the config:
+    ``(key, bytes, what, fix)`` for :func:`~dr_fdsl.memory.need_bytes`. Checked against this machine's memory
+    at load and against the GPU's in ``build_run`` (:func:`validate_device`)."""
+    r, t = cfg.renderer, cfg.train
+    out = [("renderer.image_size",
+            t.batch_size * r.image_size**2 * (r.points_per_pixel * _FRAGMENT_BYTES + _PIXEL_BYTES),
+            f"{r.image_size} px, batch {t.batch_size}, K={r.points_per_pixel}: one batch's fragments and images",
+            "lower renderer.image_size, train.batch_size or renderer.points_per_pixel")]
+    # Each image's points after the corruptions, projected and drawn: positions, colours, radii and their copies.
+    aug = r.augment
+    per_image = max(1, r.objects.max) * (cfg.bank.num_points + aug.add_global + aug.add_local)
+    key = "renderer.augment.add_global" if aug.add_global >= aug.add_local else "renderer.augment.add_local"
+    out.append((key, t.batch_size * per_image * _POINT_BYTES,
+                f"one batch's points ({t.batch_size} images x {per_image} points, added ones included)",
+                "lower it (ModelNet-C's levels: 10 to 50 added points globally, 100 to 500 locally)"))
+    if r.mode == "match" and cfg.match.features in ("random", "both"):
+        from dr_fdsl.match import random_feature_bytes  # match imports this module
+
+        m = cfg.match
+        out.append(("match.random_layers", random_feature_bytes(m.random_layers, m.random_channels, r.image_size,
+                                                                t.batch_size + m.batch),
+                    f"{m.random_layers} random convolution layers from {m.random_channels} channels (doubled at each "
+                    f"layer) on {r.image_size} px images, their weights and activations",
+                    "lower match.random_layers or match.random_channels"))
+    return out
+
+
+def _validate_sizes(cfg: Config, device=None) -> None:
+    """Refuses sizes of a step that cannot fit in the memory of ``device`` (None: this machine), with the
+    estimate (before minutes of work)."""
+    for key, nbytes, what, fix in batch_sizes(cfg):
+        need_bytes(key, nbytes, what, fix, device)
+
+
+def validate_device(cfg: Config, device, autocast: bool) -> None:
+    """The checks that need the training device (``build_run`` runs them once the ``Accelerator`` exists).
+
+    ``autocast``: whether Accelerate enables mixed precision there (its ``native_amp``). It accepts fp16 on a
+    CPU and trains in float32, while config.yaml and the fingerprint would say fp16: refused. bf16 autocasts on a
+    CPU (the classifier's layers compute in bfloat16) and is honoured. On a CUDA device the step's size estimates
+    are checked against the GPU's memory (at load: against this machine's)."""
+    p = cfg.train.mixed_precision
+    if p != "no" and not autocast:
+        other = "no or bf16" if getattr(device, "type", None) == "cpu" else "no"
+        raise ConfigError(f"config key 'train.mixed_precision': {p!r} does not run on {device} (it would train in "
+                          f"float32); {p} needs a CUDA GPU, here use train.mixed_precision={other}")
+    if getattr(device, "type", None) == "cuda":
+        _validate_sizes(cfg, device)

@@ -151,6 +151,22 @@ def spectrum_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------
 
 
+def random_feature_bytes(layers: int, channels: int, image_size: int, images: int) -> int:
+    """Bytes that :class:`RandomConvFeatures` needs for ``images`` images of ``image_size`` px: its float32
+    weights and each layer's activations, kept for the backward (the convolution's output, its ReLU and the
+    squared deviations of the std: three float32 per position).
+
+    Estimated from the config before anything is built (the weights grow as 4^layers: 12 layers of 16 doubling
+    channels are 20 GB of weights)."""
+    total, width, side = 0, 3, image_size
+    for i in range(layers):
+        out = channels * 2**i
+        side = (side + 1) // 2  # 3x3, stride 2, padding 1
+        total += out * width * 9 * 4 + 3 * images * out * side * side * 4
+        width = out
+    return total
+
+
 class RandomConvFeatures(nn.Module):
     """Fixed random convolutions: ``layers`` 3x3 convolutions of stride 2 (``channels``, doubled at each layer),
     He-normal weights from ``seed``, ReLU; the features are each layer's per-channel mean and standard deviation

@@ -40,3 +40,18 @@ class LeakageProbe(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``(B, 14)`` statistics -> ``(B, C)`` logits."""
         return self.linear(self.norm(features))
+
+
+def weights_finite(probe: nn.Module) -> torch.Tensor:
+    """``()`` bool on the probe's device: whether every weight of ``probe`` (plain or DDP-wrapped) is finite."""
+    return torch.stack([torch.isfinite(p).all() for p in probe.parameters()]).all()
+
+
+@torch.no_grad()
+def restart_(probe: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Sets the probe's weights to zero (uniform predictions; the same on every process, no random draw) and drops
+    their optimiser moments, so that a diverged probe holds finite weights again (a checkpoint refuses any that are
+    not) and training goes on."""
+    for p in probe.parameters():
+        p.zero_()
+        optimizer.state.pop(p, None)

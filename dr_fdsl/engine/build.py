@@ -15,7 +15,7 @@ from timm.scheduler.scheduler import Scheduler
 
 from dr_fdsl import checkpoint
 from dr_fdsl.bank import bank_from_config
-from dr_fdsl.config import Config, save_config, validate_config
+from dr_fdsl.config import Config, save_config, validate_config, validate_device
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.match import Matcher
 from dr_fdsl.objectives import Objective, get_objective
@@ -105,6 +105,7 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
     except ValueError as err:  # e.g. fp16 without a GPU
         raise ConfigError(f"config key 'train.mixed_precision': {t.mixed_precision!r} cannot run here ({err})") \
             from err
+    validate_device(cfg, acc.device, acc.native_amp)  # fp16 that would run in float32; sizes past the GPU's memory
     checkpoint.refuse_to_overwrite(cfg.output_dir, resume)
     static, views = None, cfg.data.views_per_class
     if cfg.data.source == "static":  # a missing, foreign or damaged dataset fails here

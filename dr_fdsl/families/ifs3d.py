@@ -27,6 +27,7 @@ from dr_fdsl.config import BankConfig, need
 from dr_fdsl.errors import BankError
 from dr_fdsl.families.base import Family, FamilyOutput
 from dr_fdsl.geometry import quaternion_to_matrix
+from dr_fdsl.memory import FLOAT64, INT64, need_bytes
 
 CHUNK = 8192  # candidate systems drawn and screened together; fixed so the bank does not depend on it
 SCREEN_POINTS = 1000
@@ -173,6 +174,14 @@ def validate(cfg: BankConfig) -> None:
     # Coordinates in [-1, 1] have variance at most 1: a threshold of 1 or more is never passed.
     need(0 <= f.min_variance < 1, "bank.ifs3d.min_variance",
          f"must be in [0, 1) (clouds are scaled to [-1, 1]), got {f.min_variance}")
+    # A round runs up to ROUND_SURVIVORS systems of max_maps maps at once: their maps (12 float64 each, about
+    # three copies while screened and kept) and the map choices of a block of 256 steps (one byte per step, system
+    # and map, then int64 per step and system).
+    need_bytes("bank.ifs3d.max_maps", ROUND_SURVIVORS * (f.max_maps * (3 * 12 * FLOAT64 + 256) + 256 * INT64),
+               f"{ROUND_SURVIVORS} systems of up to {f.max_maps} maps")
+    # The accepted systems' points, POINTS_GROUP at once in float64 (the game's output and the normalised copy).
+    need_bytes("bank.num_points", min(POINTS_GROUP, cfg.num_classes) * (f.burn_in + cfg.num_points) * 3 * FLOAT64 * 2,
+               f"{min(POINTS_GROUP, cfg.num_classes)} chaos games of {f.burn_in + cfg.num_points} steps")
 
 
 def generate(cfg: BankConfig, progress: bool = False, max_draws: int | None = None) -> FamilyOutput:

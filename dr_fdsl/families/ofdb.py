@@ -20,6 +20,7 @@ from dr_fdsl.errors import BankError
 from dr_fdsl.families.base import Family, FamilyOutput
 from dr_fdsl.families.ofdb_recipe import OFDB_INSTANCE_WEIGHT, IFSSystem, point_clouds, search_categories
 from dr_fdsl.families.params_io import read_contest_params, read_ofdb_csv_folder
+from dr_fdsl.memory import FLOAT64, need_bytes
 
 MAX_MAPS = 7  # the published search draws 2..7 maps
 
@@ -27,6 +28,11 @@ MAX_MAPS = 7  # the published search draws 2..7 maps
 def validate(cfg: BankConfig) -> None:
     f = cfg.ofdb
     need(0 <= f.variance < 1, "bank.ofdb.variance", f"must be in [0, 1), got {f.variance}")
+    # Every category's cloud is made at once in float64 with its uniforms (point_clouds); the search screens up to
+    # 2,048 attempts at once, an int8 map choice and a flag per step each.
+    c, n = cfg.num_classes, cfg.num_points + 1
+    need_bytes("bank.num_points", c * n * (3 * FLOAT64 + FLOAT64) + 2048 * n * 2,
+               f"{c} published chaos games of {n} points")
     if f.source != "search":
         path = Path(f.source)
         need(path.is_dir() or path.is_file(), "bank.ofdb.source",
@@ -64,6 +70,10 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
     points = torch.from_numpy(clouds).float()
     if not torch.isfinite(points).all():
         raise BankError("a published system's cloud is not finite (its maps diverge); use another source")
+    for i, s in enumerate(systems):  # a file may hold any number of rows; the table (and int8 choices) hold 7
+        if s.num_maps > MAX_MAPS:
+            raise BankError(f"bank.ofdb.source '{cfg.ofdb.source}': category {i} has {s.num_maps} maps, more than "
+                            f"the {MAX_MAPS} of the published search that this family stores; remove it")
     params = torch.zeros(len(systems), MAX_MAPS, 13, dtype=torch.float64)
     for i, s in enumerate(systems):
         params[i, :s.num_maps] = torch.from_numpy(s.to_params13())

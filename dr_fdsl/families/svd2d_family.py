@@ -35,6 +35,7 @@ from dr_fdsl.config import BankConfig, finite, need
 from dr_fdsl.errors import BankError
 from dr_fdsl.families import svd2d
 from dr_fdsl.families.base import Family, FamilyOutput
+from dr_fdsl.memory import FLOAT32, FLOAT64, INT64, index_dtype, need_bytes
 
 SEED_STRIDE = 2**32  # category c of bank.seed s draws from default_rng(s * SEED_STRIDE + c)
 # Categories whose chaos games run in lockstep (each step is a few numpy operations on arrays of this length, so
@@ -52,6 +53,15 @@ def validate(cfg: BankConfig) -> None:
     need(s.canvas >= 2, "bank.svd2d.canvas", f"must be >= 2 pixels, got {s.canvas}")
     need(cfg.num_points >= 1, "bank.num_points", f"must be positive, got {cfg.num_points}")
     need(cfg.num_classes < SEED_STRIDE, "bank.num_classes", f"must be below 2^32, got {cfg.num_classes}")
+    c, n, batch = cfg.num_classes, cfg.num_points, min(BATCH, cfg.num_classes)
+    # Stored: points, grey levels and each step's map; per batch of categories: the chaos games in float64 and
+    # their map choices (int64). Per system: its maps' factors, stored and during the batch's game.
+    steps = c * n * (3 * FLOAT32 + FLOAT32 + index_dtype(s.max_maps).itemsize) + batch * n * (2 * FLOAT64 + INT64)
+    need_bytes("bank.num_points", steps, f"{c} categories x {n} chaos-game steps")
+    need_bytes("bank.svd2d.max_maps", (c + batch) * s.max_maps * 12 * FLOAT64,
+               f"{c} systems of up to {s.max_maps} maps")
+    # The per-pixel point counts of a category's published image (float64 canvas^2).
+    need_bytes("bank.svd2d.canvas", s.canvas**2 * FLOAT64, f"a {s.canvas} x {s.canvas} px density image")
 
 
 def draw_category(seed: int, c: int, min_maps: int, max_maps: int, bval: float) -> tuple[dict, int]:
@@ -121,9 +131,9 @@ def ndc_points(uv: np.ndarray, canvas: int) -> np.ndarray:
 def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
     """Points ``(C, N, 3)`` float32 (see the module docstring) and params: ``system (C, max_maps, 2, 3)`` float64
     (rows ``[a, b, e], [c, d, f]``, zero beyond each system's maps), ``singular_values (C, max_maps, 2)``,
-    ``sigma_factor (C,)`` float64, ``num_maps (C,)``, ``iterate_seed (C,)`` int64, ``maps (C, N)`` uint8 (the map
+    ``sigma_factor (C,)`` float64, ``num_maps (C,)``, ``iterate_seed (C,)`` int64, ``maps (C, N)`` (the map
     each chaos-game step applied: a point's address, which ``renderer.augment.map_jitter`` replays with jittered
-    maps), ``grey (C, N)`` float32."""
+    maps; uint8 up to 256 maps, int16 beyond, :func:`~dr_fdsl.memory.index_dtype`), ``grey (C, N)`` float32."""
     s, c, n = cfg.svd2d, cfg.num_classes, cfg.num_points
     m = s.max_maps
     system = torch.zeros(c, m, 2, 3, dtype=torch.float64)
@@ -133,7 +143,7 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
     seeds = torch.zeros(c, dtype=torch.int64)
     points = torch.empty(c, n, 3)
     grey = torch.empty(c, n)
-    maps = torch.empty(c, n, dtype=torch.uint8)
+    maps = torch.empty(c, n, dtype=index_dtype(m))  # uint8 would wrap from map 256 on
     starts = range(0, c, BATCH)
     if progress:
         from tqdm import tqdm
@@ -152,7 +162,7 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
             system[i, :k] = torch.from_numpy(parts["system"])
             singular[i, :k] = torch.from_numpy(parts["s"])
             alpha[i], num_maps[i], seeds[i] = parts["alpha"], k, seed
-            maps[i] = torch.from_numpy(chosen[j].astype(np.uint8))
+            maps[i] = torch.from_numpy(chosen[j]).to(maps.dtype)
             uv = window_coords(coords[j], s.canvas)
             points[i] = torch.from_numpy(ndc_points(uv, s.canvas)).float()
             grey[i] = torch.from_numpy(density_grey(uv, s.canvas)).float()

@@ -61,6 +61,7 @@ from dr_fdsl.config import BankConfig, need
 from dr_fdsl.errors import BankError
 from dr_fdsl.families import visualatom as va
 from dr_fdsl.families.base import Family, FamilyOutput
+from dr_fdsl.memory import FLOAT64, INT64, index_dtype, need_bytes
 
 MARGIN = 4.0  # canvas pixels beyond the edge still sampled (discs of radius up to 4 px can reach the canvas)
 
@@ -96,6 +97,13 @@ def validate(cfg: BankConfig) -> None:
          "bank.visualatom.nami_2_min", "n2 is redrawn while it equals n1 (unless n1 = 0): give it more than one "
          "value, or one n1 cannot take")
     need(math.isfinite(f.spacing) and f.spacing > 0, "bank.visualatom.spacing", f"must be positive, got {f.spacing}")
+    # A category's orbits are drawn at once: (L, K) vertices of 2 float64 coordinates, in about four buffers (the
+    # noise draws, the vertices, their pixels, the polyline segments); the bank keeps L grey levels per category.
+    larger = "vertex_num_max" if f.vertex_num_max >= f.line_num_max else "line_num_max"
+    need_bytes(f"bank.visualatom.{larger}", f.line_num_max * f.vertex_num_max * 2 * FLOAT64 * 4,
+               f"{f.line_num_max} orbits (line_num_max) x {f.vertex_num_max} vertices per category")
+    need_bytes("bank.visualatom.line_num_max", cfg.num_classes * f.line_num_max * INT64,
+               f"{cfg.num_classes} categories x {f.line_num_max} orbit grey levels")
     if f.replay:
         need(f.numof_thread >= 1 and f.numof_classes >= f.numof_thread, "bank.visualatom.numof_thread",
              f"need 1 <= numof_thread <= numof_classes, got {f.numof_thread} and {f.numof_classes}")
@@ -260,7 +268,7 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
     With ``bank.visualatom.instances`` the orbits are sampled over the region that any instance centre can bring
     onto the canvas (:func:`instance_box`), and params also hold
 
-    * ``orbit (C, N)`` int16: each point's orbit, published order (orbit 0 drawn first);
+    * ``orbit (C, N)`` int16 (int32 beyond 2^15 orbits): each point's orbit, published order (orbit 0 drawn first);
     * ``half_step (C, N, 2)`` float16: how the point moves, beyond the shift itself, when its orbit is shifted by
       half a pixel (canvas pixels; :func:`half_steps`).
     """
@@ -272,7 +280,9 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
     grays = torch.full((c, f.line_num_max), -1, dtype=torch.int64)
     num_samples = torch.empty(c, dtype=torch.int64)
     line_length = torch.empty(c, dtype=torch.float64)
-    orbits = torch.empty(c, n, dtype=torch.int16)  # L <= 200 (compact: the bank may hold 10^8 points)
+    # compact (the bank may hold 10^8 points), and wide enough for line_num_max orbits: int16 (what banks cached
+    # before stored, up to 2^15 orbits), int32 beyond
+    orbits = torch.empty(c, n, dtype=max(torch.int16, index_dtype(f.line_num_max), key=lambda d: d.itemsize))
     half = torch.empty(c, n, 2, dtype=torch.float16)  # in [-1/2, 1/2]: float16 keeps it to 2.5e-4 px
     bar = tqdm(total=c, desc="visualatom bank", unit="class", disable=not progress)
     for i, (params, centre, g, u) in enumerate(categories(cfg)):
@@ -287,7 +297,7 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
         except BankError as err:
             raise BankError(f"visualatom category {i}: {err}") from None
         if f.instances:
-            orbits[i] = (params.num_orbits - 1 - orbit).to(torch.int16)
+            orbits[i] = (params.num_orbits - 1 - orbit).to(orbits.dtype)
             half[i] = xy[:, 2:].to(torch.float16)
             xy = xy[:, :2]
         points[i, :, :2] = canvas_to_ndc(xy, f.canvas).float()

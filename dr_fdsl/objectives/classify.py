@@ -8,15 +8,18 @@ rendering leaks the label through colour or size.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
 
 from dr_fdsl.config import Config, need
 from dr_fdsl.image_augment import ImageAugment
 from dr_fdsl.models import create_classifier
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput
 from dr_fdsl.optim import create_optimizer
-from dr_fdsl.probe import LeakageProbe, colour_statistics
+from dr_fdsl.probe import LeakageProbe, colour_statistics, restart_, weights_finite
 
 
 class Classify(Objective):
@@ -36,6 +39,8 @@ class Classify(Objective):
         self.set_normalization(self.model, device)
         self.optimizer = create_optimizer(self.model, cfg.optim, lr)
         self.probe = self.probe_optimizer = None
+        self.probe_diverged = False  # set for good by the first non-finite probe loss or weight
+        self.restart_probe = False  # its weights were not finite: zero them before its next forward
         if cfg.train.probe:
             self.probe = LeakageProbe(num_classes)
             self.probe_optimizer = torch.optim.Adam(self.probe.parameters(), lr=cfg.train.probe_lr)
@@ -66,13 +71,45 @@ class Classify(Objective):
         return ObjectiveOutput(loss, loss + self.probe_loss(images, class_ids, metrics), metrics)
 
     def probe_loss(self, images: torch.Tensor, class_ids: torch.Tensor, metrics: dict) -> torch.Tensor | float:
-        """The leakage probe's loss (0 without a probe), adding its accuracy to ``metrics``: a separate graph on
-        detached statistics, so it never shapes the renderer."""
+        """The leakage probe's loss (0 without a probe), adding to ``metrics`` its loss, its accuracy and
+        ``probe/diverged``: a separate graph on detached statistics, so it never shapes the renderer.
+
+        A probe whose weights or loss are not finite has diverged: from then on ``probe/diverged`` is 1 and its
+        accuracies are NaN (chance is not a finding), a one-line warning says so, and training goes on: the
+        step's probe loss is replaced by a zero with zero gradients (every process still runs the probe's backward,
+        as DDP needs), and non-finite weights restart from zero before the next forward (a checkpoint holds finite
+        weights only). ``train.probe_lr`` is bounded at load (``PROBE_LR_MAX``): larger steps diverge with finite
+        but meaningless weights, which no finiteness test sees."""
         if self.probe is None:
             return 0.0
+        if self.restart_probe:  # before the forward: the weights may not change under a graph that uses them
+            restart_(self.probe, self.probe_optimizer)
+            self.restart_probe = False
         probe_logits = self.probe(colour_statistics(images, self.background))
-        metrics["probe/train_acc"] = (probe_logits.argmax(1) == class_ids).float().mean().detach()
-        return F.cross_entropy(probe_logits, class_ids)
+        loss = F.cross_entropy(probe_logits.float(), class_ids)
+        weights_ok = weights_finite(self.probe)
+        if not (weights_ok & torch.isfinite(loss)).item():  # one host sync for both
+            self.restart_probe = not weights_ok.item()
+            self._probe_diverged("its weights are not finite" if self.restart_probe else f"its loss is {loss.item()}")
+            loss = (probe_logits * 0).nan_to_num(0.0).sum()  # zero, with zero gradients
+        metrics["probe/loss"] = loss.detach() if not self.probe_diverged else torch.tensor(math.nan)
+        metrics["probe/diverged"] = torch.tensor(float(self.probe_diverged))
+        accuracy = (probe_logits.argmax(1) == class_ids).float().mean().detach()
+        metrics["probe/train_acc"] = accuracy if not self.probe_diverged else torch.tensor(math.nan)
+        return loss
+
+    def _probe_diverged(self, why: str) -> None:
+        if not self.probe_diverged:
+            PartialState().print(f"warning: the leakage probe diverged ({why}); from here on probe/diverged is 1 and "
+                                 f"its accuracies are NaN, training goes on; lower train.probe_lr "
+                                 f"(now {self.cfg.train.probe_lr})")
+        self.probe_diverged = True
+
+    def probe_accuracy(self, images: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
+        """The probe's evaluation column ``(B,)``: 1 where it names the category, NaN for every image once it
+        diverged."""
+        hits = (self.probe(colour_statistics(images, self.background)).argmax(1) == class_ids).float()
+        return hits.fill_(math.nan) if self.probe_diverged else hits
 
     def clip_gradients(self, max_norm: float) -> dict[str, torch.Tensor]:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -85,6 +122,5 @@ class Classify(Objective):
         top5 = logits.topk(min(5, self.num_classes), dim=1).indices
         rows = [loss, (top5[:, 0] == class_ids).float(), (top5 == class_ids[:, None]).any(1).float()]
         if self.probe is not None:
-            stats = colour_statistics(images, self.background)
-            rows.append((self.probe(stats).argmax(1) == class_ids).float())
+            rows.append(self.probe_accuracy(images, class_ids))
         return torch.stack(rows, 1)

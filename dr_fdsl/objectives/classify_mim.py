@@ -36,7 +36,6 @@ from dr_fdsl.objectives.mim import (
     validate_mim,
 )
 from dr_fdsl.optim import create_optimizer
-from dr_fdsl.probe import colour_statistics
 
 
 class ClassifyingAutoencoder(MaskedAutoencoder):
@@ -107,7 +106,7 @@ class ClassifyMIM(Classify):
                 (top5 == class_ids[:, None]).any(1).float(), classify_loss, mim_loss,
                 mean_l1((masked - clean).abs(), mask, loss_on)]
         if self.probe is not None:
-            rows.append((self.probe(colour_statistics(images, self.background)).argmax(1) == class_ids).float())
+            rows.append(self.probe_accuracy(images, class_ids))
         return torch.stack(rows, 1)
 
     @torch.no_grad()

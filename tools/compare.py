@@ -34,6 +34,9 @@ and fractal+target_mim (the same fractal pre-training, then masked on the target
 
     python tools/compare.py --study target_mim --out runs/compare_target_mim
 
+With --jobs N, N seeds run at once, each in a worker process of this tool; no worker (nor what it started) outlives
+this process, whether a seed fails, Ctrl-C (exit 130), SIGTERM (exit 143) or, on Linux, SIGKILL ends it.
+
 The presets families-cpu and families-gpu compare formula families: every family (ifs3d, ofdb, fractaldb,
 visualatom, svd2d and multi-instance svd2d with the multilabel objective) pre-trains under a frozen renderer and is
 fine-tuned the same way (families-cpu: toy scale from the quickstart, every arm on the sort rasteriser;

@@ -188,3 +188,14 @@ def test_out_messages(tmp_path, capsys):
         (out / result).unlink()
         if result.endswith("/x"):
             (out / result).parent.rmdir()
+
+
+def test_ctrl_c_in_one_process_is_one_line_and_130(monkeypatch, capsys):
+    import tools.compare as compare
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare, "main", interrupted)
+    assert compare.entry([]) == 130
+    assert capsys.readouterr().err == "interrupted: compare.py stopped; the runs that finished are under its --out\n"

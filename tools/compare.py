@@ -672,16 +672,22 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    die_with_parent()  # a worker: first thing, before the imports that take seconds
+def entry(argv=None) -> int:
+    """:func:`main` as the script runs it: a user's error is one ``error:`` line (exit 2), Ctrl-C one line (exit
+    130), also during the imports, which take seconds."""
     try:
         from dr_fdsl.cli import report
         from dr_fdsl.errors import DrFdslError
 
         try:
-            sys.exit(main())
+            return main(argv)
         except DrFdslError as err:
-            sys.exit(report(err))
-    except KeyboardInterrupt:  # Ctrl-C during imports or a run of this process (--jobs 1)
-        print("interrupted: compare.py stopped; runs finished so far are under its --out", file=sys.stderr)
-        sys.exit(130)
+            return report(err)
+    except KeyboardInterrupt:  # during imports, or a run in this process (--jobs 1); --jobs N: main says it
+        print("interrupted: compare.py stopped; the runs that finished are under its --out", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    die_with_parent()  # a worker: first thing, before the imports that take seconds
+    sys.exit(entry())

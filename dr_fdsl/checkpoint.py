@@ -115,8 +115,8 @@ def fingerprint(cfg: Config, num_processes: int) -> dict:
 
     ``required``: what gives the saved tensors their meaning (bank, renderer tables, their parameterisation and
     radius range, model, objective, optimiser, mode, processes). ``exact``: what changes the random stream (seeds,
-    batch, image and point augmentations, data source); a resume with other values runs, but not as the original
-    would have.
+    batch, image and point augmentations, data source; in mode match the target settings and, for a folder target,
+    a digest of its images' bytes); a resume with other values runs, but not as the original would have.
     """
     images = image_settings(cfg)
     renderer = images["renderer"]
@@ -138,6 +138,10 @@ def fingerprint(cfg: Config, num_processes: int) -> dict:
              "data": content_settings(cfg.data), "mixed_precision": cfg.train.mixed_precision}
     if cfg.renderer.mode == "match":  # the target set, its stream and what the renderer descends
         exact["match"] = content_settings(cfg.match)
+        if cfg.match.dataset.startswith("folder:"):  # a folder's images can change under the same name
+            from dr_fdsl.match import target_digest
+
+            exact["match_images"] = target_digest(cfg)
     return {"required": required, "exact": exact}
 
 

@@ -295,6 +295,17 @@ def load_targets(cfg: Config) -> torch.Tensor:
     return pixels.contiguous()
 
 
+def target_digest(cfg: Config) -> str:
+    """What the checkpoint fingerprint records of a ``folder:`` target (``match.dataset``): a digest of the bytes of
+    the images :func:`load_targets` reads from its training split (``datasets.folder_digest``), cached beside the
+    banks (``bank.cache_dir``: the project's own cache, writable by every run, unlike a dataset folder that may be
+    read-only or shared), so a resume re-reads only files changed since."""
+    from dr_fdsl import datasets
+
+    cache = cfg.bank.cache_dir or None
+    return datasets.folder_digest(datasets.folder_split(cfg.match.dataset, train=True), cache)
+
+
 class TargetStream:
     """This process's stream of target batches: micro-batch ``k`` draws ``batch`` indices (with replacement) from a
     generator seeded by ``(seed, rank, k)``, so ``index`` (the next ``k``) is the whole state, checkpointed."""

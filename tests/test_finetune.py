@@ -65,7 +65,7 @@ def test_cifar_format_fixture_through_torchvision(tmp_path, monkeypatch):
 def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(datasets.DataError, match="could not be downloaded"):
         datasets.load("cifar100", True, tmp_path, 32, download=False)
-    with pytest.raises(datasets.DataError, match="not an image folder"):
+    with pytest.raises(datasets.DataError, match="train. is missing: a folder dataset holds PATH/train/<class>/"):
         datasets.load(f"folder:{tmp_path}", True, tmp_path, 32)
     with pytest.raises(datasets.DataError, match="unknown dataset 'mnist'"):
         datasets.load("mnist", True, tmp_path, 32)

@@ -34,6 +34,9 @@ and fractal+target_mim (the same fractal pre-training, then masked on the target
 
     python tools/compare.py --study target_mim --out runs/compare_target_mim
 
+With --jobs N, N seeds run at once, each in a worker process of this tool; no worker (nor what it started) outlives
+this process, whether a seed fails, Ctrl-C (exit 130), SIGTERM (exit 143) or, on Linux, SIGKILL ends it.
+
 The presets families-cpu and families-gpu compare formula families: every family (ifs3d, ofdb, fractaldb,
 visualatom, svd2d and multi-instance svd2d with the multilabel objective) pre-trains under a frozen renderer and is
 fine-tuned the same way (families-cpu: toy scale from the quickstart, every arm on the sort rasteriser;
@@ -45,12 +48,16 @@ backbone's frozen features, the usual baseline of those protocols.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import itertools
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -189,20 +196,43 @@ def default_arms(preset: dict, study: str = "modes") -> list[str]:
     return ["none", *MODES] if study == "modes" and preset.get("arms") is None else arms
 
 
-def pretrain(preset: dict, overrides: list[str], seed: int, out: Path, config: str | None = None) -> dict:
-    """One fractal pre-training of the preset's budget with ``overrides`` (those of an :class:`Arm`, and more), from
-    ``config`` (None: the preset's)."""
+def pretrain_config(preset: dict, overrides: list[str], seed: int, out: Path, config: str | None = None):
+    """The checked config of one fractal pre-training of the preset's budget with ``overrides`` (those of an
+    :class:`Arm`, and more: :func:`arm_overrides`), from ``config`` (None: the preset's); a ConfigError naming the
+    key if it cannot run."""
     from dr_fdsl.config import load_config
-    from dr_fdsl.engine import build_run, fit
 
     mode = next((o.split("=", 1)[1] for o in overrides if o.startswith("renderer.mode=")), "frozen")
     config = ROOT / (config or preset["config"].format(mode=mode))
-    cfg = load_config(config, [*preset.get("overrides", []), *overrides, f"output_dir={out}",
-                               f"seed={seed}", f"train.max_steps={preset['steps']}",
-                               f"train.batch_size={preset['batch']}", f"train.eval_every={preset['eval_every']}",
-                               f"train.image_every={preset['steps']}", f"train.ckpt_every={preset['steps']}",
-                               "train.progress=false"])
-    return fit(build_run(cfg))  # the process group stays up for the next run of this launch
+    return load_config(config, [*preset.get("overrides", []), *overrides, f"output_dir={out}",
+                                f"seed={seed}", f"train.max_steps={preset['steps']}",
+                                f"train.batch_size={preset['batch']}", f"train.eval_every={preset['eval_every']}",
+                                f"train.image_every={preset['steps']}", f"train.ckpt_every={preset['steps']}",
+                                "train.progress=false"])
+
+
+def pretrain(preset: dict, overrides: list[str], seed: int, out: Path, config: str | None = None) -> dict:
+    """One fractal pre-training (:func:`pretrain_config`); its summary."""
+    from dr_fdsl.engine import build_run, fit
+
+    return fit(build_run(pretrain_config(preset, overrides, seed, out, config)))  # the process group stays up
+
+
+def arm_overrides(arm: Arm, args: argparse.Namespace) -> list[str]:
+    """The overrides of ``arm``'s pre-training: its own, then ``--pretrain-set``; a match arm reads its target from
+    ``--data-root``."""
+    overrides = [*arm.pretrain, *args.pretrain_set]
+    return overrides + ([f"match.data_root={args.data_root}"] if "renderer.mode=match" in overrides else [])
+
+
+def check_pretrain_configs(preset: dict, args: argparse.Namespace, table: dict[str, Arm], arms: list[str],
+                           out: Path) -> None:
+    """Loads every arm's pre-training config before any run starts, so that a key at fault is one line now (and the
+    folder holds no half comparison), not a failure after the runs before it."""
+    for mode in arms:
+        if table[mode].pretrain is not None:
+            pretrain_config(preset, arm_overrides(table[mode], args), preset["seeds"][0],
+                            out / "pretrain" / f"{mode}_s{preset['seeds'][0]}", table[mode].config)
 
 
 def pretrain_curve(run: Path) -> list[tuple[int, float]]:
@@ -334,8 +364,7 @@ def run_seeds(preset: dict, args: argparse.Namespace, table: dict[str, Arm], arm
         for mode in arms:
             arm, summary, run = table[mode], {}, None
             if arm.pretrain is not None:
-                overrides = [*arm.pretrain, *args.pretrain_set]
-                overrides += [f"match.data_root={args.data_root}"] if "renderer.mode=match" in overrides else []
+                overrides = arm_overrides(arm, args)
                 key = (arm.config or "", *overrides)
                 if key not in runs:
                     path = out / "pretrain" / f"{mode}_s{seed}"
@@ -375,14 +404,92 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
+# A worker's environment names the compare.py that started it (its pid); the worker removes it at once.
+WORKER_PARENT = "DR_FDSL_COMPARE_PARENT"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+STOP_GRACE_S = 5.0  # how long a stopped worker's process group has to go on SIGTERM before SIGKILL
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that the same clean-up stops the workers."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated
+
+
+def end_own_group(signum=None, frame=None) -> None:
+    """A worker's SIGTERM handler: kills the worker's whole process group (the worker and whatever torch or
+    accelerate started in it), at once; checkpoints are written then renamed, so nothing is left half-written."""
+    print("compare.py worker: stopped, because the compare.py that started it ended or stopped it", file=sys.stderr,
+          flush=True)
+    if os.getpgrp() == os.getpid():  # it leads its own group (start_worker): the group is its own processes
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_with_parent() -> None:
+    """In a worker (``WORKER_PARENT`` in its environment; a no-op elsewhere): the worker and every process it starts
+    end when its parent compare.py does, however the parent ends.
+
+    SIGTERM ends the worker's process group (:func:`end_own_group`). The parent sends it when it stops (a failed seed,
+    Ctrl-C, SIGTERM); on Linux the kernel sends it when the parent dies, also of SIGKILL (``PR_SET_PDEATHSIG``). The
+    worker sets that itself, first thing, rather than in a ``preexec_fn``: the parent has imported torch, and code
+    run between fork and exec in a process with threads may deadlock (Python's subprocess documentation). The
+    setting survives exec either way; the check of ``getppid`` after it closes the gap of a parent that died before.
+    Elsewhere than Linux a SIGKILL of the parent leaves its workers running."""
+    parent = os.environ.pop(WORKER_PARENT, None)
+    if parent is None:
+        return
+    signal.signal(signal.SIGTERM, end_own_group)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != int(parent):  # the parent died before the prctl: no signal would come
+        end_own_group()
+
+
+def start_worker(command: list[str], log: Path, env: dict) -> subprocess.Popen:
+    """``command`` writing to ``log``, in a new session (its own process group, which no terminal's Ctrl-C reaches:
+    this process stops it) that ends with this process (:func:`die_with_parent`)."""
+    with open(log, "w") as stream:  # the child holds its own descriptor
+        return subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**env, WORKER_PARENT: str(os.getpid())})
+
+
+def signal_group(process: subprocess.Popen, signum: int) -> None:
+    """``signum`` to the process group a worker leads (it, and what it started that is still in it)."""
+    with contextlib.suppress(ProcessLookupError):  # the group is gone
+        os.killpg(process.pid, signum)
+
+
+def stop_workers(processes: list[subprocess.Popen], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM to each worker's process group, SIGKILL to what is left of the groups after ``grace`` seconds; returns
+    when every worker has exited. A second Ctrl-C or SIGTERM meanwhile is ignored (it would leave workers behind)."""
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for process in processes:
+            signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for process in processes:
+            signal_group(process, signal.SIGKILL)  # also what a finished worker left in its group
+            process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def run_in_workers(argv: list[str], seeds: list[int], jobs: int, out: Path) -> tuple[list[dict] | None, dict]:
     """Every seed in its own process of this tool (``argv`` with ``--seeds S --out OUT/seeds/S --jobs 1``; argparse
     keeps an option's last value), ``jobs`` at a time, each with ``cpus // jobs`` threads; the rows and curves of
-    all seeds in the order of ``seeds``. The first seed that fails stops the others (none is left running, also
-    when this process is interrupted); then ``None``, after naming its log."""
-    import subprocess
-    import time
-
+    all seeds in the order of ``seeds``. The first seed that fails stops the others; then ``None``, after naming its
+    log. No worker, nor any process a worker started, outlives this call: a finished worker's process group is
+    swept, and an exception here (Ctrl-C, SIGTERM: :class:`Terminated`) stops every running one; a SIGKILL of this
+    process ends them through :func:`die_with_parent`."""
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     pending, running = list(seeds), {}
@@ -394,24 +501,21 @@ def run_in_workers(argv: list[str], seeds: list[int], jobs: int, out: Path) -> t
                 log.parent.mkdir(parents=True, exist_ok=True)
                 command = [sys.executable, str(Path(__file__).resolve()), *argv, "--seeds", str(seed), "--out",
                            str(out / "seeds" / str(seed)), "--jobs", "1"]
-                with open(log, "w") as stream:  # the child holds its own descriptor
-                    running[seed] = (subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env),
-                                     time.monotonic())
-                print(f"seed {seed}: started ({threads} threads; log {log})", flush=True)
+                running[seed] = (start_worker(command, log, env), time.monotonic())
+                print(f"seed {seed}: started (pid {running[seed][0].pid}, {threads} threads; log {log})", flush=True)
             time.sleep(1)
             for seed, (process, start) in list(running.items()):
                 if process.poll() is None:
                     continue
                 del running[seed]
+                stop_workers([process])  # what it started and left running
                 if process.returncode:
                     print(f"error: seed {seed} failed (exit code {process.returncode}); see "
                           f"{out / 'seeds' / f'{seed}.log'}; the other seeds were stopped", file=sys.stderr)
                     return None, {}
                 print(f"seed {seed}: done in {time.monotonic() - start:.0f} s", flush=True)
     finally:
-        for process, _ in running.values():
-            process.terminate()
-            process.wait()
+        stop_workers([process for process, _ in running.values()])
     rows, curves = [], {}
     for seed in seeds:
         folder = out / "seeds" / str(seed)
@@ -421,9 +525,23 @@ def run_in_workers(argv: list[str], seeds: list[int], jobs: int, out: Path) -> t
     return rows, curves
 
 
+def earlier_results(out: Path) -> Path | None:
+    """What shows that ``out`` holds an earlier comparison's work, or None: its results (``rows.json``,
+    ``results.csv``, a worker's ``seeds/S/rows.json``), a judged arm's ``finetune.json`` or a pre-training's
+    checkpoint. A new comparison would overwrite the first two and mix its runs with the last. A folder holding only
+    ``preset.json`` and logs is one whose comparison failed before any run finished: a new comparison may use it."""
+    for pattern in ("rows.json", "results.csv", "seeds/*/rows.json", "**/finetune.json",
+                    "**/checkpoints/step_*"):
+        found = next(iter(sorted(out.glob(pattern))), None) if out.is_dir() else None
+        if found is not None:
+            return found
+    return None
+
+
 def main(argv=None) -> int:
     from accelerate import PartialState
 
+    from dr_fdsl.cli import report
     from dr_fdsl.engine.build import process_state
     from dr_fdsl.target_mim import TargetMIMSettings
 
@@ -486,17 +604,35 @@ def main(argv=None) -> int:
     is_main = state.is_main_process
     if args.jobs < 1 or (args.jobs > 1 and state.num_processes > 1):
         parser.error(f"--jobs {args.jobs}: must be >= 1, and 1 under a multi-process accelerate launch")
-    earlier = (out / "preset.json").exists()  # its runs' checkpoints would be refused minutes later, one by one
-    state.wait_for_everyone()  # every process has looked before the main one writes
-    if earlier:
-        print(f"error: '{out}' holds an earlier comparison; choose another --out (nothing is overwritten)",
+    if out.exists() and not out.is_dir():
+        print(f"error: --out '{out}' is a file, not a folder; choose a folder (new or empty) for the comparison",
               file=sys.stderr)
         return 2
+    check_pretrain_configs(preset, args, table, arms, out)
+    earlier = earlier_results(out)
+    state.wait_for_everyone()  # every process has looked before the main one writes
+    if earlier is not None:
+        print(f"error: '{out}' holds an earlier comparison ({earlier.relative_to(out)}); choose another --out "
+              "(nothing is overwritten)", file=sys.stderr)
+        return 2
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "preset.json").write_text(json.dumps(preset, indent=2))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "preset.json").write_text(json.dumps(preset, indent=2))
+        except OSError as err:
+            return report(err, writing=str(out))
     if args.jobs > 1:
-        rows, curves = run_in_workers(argv if argv is not None else sys.argv[1:], preset["seeds"], args.jobs, out)
+        default = signal.signal(signal.SIGTERM, raise_terminated)  # stop the workers as Ctrl-C does
+        try:
+            rows, curves = run_in_workers(argv if argv is not None else sys.argv[1:], preset["seeds"], args.jobs,
+                                          out)
+        except KeyboardInterrupt as err:
+            how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+            print(f"{how}: every worker was stopped; the seeds that finished are under '{out / 'seeds'}'",
+                  file=sys.stderr)
+            return 143 if isinstance(err, Terminated) else 130
+        finally:
+            signal.signal(signal.SIGTERM, default)
         if rows is None:
             return 1
     else:
@@ -536,11 +672,22 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from dr_fdsl.cli import report
-    from dr_fdsl.errors import DrFdslError
-
+def entry(argv=None) -> int:
+    """:func:`main` as the script runs it: a user's error is one ``error:`` line (exit 2), Ctrl-C one line (exit
+    130), also during the imports, which take seconds."""
     try:
-        sys.exit(main())
-    except DrFdslError as err:
-        sys.exit(report(err))
+        from dr_fdsl.cli import report
+        from dr_fdsl.errors import DrFdslError
+
+        try:
+            return main(argv)
+        except DrFdslError as err:
+            return report(err)
+    except KeyboardInterrupt:  # during imports, or a run in this process (--jobs 1); --jobs N: main says it
+        print("interrupted: compare.py stopped; the runs that finished are under its --out", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    die_with_parent()  # a worker: first thing, before the imports that take seconds
+    sys.exit(entry())

@@ -1,0 +1,161 @@
+"""What the code says about itself (issue 23, section 7): the det roundings that ``bank.ofdb.lapack`` emulates,
+the compositor's documented limits, and the advice and file reading of the parameter and config loaders."""
+
+import os
+import pickle
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dr_fdsl.config import load_config
+from dr_fdsl.errors import ConfigError
+from dr_fdsl.families import ofdb_recipe
+from dr_fdsl.families.ofdb_recipe import IFSSystem
+from dr_fdsl.families.params_io import (
+    ParamsError,
+    UnsafePickleError,
+    read_contest_params,
+    read_ofdb_csv_folder,
+    write_ofdb_csv_folder,
+)
+from dr_fdsl.render import Scene, render_scene
+from dr_fdsl.render.composite import composite
+from dr_fdsl.render.types import Fragments
+from tests.reference_render import pixel_centres
+
+ORDERS = ("mkl", "openblas", "openblas_fma")
+FIX = Path(__file__).parent / "fixtures" / "ofdb"
+
+
+@pytest.fixture(scope="module")
+def maps():
+    """4,000 matrices drawn as the published search draws its maps (``uniform(-1, 1)`` coefficients)."""
+    return np.random.RandomState(5).uniform(-1.0, 1.0, (4000, 3, 3))
+
+
+def test_fma_is_rounded_once():
+    # (1 + u)(1 - u) - 1 = -u^2 exactly: a fused multiply-add keeps it, a separate multiply rounds it to 0
+    u = 2.0 ** -52
+    assert (1 + u) * (1 - u) - 1 == 0.0
+    assert ofdb_recipe._fma(1 + u, 1 - u, -1.0) == -(u * u)
+    assert ofdb_recipe._fma(0.1, 0.2, 0.3) == float(Fraction(0.1) * Fraction(0.2) + Fraction(0.3))
+
+
+def test_the_three_det_orders_differ_and_this_numpy_rounds_as_one_of_them(maps):
+    """The docs' claim: numpy's ``det`` (any LAPACK/OpenBLAS kernel the project's machines run) rounds the
+    last pivot in one of the three emulated orders, and which one depends on the build and CPU kernel."""
+    dets = {order: ofdb_recipe._abs_dets(maps, order) for order in ORDERS}
+    for i, a in enumerate(ORDERS):  # each order is told apart from the others on these maps
+        for b in ORDERS[i + 1:]:
+            assert (dets[a] != dets[b]).sum() > 100, (a, b)
+        np.testing.assert_allclose(dets[a], dets["mkl"], rtol=1e-12)  # only last bits differ
+    mine = np.abs(np.linalg.det(maps))
+    matches = [order for order in ORDERS if np.array_equal(dets[order], mine)]
+    assert len(matches) == 1, {order: int((dets[order] != mine).sum()) for order in ORDERS}
+
+
+def test_only_the_measured_orders_are_config_choices():
+    assert load_config(None, ["bank.family=ofdb", "bank.ofdb.lapack=openblas"]).bank.ofdb.lapack == "openblas"
+    with pytest.raises(ConfigError, match="bank.ofdb.lapack"):  # derived from source, never run: not offered
+        load_config(None, ["bank.family=ofdb", "bank.ofdb.lapack=openblas_fma"])
+
+
+# --- the compositor's documented limits -------------------------------------------------------------------------
+
+def _one_fragment(weight: float):
+    """One pixel, one white fragment of ``weight`` (K=1) over a black background."""
+    fragments = Fragments(idx=torch.zeros(1, 1, 1, 1, dtype=torch.long), zbuf=torch.ones(1, 1, 1, 1),
+                          dists=torch.zeros(1, 1, 1, 1))
+    weights = torch.full((1, 1, 1, 1), weight)
+    return fragments, weights, torch.ones(1, 1, 3), torch.zeros(1, 3, 1, 1)
+
+
+def test_norm_weighted_floors_the_weight_sum_at_1e_4():
+    # below the floor: (1 - T) * w * c / 1e-4 = 5e-5 * 0.5, not the formula's (1 - T) * c = 5e-5
+    image = composite(*_one_fragment(5e-5), compositor="norm_weighted")
+    torch.testing.assert_close(image, torch.full((1, 3, 1, 1), 2.5e-5), rtol=1e-2, atol=0)  # float32 1 - T
+    # above it the formula holds exactly as written, and alpha compositing has no floor at all
+    torch.testing.assert_close(composite(*_one_fragment(2e-4), compositor="norm_weighted"),
+                               torch.full((1, 3, 1, 1), 2e-4), rtol=1e-2, atol=0)
+    torch.testing.assert_close(composite(*_one_fragment(5e-5), compositor="alpha"),
+                               torch.full((1, 3, 1, 1), 5e-5), rtol=1e-2, atol=0)
+
+
+@pytest.mark.parametrize("compositor", ["alpha", "norm_weighted"])
+def test_image_jumps_in_the_radius_where_k_binds(compositor):
+    """A white far point covers a pixel; a nearer white point at distance d grows over it. With K=1 it evicts the
+    far point on entering with weight ~0, and the pixel drops from white to the black background at r = d."""
+    size, row, col, d = 16, 8, 8, 0.2
+    xs, ys = pixel_centres(size)
+    x, y = float(xs[row * size + col]), float(ys[row * size + col])
+    points = torch.tensor([[[x, y, 2.0], [x + d, y, 1.0]]])  # far point on the pixel centre, near one at d
+
+    def pixel(radius: float, k: int) -> float:
+        scene = Scene(points, torch.ones(1, 2, 3), torch.tensor([[0.3, radius]]), torch.zeros(1, 3, 1, 1))
+        return float(render_scene(scene, size, k, compositor)[0, 0, row, col])
+
+    outside, inside = d * (1 - 1e-3), d * (1 + 1e-3)
+    assert pixel(outside, 1) > 0.99  # the far point alone
+    assert pixel(inside, 1) < 0.01  # evicted: only the near point's weight ~2e-3 is left
+    # with a free slot the same change of radius changes the pixel by about the entering weight only
+    assert abs(pixel(inside, 2) - pixel(outside, 2)) < 0.01
+
+
+# --- parameter files: the advice names a format that is read ----------------------------------------------------
+
+def _systems() -> list[IFSSystem]:
+    return read_ofdb_csv_folder(FIX / "category_search_seed42", limit=2)  # OFDB's own output (fixture README)
+
+
+def test_pickle_refusal_advises_a_csv_folder_and_that_advice_works(tmp_path):
+    path = tmp_path / "params.pkl"
+    path.write_bytes(pickle.dumps({0: os.system}))  # a global outside the allow-list; never called
+    with pytest.raises(UnsafePickleError) as info:
+        read_contest_params(path)
+    message = str(info.value)
+    assert ".npy" not in message and "folder of 3D-OFDB CSVs" in message and "bank.ofdb.source" in message
+    # following it: the CSV folder is read back exactly, and a config naming it validates
+    systems = _systems()
+    folder = tmp_path / "csv"
+    write_ofdb_csv_folder(systems, folder)
+    assert read_ofdb_csv_folder(folder) == systems
+    load_config(None, ["bank.family=ofdb", f"bank.ofdb.source={folder}", "bank.num_classes=2"])
+
+
+def test_npy_file_is_refused_naming_the_format_that_is_read(tmp_path):
+    path = tmp_path / "params.npy"
+    np.save(path, np.stack([s.to_params13() for s in _systems()]))
+    with pytest.raises(ParamsError, match=r"params\.npy: is a \.npy array file.*folder of 3D-OFDB CSVs"):
+        read_contest_params(path)
+    with pytest.raises(ParamsError, match="is a folder, not a pickle"):
+        read_contest_params(tmp_path)
+
+
+# --- config files: read as UTF-8 whatever the locale, one line otherwise -----------------------------------------
+
+def test_config_file_that_is_not_utf8_is_one_line_naming_the_file_and_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("bank:\n  num_classes: 7\n# caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml' is not UTF-8 text: byte 0xe9 on line 3.*save the file "
+                                          "as UTF-8"):
+        load_config(path)
+    # UTF-8, with or without a byte-order mark, is read whatever the locale says
+    path.write_bytes("bank:\n  num_classes: 7\n# caf\u00e9\n".encode("utf-8"))
+    assert load_config(path).bank.num_classes == 7
+    path.write_bytes("bank:\n  num_classes: 7\n".encode("utf-8-sig"))
+    assert load_config(path).bank.num_classes == 7
+
+
+def test_config_path_that_is_a_folder_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder, not a YAML file"):
+        load_config(tmp_path)
+
+
+def test_config_include_that_is_not_utf8_names_the_included_file(tmp_path):
+    (tmp_path / "base.yaml").write_bytes(b"bank:\n  num_classes: \xff\n")
+    (tmp_path / "run.yaml").write_text("include: base.yaml\n")
+    with pytest.raises(ConfigError, match=r"base\.yaml' is not UTF-8 text: byte 0xff on line 2"):
+        load_config(tmp_path / "run.yaml")

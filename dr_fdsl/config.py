@@ -717,7 +717,7 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
         try:
             value = _read_yaml(raw) if raw != "" else ""
         except (yaml.YAMLError, ConfigError) as err:
-            raise ConfigError(f"config override {item!r}: value is not valid YAML ({err})") from err
+            raise ConfigError(f"config override {item!r}: value is not valid YAML ({_one_line(err)})") from err
         parsed.append((key.strip(), value))
     return parsed
 
@@ -730,6 +730,15 @@ def _merge(base: dict, top: dict) -> dict:
             continue  # a section left empty (all keys commented out) changes nothing
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def _one_line(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message (with a caret drawing) as one line: the problem, where, and its context."""
+    if not isinstance(err, yaml.MarkedYAMLError) or err.problem_mark is None:
+        return " ".join(str(err).split())
+    mark = err.problem_mark
+    context = f" ({err.context})" if err.context else ""
+    return f"{err.problem} at line {mark.line + 1}, column {mark.column + 1}{context}"
 
 
 def _read_text(path: Path) -> str:
@@ -760,12 +769,13 @@ def _read_file(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"config file '{path}' does not exist; the shipped ones are in configs/")
     if path.resolve() in chain:
         raise ConfigError(f"config file '{path}' includes itself (through {' -> '.join(map(str, chain))})")
+    text = _read_text(path)  # its errors name the file already
     try:
-        tree = _read_yaml(_read_text(path))
+        tree = _read_yaml(text)
     except ConfigError as err:
         raise ConfigError(f"config file '{path}': {err}") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from err
+        raise ConfigError(f"config file '{path}' is not valid YAML: {_one_line(err)}") from err
     if tree is None:
         # An empty file would silently run the dataclass defaults (a 1,000-category ViT-Tiny run).
         raise ConfigError(f"config file '{path}' is empty; give at least one section (see configs/)")

@@ -139,9 +139,10 @@ def test_npy_file_is_refused_naming_the_format_that_is_read(tmp_path):
 def test_config_file_that_is_not_utf8_is_one_line_naming_the_file_and_line(tmp_path):
     path = tmp_path / "latin1.yaml"
     path.write_bytes("bank:\n  num_classes: 7\n# caf\u00e9\n".encode("latin-1"))
-    with pytest.raises(ConfigError, match=r"latin1\.yaml' is not UTF-8 text: byte 0xe9 on line 3.*save the file "
-                                          "as UTF-8"):
+    with pytest.raises(ConfigError) as info:
         load_config(path)
+    assert str(info.value) == (f"config file '{path}' is not UTF-8 text: byte 0xe9 on line 3 cannot be decoded; "
+                               "save the file as UTF-8")  # the file named once, one line
     # UTF-8, with or without a byte-order mark, is read whatever the locale says
     path.write_bytes("bank:\n  num_classes: 7\n# caf\u00e9\n".encode("utf-8"))
     assert load_config(path).bank.num_classes == 7
@@ -159,3 +160,53 @@ def test_config_include_that_is_not_utf8_names_the_included_file(tmp_path):
     (tmp_path / "run.yaml").write_text("include: base.yaml\n")
     with pytest.raises(ConfigError, match=r"base\.yaml' is not UTF-8 text: byte 0xff on line 2"):
         load_config(tmp_path / "run.yaml")
+
+
+def test_truncated_config_file_is_one_line_with_the_place(tmp_path):
+    path = tmp_path / "cut.yaml"
+    path.write_text("bank:\n  num_classes: 4\nrenderer:\n  augment:\n    subsample: [0.6, ")  # cut mid-list
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message and f"config file '{path}' is not valid YAML" in message
+    assert "line 5, column 22" in message
+
+
+# --- tools/preview.py: every bad input one `error:` line, exit 2 ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def preview_args(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("preview_banks")
+    # the published CSVs as the bank: no search, two chaos games of 100 points
+    return ["bank.family=ofdb", f"bank.ofdb.source={FIX / 'category_search_seed42'}", "bank.num_classes=2",
+            "bank.num_points=100", "renderer.image_size=16", f"bank.cache_dir={cache}"]
+
+
+def _preview(capsys, *argv):
+    from tools.preview import main
+
+    rc = main(list(argv))
+    return rc, capsys.readouterr().err.strip().splitlines()
+
+
+def test_preview_writes_a_png_and_refuses_bad_outs_in_one_line(tmp_path, capsys, preview_args):
+    rc, err = _preview(capsys, "--out", str(tmp_path / "sub" / "p.png"), "--classes", "2", "--views", "2",
+                       *preview_args)
+    assert rc == 0 and (tmp_path / "sub" / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", err
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out, needle in [(afile / "p.png", f"cannot write '{afile / 'p.png'}'"),  # parent is a file
+                        (tmp_path / "p", "must name a .png file"),  # PIL would raise ValueError
+                        (tmp_path / "dir.png", "is a folder")]:
+        if out.name == "dir.png":
+            out.mkdir()
+        rc, err = _preview(capsys, "--out", str(out), "--classes", "1", "--views", "1", *preview_args)
+        assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+
+
+def test_preview_bad_config_file_is_one_line(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"bank:\n  num_classes: 2 # \xe9\n")
+    rc, err = _preview(capsys, "--config", str(path), "--out", str(tmp_path / "p.png"))
+    assert rc == 2 and err == [f"error: config file '{path}' is not UTF-8 text: byte 0xe9 on line 2 cannot be "
+                               "decoded; save the file as UTF-8"]

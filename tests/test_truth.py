@@ -195,7 +195,7 @@ def test_preview_writes_a_png_and_refuses_bad_outs_in_one_line(tmp_path, capsys,
     assert rc == 0 and (tmp_path / "sub" / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", err
     afile = tmp_path / "afile"
     afile.write_text("x")
-    for out, needle in [(afile / "p.png", f"cannot write '{afile / 'p.png'}'"),  # parent is a file
+    for out, needle in [(afile / "p.png", f"'{afile}' is a file, not a folder"),  # mkdir would say 'File exists'
                         (tmp_path / "p", "must name a .png file"),  # PIL would raise ValueError
                         (tmp_path / "dir.png", "is a folder")]:
         if out.name == "dir.png":
@@ -210,3 +210,26 @@ def test_preview_bad_config_file_is_one_line(tmp_path, capsys):
     rc, err = _preview(capsys, "--config", str(path), "--out", str(tmp_path / "p.png"))
     assert rc == 2 and err == [f"error: config file '{path}' is not UTF-8 text: byte 0xe9 on line 2 cannot be "
                                "decoded; save the file as UTF-8"]
+
+
+def test_preview_write_that_fails_is_one_line_naming_out(tmp_path, capsys, preview_args):
+    """A real failed write: a file-size limit (RLIMIT_FSIZE) of 16 bytes makes the PNG write raise EFBIG."""
+    import resource
+    import signal
+
+    from dr_fdsl.bank import bank_from_config
+
+    bank_from_config(load_config(None, preview_args).bank)  # the bank's cache file is written before the limit
+    out = tmp_path / "big.png"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
+    from tools.preview import main
+
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16, hard))
+        rc = main(["--out", str(out), "--classes", "1", "--views", "1", *preview_args])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: cannot write '{out}' (File too large)"), err

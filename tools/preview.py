@@ -33,6 +33,9 @@ def main(argv=None) -> int:
             raise ConfigError(f"--out '{out}' must name a .png file")
         if out.is_dir():
             raise ConfigError(f"--out '{out}' is a folder; name a .png file (e.g. {out / 'preview.png'})")
+        existing = next(p for p in out.absolute().parents if p.exists())  # the folder save_grid would create under
+        if not existing.is_dir():
+            raise ConfigError(f"--out '{out}': '{existing}' is a file, not a folder; choose another --out")
         cfg = load_config(args.config, args.overrides)
         bank = bank_from_config(cfg.bank, progress=True)
         renderer = PointRenderer(bank, cfg.renderer)

@@ -233,3 +233,29 @@ def test_preview_write_that_fails_is_one_line_naming_out(tmp_path, capsys, previ
         signal.signal(signal.SIGXFSZ, previous)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: cannot write '{out}' (File too large)"), err
+
+
+# --- tools/fractaldb_patch_iou.py: refused before measuring, never a traceback ------------------------------------
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--rows", "99"], "--rows must name one or more weight rows in 0..24, got [99]"),  # was IndexError
+    (["--rows"], "--rows must name one or more weight rows"),  # was StatisticsError (mean of nothing)
+    (["--categories", "99"], "--categories must be 1..5"),  # was silently 5
+])
+def test_patch_iou_bad_options_are_usage_errors(argv, needle, capsys):
+    from tools.fractaldb_patch_iou import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and needle in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, key", [(["--canvas", "0"], "bank.fractaldb.canvas"),
+                                       (["--points", "-5"], "bank.num_points")])
+def test_patch_iou_sizes_the_bank_refuses_are_one_line(argv, key, capsys):
+    from tools.fractaldb_patch_iou import main
+
+    assert main(argv + ["--categories", "1", "--rows", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --canvas ") and key in err[0], err

@@ -259,3 +259,50 @@ def test_patch_iou_sizes_the_bank_refuses_are_one_line(argv, key, capsys):
     assert main(argv + ["--categories", "1", "--rows", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --canvas ") and key in err[0], err
+
+
+# --- tools/bench*.py: bad arguments refused before anything is timed; a failed --json write is one line -------------
+
+@pytest.mark.parametrize("tool, argv, needle", [
+    ("bench", ["--steps", "0"], "--steps must be >= 1, got 0"),  # was IndexError after building two runs
+    ("bench", ["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    ("bench", ["--json", "{afile}/b.json"], "has no folder"),  # was NotADirectoryError after the whole benchmark
+    ("bench_bank", ["--classes", "0"], "--classes must be >= 1, got 0"),  # was a ConfigError traceback
+    ("bench_bank", ["--json", "{tmp}"], "is a folder"),
+    ("bench_render", ["--batch", "0"], "--batch must be >= 1, got 0"),
+    ("bench_render", ["--device", "bogus"], "--device 'bogus' is not a torch device"),
+    ("bench_image_aug", ["--repeats", "1"], "--repeats must be >= 2"),  # was StatisticsError
+    ("bench_image_aug", ["--device", "bogus"], "--device 'bogus' is not a torch device"),  # was RuntimeError
+])
+def test_bench_arguments_are_usage_errors(tool, argv, needle, tmp_path, monkeypatch, capsys):
+    import importlib
+
+    (tmp_path / "afile").write_text("x")
+    argv = [a.format(afile=tmp_path / "afile", tmp=tmp_path) for a in argv]
+    monkeypatch.setattr("sys.argv", [f"{tool}.py", *argv])
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(f"tools.{tool}").main()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and needle in err and "Traceback" not in err, err
+
+
+def test_bench_json_write_that_fails_is_one_line(tmp_path, capsys):
+    """A real failed write: RLIMIT_FSIZE of 2 bytes makes the JSON write raise EFBIG."""
+    import resource
+    import signal
+
+    from dr_fdsl.timing import save_json
+
+    path = tmp_path / "b.json"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2, hard))
+        rc = save_json(str(path), {"seconds": 1.0})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"error: cannot write --json '{path}' (File too large); the figures above are not "
+                               "saved"]
+    assert save_json(str(path), {"seconds": 1.0}) == 0 and '"seconds": 1.0' in path.read_text()

@@ -102,8 +102,11 @@ class OFDBConfig:
     # numeric arrays only). The cache is keyed by the path: after replacing a file there, rebuild the bank.
     source: str = "search"
     variance: float = 0.05  # per-axis variance the normalised cloud must exceed (3d-ofdb_render.sh's value)
-    # Whose np.linalg.det rounding sets the map probabilities: "mkl" reproduces the contest's file, "openblas"
-    # OFDB's script in its pip environment (they differ only in the last bits of some probabilities).
+    # Whose np.linalg.det rounding sets the map probabilities (only the last bits of some differ): "mkl"
+    # reproduces the contest's file (MKL; also a pip numpy whose OpenBLAS runs its Sandybridge kernels),
+    # "openblas" OFDB's script under a pip numpy whose OpenBLAS runs its Haswell, Zen or Nehalem kernels. On
+    # AVX-512 CPUs OpenBLAS fuses one multiply-add and neither matches (201 of the 2,375 maps of the seed-42
+    # search differ from "openblas"): point `source` at the CSVs written there. See docs/families.md.
     lapack: Literal["mkl", "openblas"] = "mkl"
     # "ofdb": every map's first coefficient scaled by 0.4 before the chaos game, as OFDB's instance.py does for
     # its released models (the first row of its weights_ins145.csv). "none": the searched systems as they are.
@@ -717,7 +720,7 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
         try:
             value = _read_yaml(raw) if raw != "" else ""
         except (yaml.YAMLError, ConfigError) as err:
-            raise ConfigError(f"config override {item!r}: value is not valid YAML ({err})") from err
+            raise ConfigError(f"config override {item!r}: value is not valid YAML ({_one_line(err)})") from err
         parsed.append((key.strip(), value))
     return parsed
 
@@ -732,19 +735,50 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
+def _one_line(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message (with a caret drawing) as one line: the problem, where, and its context."""
+    if not isinstance(err, yaml.MarkedYAMLError) or err.problem_mark is None:
+        return " ".join(str(err).split())
+    mark = err.problem_mark
+    context = f" ({err.context})" if err.context else ""
+    return f"{err.problem} at line {mark.line + 1}, column {mark.column + 1}{context}"
+
+
+def _read_text(path: Path) -> str:
+    """A config file's text: UTF-8 (YAML's encoding; a leading byte-order mark is allowed) whatever the locale.
+
+    Raises ``ConfigError`` naming the file for a file that cannot be read or is not UTF-8 (with the line and
+    byte of the first undecodable byte), never ``UnicodeDecodeError`` or ``OSError``.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"config file '{path}' cannot be read ({err.strerror or err}); check its permissions") \
+            from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"config file '{path}' is not UTF-8 text: byte {data[err.start]:#04x} on line {line} "
+                          f"cannot be decoded; save the file as UTF-8") from None
+
+
 def _read_file(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     """A config file's mapping, with ``include: other.yaml`` (relative to the file; or a list, merged in order)
     read first and merged under it: shared recipes live in one file and variants state only what differs."""
+    if path.is_dir():
+        raise ConfigError(f"config file '{path}' is a folder, not a YAML file; the shipped ones are in configs/")
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist; the shipped ones are in configs/")
     if path.resolve() in chain:
         raise ConfigError(f"config file '{path}' includes itself (through {' -> '.join(map(str, chain))})")
+    text = _read_text(path)  # its errors name the file already
     try:
-        tree = _read_yaml(path.read_text())
+        tree = _read_yaml(text)
     except ConfigError as err:
         raise ConfigError(f"config file '{path}': {err}") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from err
+        raise ConfigError(f"config file '{path}' is not valid YAML: {_one_line(err)}") from err
     if tree is None:
         # An empty file would silently run the dataclass defaults (a 1,000-category ViT-Tiny run).
         raise ConfigError(f"config file '{path}' is empty; give at least one section (see configs/)")

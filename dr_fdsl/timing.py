@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
+import sys
 import time
 
 import torch
@@ -34,3 +36,48 @@ def machine_and_peak_memory(device: torch.device) -> tuple[str, float, str]:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
               f"{torch.get_num_threads()} torch threads"
     return machine, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+
+
+def check_bench_args(parser, args, positive: tuple[str, ...] = (), nonnegative: tuple[str, ...] = (),
+                     device: str | None = None, json_path: str | None = None) -> None:
+    """Refuses, before anything is built or timed, what a benchmark cannot run with: ``parser.error`` (argparse's
+    usage line and one ``error:`` line, exit 2), never a traceback minutes later.
+
+    Args:
+        positive / nonnegative: names of ``args`` attributes (``--name`` options) that must be >= 1 / >= 0; None
+            (an option left to its config) passes.
+        device: a ``--device`` value that torch must parse.
+        json_path: a ``--json`` path whose folder must exist and that must not be a folder (the result is written
+            after the whole benchmark).
+    """
+    for names, low in ((positive, 1), (nonnegative, 0)):
+        for name in names:
+            value = getattr(args, name)
+            if value is not None and value < low:
+                parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    if device is not None:
+        try:
+            torch.device(device)
+        except RuntimeError:
+            parser.error(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)")
+    if json_path is not None:
+        parent = os.path.dirname(os.path.abspath(json_path))
+        what = "is a folder" if os.path.isdir(json_path) else None if os.path.isdir(parent) else "has no folder"
+        if what:
+            parser.error(f"--json {json_path!r} {what}; name a file in an existing folder")
+
+
+def save_json(path: str, result: dict) -> int:
+    """Writes a benchmark's ``result`` as JSON; a failed write (disk full, read-only) is one ``error:`` line.
+
+    Returns:
+        the exit code: 0, or 2 after a failed write (the figures were printed already).
+    """
+    try:
+        with open(path, "w") as f:
+            f.write(json.dumps(result, indent=2))
+    except OSError as err:
+        print(f"error: cannot write --json '{path}' ({err.strerror or err}); the figures above are not saved",
+              file=sys.stderr)
+        return 2
+    return 0

@@ -21,7 +21,6 @@ the per-pair ratios).
 """
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -31,10 +30,10 @@ from dr_fdsl.config import load_config
 from dr_fdsl.engine import Batch, build_run, forward_backward, optimizer_step, render_batch, train_step
 from dr_fdsl.render import RASTERIZERS, composite, fragment_weights, get_rasterizer
 from dr_fdsl.render.random import image_keys
-from dr_fdsl.timing import machine_and_peak_memory, median_time
+from dr_fdsl.timing import check_bench_args, machine_and_peak_memory, median_time, save_json
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu-preset", action="store_true", help="batch 256, 224 px, 10k points, ViT-Tiny, bf16")
     parser.add_argument("--batch", type=int, default=32)
@@ -57,6 +56,8 @@ def main() -> None:
     if args.gpu_preset:
         args.batch, args.size, args.points, args.classes, args.k = 256, 224, 10000, 1000, 8
         args.model, args.precision = "vit_tiny_patch16_224", "bf16"
+    check_bench_args(parser, args, positive=("batch", "size", "points", "classes", "k", "steps"),
+                     nonnegative=("warmup",), json_path=args.json)
     if any(o.startswith(("renderer.mode=", "train.objective=")) for o in args.overrides):
         parser.error("renderer.mode and train.objective are what the benchmark sets: frozen vs joint, --objective")
     scratch = Path(tempfile.mkdtemp(prefix="dr_fdsl_bench_"))  # runs write config and logs: keep them apart
@@ -168,8 +169,7 @@ def main() -> None:
     for key, value in stages.items():
         print(f"      {key:<22} {value * 1e3:9.2f} ms/batch")
     print(f"  peak memory {peak:.0f} MiB ({measured})")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    return save_json(args.json, result) if args.json else 0
 
 
 if __name__ == "__main__":
@@ -179,6 +179,6 @@ if __name__ == "__main__":
     from dr_fdsl.errors import DrFdslError
 
     try:
-        main()
+        sys.exit(main())
     except DrFdslError as err:
         sys.exit(report(err))

@@ -7,25 +7,28 @@ Trailing ``key=value`` overrides set any ``bank.*`` key (family, seed, the famil
 """
 
 import argparse
-import json
 import os
 import platform
+import sys
 import time
-from pathlib import Path
 
 import torch
 
 from dr_fdsl.bank import generate_bank
+from dr_fdsl.cli import report
 from dr_fdsl.config import load_config
+from dr_fdsl.errors import DrFdslError
+from dr_fdsl.timing import check_bench_args, save_json
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--points", type=int, default=10000)
     parser.add_argument("--json", type=str, default=None)
     parser.add_argument("overrides", nargs="*", default=[], help="bank.* overrides, e.g. bank.family=ofdb")
     args = parser.parse_args()
+    check_bench_args(parser, args, positive=("classes", "points"), json_path=args.json)
     bank_cfg = load_config(None, [f"bank.num_classes={args.classes}", f"bank.num_points={args.points}",
                                   *args.overrides]).bank
     start = time.perf_counter()
@@ -40,9 +43,11 @@ def main() -> None:
     kept = f" (1 kept in {bank.draws / args.classes:.0f})" if bank.draws else ""
     print(f"{args.classes} classes x {args.points} points ({bank_cfg.family} {' '.join(args.overrides)}): "
           f"{seconds:.1f} s, {bank.draws} draws{kept}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    return save_json(args.json, result) if args.json else 0
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        sys.exit(main())
+    except DrFdslError as err:  # an override the config refuses: one line naming the key
+        sys.exit(report(err))

@@ -19,6 +19,7 @@ import torch
 
 from dr_fdsl.config import ImageAugConfig, from_dict, load_config
 from dr_fdsl.image_augment import ImageAugment
+from dr_fdsl.timing import check_bench_args
 
 ROOT = Path(__file__).resolve().parents[1]
 OFF = dict(mixup=0.0, cutmix=0.0, random_erasing=0.0, hflip=0.0, vflip=0.0)
@@ -58,6 +59,9 @@ def main() -> None:
                         help="CPU threads (0: torch's default); on a shared, loaded CPU one thread avoids OpenMP "
                              "threads waiting on each other, which made small operations 1000x slower here")
     args = parser.parse_args()
+    check_bench_args(parser, args, positive=("batch", "size"), nonnegative=("threads",), device=args.device)
+    if args.repeats < 2:  # the first repeat warms up and is not timed
+        parser.error(f"--repeats must be >= 2 (the first is a warm-up), got {args.repeats}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

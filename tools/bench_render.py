@@ -10,18 +10,19 @@ composite (weights + compositing, forward and backward).
 
 import argparse
 import dataclasses
-import json
-from pathlib import Path
+import sys
 
 import torch
 
 from dr_fdsl.bank import build_bank
+from dr_fdsl.cli import report
 from dr_fdsl.config import AugmentConfig, RendererConfig, load_config
+from dr_fdsl.errors import DrFdslError
 from dr_fdsl.render import RASTERIZERS, PointRenderer, composite, fragment_weights, get_rasterizer
-from dr_fdsl.timing import machine_and_peak_memory, median_time
+from dr_fdsl.timing import check_bench_args, machine_and_peak_memory, median_time, save_json
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--points", type=int, default=2000)
@@ -35,6 +36,8 @@ def main() -> None:
     parser.add_argument("--backend", default="pytorch3d", choices=sorted(RASTERIZERS))
     parser.add_argument("--json", type=str, default=None)
     args = parser.parse_args()
+    check_bench_args(parser, args, positive=("batch", "points", "size", "k", "classes", "repeats"),
+                     device=args.device, json_path=args.json)
     device = torch.device(args.device)
 
     bank = build_bank(num_classes=args.classes, num_points=args.points, seed=0, cache_dir="cache/banks")
@@ -90,9 +93,11 @@ def main() -> None:
     for key, value in stages.items():
         print(f"  {key[:-3]:<20} {value * 1e3:9.2f} ms/batch {value * 1e3 / args.batch:8.3f} ms/image")
     print(f"  peak memory          {peak:9.1f} MiB ({measured})")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    return save_json(args.json, result) if args.json else 0
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        sys.exit(main())
+    except DrFdslError as err:  # a --config or size that the config refuses: one line naming the key
+        sys.exit(report(err))

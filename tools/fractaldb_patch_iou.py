@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from dr_fdsl.bank import build_bank
+from dr_fdsl.cli import report
+from dr_fdsl.errors import DrFdslError
 from dr_fdsl.families import fractaldb as fdb
 from dr_fdsl.render import Scene, render_scene
 from dr_fdsl.render.instances import FractalDBInstances
@@ -107,7 +109,19 @@ def main(argv=None) -> int:
     parser.add_argument("--categories", type=int, default=5, help="first categories of FractalDB-1k (at most 5)")
     parser.add_argument("--rows", type=int, nargs="*", default=[0, 2, 7, 12, 20], help="weight rows (0..24)")
     args = parser.parse_args(argv)
-    results = measure(args.canvas, args.points, min(args.categories, 5), args.rows)
+    shipped = len(sorted(FIXTURE.glob("0*.csv")))  # the published category CSVs in the fixture
+    rows = len(fdb.instance_weights(fdb.PUBLISHED_WEIGHT))
+    if not 1 <= args.categories <= shipped:
+        parser.error(f"--categories must be 1..{shipped} (the published CSVs in {FIXTURE}), got {args.categories}")
+    if not args.rows or not all(0 <= r < rows for r in args.rows):
+        parser.error(f"--rows must name one or more weight rows in 0..{rows - 1}, got {args.rows}")
+    try:
+        results = measure(args.canvas, args.points, args.categories, args.rows)
+    except DrFdslError as err:  # --canvas or --points that the bank refuses: one line, with the options given
+        return report(DrFdslError(f"--canvas {args.canvas} --points {args.points}: {err}"))
+    if not results:
+        return report(DrFdslError(f"every instance of rows {args.rows} diverges: nothing to compare; choose other "
+                                  "--rows"))
     for r in results:
         print(f"category {r['category']} row {r['row']:2d}: iou_published {r['iou_published']:.3f}  iou_floor "
               f"{r['iou_floor']:.3f}  iou_support {r['iou_support']:.3f}  lit published {r['lit_published']:.3f} "

@@ -12,8 +12,8 @@ stream, ``np.random.seed(seed)``, which is the same stream as ``np.random.Random
 
 1. ``m = randint(2, 8)``: 2 to 7 maps.
 2. For each map: ``uniform(-1, 1, 12)`` gives ``a..l``; the map is ``x' = [[a,b,c],[d,e,f],[g,h,i]] x + (j,k,l)``.
-   Its weight is ``|det|`` of that 3x3 matrix (``np.linalg.det``, whose last bits depend on the LAPACK build:
-   see ``_abs_dets``), summed in map order.
+   Its weight is ``|det|`` of that 3x3 matrix (``np.linalg.det``, whose last bits depend on the LAPACK build
+   and, for OpenBLAS, on the CPU kernel it picks: see ``_abs_dets``), summed in map order.
 3. Probabilities are the weights divided by their sum; the chaos game selects maps by the running sum of these.
 4. Chaos game: ``random(point_num)`` uniforms (all ``point_num`` are drawn, only ``point_num - 1`` are used),
    start at the origin, which is not kept; every step's point is kept (no transient is dropped), so the cloud has
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -158,26 +159,58 @@ class _Draws:
     chosen: np.ndarray  # (attempts, point_num - 1) int8 map index per step
 
 
+LAPACK_FLAVOURS = ("mkl", "openblas")  # the config choices (bank.ofdb.lapack); see _abs_dets
+_ALL_FLAVOURS = LAPACK_FLAVOURS + ("openblas_fma", "numpy")
+
+
+def _fma(x: float, y: float, z: float) -> float:
+    """``x * y + z`` rounded once (IEEE fused multiply-add), for finite operands: exact rational arithmetic, then
+    one correctly rounded conversion (``int / int`` rounds correctly). Python 3.13's ``math.fma`` when present."""
+    if _MATH_FMA is not None:
+        return _MATH_FMA(x, y, z)
+    if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(z)):
+        return x * y + z  # only singular or diverging maps get here; their det is 0 or not finite either way
+    return float(Fraction(x) * Fraction(y) + Fraction(z))
+
+
+_MATH_FMA = getattr(math, "fma", None)
+
+
 def _abs_dets(mats: np.ndarray, lapack: str) -> np.ndarray:
     """``|np.linalg.det|`` of ``(M, 3, 3)`` float64 matrices, as a given LAPACK build computes it.
 
     numpy's ``det`` factorises with LAPACK ``getrf`` (partial pivoting, multipliers scaled by the reciprocal of
-    the pivot) and returns ``sign * exp(sum(log|u_ii|))``; the last bits therefore depend on the LAPACK's
-    elimination order. Both orders below are plain IEEE operations (no fused multiply-add), emulated exactly:
+    the pivot) and returns ``sign * exp(sum(log|u_ii|))``. For a 3x3 matrix only the last pivot ``u22`` depends
+    on the library's summation order; three orders exist, each emulated exactly here:
 
     * ``"mkl"``: right-looking (reference LAPACK ``dgetrf2``): ``u22 = (a22 - l20*u02) - l21*u12``. Matches the
-      contest's conda numpy 1.23.5 + MKL 2023.1 on all 1378 maps of its published parameter file.
-    * ``"openblas"``: left-looking (OpenBLAS ``getrf``, in numpy's pip wheels, e.g. the 1.22.0 that OFDB's
-      requirements pin): ``u22 = a22 - (l20*u02 + l21*u12)``. Matches numpy 1.22.0 and 2.4 wheels.
+      contest's conda numpy 1.23.5 + MKL 2023.1 on all 2,375 maps of its published parameter file (1000
+      categories). OpenBLAS rounds this way too with its Sandybridge kernels (also loaded for Bulldozer,
+      Piledriver, Excavator), whose ``dgemv`` subtracts column by column: numpy 2.4.6 (OpenBLAS 0.3.31) under
+      ``OPENBLAS_CORETYPE=Sandybridge`` equals this flavour on all 2,375 maps.
+    * ``"openblas"``: OpenBLAS's left-looking ``getf2`` with the ``dgemv_n_4.c`` kernel built without FMA (the
+      Haswell, Zen and Nehalem kernels; the Core2/Prescott/Atom/Barcelona fallbacks round the same):
+      ``u22 = a22 - (l20*u02 + l21*u12)``. Matches OFDB's ``category_search.py`` output under numpy 1.22.0 and
+      2.4.6 wheels (``tests/fixtures/ofdb/``), and numpy 2.4.6's ``det`` with each of those kernels on all 2,375
+      maps; it differs from ``"mkl"`` on 383 of them.
+    * ``"openblas_fma"`` (not offered as ``bank.ofdb.lapack``): the same kernel built with
+      ``-march=skylake-avx512``, where GCC contracts its ``temp += a * x`` into a fused multiply-add: the
+      SkylakeX, Cooperlake and SapphireRapids kernels that OpenBLAS loads on AVX-512 CPUs (Intel Xeon since
+      Skylake-SP, AMD Zen 4 and later): ``u22 = a22 - fma(l21, u12, l20*u02)``. Derived from OpenBLAS's source
+      and not run on such a CPU here (none was available); it differs from ``"openblas"`` on 201 of the 2,375
+      maps, the count that numpy's ``det`` was reported to differ by (issue 23). Slow (exact rationals per map).
     * ``"numpy"``: whatever ``np.linalg.det`` of this installation gives.
+
+    Which of these a pip numpy's ``det`` gives depends on the CPU (OpenBLAS picks its kernel at run time, and
+    ``OPENBLAS_CORETYPE`` overrides the pick), so no single flavour reproduces OFDB's script on every machine.
 
     ``log`` and ``exp`` are the C library's (``math``), as in numpy's ``det``; numpy's own vectorised ``np.log``
     and ``np.exp`` may differ in the last bit.
     """
     if lapack == "numpy":
         return np.abs(np.linalg.det(mats))
-    if lapack not in ("mkl", "openblas"):
-        raise ValueError(f"lapack must be 'mkl', 'openblas' or 'numpy', got {lapack!r}")
+    if lapack not in _ALL_FLAVOURS:
+        raise ValueError(f"lapack must be one of {', '.join(map(repr, _ALL_FLAVOURS))}, got {lapack!r}")
     a = np.array(mats, dtype=np.float64)  # a copy, factorised in place
     rows = np.arange(a.shape[0])
 
@@ -201,7 +234,12 @@ def _abs_dets(mats: np.ndarray, lapack: str) -> np.ndarray:
             pivot(1)
             a[:, 2, 1] *= 1.0 / a[:, 1, 1]
             a[:, 1, 2] -= a[:, 1, 0] * a[:, 0, 2]  # column 2: u12 by forward substitution
-            a[:, 2, 2] -= a[:, 2, 0] * a[:, 0, 2] + a[:, 2, 1] * a[:, 1, 2]  # dot product first, then subtract
+            if lapack == "openblas":
+                a[:, 2, 2] -= a[:, 2, 0] * a[:, 0, 2] + a[:, 2, 1] * a[:, 1, 2]  # dot product first, then subtract
+            else:  # dgemv_n_4.c's m == 1 tail: temp = 0 + l20*u02; temp = fma(l21, u12, temp); y += -1 * temp
+                first = (a[:, 2, 0] * a[:, 0, 2]).tolist()
+                dots = [_fma(x, y, z) for x, y, z in zip(a[:, 2, 1].tolist(), a[:, 1, 2].tolist(), first)]
+                a[:, 2, 2] -= np.array(dots, dtype=np.float64).reshape(-1)
     diag = a[:, [0, 1, 2], [0, 1, 2]].tolist()
     out = np.empty(a.shape[0], dtype=np.float64)
     for r, (u0, u1, u2) in enumerate(diag):
@@ -418,8 +456,9 @@ def search_categories(
         point_num: uniforms drawn per attempt (the cloud has ``point_num - 1`` points).
         normalize: half-width of the min-max interval.
         lapack: whose ``np.linalg.det`` rounding gives the map probabilities (see ``_abs_dets``): ``"mkl"``
-            reproduces the contest's published file, ``"openblas"`` OFDB's script in its pinned pip environment
-            (they differ in the last bits of ``prob`` for ~1/3 of the categories; the maps are the same).
+            reproduces the contest's published file, ``"openblas"`` OFDB's script under a pip numpy whose
+            OpenBLAS runs a non-AVX-512 kernel other than Sandybridge (which rounds as ``"mkl"``). With seed 42
+            they differ in the last bits of ``prob`` for 323 of the 1000 categories; the maps are the same.
         batch_size: attempts drawn and run together; only speed and memory depend on it, never the result.
         screen_margin: attempts whose estimated variance is this close to the threshold are decided by the exact
             published computation; ``math.inf`` decides every attempt that way (slower; to check the screen).

@@ -31,6 +31,10 @@ from dr_fdsl.families.ofdb_recipe import IFSSystem
 PARAM_COLUMNS = 13  # a..l, prob
 _PROB_TOLERANCE = 1e-9  # published probabilities sum to 1 within a few ulps
 _COLUMNS_FIX = "each row must be 13 comma-separated numbers: a, b, c, d, e, f, g, h, i, j, k, l, prob"
+# What a refused file should become: the one other format bank.ofdb.source reads (3D-OFDB's own).
+_CSV_FOLDER_FIX = ("a folder of 3D-OFDB CSVs (one %06d.csv per category, np.savetxt(path, table, delimiter=','); "
+                   "dr_fdsl.families.params_io.write_ofdb_csv_folder writes them) and point bank.ofdb.source at it")
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 class ParamsError(DrFdslError, ValueError):
@@ -185,7 +189,7 @@ class _NumericUnpickler(pickle.Unpickler):
             raise UnsafePickleError(
                 f"{self._path}: refused to load the global {module}.{name}: this reader admits only numpy arrays "
                 "of numbers in plain containers, because unpickling anything else can run code. Fix: do not "
-                "load this file; if you trust its source, re-export the parameters as CSV or .npy") from None
+                f"load this file; if you trust its source, re-export the parameters as {_CSV_FOLDER_FIX}") from None
 
     def persistent_load(self, pid):
         raise UnsafePickleError(f"{self._path}: refused a persistent id ({pid!r}); only plain data is admitted")
@@ -201,14 +205,23 @@ def load_numeric_pickle(path: str | os.PathLike):
     path = Path(path)
     try:
         with open(path, "rb") as f:
+            if f.read(len(_NPY_MAGIC)) == _NPY_MAGIC:
+                # a natural guess for "numeric arrays", but one .npy holds one array, not a table per category
+                raise ParamsError(f"{path}: is a .npy array file, which is not read here (only the contest's "
+                                  f"pickle and 3D-OFDB CSV folders are); save the categories as {_CSV_FOLDER_FIX}")
+            f.seek(0)
             obj = _NumericUnpickler(f, path).load()
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such file; pass the contest's point_cloud_*_params.pkl") from None
-    except UnsafePickleError:
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a folder, not a pickle; pass the contest's point_cloud_*_params.pkl") \
+            from None
+    except ParamsError:  # the .npy refusal above, and UnsafePickleError from find_class
         raise
     except _Refused as exc:
         raise UnsafePickleError(f"{path}: refused {exc}: this reader admits only numpy arrays of numbers in plain "
-                                "containers. Fix: re-export the parameters as float arrays") from None
+                                f"containers. Fix: re-export the parameters as float arrays, or as "
+                                f"{_CSV_FOLDER_FIX}") from None
     except Exception as exc:  # a truncated or corrupt pickle can fail in many ways; all mean "not readable"
         raise ParamsError(f"{path}: not a readable numeric pickle ({type(exc).__name__}: {exc}); "
                           "re-download or regenerate the parameter file") from None

@@ -2,8 +2,13 @@
 
 Gradients: the rasteriser only decides *which* points cover a pixel (radii go in detached). A fragment's weight
 ``w = 1 - d^2 / r^2`` is computed here from the point's own radius, so radii get exact gradients through the
-weights, and colours through the compositor. ``w`` falls to zero at the disk's edge, so the image is continuous
-in the radius even where a pixel enters or leaves a disk.
+weights, and colours through the compositor. ``w`` falls to zero at the disk's edge, so while a pixel holds fewer
+than K fragments the image is continuous in the radius where the pixel enters or leaves a disk.
+
+It is not continuous where the K nearest points bind: with all K slots of a pixel full, a nearer point whose disk
+grows over the pixel enters with ``w ~ 0`` and evicts the farthest (K-th) fragment, whose whole contribution
+vanishes at once (and returns when the disk shrinks back). The gradient is exact on either side of that radius;
+it does not see the jump. Tested: ``tests/test_truth.py::test_image_jumps_in_the_radius_where_k_binds``.
 """
 
 from __future__ import annotations
@@ -37,7 +42,11 @@ def composite(fragments: Fragments, weights: torch.Tensor, colors: torch.Tensor,
     """Front-to-back compositing with a soft background: ``(B, 3, H, W)`` float32 in [0, 1].
 
     ``alpha``: ``sum_k w_k prod_{j<k} (1 - w_j) c_k + T bg`` with transmittance ``T = prod_k (1 - w_k)``.
-    ``norm_weighted``: ``(1 - T) sum_k w_k c_k / sum_k w_k + T bg``.
+    ``norm_weighted``: ``(1 - T) sum_k w_k c_k / max(sum_k w_k, 1e-4) + T bg``. The floor is PyTorch3D's
+    (``norm_weighted_sum`` divides by at least 1e-4): where ``sum_k w_k < 1e-4`` the colour term is scaled by
+    ``sum_k w_k / 1e-4`` (a pixel barely touched is darker than the formula without the floor says, by up to
+    2.5e-5 for colours in [0, 1]; e.g. one white fragment of weight 5e-5 on a black background gives 2.5e-5, not
+    5e-5). Tested: ``tests/test_truth.py::test_norm_weighted_floors_the_weight_sum_at_1e_4``.
 
     Args:
         weights: ``(B, H, W, K)`` from :func:`fragment_weights`. colors: ``(B, N, 3)`` in [0, 1].

@@ -53,9 +53,9 @@ def declare(name, dtype):
 
 def as_before_manifests(folder):
     """A checkpoint as dr_fdsl wrote it before manifests existed: no manifest, no mention of one."""
-    (folder / MANIFEST).unlink()
+    (folder / MANIFEST).unlink(missing_ok=True)
     state = json.loads((folder / STATE_FILE).read_text())
-    del state["manifest"]
+    state.pop("manifest", None)
     (folder / STATE_FILE).write_text(json.dumps(state))
 
 

@@ -16,6 +16,10 @@ A checkpoint folder ``checkpoints/step_0001000/`` holds:
   check the files they read against it (:func:`verify_contents`) and refuse a changed, missing or added file by
   name; a checkpoint made before manifests existed has none and is used with a warning that it cannot be checked.
 
+Only good weights are written (finite, with a finite loss on held-out views: ``save_checkpoint``), so the
+checkpoint a non-finite loss names as "last good" resumes. Loading checks each safetensors header against the
+state dict it fills (:mod:`dr_fdsl.safetensors_check`) and refuses non-finite weights.
+
 The written folder is complete or absent: it is written under a temporary name and renamed. The learning-rate
 schedule is not stored: it is recomputed from the current config and the step, so a resumed run with a new
 ``train.max_steps`` or ``optim.lr`` follows the new schedule.

@@ -11,6 +11,14 @@ A checkpoint folder ``checkpoints/step_0001000/`` holds:
   the config: 1,000 categories x 10,000 points are 160 MB of unchanging colours and radii).
 * ``trainer_state.json``: the step, the view stream's position, the run id and the fingerprint of the settings
   a resume must share.
+* ``content_hashes.json`` (:mod:`dr_fdsl.manifest`), written last: every file's size and SHA-256, each
+  safetensors file's per-tensor SHA-256 (``tensors``), the step and the run id. Resume, export and fine-tuning
+  check the files they read against it (:func:`verify_contents`) and refuse a changed, missing or added file by
+  name; a checkpoint made before manifests existed has none and is used with a warning that it cannot be checked.
+
+Only good weights are written (finite, with a finite loss on held-out views: ``save_checkpoint``), so the
+checkpoint a non-finite loss names as "last good" resumes. Loading checks each safetensors header against the
+state dict it fills (:mod:`dr_fdsl.safetensors_check`) and refuses non-finite weights.
 
 The written folder is complete or absent: it is written under a temporary name and renamed. The learning-rate
 schedule is not stored: it is recomputed from the current config and the step, so a resumed run with a new
@@ -24,15 +32,26 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import torch
+
+from dr_fdsl import safetensors_check
 from dr_fdsl.config import Config, content_settings, image_settings
-from dr_fdsl.errors import CheckpointError
+from dr_fdsl.errors import CheckpointError, ConfigError, IntegrityError
+from dr_fdsl.manifest import MANIFEST, read_manifest, verify_manifest, write_manifest
 
 STATE_FILE = "trainer_state.json"
+MODEL_FILE = "model.safetensors"  # Accelerate's name for the first prepared model (the objective's backbone)
 RENDERER_FILE = "renderer.safetensors"
 RANDOM_STATES = "random_states_{rank}.pkl"  # Accelerate's name
+INCOMPLETE = ".incomplete_"  # the prefix of a save in progress (or interrupted)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_RANDOM_STATE = re.compile(r"^random_states_\d+\.pkl$")
+# What to do with a checkpoint whose files cannot be trusted: an older one is only resumed once it is the newest.
+ANOTHER = ("resume from an earlier checkpoint (move this folder out of checkpoints/ first, then --resume latest) or "
+           "start afresh")
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
@@ -53,7 +72,13 @@ def step_path(output_dir: str | Path, step: int) -> Path:
 
 
 def temporary_path(output_dir: str | Path, step: int) -> Path:
-    return checkpoint_dir(output_dir) / f".incomplete_step_{step:07d}"
+    return checkpoint_dir(output_dir) / f"{INCOMPLETE}step_{step:07d}"
+
+
+def step_of(path: str | Path) -> int | None:
+    """The step a checkpoint folder's name says (``step_0000200`` -> 200), or None for another name."""
+    m = _STEP_DIR.match(Path(path).name)
+    return int(m.group(1)) if m else None
 
 
 def new_run_id() -> str:
@@ -84,6 +109,8 @@ def refuse_to_overwrite(output_dir: str | Path, resume: str | None = None) -> No
     resume the newest (from an older one, its new checkpoints
     would be written between, and pruned against, the abandoned newer ones).
     """
+    if resume not in (None, "latest"):
+        given_folder(resume)
     found = list_checkpoints(output_dir)
     if not found:
         return
@@ -159,9 +186,13 @@ def _differences(saved: dict, current: dict) -> str:
 
 
 def finalize(tmp: Path, state: dict, keep: int, run_id: str) -> Path:
-    """Main process: writes the state file, renames ``tmp`` into place, then deletes this run's checkpoints
-    beyond the newest ``keep`` (folders whose state names another run id are never touched)."""
-    (tmp / STATE_FILE).write_text(json.dumps({**state, "run_id": run_id}, indent=2))
+    """Main process: writes the state file and, last, the manifest of every file; renames ``tmp`` into place, then
+    deletes this run's checkpoints beyond the newest ``keep`` (folders whose state names another run id are never
+    touched)."""
+    # "manifest" in the state says that one was written: a checkpoint that says so and lacks it was changed.
+    (tmp / STATE_FILE).write_text(json.dumps({**state, "run_id": run_id, "manifest": MANIFEST}, indent=2))
+    tensors = {p.name: safetensors_check.tensor_digests(p) for p in sorted(tmp.glob("*.safetensors"))}
+    write_manifest(tmp, extra={"step": state["step"], "run_id": run_id, "tensors": tensors})
     final = step_path(tmp.parent.parent, state["step"])
     if final.exists():
         if _run_id(final) != run_id:
@@ -189,18 +220,125 @@ def resolve(output_dir: str | Path, resume: str) -> Path:
             raise CheckpointError(f"--resume latest: no checkpoint under '{checkpoint_dir(output_dir)}'; start "
                                   f"without --resume, or give a checkpoint folder")
         return found[-1]
+    return given_folder(resume)
+
+
+def given_folder(resume: str) -> Path:
+    """The checkpoint folder given to ``--resume``, refused when it does not exist or is an interrupted save."""
     path = Path(resume)
+    if not path.exists():
+        raise CheckpointError(f"--resume {resume}: no such checkpoint folder (it does not exist); give --resume "
+                              "latest or an existing output_dir/checkpoints/step_N folder")
     if not path.is_dir():
-        raise CheckpointError(f"--resume {resume}: no such checkpoint folder")
+        raise CheckpointError(f"--resume {resume}: that is a file, not a checkpoint folder; give --resume latest or "
+                              "an output_dir/checkpoints/step_N folder")
+    if path.name.startswith(INCOMPLETE):
+        raise CheckpointError(f"--resume {resume}: that folder is an interrupted, incomplete save (a checkpoint is "
+                              "written under this temporary name and renamed only once complete); resume a "
+                              "complete one: --resume latest (the newest) or an output_dir/checkpoints/step_N folder")
     return path
+
+
+def pretrained_folder(given: str, argument: str) -> Path:
+    """The checkpoint folder of a pre-training run given to a tool: the newest complete checkpoint of an
+    ``output_dir``, or a checkpoint folder itself. ``argument`` names where it was given in messages
+    (``"config key 'pretrained'"``, ``"RUN"``).
+
+    Raises:
+        ConfigError: it does not exist, is an interrupted save, holds no complete checkpoint, or is no run at all.
+    """
+    path = Path(given)
+    if not path.exists():
+        raise ConfigError(f"{argument}: '{given}' does not exist; give a pre-training output_dir or one of its "
+                          "checkpoint folders (output_dir/checkpoints/step_N)")
+    if path.name.startswith(INCOMPLETE):
+        raise ConfigError(f"{argument}: '{given}' is an interrupted, incomplete save (a checkpoint is written under "
+                          "this temporary name and renamed only once complete); give the run's output_dir (its "
+                          "newest complete checkpoint) or a complete step_N folder beside it")
+    if (path / "checkpoints").is_dir():
+        found = list_checkpoints(path)
+        if not found:
+            raise ConfigError(f"{argument}: '{given}' holds no complete checkpoint under checkpoints/ (the run "
+                              "stopped before its first save, or every save was interrupted); train it longer or "
+                              "give another run")
+        return found[-1]
+    if path.is_dir() and ((path / MODEL_FILE).exists() or (path / STATE_FILE).exists() or step_of(path) is not None):
+        return path
+    raise ConfigError(f"{argument}: '{given}' is not a run: expected a pre-training output_dir (with checkpoints/) or "
+                      "one of its checkpoint folders (output_dir/checkpoints/step_N)")
+
+
+def verify_contents(path: Path, names: Iterable[str] | None = None, random_states: bool = True,
+                    fix: str = ANOTHER) -> dict | None:
+    """Checks checkpoint ``path`` against its manifest before any of its files is trusted.
+
+    Args:
+        names: the files to check (default every recorded one, and no file may be present that is not recorded).
+        random_states: False leaves the random states to the caller (a changed one makes a resume inexact only).
+        fix: what the user should do instead, ending every message (default: for ``--resume``).
+
+    Returns the manifest, or None for a checkpoint made before manifests existed (none, and a state file that does
+    not say one was written): its files cannot be checked. Raises :class:`IntegrityError` naming the file that is
+    missing, added, changed (for a safetensors file, also the tensors whose bytes differ), or a folder whose name
+    says another step than its manifest.
+    """
+    manifest = read_manifest(path, "checkpoint")
+    if manifest is None:
+        if _states_manifest(path):
+            raise IntegrityError(f"checkpoint '{path}': its {MANIFEST} is missing although its {STATE_FILE} says it "
+                                 f"was written (removed since), so its files cannot be checked; {fix}")
+        return None
+    recorded, exhaustive = manifest["files"], names is None
+    for name in [n for n in (recorded if names is None else names) if random_states or not _RANDOM_STATE.match(n)]:
+        try:
+            verify_manifest(path, "checkpoint", names=[name])
+        except IntegrityError as err:
+            raise IntegrityError(f"{err}{_changed_tensors(path, name, manifest)}; {fix}") from err
+    if exhaustive:
+        try:
+            verify_manifest(path, "checkpoint", names=[], exhaustive=True)
+        except IntegrityError as err:
+            raise IntegrityError(f"{err}; remove that file, or {fix}") from err
+    named = step_of(path)
+    if named is not None and manifest.get("step") != named:
+        raise IntegrityError(f"checkpoint '{path}': the folder's name says step {named}, its {MANIFEST} step "
+                             f"{manifest.get('step')}: a checkpoint copied or renamed from another step; {fix}")
+    return manifest
+
+
+def _states_manifest(path: Path) -> bool:
+    try:
+        return json.loads((path / STATE_FILE).read_text()).get("manifest") == MANIFEST
+    except (OSError, ValueError, AttributeError):
+        return False  # read_state reports an unreadable state file
+
+
+def _changed_tensors(path: Path, name: str, manifest: dict) -> str:
+    """For a changed safetensors file with per-tensor digests: which tensors' bytes differ from those recorded."""
+    recorded = manifest.get("tensors", {}).get(name)
+    if not recorded or not (path / name).is_file():
+        return ""
+    try:
+        now = safetensors_check.tensor_digests(path / name)
+    except IntegrityError:
+        return ""  # no layout to compare by: the message says it was damaged or truncated
+    changed = sorted(k for k in recorded.keys() | now.keys() if recorded.get(k) != now.get(k))
+    if not changed:
+        return " (every tensor's bytes are as recorded: its header or padding changed)"
+    return f" (tensors whose bytes differ from those recorded: {', '.join(changed[:6])}" \
+           f"{', ...' if len(changed) > 6 else ''})"
 
 
 def read_state(path: Path, current: dict, num_processes: int, allow_inexact: bool = False) -> dict:
     """The saved state of checkpoint ``path`` after checking it can be resumed as asked.
 
-    Refuses (``CheckpointError`` with the reason) a corrupt state file, other ``required`` settings, and, unless
-    ``allow_inexact``, other ``exact`` settings or a missing or unreadable random state of any process.
+    First checks every file against the manifest (:func:`verify_contents`; ``IntegrityError`` naming the file), the
+    random states excepted: a changed or missing one makes the resume inexact, like an unreadable one. Refuses
+    (``CheckpointError`` with the reason) a corrupt state file, other ``required`` settings, and, unless
+    ``allow_inexact``, other ``exact`` settings or a missing, changed or unreadable random state of any process.
+    ``state["unchecked"]`` is a warning for a checkpoint made before manifests (None otherwise).
     """
+    manifest = verify_contents(path, random_states=False)
     try:
         state = json.loads((path / STATE_FILE).read_text())
         if "stream_index" not in state and "fingerprint" in state:
@@ -220,13 +358,59 @@ def read_state(path: Path, current: dict, num_processes: int, allow_inexact: boo
     differing = _differences(saved["exact"], current["exact"])
     if differing:
         problems.append(f"settings that change the random stream differ ({differing})")
-    problems += [f"{name}: {why}" for name, why in _random_state_problems(path, num_processes)]
+    unreadable = _random_state_problems(path, num_processes)
+    problems += [f"{name}: {why}" for name, why in unreadable]
+    if manifest is not None:
+        problems += [f"{name}: changed since it was written (its digest differs from {MANIFEST}'s)"
+                     for name in _changed_random_states(path, manifest, {n for n, _ in unreadable})]
     if problems and not allow_inexact:
         raise CheckpointError(
             f"checkpoint '{path}' cannot be resumed exactly: {'; '.join(problems)}. Resume with the settings of "
             "that run, or pass --allow-inexact-resume to continue with other randomness")
     state["inexact"] = problems
+    state["unchecked"] = None if manifest is not None else (
+        f"checkpoint '{path}' has no {MANIFEST} (made before content manifests): its files cannot be checked "
+        "against their digests")
     return state
+
+
+def _changed_random_states(path: Path, manifest: dict, reported: set[str]) -> list[str]:
+    """Recorded random states (not already reported as missing or unreadable) that differ from the record."""
+    changed = []
+    for name in sorted(n for n in manifest["files"] if _RANDOM_STATE.match(n) and n not in reported):
+        try:
+            verify_manifest(path, "checkpoint", names=[name])
+        except IntegrityError:
+            changed.append(name)
+    return changed
+
+
+def check_weight_headers(path: Path, files: Mapping[str, Mapping[str, torch.Tensor]], digests: bool) -> None:
+    """Before loading: every safetensors file of checkpoint ``path`` that ``files`` names (file name -> the state
+    dict it is loaded into) exists, parses, tiles its data exactly and declares exactly the names, dtypes and
+    shapes of its state dict. Without ``digests`` (a checkpoint made before manifests), also that its tensors lie
+    in the order safetensors writes them, which an exchange of two tensors' offsets breaks. Raises
+    :class:`IntegrityError` naming the file and tensor."""
+    for name, expected in files.items():
+        if not (path / name).is_file():
+            raise IntegrityError(f"checkpoint '{path}': '{name}' is missing; {ANOTHER}")
+        try:
+            header = safetensors_check.read_header(path / name)
+            safetensors_check.check_expected(path / name, header, expected)
+            if not digests:
+                safetensors_check.check_writer_order(path / name, header)
+        except IntegrityError as err:
+            raise IntegrityError(f"checkpoint {err}; {ANOTHER}") from err
+
+
+def refuse_non_finite(path: Path, files: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    """After loading: every floating-point tensor the checkpoint's files gave is finite (file name -> the loaded
+    state dict). Raises :class:`IntegrityError` naming the file and tensor."""
+    for name, tensors in files.items():
+        bad = safetensors_check.first_non_finite(tensors)
+        if bad is not None:
+            raise IntegrityError(f"checkpoint '{path}': '{name}' holds non-finite values in tensor '{bad}' (NaN or "
+                                 f"infinity: weights that diverged); {ANOTHER}")
 
 
 def _random_state_problems(path: Path, num_processes: int) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,16 +20,15 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
-from safetensors.torch import load_file
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from dr_fdsl import checkpoint, datasets
+from dr_fdsl import checkpoint, datasets, safetensors_check
 from dr_fdsl.config import ModelConfig, finite, load_config, need
-from dr_fdsl.errors import ConfigError, NonFiniteLossError
+from dr_fdsl.errors import ConfigError, IntegrityError, NonFiniteLossError
 from dr_fdsl.frozen_eval import extract_features, knn_predict, linear_probe, model_input
 from dr_fdsl.models import create_classifier, normalization
 from dr_fdsl.target_mim import TargetMIMSettings, masked_pretrain
@@ -107,30 +107,50 @@ def cumulative_error(top1: list[float], epochs: list[int] | None = None) -> floa
     return float(total)
 
 
-def load_pretrained(pretrained: str) -> tuple[torch.nn.Module, int]:
+def load_pretrained(pretrained: str, argument: str = "config key 'pretrained'") -> tuple[torch.nn.Module, int]:
     """The classifier of a pre-training run and its image size, head and all.
 
+    ``pretrained``: an ``output_dir`` (its newest complete checkpoint) or a checkpoint folder; ``argument`` names
+    where it was given, in messages (``tools/export.py`` passes ``"RUN"``). Nothing is used unchecked:
+    ``model.safetensors`` against the checkpoint's manifest (a checkpoint made before manifests: a warning), its
+    header against the model the run's config builds (names, dtypes, shapes, a layout that tiles the data), and
+    every weight for finiteness.
+
     Raises:
-        ConfigError: no checkpoint there, or its weights do not fit the run's model.
+        ConfigError: no such run or checkpoint, an interrupted save, or no config.yaml to rebuild its model from.
+        IntegrityError: a file that does not match the manifest, a header that does not fit the model, or
+            non-finite weights (the file named).
     """
-    path = Path(pretrained)
-    folder = checkpoint.resolve(path, "latest") if (path / "checkpoints").is_dir() else path
+    folder = checkpoint.pretrained_folder(pretrained, argument)
     config = folder.parent.parent / "config.yaml"
-    weights = folder / "model.safetensors"  # Accelerate's name for the first prepared model: the classifier
-    if not config.is_file() or not weights.is_file():
-        raise ConfigError(f"'{pretrained}': expected a pre-training output_dir or one of its checkpoint folders "
-                          f"(with {config} and {weights})")
-    cfg = load_config(config, validate=False)  # the run's own resolved config: only its model is rebuilt
-    model = create_classifier(cfg.model, cfg.bank.num_classes, cfg.renderer.image_size)
-    state = load_file(str(weights))
-    if any(k.startswith("backbone.") for k in state):  # an objective's network around the backbone (mim, ...)
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-        if not state.keys() >= model.state_dict().keys():  # mim trains no classifier head; classify+mim does
-            model.reset_classifier(0)
+    weights = folder / checkpoint.MODEL_FILE  # Accelerate's name for the first prepared model: the classifier
+    if not config.is_file():
+        raise ConfigError(f"{argument}: checkpoint '{folder}' has no config.yaml of its run beside its checkpoints/ "
+                          f"folder ({config}), so its model cannot be rebuilt; give a checkpoint folder inside its "
+                          "run's output_dir, or the output_dir itself")
+    fix = f"point {argument} at another checkpoint of the run (one of its checkpoints/step_N folders) or train again"
     try:
-        model.load_state_dict(state)
-    except Exception as err:
-        raise ConfigError(f"'{weights}' does not fit {cfg.model.name} ({err})") from err
+        unchecked = checkpoint.verify_contents(folder, names=[checkpoint.MODEL_FILE], fix=fix) is None
+        if unchecked and PartialState().is_main_process:
+            print(f"warning: checkpoint '{folder}' has no content_hashes.json (made before content manifests): "
+                  f"{checkpoint.MODEL_FILE} cannot be checked against its digest", file=sys.stderr)
+        if not weights.is_file():
+            raise IntegrityError(f"checkpoint '{folder}' has no {checkpoint.MODEL_FILE}")
+        cfg = load_config(config, validate=False)  # the run's own resolved config: only its model is rebuilt
+        model = create_classifier(cfg.model, cfg.bank.num_classes, cfg.renderer.image_size)
+        header = safetensors_check.read_header(weights)
+        prefix = "backbone." if any(k.startswith("backbone.") for k in header.tensors) else ""
+        if prefix and not all(prefix + k in header.tensors for k in model.state_dict()):
+            model.reset_classifier(0)  # mim trains no classifier head; classify+mim does
+        # An objective's network around the backbone (mim, ...) holds more (a decoder): only the backbone is loaded.
+        expected = {prefix + k: v for k, v in model.state_dict().items()}
+        if unchecked:  # no digests to catch an exchange of two tensors' offsets
+            safetensors_check.check_writer_order(weights, header)
+        state = safetensors_check.load_checked(weights, expected, allow_extra=bool(prefix))
+    except IntegrityError as err:
+        message = str(err) if str(err).endswith(fix) else f"{err}; {fix}"
+        raise IntegrityError(f"{argument}: {message}") from err
+    model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k in expected})
     return model, cfg.renderer.image_size
 
 

@@ -11,7 +11,8 @@ from timm.scheduler import CosineLRScheduler
 from dr_fdsl.checkpoint import RENDERER_FILE, list_checkpoints
 from dr_fdsl.config import load_config
 from dr_fdsl.engine import build_run, fit, resume, save_checkpoint, train_step
-from dr_fdsl.errors import CheckpointError, ConfigError, DatasetError, NonFiniteLossError
+from dr_fdsl.errors import CheckpointError, ConfigError, DatasetError, IntegrityError, NonFiniteLossError
+from dr_fdsl.manifest import read_manifest, write_manifest
 from tests.conftest import ROOT, tiny
 
 
@@ -148,8 +149,14 @@ def test_a_planted_pickle_is_never_executed(tmp_path, bank_dir, checkpointed, ta
     plant(checkpointed / target, marker)
     run = build_run(tiny(tmp_path, bank_dir, "renderer.mode=joint", "train.max_steps=2"), resume="latest")
     if target != "random_states_0.pkl":
-        # optimizer.bin: refused by weights_only loading; custom_checkpoint_0.pkl: no registered object to load it
+        # The manifest refuses the changed or added file by name. Recorded anew, as a crafted folder would be:
+        # optimizer.bin is refused by weights_only loading; custom_checkpoint_0.pkl: no registered object to load it
         # into, which Accelerate refuses.
+        for allow_inexact in (False, True):
+            with pytest.raises(IntegrityError, match=f"'{target}' (does not match the digest|is not recorded)"):
+                resume(run, "latest", allow_inexact=allow_inexact)
+        manifest = read_manifest(checkpointed)
+        write_manifest(checkpointed, extra={k: v for k, v in manifest.items() if k not in ("format", "files")})
         for allow_inexact in (False, True):
             with pytest.raises(CheckpointError, match="could not be loaded.*(Weights only load failed|custom)"):
                 resume(run, "latest", allow_inexact=allow_inexact)

@@ -13,7 +13,7 @@ from dr_fdsl.bank import bank_from_config
 from dr_fdsl.checkpoint import list_checkpoints
 from dr_fdsl.config import load_config
 from dr_fdsl.engine import build_run, fit, resume, save_checkpoint, train_step
-from dr_fdsl.errors import CheckpointError, ConfigError, NonFiniteLossError
+from dr_fdsl.errors import CheckpointError, ConfigError, IntegrityError, NonFiniteLossError
 from dr_fdsl.render import PointRenderer
 from tests.conftest import BIN, ROOT, run_processes, tiny
 
@@ -133,7 +133,10 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, bank_dir):
     assert list_checkpoints(tmp_path / "run") == [ckpt]
     weights = ckpt / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="could not be loaded"):
+    with pytest.raises(IntegrityError, match="'model.safetensors' does not match the digest recorded"):
+        resume(build_run(tiny(tmp_path, bank_dir), resume=str(ckpt)), str(ckpt))
+    (ckpt / "content_hashes.json").unlink()
+    with pytest.raises(IntegrityError, match="content_hashes.json is missing although its trainer_state.json says"):
         resume(build_run(tiny(tmp_path, bank_dir), resume=str(ckpt)), str(ckpt))
     (ckpt / "trainer_state.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="incomplete or corrupt"):

@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from safetensors import SafetensorError
 from timm.models import save_for_hf
 
 from dr_fdsl.cli import report
@@ -31,7 +32,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="folder for model.safetensors and config.json")
     args = parser.parse_args(argv)
     try:
-        model, size = load_pretrained(args.run)
+        model, size = load_pretrained(args.run, argument="RUN")  # checked: manifest, header, finite weights
         # timm's pretrained config describes the architecture's default input; this backbone takes `size` px.
         model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, size, size)}
         save_for_hf(model, args.out, safe_serialization=True)
@@ -39,6 +40,8 @@ def main(argv=None) -> int:
         return report(err)
     except OSError as err:
         return report(err, writing=args.out)
+    except SafetensorError as err:  # safetensors' own write failure (disk full, file too large)
+        return report(OSError(f"{err}".strip()), writing=args.out)
     config = json.loads((Path(args.out) / "config.json").read_text())
     print(f"exported {config['architecture']} ({config['num_classes']} classes, {size} px) to {args.out}: "
           f"model.safetensors, config.json")

@@ -16,7 +16,7 @@ from dr_fdsl import checkpoint
 from dr_fdsl.config import save_config
 from dr_fdsl.engine.build import Run
 from dr_fdsl.engine.interrupt import StopRequest
-from dr_fdsl.engine.step import set_learning_rates, train_step
+from dr_fdsl.engine.step import set_learning_rates, train_step, weights_finite, what_to_resume
 from dr_fdsl.errors import CheckpointError, NonFiniteLossError
 from dr_fdsl.render import image_grid
 from dr_fdsl.static import quantize
@@ -138,9 +138,57 @@ def renderer_checksums(run: Run) -> list[float]:
     return sums
 
 
-def _weights_finite(run: Run) -> bool:
-    modules = [*run.objective.modules(), run.renderer]
-    return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
+def _why_not_good(run: Run) -> str | None:
+    """None when every process's weights are good, that is finite and with a finite loss on held-out views (1e28
+    weights are finite, yet overflow to NaN in the first normalisation); else what is wrong. A collective."""
+    if not _all_ok(run, weights_finite(run)):
+        return "weights are not finite"
+    if not _all_ok(run, _held_out_loss_finite(run)):
+        return "weights give a non-finite loss on held-out views"
+    return None
+
+
+PROBE_VIEWS = 2
+
+
+@torch.no_grad()
+def _held_out_loss_finite(run: Run) -> bool:
+    """The objective's evaluation values (loss first) on this process's first ``PROBE_VIEWS`` held-out views are
+    finite (weights that overflow do so on any image; a few cost a fraction of a step).
+
+    Evaluation mode, as ``evaluate`` (no dropout, no batch-norm update), and on a copy of the global random
+    streams, so that the check changes no training step (resume stays bit-exact)."""
+    acc = run.accelerator
+    ids, seeds = (t[:PROBE_VIEWS].to(acc.device) for t in run.eval_views)
+    if len(ids) == 0:
+        return True
+    run.objective.train(False)
+    try:
+        with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):
+            values = run.objective.evaluate(render_eval(run, ids, seeds), ids, seeds)
+    finally:
+        run.objective.train(True)
+    return bool(torch.isfinite(values).all())
+
+
+def _storage_error(err: BaseException) -> bool:
+    """Whether ``err`` raised while writing a checkpoint is the storage failing (disk full, read-only, file too
+    large, quota), not a bug: ``torch.save`` reports a failed write as a RuntimeError ("PytorchStreamWriter failed
+    writing file ..."), safetensors as a SafetensorError ("IoError ...")."""
+    from safetensors import SafetensorError
+
+    if isinstance(err, (OSError, SafetensorError)):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(
+        s in text for s in ("write failed", "failed writing", "ioerror", "no space", "file too large", "read-only",
+                            "quota", "unexpected pos"))
+
+
+def _newest_complete(run: Run) -> str:
+    found = checkpoint.list_checkpoints(run.output_dir)
+    newest = run.last_checkpoint or (found[-1] if found else None)
+    return f"the newest complete checkpoint is {newest}" if newest else "no complete checkpoint was written yet"
 
 
 def _all_ok(run: Run, ok: bool) -> bool:
@@ -150,16 +198,19 @@ def _all_ok(run: Run, ok: bool) -> bool:
 
 
 def save_checkpoint(run: Run) -> Path:
-    """``save_state`` plus the renderer and the trainer state into a temporary folder, then a rename.
+    """``save_state`` plus the renderer, the trainer state and, last, the manifest into a temporary folder, then
+    a rename.
 
-    Processes agree on success before going on, so a failure on one (disk full, folder not writable) is an
-    error on all, not a wait at the next barrier.
+    Only good weights are saved: finite, with a finite loss on held-out views (every process's). Processes agree
+    on success before going on, so a failure on one (disk full, folder not writable) is an error on all, not a
+    wait at the next barrier; a storage failure is one ``CheckpointError`` line naming the newest complete
+    checkpoint.
     """
     acc = run.accelerator
     renderer_checksums(run)
-    if not _weights_finite(run):  # a checkpoint named as "good" must hold finite weights
-        raise NonFiniteLossError(f"weights are not finite at step {run.step}; not saved (last good checkpoint: "
-                                 f"{run.last_checkpoint}). Resume from it with a lower optim.lr")
+    why = _why_not_good(run)  # a checkpoint named as "good" must be good
+    if why:
+        raise NonFiniteLossError(f"{why} at step {run.step}; not saved; {what_to_resume(run)}")
     tmp = checkpoint.temporary_path(run.output_dir, run.step)
     path, problem = checkpoint.step_path(run.output_dir, run.step), None
     if acc.is_main_process and tmp.exists():  # left by an interrupted save: none of its files may slip in
@@ -170,7 +221,9 @@ def save_checkpoint(run: Run) -> Path:
         if acc.is_main_process and run.renderer_optimizer is not None:
             save_file({k: v.contiguous().cpu() for k, v in run.renderer.state_dict().items()},
                       str(tmp / checkpoint.RENDERER_FILE))
-    except OSError as err:
+    except Exception as err:  # storage failures arrive as several types (_storage_error); others go on
+        if not _storage_error(err):
+            raise
         problem = err
     if _all_ok(run, problem is None) and acc.is_main_process:
         state = {"step": run.step, "stream_index": run.stream.index,
@@ -184,10 +237,28 @@ def save_checkpoint(run: Run) -> Path:
     if not _all_ok(run, problem is None):  # the previous checkpoints are untouched
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not write checkpoint '{path}' ({problem or 'failed on another process'}); "
-                              "free space or choose another output_dir, then --resume latest") from problem
+        cause = f"{type(problem).__name__}: {str(problem).strip().splitlines()[-1][:300]}" if problem else \
+            "failed on another process"
+        raise CheckpointError(f"could not write checkpoint '{path}' ({cause}); {_newest_complete(run)}: free space "
+                              "or choose another output_dir, then --resume latest") from problem
     run.last_checkpoint = path
     return path
+
+
+def _weight_files(run: Run) -> dict[str, dict[str, torch.Tensor]]:
+    """The checkpoint's safetensors files and the state dicts they load into, as Accelerate names and fills them
+    (``model.safetensors``, ``model_1.safetensors``, ... for the prepared models in order, shared tensors removed),
+    plus the renderer's tables when they train."""
+    from accelerate.utils import clean_state_dict_for_safetensors
+
+    acc = run.accelerator
+    files = {}
+    for i, model in enumerate(acc._models):  # what save_state and load_state iterate over, in their order
+        name = checkpoint.MODEL_FILE if i == 0 else checkpoint.MODEL_FILE.replace(".", f"_{i}.")
+        files[name] = clean_state_dict_for_safetensors(acc.get_state_dict(model, unwrap=False))
+    if run.renderer_optimizer is not None:
+        files[checkpoint.RENDERER_FILE] = run.renderer.state_dict()
+    return files
 
 
 def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
@@ -197,11 +268,16 @@ def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
     current config: the learning-rate schedules and every optimiser hyper-parameter (weight decay, betas, the
     probe's lr), so ``train.max_steps``, ``optim.lr`` or ``optim.weight_decay`` may change on resume. The resumed
     run's config is written to ``output_dir/config.yaml`` once the checkpoint is accepted.
+
+    Nothing is trusted unchecked: every file against the manifest (``checkpoint.read_state``), every safetensors
+    header against the state dict it loads into (names, dtypes, shapes, a layout that tiles the data), and the
+    loaded weights for finiteness; each refusal is one ``IntegrityError`` naming the file.
     """
     acc = run.accelerator
     path = checkpoint.resolve(run.output_dir, where)
     state = checkpoint.read_state(path, checkpoint.fingerprint(run.cfg, acc.num_processes), acc.num_processes,
                                   allow_inexact)
+    checkpoint.check_weight_headers(path, _weight_files(run), digests=state["unchecked"] is None)
     optimizers = [o for o in (*run.objective.optimizers(), run.renderer_optimizer) if o is not None]
     configured = [[{k: v for k, v in g.items() if k != "params"} for g in o.param_groups] for o in optimizers]
     try:
@@ -212,6 +288,7 @@ def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
         raise CheckpointError(
             f"checkpoint '{path}' could not be loaded ({type(err).__name__}: {str(err)[:300]}); resume from "
             "another checkpoint or start afresh") from err
+    checkpoint.refuse_non_finite(path, _weight_files(run))
     for optimizer, groups in zip(optimizers, configured):  # the moments are the checkpoint's, the settings ours
         for group, settings in zip(optimizer.param_groups, groups):
             group.update(settings)
@@ -222,6 +299,8 @@ def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
     set_learning_rates(run)
     if acc.is_main_process:
         save_config(run.cfg, run.output_dir / "config.yaml")
+    if state["unchecked"]:
+        acc.print(f"warning: {state['unchecked']}")
     for problem in state["inexact"]:
         acc.print(f"warning: resuming inexactly: {problem}")
     acc.print(f"resumed from {path} at step {run.step}")

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import torch
 
+from dr_fdsl import checkpoint
 from dr_fdsl.engine.build import Run
 from dr_fdsl.errors import DatasetError, NonFiniteLossError
 from dr_fdsl.objectives import ObjectiveOutput
@@ -89,16 +90,14 @@ def forward_backward(run: Run, batch: Batch) -> ObjectiveOutput:
         images = GradientReversal.apply(images, run.cfg.renderer.adversarial_scale)
     out = run.objective.loss(images, batch.class_ids, batch.view_seeds.to(images.device))
     if not torch.isfinite(out.loss.detach()).item():
-        where = f"last good checkpoint: {run.last_checkpoint}" if run.last_checkpoint else "no checkpoint yet"
-        raise NonFiniteLossError(
-            f"loss is {out.loss.item()} at step {run.step + 1}; training stopped ({where}). Resume from it with a "
-            "lower optim.lr (the schedule follows the config on resume), a larger optim.warmup_steps, "
-            "optim.clip_grad > 0, or train.mixed_precision=no/bf16")
+        raise NonFiniteLossError(f"loss is {out.loss.item()} at step {run.step + 1}; training stopped; "
+                                 f"{what_to_resume(run)}")
     total = out.total
     if match is not None:
         if not torch.isfinite(match.total.detach()).item():
             raise NonFiniteLossError(f"match distance is {match.total.item()} at step {run.step + 1} (terms: "
-                                     f"{ {k: v.item() for k, v in match.terms.items()} }); lower renderer.lr")
+                                     f"{ {k: v.item() for k, v in match.terms.items()} }); training stopped; "
+                                     f"{what_to_resume(run, 'a lower renderer.lr')}")
         total = total + run.match.weight * match.total
         out = out._replace(metrics={**out.metrics, "match/distance": match.total.detach(),
                                     **{f"match/{k}": v for k, v in match.terms.items()}})
@@ -107,6 +106,34 @@ def forward_backward(run: Run, batch: Batch) -> ObjectiveOutput:
         total = total + run.cfg.renderer.anchor_penalty * run.renderer.drift(batch.rows, run.anchor)
     run.accelerator.backward(total)
     return out
+
+
+def weights_finite(run: Run) -> bool:
+    """Whether every parameter of the objective's networks and of the renderer is finite (this process's)."""
+    modules = [*run.objective.modules(), run.renderer]
+    return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
+
+
+REMEDIES = ("a larger optim.warmup_steps, optim.clip_grad > 0, or train.mixed_precision=no/bf16 (the schedule "
+            "follows the config on resume)")
+
+
+def what_to_resume(run: Run, remedy: str = "a lower optim.lr") -> str:
+    """Advice after a non-finite value at step ``run.step + 1``, naming only a checkpoint that can help.
+
+    A good checkpoint holds finite weights whose loss was finite: ``save_checkpoint`` writes no other, and resume
+    refuses non-finite weights. But when no step has run since ``run.last_checkpoint`` was saved or resumed and
+    the weights are finite, they are that checkpoint's and gave this value: resuming it (bit-exactly, the same
+    batch) would fail at once, whatever the lr, so it is not named as good.
+    """
+    last = run.last_checkpoint
+    if last is None:
+        return f"no checkpoint yet: start the run again with {remedy}, {REMEDIES}"
+    if run.step == checkpoint.step_of(last) and weights_finite(run):
+        return (f"these are the weights of checkpoint '{last}' (no step since it), so it is no good checkpoint: "
+                f"move it out of checkpoints/ and --resume latest (the checkpoint before it) with {remedy}, or start "
+                f"the run again with {remedy}, {REMEDIES}")
+    return f"last good checkpoint: {last}; resume it with --resume {last} and {remedy}, {REMEDIES}"
 
 
 def optimizer_step(run: Run) -> dict[str, torch.Tensor]:

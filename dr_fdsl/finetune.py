@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from dr_fdsl import checkpoint, datasets, safetensors_check
 from dr_fdsl.config import ModelConfig, finite, load_config, need
+from dr_fdsl.engine.build import writable
 from dr_fdsl.errors import ConfigError, IntegrityError, NonFiniteLossError
 from dr_fdsl.frozen_eval import extract_features, knn_predict, linear_probe, model_input
 from dr_fdsl.models import create_classifier, normalization
@@ -194,6 +195,7 @@ def frozen_protocol(s: FinetuneSettings, model, train, test, size: int, mean, st
 def finetune(s: FinetuneSettings) -> dict:
     """Runs the fine-tuning; returns (and writes to ``output_dir/finetune.json``) per-epoch top-1 and the metric."""
     out = Path(s.output_dir)
+    writable(s.output_dir)  # a folder that cannot be written fails now, not after the fine-tuning
     acc = Accelerator(log_with="tensorboard", project_dir=str(out))
     set_seed(s.seed)
     if s.pretrained:

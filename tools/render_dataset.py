@@ -34,6 +34,10 @@ def main(argv=None) -> int:
     try:
         if args.views < 1 or args.batch < 1:
             raise ConfigError(f"--views and --batch must be positive, got {args.views} and {args.batch}")
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            raise ConfigError(f"--device {args.device!r} is not a torch device; use cpu or cuda (cuda:N)") from None
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"--device {args.device}: no CUDA device here; use --device cpu")
         cfg = load_config(args.config, args.overrides)

@@ -4,15 +4,25 @@
     accelerate launch train.py --config configs/quickstart.yaml --resume latest
 
 Watch it with:  tensorboard --logdir runs/
+
+Exit codes: 0 done; 2 an error the message says how to fix (a config key, a file, a folder in use by another
+run, a write that failed: disk full, read-only, file too large); 130 Ctrl-C; 143 SIGTERM (both stop at the next
+step; the line says where and which checkpoint to resume).
 """
 
-import argparse
 import sys
 
-from dr_fdsl.cli import report
-from dr_fdsl.config import add_config_args, load_config
-from dr_fdsl.engine import build_run, fit, resume
-from dr_fdsl.errors import DrFdslError
+from dr_fdsl.signals import entry, starting
+
+with starting(__name__):  # a Ctrl-C while torch is imported (seconds) ends in one line, not a traceback
+    import argparse
+
+    from dr_fdsl.cli import USER_ERROR, report, write_fault
+    from dr_fdsl.config import add_config_args, load_config
+    from dr_fdsl.engine import build_run, fit, resume
+    from dr_fdsl.engine.loop import release
+    from dr_fdsl.errors import DrFdslError
+    from dr_fdsl.signals import say_interrupted
 
 
 def main(argv=None) -> int:
@@ -31,13 +41,20 @@ def main(argv=None) -> int:
         summary = fit(run)
     except DrFdslError as err:
         return report(err)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         # Checkpoints are written then renamed, so the newest one is whole whatever was interrupted.
-        where = f"at step {run.step}; last checkpoint: {run.last_checkpoint}" if run else "during set-up"
-        print(f"interrupted {where}. Continue with --resume latest", file=sys.stderr)
-        return 130
+        where = (f"at step {run.step}; last checkpoint: {run.last_checkpoint or 'none yet'}. Continue with --resume "
+                 "latest" if run else "during set-up")
+        return say_interrupted(err, where)
+    except (OSError, RuntimeError) as err:
+        fault = write_fault(err, run.last_checkpoint if run else None, "none yet")
+        if fault is None:
+            raise  # a bug: its traceback is what to read
+        print(fault, file=sys.stderr)
+        return USER_ERROR
     finally:
         if run is not None:
+            release(run)  # DDP's wrappers first: freed at exit, they can deadlock in gloo (loop.release)
             run.accelerator.end_training()  # destroys the process group: the entry script's job
     if run.accelerator.is_main_process:
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k.startswith(("val/", "probe/")))
@@ -46,4 +63,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry(main))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 
 USER_ERROR = 2  # exit code of every error a user can fix (the message says how)
 
@@ -24,17 +25,44 @@ _STORAGE_WORDS = ("file write failed", "unexpected pos", "No space left on devic
                   "Read-only file system", "Disk quota exceeded", "Input/output error")
 
 
-def write_fault(err: BaseException, safe: object, none: str = "none yet") -> str | None:
+def write_fault(err: BaseException, safe: object, folder: object = None) -> str | None:
     """The one ``error: ...`` line for a failed write (any ``OSError``, or a ``RuntimeError`` that a storage fault
-    became), naming what failed and what is safe (``safe``, e.g. the newest complete checkpoint, or ``none``);
-    None when ``err`` is something else (a bug, whose traceback is what to read)."""
+    became), naming what failed (the file, else ``folder``) and what is safe (``safe``: the newest complete
+    checkpoint; "none yet" when it is None). None when ``err`` is something else (a bug: its traceback is what to
+    read)."""
     cause = err if isinstance(err, OSError) else err.__cause__ or err.__context__
     if isinstance(cause, OSError):
-        what = f"'{cause.filename}'" if cause.filename else "a file"
         reason = cause.strerror or str(cause)
+        what = f"'{cause.filename}'" if cause.filename else None
     elif isinstance(err, RuntimeError) and any(w in str(err) for w in _STORAGE_WORDS):
-        what, reason = "a file", str(err).strip().splitlines()[0][:200]
+        reason, what = str(err).strip().splitlines()[0][:200], None
     else:
         return None
-    return (f"error: could not write {what} ({reason}: disk full, read-only or over a size limit?); "
-            f"safe: {safe or none}")
+    what = what or (f"a file in '{folder}'" if folder else "a file")
+    return (f"error: could not write {what} ({reason}; disk full, read-only or over a size limit?); the newest "
+            f"complete checkpoint: {safe or 'none yet'}")
+
+
+class ThreadWriteFaults:
+    """``with ThreadWriteFaults() as faults:`` keeps a write fault raised in a background thread (TensorBoard's
+    event writer on a full disk) from printing its traceback; ``faults.first`` is the first of them. TensorBoard
+    raises the same error again at the next write or at close, where the entry script reports it in one line;
+    one that never came back is the entry script's to report at the end."""
+
+    def __init__(self) -> None:
+        self.first: BaseException | None = None
+        self._previous = None
+
+    def __enter__(self) -> ThreadWriteFaults:
+        self._previous = threading.excepthook
+        threading.excepthook = self._hook
+        return self
+
+    def __exit__(self, *exc) -> None:
+        threading.excepthook = self._previous
+
+    def _hook(self, args) -> None:
+        if write_fault(args.exc_value, None) is None:
+            self._previous(args)
+        elif self.first is None:
+            self.first = args.exc_value

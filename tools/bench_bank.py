@@ -6,6 +6,11 @@
 Trailing ``key=value`` overrides set any ``bank.*`` key (family, seed, the family's section).
 """
 
+from dr_fdsl.signals import entry, quiet_start
+
+if __name__ == "__main__":  # before torch is imported: a Ctrl-C there ends in one line, not a traceback
+    quiet_start()
+
 import argparse
 import json
 import os
@@ -45,4 +50,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(entry(main))

@@ -8,6 +8,11 @@ Stages are timed separately: scene (gathers, augmentations, projection), rasteri
 composite (weights + compositing, forward and backward).
 """
 
+from dr_fdsl.signals import entry, quiet_start
+
+if __name__ == "__main__":  # before torch is imported: a Ctrl-C there ends in one line, not a traceback
+    quiet_start()
+
 import argparse
 import dataclasses
 import json
@@ -95,4 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(entry(main))

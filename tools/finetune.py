@@ -12,6 +12,11 @@ downloaded into data_root when the network allows), folder:PATH (PATH/train and 
 class). Results go to output_dir (finetune.json, TensorBoard).
 """
 
+from dr_fdsl.signals import entry, quiet_start
+
+if __name__ == "__main__":  # before torch is imported: a Ctrl-C there ends in one line, not a traceback
+    quiet_start()
+
 import argparse
 import sys
 
@@ -42,4 +47,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry(main))

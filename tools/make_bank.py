@@ -3,6 +3,11 @@
     python tools/make_bank.py --config configs/quickstart.yaml [bank.num_classes=1000 ...] [--rebuild]
 """
 
+from dr_fdsl.signals import entry, quiet_start
+
+if __name__ == "__main__":  # before torch is imported: a Ctrl-C there ends in one line, not a traceback
+    quiet_start()
+
 import argparse
 import sys
 import time
@@ -34,4 +39,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry(main))

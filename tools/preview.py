@@ -5,6 +5,11 @@
 Rows are categories, columns are view seeds.
 """
 
+from dr_fdsl.signals import entry, quiet_start
+
+if __name__ == "__main__":  # before torch is imported: a Ctrl-C there ends in one line, not a traceback
+    quiet_start()
+
 import argparse
 import sys
 
@@ -41,4 +46,4 @@ def main(argv=None) -> int:
     return 0
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry(main))

@@ -8,6 +8,11 @@ manifest.csv (path,category,view_seed) last. Run it again to resume an interrupt
 other settings is refused. Train from it with data.source=static data.path=DIR.
 """
 
+from dr_fdsl.signals import entry, quiet_start
+
+if __name__ == "__main__":  # before torch is imported: a Ctrl-C there ends in one line, not a traceback
+    quiet_start()
+
 import argparse
 import sys
 
@@ -50,4 +55,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry(main))

@@ -13,10 +13,9 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list, parse_flag_from_env, set_seed
 from timm.scheduler.scheduler import Scheduler
 
-from dr_fdsl import checkpoint
+from dr_fdsl import checkpoint, run_lock
 from dr_fdsl.bank import bank_from_config
 from dr_fdsl.config import Config, save_config, validate_config
-from dr_fdsl.engine import run_lock
 from dr_fdsl.errors import ConfigError, DrFdslError
 from dr_fdsl.match import Matcher
 from dr_fdsl.objectives import Objective, get_objective

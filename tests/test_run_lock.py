@@ -61,6 +61,16 @@ def test_build_run_refuses_a_folder_held_by_a_live_run_fresh_or_resumed(tmp_path
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]
 
 
+def test_finetune_refuses_an_output_dir_another_run_is_writing(tmp_path, holder, capsys):
+    from tools.finetune import main
+
+    proc = holder(tmp_path / "ft")
+    assert main(["--config", str(ROOT / "configs/finetune/fashion_mnist.yaml"), f"output_dir={tmp_path / 'ft'}"]) == 2
+    assert capsys.readouterr().err == (f"error: output_dir '{tmp_path / 'ft'}' is in use by another run (pid "
+                                       f"{proc.pid}, holding {tmp_path / 'ft' / '.lock'}); wait for it to end, stop "
+                                       "it, or choose another output_dir\n")
+
+
 def test_new_runs_number_their_folders_passing_over_one_another_runs_just_took(tmp_path, holder):
     out = tmp_path / "run"
     out.mkdir()

@@ -121,16 +121,17 @@ def lock_free_folder(output_dir: str) -> str:
         folder = str(Path(output_dir).parent / f"{Path(output_dir).name}-{number}")
 
 
-def claim_output_dir(output_dir: str, fresh: bool) -> str:
-    """The run's folder, locked by the main process for the rest of its life; a collective, every process gets the
-    main process's folder or its refusal. A fresh run gets :func:`lock_free_folder`; a resumed one its own folder,
+def claim_output_dir(output_dir: str, renumber: bool) -> str:
+    """The run's folder, locked by the main process for the rest of its life (``dr_fdsl.run_lock``); a collective:
+    every process gets the main process's folder or its refusal (raised on every process). With ``renumber`` (a
+    new training run) :func:`lock_free_folder`; without (a resumed run, a fine-tuning) ``output_dir`` itself,
     refused while another live run holds it."""
     state = process_state()  # set up before the collective below
     chosen, problem = None, None
     if state.is_main_process:
         try:
-            chosen = lock_free_folder(output_dir) if fresh else output_dir
-            if not fresh:
+            chosen = lock_free_folder(output_dir) if renumber else output_dir
+            if not renumber:
                 _lock(output_dir)
         except DrFdslError as err:
             problem = err
@@ -151,7 +152,7 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
     t = cfg.train
     # A new run never writes where another run's checkpoints are (it takes a numbered folder), and no run writes
     # where a live one does (refused): the lock is taken before the folder is judged free.
-    chosen = claim_output_dir(cfg.output_dir, fresh=resume is None)
+    chosen = claim_output_dir(cfg.output_dir, renumber=resume is None)
     if chosen != cfg.output_dir:
         process_state().print(f"output_dir '{cfg.output_dir}' holds another run's checkpoints; this run writes "
                               f"to '{chosen}' (continue the other with --resume latest)")

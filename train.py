@@ -18,6 +18,7 @@ if __name__ == "__main__":  # before torch is imported: a Ctrl-C there ends in o
 import argparse
 import sys
 
+from dr_fdsl import run_lock
 from dr_fdsl.cli import USER_ERROR, ThreadWriteFaults, report, write_fault
 from dr_fdsl.config import add_config_args, load_config
 from dr_fdsl.engine import build_run, fit, resume
@@ -67,7 +68,8 @@ def main(argv=None) -> int:
 
 def close(run) -> None:
     """Whatever way the run ended: DDP's wrappers are dropped (left to the interpreter's exit, they can deadlock in
-    gloo: ``loop.release``), trackers closed, the process group destroyed (the entry script's job)."""
+    gloo: ``loop.release``), trackers closed, the process group destroyed (the entry script's job), the output
+    folder's lock released."""
     release(run)
     for tracker in run.accelerator.trackers:  # already closed when fit() ended; after a fault or a stop, not
         try:
@@ -76,6 +78,7 @@ def close(run) -> None:
             if write_fault(err, None) is None:
                 raise
     run.accelerator.state.destroy_process_group()
+    run_lock.release(run.output_dir)  # the process's exit would too; main() may be called again in one process
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def test_two_runs_started_at_once_into_one_folder_exactly_one_runs_there(tmp_pat
     (or, if it came after the first ended, writes to a numbered folder); each folder describes its own run."""
     args = [str(ROOT / "train.py"), "--config", str(ROOT / "configs/quickstart.yaml"), f"output_dir={tmp_path / 'x'}",
             f"bank.cache_dir={bank_dir}", "bank.num_classes=4", "bank.num_points=300", "model.name=test_vit",
-            "train.batch_size=8", "train.max_steps=20", "train.ckpt_every=10", "train.eval_every=10",
+            "train.batch_size=8", "train.max_steps=6", "train.ckpt_every=3", "train.eval_every=3",
             "train.eval_images=16", "train.progress=false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = {seed: subprocess.Popen([sys.executable, *args, f"seed={seed}"], stdout=subprocess.PIPE,
@@ -113,8 +113,8 @@ def test_two_runs_started_at_once_into_one_folder_exactly_one_runs_there(tmp_pat
         writer = (folder / run_lock.LOCK_FILE).read_text().strip()  # the pid of the run that held the folder
         events = list((folder / "tensorboard").rglob("events.out.tfevents.*"))  # name: ...<host>.<pid>.<n>
         assert events and {e.name.split(".")[-2] for e in events} == {writer}
-        assert json.loads((folder / "summary.json").read_text())["step"] == 20
-        assert [p.name for p in sorted((folder / "checkpoints").iterdir())] == ["step_0000010", "step_0000020"]
+        assert json.loads((folder / "summary.json").read_text())["step"] == 6
+        assert [p.name for p in sorted((folder / "checkpoints").iterdir())] == ["step_0000003", "step_0000006"]
 
 
 @pytest.mark.slow

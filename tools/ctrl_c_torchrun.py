@@ -10,7 +10,8 @@ session of its own and passes the signal on). A try passes when, within ``--limi
 rank have exited, rank 0 has printed its one line ``interrupted ...`` and no rank printed a traceback.
 
 Phases: ``training`` (after the first checkpoint, plus a random fraction of a second), ``start`` (a random
-moment in the first 25 s: imports, rendezvous, set-up, the first steps), ``mixed`` (alternating, the default).
+moment in the ranks' first 15 s: imports, rendezvous, set-up, the first steps), ``mixed`` (alternating, the
+default).
 Exit code 0 when every try passed, 1 otherwise.
 """
 
@@ -34,7 +35,7 @@ TINY = ["bank.num_classes=4", "bank.num_points=300", "renderer.image_size=32", "
         "model.name=test_vit", "train.batch_size=8", "train.max_steps=100000", "train.log_every=5",
         "train.eval_every=1000", "train.eval_images=16", "train.image_every=1000", "train.ckpt_every=5",
         "train.progress=false"]
-ARRIVED = re.compile(r"^interrupted (at step|during|while)", re.M)  # the one line of train.py's rank 0
+ARRIVED = re.compile(r"^interrupted (?:at step \d+|during set-up|while starting)", re.M)  # train.py's rank 0
 
 
 def children(pid: int) -> list[int]:
@@ -83,16 +84,18 @@ def interrupt_once(index: int, phase: str, limit: float, work: Path, stacks: boo
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ranks: list[int] = []
     try:
+        deadline = time.monotonic() + 300
+        while len(ranks) < 2 and proc.poll() is None and time.monotonic() < deadline:  # torchrun imports torch too
+            time.sleep(0.1)
+            ranks = children(proc.pid)
         if phase == "training":
-            deadline = time.monotonic() + 300
             while not (out / "checkpoints").is_dir() and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.1)
             time.sleep(random.uniform(0, 1))
         else:
-            time.sleep(random.uniform(0.5, 25))
-        ranks = children(proc.pid)
-        if proc.poll() is not None:
-            return False, f"ended by itself before the Ctrl-C (exit {proc.returncode})"
+            time.sleep(random.uniform(0, 15))
+        if proc.poll() is not None or len(ranks) < 2:
+            return False, f"ended by itself before the Ctrl-C (exit {proc.returncode}), or never started 2 ranks"
         sent = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
         gone: dict[int, float] = {}  # rank pid -> seconds from the Ctrl-C to its exit
@@ -119,7 +122,9 @@ def interrupt_once(index: int, phase: str, limit: float, work: Path, stacks: boo
         if len(lines) != 1:
             return False, f"{len(lines)} 'interrupted' lines, not one; stderr ends:\n{text[-2000:]}"
         ranks_took = ", ".join(f"{gone[p]:.1f}" for p in ranks)
-        return True, f"all exited {took:.1f} s after Ctrl-C (ranks: {ranks_took} s; launcher exit {proc.returncode})"
+        where = lines[0].split(";")[0]
+        return True, (f"all exited {took:.1f} s after Ctrl-C (ranks {ranks_took} s, launcher exit {proc.returncode}; "
+                      f"{where})")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -13,6 +13,11 @@ Phases: ``training`` (after the first checkpoint, plus a random fraction of a se
 moment in the ranks' first 15 s: imports, rendezvous, set-up, the first steps), ``mixed`` (alternating, the
 default).
 Exit code 0 when every try passed, 1 otherwise.
+
+Measured 2026-12-07 on the 2-core CPU VM (loaded by other jobs): 20 of 20 passed in 294 s, the slowest exit 2.7 s
+after the Ctrl-C (ranks 0.1-1.2 s, torchrun's own exit the rest). Before the fix 0 of 4 passed: three left rank 1
+alive (freeing DDP's wrappers at interpreter exit deadlocks in gloo, see ``loop.release``), and both ranks printed
+the line. torchrun itself still prints its own SignalException traceback and exits 1: that is the launcher's.
 """
 
 from __future__ import annotations

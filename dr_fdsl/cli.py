@@ -5,12 +5,17 @@ from __future__ import annotations
 import sys
 import threading
 
+from dr_fdsl.signals import is_main_rank
+
 USER_ERROR = 2  # exit code of every error a user can fix (the message says how)
 
 
 def report(err: BaseException, writing: str | None = None) -> int:
     """Prints ``err`` as ``error: ...`` and returns :data:`USER_ERROR`. With ``writing`` (a path the script was
-    writing), an ``OSError`` is reported as that path being unwritable (disk full, permissions, not a folder)."""
+    writing), an ``OSError`` is reported as that path being unwritable (disk full, permissions, not a folder). An
+    error that every process of a launch raised alike (``err.on_every_process``) is printed by rank 0 only."""
+    if getattr(err, "on_every_process", False) and not is_main_rank():
+        return USER_ERROR
     if writing is not None and isinstance(err, OSError):
         message = f"cannot write '{writing}' ({err.strerror or err}); choose another --out"
     else:

@@ -119,12 +119,13 @@ def test_two_runs_started_at_once_into_one_folder_exactly_one_runs_there(tmp_pat
 
 @pytest.mark.slow
 def test_every_rank_of_a_torchrun_job_learns_that_the_folder_is_locked(tmp_path, bank_dir, holder):
-    """Only rank 0 takes the lock; the other learns the refusal from it and exits too (no hang at a collective)."""
+    """Only rank 0 takes the lock; the other learns the refusal from it and exits too (no hang at a collective),
+    without printing the same line again."""
     proc = holder(tmp_path / "run")
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     out = run_processes([os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", "2",
                          str(ROOT / "train.py"), "--config", str(ROOT / "configs/quickstart.yaml"),
                          f"output_dir={tmp_path / 'run'}", f"bank.cache_dir={bank_dir}"], timeout=240, env=env)
     assert out.returncode != 0
-    assert out.stderr.count(f"is in use by another run (pid {proc.pid}") == 2, out.stderr[-3000:]  # each rank's
+    assert out.stderr.count(f"is in use by another run (pid {proc.pid}") == 1, out.stderr[-3000:]  # rank 0's
     assert not rank_tracebacks(out.stderr), out.stderr[-3000:]

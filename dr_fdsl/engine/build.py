@@ -137,6 +137,7 @@ def claim_output_dir(output_dir: str, renumber: bool) -> str:
             problem = err
     chosen, problem = broadcast_object_list([chosen, problem])
     if problem is not None:
+        problem.on_every_process = True  # the same refusal everywhere: the main process's line is enough
         raise problem
     return chosen
 

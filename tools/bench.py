@@ -20,6 +20,11 @@ the per-pair ratios).
     python tools/bench.py --size 32 --points 2000 --classes 10 --k 4 --match fashion_mnist   # quickstart scale
 """
 
+from dr_fdsl.signals import entry, quiet_start
+
+if __name__ == "__main__":  # before torch is imported: a Ctrl-C there ends in one line, not a traceback
+    quiet_start()
+
 import argparse
 import tempfile
 from pathlib import Path
@@ -178,7 +183,10 @@ if __name__ == "__main__":
     from dr_fdsl.cli import report
     from dr_fdsl.errors import DrFdslError
 
-    try:
-        sys.exit(main())
-    except DrFdslError as err:
-        sys.exit(report(err))
+    def reported() -> int:
+        try:
+            return main()
+        except DrFdslError as err:
+            return report(err)
+
+    sys.exit(entry(reported))

@@ -6,6 +6,11 @@
 Trailing ``key=value`` overrides set any ``bank.*`` key (family, seed, the family's section).
 """
 
+from dr_fdsl.signals import entry, quiet_start
+
+if __name__ == "__main__":  # before torch is imported: a Ctrl-C there ends in one line, not a traceback
+    quiet_start()
+
 import argparse
 import os
 import platform
@@ -47,7 +52,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except DrFdslError as err:  # an override the config refuses: one line naming the key
-        sys.exit(report(err))
+    def reported() -> int:
+        try:
+            return main()
+        except DrFdslError as err:  # an override the config refuses: one line naming the key
+            return report(err)
+
+    sys.exit(entry(reported))

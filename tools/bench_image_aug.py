@@ -9,6 +9,11 @@ pipeline has them), timed through ``ImageAugment.forward`` (pixel operations and
 
 from __future__ import annotations
 
+from dr_fdsl.signals import entry, quiet_start
+
+if __name__ == "__main__":  # before torch is imported: a Ctrl-C there ends in one line, not a traceback
+    quiet_start()
+
 import argparse
 import dataclasses
 import statistics
@@ -103,4 +108,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(entry(main))

@@ -19,6 +19,11 @@ L1 over all pixels grows with the ratio by construction (more pixels to predict)
 difficulty per masked pixel; only downstream accuracy answers the seed's question (which mask helps).
 """
 
+from dr_fdsl.signals import entry, quiet_start
+
+if __name__ == "__main__":  # before torch is imported: a Ctrl-C there ends in one line, not a traceback
+    quiet_start()
+
 import argparse
 import json
 import sys
@@ -134,9 +139,12 @@ if __name__ == "__main__":
     from dr_fdsl.cli import report
     from dr_fdsl.errors import DrFdslError
 
-    try:
-        code = main()
-    except DrFdslError as err:
-        code = report(err)
-    PartialState().destroy_process_group()
-    sys.exit(code)
+    def reported() -> int:
+        try:
+            return main()
+        except DrFdslError as err:
+            return report(err)
+        finally:
+            PartialState().destroy_process_group()
+
+    sys.exit(entry(reported))

@@ -8,6 +8,11 @@ Stages are timed separately: scene (gathers, augmentations, projection), rasteri
 composite (weights + compositing, forward and backward).
 """
 
+from dr_fdsl.signals import entry, quiet_start
+
+if __name__ == "__main__":  # before torch is imported: a Ctrl-C there ends in one line, not a traceback
+    quiet_start()
+
 import argparse
 import dataclasses
 import sys
@@ -97,7 +102,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except DrFdslError as err:  # a --config or size that the config refuses: one line naming the key
-        sys.exit(report(err))
+    def reported() -> int:
+        try:
+            return main()
+        except DrFdslError as err:  # a --config or size that the config refuses: one line naming the key
+            return report(err)
+
+    sys.exit(entry(reported))

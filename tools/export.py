@@ -13,6 +13,11 @@ its pretrained config (input size, mean, std). Load it with either of
 (a ``num_classes`` other than the overlay's drops the head, as for any timm checkpoint: fine-tuning does that).
 """
 
+from dr_fdsl.signals import entry, quiet_start
+
+if __name__ == "__main__":  # before torch is imported: a Ctrl-C there ends in one line, not a traceback
+    quiet_start()
+
 import argparse
 import json
 import sys
@@ -49,4 +54,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry(main))

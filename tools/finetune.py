@@ -9,8 +9,13 @@ Settings are the fields of ``FinetuneSettings`` (dr_fdsl/finetune.py): a YAML fi
 overrides, checked like a training config (unknown keys and wrong types name the key). Datasets: fashion_mnist
 (Debian's dataset-fashion-mnist, or torchvision's copy under data_root), cifar10 / cifar100 (torchvision,
 downloaded into data_root when the network allows), folder:PATH (PATH/train and PATH/val, one sub-folder per
-class). Results go to output_dir (finetune.json, TensorBoard).
+class). Results go to output_dir (finetune.json, TensorBoard), refused while another live run writes there.
 """
+
+from dr_fdsl.signals import entry, quiet_start
+
+if __name__ == "__main__":  # before torch is imported: a Ctrl-C there ends in one line, not a traceback
+    quiet_start()
 
 import argparse
 import sys
@@ -19,6 +24,7 @@ from accelerate import PartialState
 
 from dr_fdsl.cli import report
 from dr_fdsl.config import add_config_args, load_config
+from dr_fdsl.engine.build import claim_output_dir
 from dr_fdsl.errors import DrFdslError
 from dr_fdsl.finetune import FinetuneSettings, finetune
 
@@ -29,6 +35,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_config(args.config, args.overrides, cls=FinetuneSettings)
+        claim_output_dir(settings.output_dir, renumber=False)  # refused while another live run writes there
         result = finetune(settings)
     except DrFdslError as err:
         return report(err)
@@ -42,4 +49,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry(main))

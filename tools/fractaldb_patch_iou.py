@@ -17,6 +17,11 @@ whose radius, between sqrt(2) and 2 pixels, covers exactly the 3 x 3 block). Pri
 * ``iou_support``: renderer against the union of the 3 x 3 blocks (every mask bit on): the geometry alone.
 """
 
+from dr_fdsl.signals import entry, quiet_start
+
+if __name__ == "__main__":  # before torch is imported: a Ctrl-C there ends in one line, not a traceback
+    quiet_start()
+
 import argparse
 import random
 import statistics
@@ -133,4 +138,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry(main))

@@ -7,6 +7,11 @@ one that fails is refused with one `error:` line naming it; --rebuild replaces i
 is used with a warning that it cannot be checked (--rebuild gives it one).
 """
 
+from dr_fdsl.signals import entry, quiet_start
+
+if __name__ == "__main__":  # before torch is imported: a Ctrl-C there ends in one line, not a traceback
+    quiet_start()
+
 import argparse
 import sys
 import time
@@ -38,4 +43,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry(main))

@@ -13,10 +13,10 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list, parse_flag_from_env, set_seed
 from timm.scheduler.scheduler import Scheduler
 
-from dr_fdsl import checkpoint
+from dr_fdsl import checkpoint, run_lock
 from dr_fdsl.bank import bank_from_config
 from dr_fdsl.config import Config, save_config, validate_config, validate_device
-from dr_fdsl.errors import ConfigError
+from dr_fdsl.errors import ConfigError, DrFdslError
 from dr_fdsl.match import Matcher
 from dr_fdsl.objectives import Objective, get_objective
 from dr_fdsl.optim import create_scheduler
@@ -71,6 +71,11 @@ def process_state() -> PartialState:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
+def _unwritable(folder: str, err: OSError) -> ConfigError:
+    return ConfigError(f"config key 'output_dir': '{folder}' cannot be written ({err.strerror or err}); choose "
+                       "another folder")
+
+
 def writable(folder: str) -> None:
     """Creates ``folder`` and writes a file into it, or fails naming ``output_dir`` (before any work)."""
     try:
@@ -78,8 +83,63 @@ def writable(folder: str) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        raise ConfigError(f"config key 'output_dir': '{folder}' cannot be written ({err.strerror or err}); choose "
-                          "another folder") from err
+        raise _unwritable(folder, err) from err
+
+
+def _lock(folder: str) -> bool:
+    """Takes ``folder``'s run lock; whether this process newly took it (False: it held it already)."""
+    held = run_lock.holds(folder)
+    try:
+        run_lock.lock(folder)
+    except OSError as err:
+        raise _unwritable(folder, err) from err
+    return not held
+
+
+def lock_free_folder(output_dir: str) -> str:
+    """Locks and returns ``output_dir``, or, when a finished run has used it, the first of ``output_dir-2``, ``-3``,
+    ... that no run has used (``checkpoint.free_output_dir``'s rule).
+
+    Each folder is locked *before* it is judged free, so two runs starting at the same moment never both take one:
+    the folder asked for, when a live run holds it, is refused (:class:`run_lock.FolderLockedError`, naming its
+    pid); a numbered folder that another new run has just locked is passed over for the next number.
+    """
+    folder, number = output_dir, 1
+    while True:
+        try:
+            newly = _lock(folder)
+        except run_lock.FolderLockedError:
+            if folder == output_dir:
+                raise
+            newly = None  # a numbered folder that another new run has just taken
+        if newly is not None:
+            if checkpoint.free_output_dir(folder) == folder:  # no checkpoints or config of another run there
+                return folder
+            if newly:
+                run_lock.release(folder)
+        number += 1
+        folder = str(Path(output_dir).parent / f"{Path(output_dir).name}-{number}")
+
+
+def claim_output_dir(output_dir: str, renumber: bool) -> str:
+    """The run's folder, locked by the main process for the rest of its life (``dr_fdsl.run_lock``); a collective:
+    every process gets the main process's folder or its refusal (raised on every process). With ``renumber`` (a
+    new training run) :func:`lock_free_folder`; without (a resumed run, a fine-tuning) ``output_dir`` itself,
+    refused while another live run holds it."""
+    state = process_state()  # set up before the collective below
+    chosen, problem = None, None
+    if state.is_main_process:
+        try:
+            chosen = lock_free_folder(output_dir) if renumber else output_dir
+            if not renumber:
+                _lock(output_dir)
+        except DrFdslError as err:
+            problem = err
+    chosen, problem = broadcast_object_list([chosen, problem])
+    if problem is not None:
+        problem.on_every_process = True  # the same refusal everywhere: the main process's line is enough
+        raise problem
+    return chosen
 
 
 def build_run(cfg: Config, resume: str | None = None) -> Run:
@@ -91,13 +151,13 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
     """
     validate_config(cfg)  # again: a config may have been changed in Python since it was loaded
     t = cfg.train
-    if resume is None:  # a new run never writes where another run's checkpoints are: it takes a numbered folder
-        state = process_state()  # set up before the collective below
-        chosen = broadcast_object_list([checkpoint.free_output_dir(cfg.output_dir)])[0]  # the main process's
-        if chosen != cfg.output_dir:
-            state.print(f"output_dir '{cfg.output_dir}' holds another run's checkpoints; this run writes "
-                                  f"to '{chosen}' (continue the other with --resume latest)")
-            cfg = dataclasses.replace(cfg, output_dir=chosen)
+    # A new run never writes where another run's checkpoints are (it takes a numbered folder), and no run writes
+    # where a live one does (refused): the lock is taken before the folder is judged free.
+    chosen = claim_output_dir(cfg.output_dir, renumber=resume is None)
+    if chosen != cfg.output_dir:
+        process_state().print(f"output_dir '{cfg.output_dir}' holds another run's checkpoints; this run writes "
+                              f"to '{chosen}' (continue the other with --resume latest)")
+        cfg = dataclasses.replace(cfg, output_dir=chosen)
     writable(cfg.output_dir)
     try:
         acc = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,

@@ -153,8 +153,10 @@ PROBE_VIEWS = 2
 
 @torch.no_grad()
 def _held_out_loss_finite(run: Run) -> bool:
-    """The objective's evaluation values (loss first) on this process's first ``PROBE_VIEWS`` held-out views are
-    finite (weights that overflow do so on any image; a few cost a fraction of a step).
+    """The objective's evaluation values on this process's first ``PROBE_VIEWS`` held-out views are finite (weights
+    that overflow do so on any image; a few cost a fraction of a step). The leakage probe's columns (``probe/...``)
+    are left out: the probe is a diagnostic whose divergence is reported as such (NaN accuracy, ``probe/diverged``)
+    and never stops training.
 
     Evaluation mode, as ``evaluate`` (no dropout, no batch-norm update), and on a copy of the global random
     streams, so that the check changes no training step (resume stays bit-exact)."""
@@ -168,7 +170,9 @@ def _held_out_loss_finite(run: Run) -> bool:
             values = run.objective.evaluate(render_eval(run, ids, seeds), ids, seeds)
     finally:
         run.objective.train(True)
-    return bool(torch.isfinite(values).all())
+    names = run.objective.eval_names  # columns past them (multilabel's scores) are the model's
+    model = [i for i in range(values.shape[1]) if i >= len(names) or not names[i].startswith("probe/")]
+    return bool(torch.isfinite(values[:, model]).all())
 
 
 def _storage_error(err: BaseException) -> bool:

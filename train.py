@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder of this run")
     parser.add_argument("--allow-inexact-resume", action="store_true",
                         help="resume even when the random stream cannot be restored exactly (says why)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may stand on either side of options
     run = None
     with ThreadWriteFaults() as thread_faults:
         try:

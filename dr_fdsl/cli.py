@@ -16,7 +16,9 @@ def report(err: BaseException, writing: str | None = None) -> int:
     error that every process of a launch raised alike (``err.on_every_process``) is printed by rank 0 only."""
     if getattr(err, "on_every_process", False) and not is_main_rank():
         return USER_ERROR
-    if writing is not None and isinstance(err, OSError):
+    if writing is not None and isinstance(err, (FileExistsError, NotADirectoryError)):  # mkdir where a file is
+        message = f"cannot write '{writing}': '{err.filename or writing}' is a file, not a folder; choose another --out"
+    elif writing is not None and isinstance(err, OSError):
         message = f"cannot write '{writing}' ({err.strerror or err}); choose another --out"
     else:
         message = str(err)
@@ -24,28 +26,39 @@ def report(err: BaseException, writing: str | None = None) -> int:
     return USER_ERROR
 
 
-# Words of the RuntimeErrors that storage faults become inside libraries: torch.save's zip writer ("file write
-# failed", "unexpected pos"), or an errno's text passed on in a message.
-_STORAGE_WORDS = ("file write failed", "unexpected pos", "No space left on device", "File too large",
-                  "Read-only file system", "Disk quota exceeded", "Input/output error")
+# Words of the errors that storage faults become inside libraries: torch.save's zip writer ("file write failed",
+# "PytorchStreamWriter failed writing file", "unexpected pos"), safetensors' SafetensorError ("IoError ..."), or
+# an errno's text passed on in a message. Compared in lower case.
+_STORAGE_WORDS = ("write failed", "failed writing", "unexpected pos", "ioerror", "no space left on device",
+                  "file too large", "read-only file system", "disk quota exceeded", "input/output error")
 
 
-def write_fault(err: BaseException, safe: object, folder: object = None) -> str | None:
-    """The one ``error: ...`` line for a failed write (any ``OSError``, or a ``RuntimeError`` that a storage fault
-    became), naming what failed (the file, else ``folder``) and what is safe (``safe``: the newest complete
-    checkpoint; "none yet" when it is None). None when ``err`` is something else (a bug: its traceback is what to
-    read)."""
+def is_write_fault(err: BaseException) -> bool:
+    """Whether ``err`` is storage failing (disk full, read-only, over a size limit, quota, I/O error) rather than a
+    bug: any ``OSError``, an error caused by one, or a ``RuntimeError`` / ``SafetensorError`` whose text shows a
+    failed write (``torch.save`` and safetensors do not raise ``OSError`` for these)."""
+    cause = err.__cause__ or err.__context__
+    if isinstance(err, OSError) or isinstance(cause, OSError):
+        return True
+    library = isinstance(err, RuntimeError) or type(err).__name__ == "SafetensorError"
+    return library and any(w in str(err).lower() for w in _STORAGE_WORDS)
+
+
+def write_fault(err: BaseException, safe: object, folder: object = None, checkpoints: bool = True) -> str | None:
+    """The one ``error: ...`` line for a failed write (:func:`is_write_fault`), naming what failed (the file, else
+    ``folder``) and, for a tool that writes checkpoints, what is safe (``safe``: the newest complete checkpoint;
+    "none yet" when it is None). None when ``err`` is something else (a bug: its traceback is what to read)."""
+    if not is_write_fault(err):
+        return None
     cause = err if isinstance(err, OSError) else err.__cause__ or err.__context__
     if isinstance(cause, OSError):
         reason = cause.strerror or str(cause)
         what = f"'{cause.filename}'" if cause.filename else None
-    elif isinstance(err, RuntimeError) and any(w in str(err) for w in _STORAGE_WORDS):
-        reason, what = str(err).strip().splitlines()[0][:200], None
     else:
-        return None
+        reason, what = str(err).strip().splitlines()[0][:200], None
     what = what or (f"a file in '{folder}'" if folder else "a file")
-    return (f"error: could not write {what} ({reason}; disk full, read-only or over a size limit?); the newest "
-            f"complete checkpoint: {safe or 'none yet'}")
+    line = f"error: could not write {what} ({reason}; disk full, read-only or over a size limit?)"
+    return f"{line}; the newest complete checkpoint: {safe or 'none yet'}" if checkpoints else line
 
 
 class ThreadWriteFaults:

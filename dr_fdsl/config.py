@@ -840,7 +840,8 @@ def save_config(cfg: Any, path: str | Path) -> Path:
 
 
 def add_config_args(parser) -> None:
-    """Adds the shared ``--config FILE`` option and trailing ``key=value`` overrides to an argparse parser."""
+    """Adds the shared ``--config FILE`` option and ``key=value`` overrides to an argparse parser. Parse with
+    ``parse_intermixed_args``, so that overrides may stand before and after other options (``k=v --resume X k2=v``)."""
     parser.add_argument("--config", type=str, default=None, help="YAML file under configs/")
     parser.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. train.max_steps=100")
 

@@ -673,16 +673,22 @@ def main(argv=None) -> int:
 
 
 def entry(argv=None) -> int:
-    """:func:`main` as the script runs it: a user's error is one ``error:`` line (exit 2), Ctrl-C one line (exit
-    130), also during the imports, which take seconds."""
+    """:func:`main` as the script runs it: a user's error or a failed write is one ``error:`` line (exit 2), Ctrl-C
+    one line (exit 130), also during the imports, which take seconds."""
     try:
-        from dr_fdsl.cli import report
+        from dr_fdsl.cli import USER_ERROR, report, write_fault
         from dr_fdsl.errors import DrFdslError
 
         try:
             return main(argv)
         except DrFdslError as err:
             return report(err)
+        except (OSError, RuntimeError) as err:  # disk full, read-only: the results, a run's files
+            fault = write_fault(err, None, checkpoints=False)
+            if fault is None:
+                raise  # a bug: its traceback is what to read
+            print(f"{fault}; the runs that finished are under its --out", file=sys.stderr)
+            return USER_ERROR
     except KeyboardInterrupt:  # during imports, or a run in this process (--jobs 1); --jobs N: main says it
         print("interrupted: compare.py stopped; the runs that finished are under its --out", file=sys.stderr)
         return 130

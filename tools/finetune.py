@@ -22,7 +22,7 @@ import sys
 
 from accelerate import PartialState
 
-from dr_fdsl.cli import report
+from dr_fdsl.cli import USER_ERROR, report, write_fault
 from dr_fdsl.config import add_config_args, load_config
 from dr_fdsl.engine.build import claim_output_dir
 from dr_fdsl.errors import DrFdslError
@@ -32,13 +32,20 @@ from dr_fdsl.finetune import FinetuneSettings, finetune
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may stand on either side of options
+    settings = None
     try:
         settings = load_config(args.config, args.overrides, cls=FinetuneSettings)
         claim_output_dir(settings.output_dir, renumber=False)  # refused while another live run writes there
         result = finetune(settings)
     except DrFdslError as err:
         return report(err)
+    except (OSError, RuntimeError) as err:  # disk full, read-only: finetune.json, TensorBoard's events
+        fault = write_fault(err, None, settings.output_dir if settings else None, checkpoints=False)
+        if fault is None:
+            raise  # a bug: its traceback is what to read
+        print(fault, file=sys.stderr)
+        return USER_ERROR
     finally:
         PartialState().destroy_process_group()  # the entry script's job (a no-op without one)
     curve = " ".join(f"{100 * a:.1f}" for a in result["top1"])

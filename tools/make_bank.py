@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     parser.add_argument("--rebuild", action="store_true", help="regenerate even when a cache file exists")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may stand on either side of options
     try:
         cfg = load_config(args.config, args.overrides)
         path = cache_path(cfg.bank)

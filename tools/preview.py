@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="preview.png", help="the PNG to write (its folder is created)")
     parser.add_argument("--classes", type=int, default=8, help="rows: the first N categories")
     parser.add_argument("--views", type=int, default=6, help="columns: view seeds 0..N-1")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may stand on either side of options
     out = Path(args.out)
     try:
         if args.classes < 1 or args.views < 1:

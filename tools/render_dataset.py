@@ -17,6 +17,7 @@ if __name__ == "__main__":  # before torch is imported: a Ctrl-C there ends in o
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -35,8 +36,10 @@ def main(argv=None) -> int:
     parser.add_argument("--views", type=int, required=True, help="views per category (view seeds 0..N-1)")
     parser.add_argument("--batch", type=int, default=64, help="images rendered together")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may stand on either side of options
     try:
+        if Path(args.out).exists() and not Path(args.out).is_dir():  # before minutes of bank building
+            raise ConfigError(f"--out '{args.out}' is a file, not a folder; choose another --out")
         if args.views < 1 or args.batch < 1:
             raise ConfigError(f"--views and --batch must be positive, got {args.views} and {args.batch}")
         try:

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from dr_fdsl import checkpoint
+from dr_fdsl.cli import is_write_fault
 from dr_fdsl.config import save_config
 from dr_fdsl.engine.build import Run
 from dr_fdsl.engine.interrupt import StopRequest
@@ -175,20 +176,6 @@ def _held_out_loss_finite(run: Run) -> bool:
     return bool(torch.isfinite(values[:, model]).all())
 
 
-def _storage_error(err: BaseException) -> bool:
-    """Whether ``err`` raised while writing a checkpoint is the storage failing (disk full, read-only, file too
-    large, quota), not a bug: ``torch.save`` reports a failed write as a RuntimeError ("PytorchStreamWriter failed
-    writing file ..."), safetensors as a SafetensorError ("IoError ...")."""
-    from safetensors import SafetensorError
-
-    if isinstance(err, (OSError, SafetensorError)):
-        return True
-    text = str(err).lower()
-    return isinstance(err, RuntimeError) and any(
-        s in text for s in ("write failed", "failed writing", "ioerror", "no space", "file too large", "read-only",
-                            "quota", "unexpected pos"))
-
-
 def _newest_complete(run: Run) -> str:
     found = checkpoint.list_checkpoints(run.output_dir)
     newest = run.last_checkpoint or (found[-1] if found else None)
@@ -225,8 +212,8 @@ def save_checkpoint(run: Run) -> Path:
         if acc.is_main_process and run.renderer_optimizer is not None:
             save_file({k: v.contiguous().cpu() for k, v in run.renderer.state_dict().items()},
                       str(tmp / checkpoint.RENDERER_FILE))
-    except Exception as err:  # storage failures arrive as several types (_storage_error); others go on
-        if not _storage_error(err):
+    except Exception as err:  # storage failures arrive as several types (cli.is_write_fault); others go on
+        if not is_write_fault(err):
             raise
         problem = err
     if _all_ok(run, problem is None) and acc.is_main_process:

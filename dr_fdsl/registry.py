@@ -1,0 +1,74 @@
+"""One registry type for every kind of part chosen by name in a config (the shape of timm's ``@register_model``).
+
+A :class:`Registry` maps names to parts (a family, an objective class, a rasteriser, a renderer mode, ...). It is a
+read-only ``Mapping`` (``name in FAMILIES``, ``FAMILIES[name]``, ``sorted(FAMILIES)`` work as on a dict) with
+:meth:`Registry.register` to add a part, usable as a decorator, and :meth:`Registry.get` to look one up for a
+config key: an unknown name is a :class:`~dr_fdsl.errors.ConfigError` naming the key, the valid names and the
+closest one. The module imports nothing heavy: the config loader may use it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Generic, TypeVar, overload
+
+from dr_fdsl.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Mapping[str, T], Generic[T]):
+    """Parts of one kind by name.
+
+    Args:
+        kind: what a part is, for messages ("family", "objective").
+        key: the config key that chooses one ("bank.family", "train.objective").
+    """
+
+    def __init__(self, kind: str, key: str) -> None:
+        self.kind, self.key = kind, key
+        self._parts: dict[str, T] = {}
+
+    @overload
+    def register(self, name: str) -> Callable[[T], T]: ...
+
+    @overload
+    def register(self, name: str, part: T) -> T: ...
+
+    def register(self, name, part=None):
+        """Adds ``part`` as ``name`` and returns it; without ``part``, a decorator that does so. A name registered
+        twice is a programming error (two parts would answer to one config value)."""
+        def add(part: T) -> T:
+            if name in self._parts:
+                raise ValueError(f"{self.kind} {name!r} is registered twice ({self._parts[name]!r} and {part!r})")
+            self._parts[name] = part
+            return part
+
+        return add if part is None else add(part)
+
+    def get(self, name: str) -> T:  # type: ignore[override]  # Mapping.get's default: a config must name a part
+        """The part registered as ``name``; an unknown name is a ``ConfigError`` naming :attr:`key`, the valid names
+        and the closest one."""
+        if name not in self._parts:
+            close = difflib.get_close_matches(str(name), self._parts, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"config key '{self.key}': unknown {self.kind} {name!r}{hint}; valid: "
+                              f"{', '.join(sorted(self._parts))}")
+        return self._parts[name]
+
+    def names(self) -> list[str]:
+        """The registered names, sorted."""
+        return sorted(self._parts)
+
+    def __getitem__(self, name: str) -> T:
+        return self._parts[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parts)
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.key!r}, {self.names()})"

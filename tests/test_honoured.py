@@ -70,6 +70,28 @@ def test_a_diverged_probe_is_reported_and_training_goes_on(tmp_path, bank_dir, c
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_0000002"]
 
 
+def test_a_probe_that_diverges_in_its_own_step_at_a_checkpoint_step_stops_nothing(tmp_path, bank_dir):
+    """The probe notices non-finite weights at its next forward; a checkpoint due right after its step settles them
+    first (Objective.before_checkpoint) instead of refusing the run's weights. The diverged flag survives resume."""
+    from dr_fdsl.engine import resume
+
+    run = build_run(tiny(tmp_path, bank_dir, "train.max_steps=2", "train.ckpt_every=1"))
+    step = run.objective.probe_optimizer.step
+
+    def diverging_step(*args, **kwargs):
+        out = step(*args, **kwargs)
+        with torch.no_grad():
+            run.objective.probe.linear.weight[0, 0] = math.inf
+        return out
+
+    run.objective.probe_optimizer.step = diverging_step
+    assert fit(run)["step"] == 2  # used to stop at step 1: "weights are not finite at step 1; not saved; ..."
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_0000001", "step_0000002"]
+    again = build_run(tiny(tmp_path, bank_dir, "train.max_steps=3", "train.ckpt_every=1"), resume="latest")
+    resume(again, "latest")
+    assert again.objective.probe_diverged
+
+
 def test_a_non_finite_probe_loss_gives_zero_gradients_and_nan_metrics(tmp_path, bank_dir):
     from dr_fdsl.objectives.classify import Classify
 

@@ -18,7 +18,7 @@ from dr_fdsl.config import save_config
 from dr_fdsl.engine.build import Run
 from dr_fdsl.engine.interrupt import StopRequest
 from dr_fdsl.engine.step import set_learning_rates, train_step, weights_finite, what_to_resume
-from dr_fdsl.errors import CheckpointError, NonFiniteLossError
+from dr_fdsl.errors import CheckpointError, IntegrityError, NonFiniteLossError
 from dr_fdsl.render import image_grid
 from dr_fdsl.static import quantize
 
@@ -199,6 +199,7 @@ def save_checkpoint(run: Run) -> Path:
     """
     acc = run.accelerator
     renderer_checksums(run)
+    run.objective.before_checkpoint()  # e.g. a diverged leakage probe restarts: diagnostics never stop training
     why = _why_not_good(run)  # a checkpoint named as "good" must be good
     if why:
         raise NonFiniteLossError(f"{why} at step {run.step}; not saved; {what_to_resume(run)}")
@@ -221,9 +222,11 @@ def save_checkpoint(run: Run) -> Path:
                  "fingerprint": checkpoint.fingerprint(run.cfg, acc.num_processes)}
         if run.match is not None:
             state["match_index"] = run.match.stream.index
+        if run.objective.trainer_state():
+            state["objective"] = run.objective.trainer_state()
         try:
             path = checkpoint.finalize(tmp, state, run.cfg.train.keep_checkpoints, run.run_id)
-        except (OSError, CheckpointError) as err:
+        except (OSError, CheckpointError, IntegrityError) as err:  # every process must reach the vote below
             problem = err
     if not _all_ok(run, problem is None):  # the previous checkpoints are untouched
         if acc.is_main_process:
@@ -287,6 +290,7 @@ def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
     if run.match is not None:
         run.match.stream.index = int(state.get("match_index", state["stream_index"]))  # both: one per micro-batch
     run.run_id = state.get("run_id") or run.run_id  # pruning goes on over the run's own checkpoints
+    run.objective.load_trainer_state(state.get("objective", {}))
     set_learning_rates(run)
     if acc.is_main_process:
         save_config(run.cfg, run.output_dir / "config.yaml")

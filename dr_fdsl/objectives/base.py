@@ -100,6 +100,17 @@ class Objective:
         """Per-image values ``(B, len(eval_names))`` float32, averaged over the evaluation set by the engine."""
         raise NotImplementedError
 
+    def before_checkpoint(self) -> None:
+        """Called before a checkpoint's weights are checked and saved: settles what a diagnostic left for its next
+        step (the leakage probe restarts diverged weights), so that a diagnostic never stops training."""
+
+    def trainer_state(self) -> dict:
+        """JSON facts a resume must restore beside the weights (``trainer_state.json``; default none)."""
+        return {}
+
+    def load_trainer_state(self, state: dict) -> None:
+        """Restores what :meth:`trainer_state` returned (``{}`` from checkpoints made without it)."""
+
     def image_grids(self, images: torch.Tensor, class_ids: torch.Tensor,
                     view_seeds: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra TensorBoard images of what the objective does with a batch (e.g. masked, reconstructed): name ->

@@ -98,6 +98,20 @@ class Classify(Objective):
         metrics["probe/train_acc"] = accuracy if not self.probe_diverged else torch.tensor(math.nan)
         return loss
 
+    def before_checkpoint(self) -> None:
+        """A probe whose last step left non-finite weights restarts now rather than at its next forward (the same
+        weights either way), so the checkpoint holds finite ones and the run goes on."""
+        if self.probe is not None and (self.restart_probe or not weights_finite(self.probe).item()):
+            self._probe_diverged("its weights are not finite")
+            restart_(self.probe, self.probe_optimizer)
+            self.restart_probe = False
+
+    def trainer_state(self) -> dict:
+        return {"probe_diverged": True} if self.probe_diverged else {}  # none while it has not: old states match
+
+    def load_trainer_state(self, state: dict) -> None:
+        self.probe_diverged = bool(state.get("probe_diverged", False))
+
     def _probe_diverged(self, why: str) -> None:
         if not self.probe_diverged:
             PartialState().print(f"warning: the leakage probe diverged ({why}); from here on probe/diverged is 1 and "

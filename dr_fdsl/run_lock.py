@@ -41,8 +41,8 @@ def _holder(path: Path) -> str:
     return "unknown"
 
 
-def lock(folder: str | Path, what: str = "output_dir") -> Path:
-    """Creates ``folder`` if needed and takes its lock without waiting; returns the lock file.
+def lock(folder: str | Path, what: str = "output_dir", wait: float = 0.0) -> Path:
+    """Creates ``folder`` if needed and takes its lock, trying for up to ``wait`` seconds; returns the lock file.
 
     Raises :class:`FolderLockedError` when another process holds it, and ``OSError`` when the folder or the lock
     file cannot be created (the caller names the setting).
@@ -53,8 +53,16 @@ def lock(folder: str | Path, what: str = "output_dir") -> Path:
     if key in _held:
         return path
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # not inherited by any child process
+    deadline = time.monotonic() + wait
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
     except BlockingIOError:
         os.close(fd)
         raise FolderLockedError(

@@ -86,11 +86,16 @@ def writable(folder: str) -> None:
         raise _unwritable(folder, err) from err
 
 
-def _lock(folder: str) -> bool:
+# How long a run waits for the folder it asked for: another new run may hold it for the instant it takes to see
+# that a finished run used it and move on to a numbered one (a live run holds it for good, and is then named).
+LOCK_WAIT_S = 2.0
+
+
+def _lock(folder: str, wait: float = 0.0) -> bool:
     """Takes ``folder``'s run lock; whether this process newly took it (False: it held it already)."""
     held = run_lock.holds(folder)
     try:
-        run_lock.lock(folder)
+        run_lock.lock(folder, wait=wait)
     except OSError as err:
         raise _unwritable(folder, err) from err
     return not held
@@ -107,7 +112,7 @@ def lock_free_folder(output_dir: str) -> str:
     folder, number = output_dir, 1
     while True:
         try:
-            newly = _lock(folder)
+            newly = _lock(folder, wait=LOCK_WAIT_S if folder == output_dir else 0.0)
         except run_lock.FolderLockedError:
             if folder == output_dir:
                 raise
@@ -132,9 +137,12 @@ def claim_output_dir(output_dir: str, renumber: bool) -> str:
         try:
             chosen = lock_free_folder(output_dir) if renumber else output_dir
             if not renumber:
-                _lock(output_dir)
+                _lock(output_dir, wait=LOCK_WAIT_S)
         except DrFdslError as err:
             problem = err
+        except Exception as err:  # e.g. an unreadable checkpoints/ folder: every process must get past the broadcast
+            problem = ConfigError(f"config key 'output_dir': '{output_dir}' cannot be used ({type(err).__name__}: "
+                                  f"{err})")
     chosen, problem = broadcast_object_list([chosen, problem])
     if problem is not None:
         problem.on_every_process = True  # the same refusal everywhere: the main process's line is enough

@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -117,8 +118,9 @@ def entry(main: Callable[[], int | None], where: str = "") -> int:
 def leave(code: int) -> NoReturn:
     """Ends the process now with ``code``: logging and stdio flushed, no interpreter teardown. For a process whose
     files are closed (the entry scripts close theirs: checkpoints are renamed when written, trackers finished)."""
-    for signum in SIGNALS:  # a second signal from here on must not raise into the flush below
-        signal.signal(signum, signal.SIG_IGN)
+    if threading.current_thread() is threading.main_thread():  # handlers can be set from the main thread only
+        for signum in SIGNALS:  # a second signal from here on must not raise into the flush below
+            signal.signal(signum, signal.SIG_IGN)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a closed or broken pipe: nothing more to say

@@ -108,3 +108,25 @@ def test_ctrl_c_of_a_two_process_run_ends_every_rank_within_10_s(tmp_path):
 
     passed, what = interrupt_once(0, "training", 10.0, tmp_path)
     assert passed, what
+
+
+def test_a_stop_request_that_meets_no_step_boundary_ends_the_process(tmp_path):
+    """A rank blocked where no Python handler runs (here a wait that never reaches a step boundary) still ends,
+    with the signal's code and one line, once STOP_GRACE_S has passed (torchrun would otherwise kill it at 30 s)."""
+    script = tmp_path / "blocked.py"
+    script.write_text(
+        "import os, signal, threading\n"
+        "from dr_fdsl.engine import interrupt\n"
+        "from dr_fdsl.signals import stop_on_signals\n"
+        "interrupt.STOP_GRACE_S = 1.0\n"
+        "stop_on_signals()\n"
+        "with interrupt.StopRequest():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    threading.Event().wait(60)\n"
+        "print('reached a boundary')\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 143, out.stderr[-2000:]
+    assert out.stdout == "" and out.stderr.strip().splitlines() == [
+        "terminated (SIGTERM) with no step boundary within 1 s (blocked in a collective or a kernel); the newest "
+        "checkpoint is whole"]

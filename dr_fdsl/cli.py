@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 
+from dr_fdsl.errors import is_write_fault
 from dr_fdsl.signals import is_main_rank
 
 USER_ERROR = 2  # exit code of every error a user can fix (the message says how)
@@ -26,31 +27,13 @@ def report(err: BaseException, writing: str | None = None) -> int:
     return USER_ERROR
 
 
-# Words of the errors that storage faults become inside libraries: torch.save's zip writer ("file write failed",
-# "PytorchStreamWriter failed writing file", "unexpected pos"), safetensors' SafetensorError ("IoError ..."), or
-# an errno's text passed on in a message. Compared in lower case.
-_STORAGE_WORDS = ("write failed", "failed writing", "unexpected pos", "ioerror", "no space left on device",
-                  "file too large", "read-only file system", "disk quota exceeded", "input/output error")
-
-
-def is_write_fault(err: BaseException) -> bool:
-    """Whether ``err`` is storage failing (disk full, read-only, over a size limit, quota, I/O error) rather than a
-    bug: any ``OSError``, an error caused by one, or a ``RuntimeError`` / ``SafetensorError`` whose text shows a
-    failed write (``torch.save`` and safetensors do not raise ``OSError`` for these)."""
-    cause = err.__cause__ or err.__context__
-    if isinstance(err, OSError) or isinstance(cause, OSError):
-        return True
-    library = isinstance(err, RuntimeError) or type(err).__name__ == "SafetensorError"
-    return library and any(w in str(err).lower() for w in _STORAGE_WORDS)
-
-
 def write_fault(err: BaseException, safe: object, folder: object = None, checkpoints: bool = True) -> str | None:
     """The one ``error: ...`` line for a failed write (:func:`is_write_fault`), naming what failed (the file, else
     ``folder``) and, for a tool that writes checkpoints, what is safe (``safe``: the newest complete checkpoint;
     "none yet" when it is None). None when ``err`` is something else (a bug: its traceback is what to read)."""
     if not is_write_fault(err):
         return None
-    cause = err if isinstance(err, OSError) else err.__cause__ or err.__context__
+    cause = err if isinstance(err, OSError) else err.__cause__
     if isinstance(cause, OSError):
         reason = cause.strerror or str(cause)
         what = f"'{cause.filename}'" if cause.filename else None

@@ -41,3 +41,21 @@ class NonFiniteLossError(DrFdslError, RuntimeError):
 
 class IntegrityError(DrFdslError, RuntimeError):
     """A file whose content does not match what was recorded when it was written (damaged, truncated, swapped)."""
+
+
+# Words of the errors that storage faults become inside libraries: torch.save's zip writer ("file write failed",
+# "PytorchStreamWriter failed writing file", "unexpected pos"), safetensors' SafetensorError ("IoError ..."), or
+# an errno's text passed on in a message. Compared in lower case.
+_STORAGE_WORDS = ("write failed", "failed writing", "unexpected pos", "ioerror", "no space left on device",
+                  "file too large", "read-only file system", "disk quota exceeded", "input/output error")
+
+
+def is_write_fault(err: BaseException) -> bool:
+    """Whether ``err`` is storage failing (disk full, read-only, over a size limit, quota, I/O error) rather than a
+    bug: any ``OSError``, an error raised from one (``raise ... from``; not one that merely happened while an OSError
+    was handled: a library's bug there keeps its traceback), or a ``RuntimeError`` / ``SafetensorError`` whose text
+    shows a failed write (``torch.save`` and safetensors do not raise ``OSError`` for these)."""
+    if isinstance(err, OSError) or isinstance(err.__cause__, OSError):
+        return True
+    library = isinstance(err, RuntimeError) or type(err).__name__ == "SafetensorError"
+    return library and any(w in str(err).lower() for w in _STORAGE_WORDS)

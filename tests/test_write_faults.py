@@ -73,3 +73,10 @@ def test_storage_runtime_errors_are_write_faults_and_others_are_not():
     assert "unexpected pos 64" in write_fault(torch_save, "runs/x/checkpoints/step_0000010", "runs/x")
     assert write_fault(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), None) is None  # a bug
     assert write_fault(ValueError("No space left on device"), None) is None
+    try:  # a bug inside a library's ``except OSError:`` is a bug (its context is an OSError, its cause is not)
+        try:
+            raise FileNotFoundError(2, "No such file or directory", "/x/cache.json")
+        except OSError:
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied") from None
+    except RuntimeError as err:
+        assert isinstance(err.__context__, OSError) and write_fault(err, None) is None

@@ -13,12 +13,11 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from dr_fdsl import checkpoint
-from dr_fdsl.cli import is_write_fault
 from dr_fdsl.config import save_config
 from dr_fdsl.engine.build import Run
 from dr_fdsl.engine.interrupt import StopRequest
 from dr_fdsl.engine.step import set_learning_rates, train_step, weights_finite, what_to_resume
-from dr_fdsl.errors import CheckpointError, IntegrityError, NonFiniteLossError
+from dr_fdsl.errors import CheckpointError, IntegrityError, NonFiniteLossError, is_write_fault
 from dr_fdsl.render import image_grid
 from dr_fdsl.static import quantize
 
@@ -213,7 +212,7 @@ def save_checkpoint(run: Run) -> Path:
         if acc.is_main_process and run.renderer_optimizer is not None:
             save_file({k: v.contiguous().cpu() for k, v in run.renderer.state_dict().items()},
                       str(tmp / checkpoint.RENDERER_FILE))
-    except Exception as err:  # storage failures arrive as several types (cli.is_write_fault); others go on
+    except Exception as err:  # storage failures arrive as several types (errors.is_write_fault); others go on
         if not is_write_fault(err):
             raise
         problem = err

@@ -181,7 +181,13 @@ def bank_from_config(cfg: BankConfig, rebuild: bool = False, progress: bool = Fa
     validate_bank(cfg)
     path = cache_path(cfg)
     if use_cache and path.exists() and not rebuild:
-        return load_bank(path, expect=content_settings(cfg))
+        bank = load_bank(path, expect=content_settings(cfg))
+        check = get_family(cfg.family).check_cached
+        problem = check(bank.params) if check is not None else None
+        if problem:
+            raise BankCacheError(f"bank cache '{path}' cannot be used: {problem}; rebuild it: `python "
+                                 "tools/make_bank.py --config CONFIG --rebuild` (with the run's config and overrides)")
+        return bank
     if use_cache:  # a folder that cannot be made fails before minutes of generation, not after
         _make_folder(path)
     bank = _generate(cfg, progress)

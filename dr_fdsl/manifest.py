@@ -1,7 +1,7 @@
 """Content manifests: a folder's files with their sizes and SHA-256 digests, written last, checked before use.
 
-A folder that the project writes and later trusts (a checkpoint, a static export) gets ``content_hashes.json``
-as its last file::
+A folder that the project writes and later trusts (a checkpoint) gets ``content_hashes.json`` as its last file
+(a static export records each PNG's digest in its own ``manifest.csv`` instead, :mod:`dr_fdsl.static`)::
 
     {"format": 1, "files": {"model.safetensors": {"bytes": 12345, "sha256": "9f86d0..."}, ...}, ...extra}
 

@@ -134,3 +134,20 @@ def test_an_ofdb_file_with_more_maps_than_the_family_stores_is_refused(tmp_path)
     cfg.ofdb.source = str(tmp_path)
     with pytest.raises(BankError, match=r"category 0 has 8 maps, more than the 7 of the published search"):
         ofdb.generate(cfg)  # was a shape-mismatch traceback after the cloud was made
+
+
+def test_a_cached_svd2d_bank_with_wrapped_map_indices_is_refused(tmp_path):
+    """A cache file written before indices were widened keeps its name (same settings), so it is refused by what it
+    holds: uint8 indices for more than 256 maps."""
+    from dr_fdsl.bank import PointBank, bank_from_config, cache_path, save_bank
+    from dr_fdsl.config import content_settings
+    from dr_fdsl.errors import BankCacheError
+
+    cfg = BankConfig(family="svd2d", num_classes=1, num_points=3000, seed=0, cache_dir=str(tmp_path),
+                     svd2d=SVD2DConfig(min_maps=600, max_maps=600))
+    bank = bank_from_config(cfg)  # today's: int16, and read back as it is
+    assert bank_from_config(cfg).params["maps"].dtype == torch.int16
+    old = {**bank.params, "maps": bank.params["maps"].to(torch.uint8)}  # what the earlier code wrote
+    save_bank(PointBank(bank.points, old, content_settings(cfg), bank.draws), cache_path(cfg))
+    with pytest.raises(BankCacheError, match=r"map indices are torch.uint8, which cannot hold the 600 maps .*rebuild"):
+        bank_from_config(cfg)

@@ -33,3 +33,6 @@ class Family(NamedTuple):
     # True when params hold each point's grey level, ``grey (C, N)`` float32 in [0, 1]: the colours that
     # ``renderer.color_init=bank`` starts from.
     colors: bool = False
+    # (params) -> why a cached bank of this family cannot be used by today's code, or None: a cache file keeps its
+    # name across a fix that changes how params are stored (svd2d's map indices, once uint8 at any count).
+    check_cached: Callable[[dict[str, torch.Tensor]], str | None] | None = None

@@ -171,4 +171,18 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
     return FamilyOutput(points, params, c)
 
 
-FAMILY = Family("svd2d", validate, generate, colors=True)
+def check_cached(params: dict[str, torch.Tensor]) -> str | None:
+    """Why a cached bank cannot be used, or None: banks made before map indices were widened stored them as uint8
+    whatever the count, so a system of more than 256 maps holds wrapped indices (``map_jitter`` would replay other
+    maps)."""
+    maps, num_maps = params.get("maps"), params.get("num_maps")
+    if maps is None or num_maps is None or not len(num_maps):
+        return None
+    most = int(num_maps.max())
+    if most > torch.iinfo(maps.dtype).max + 1:
+        return (f"its map indices are {maps.dtype}, which cannot hold the {most} maps of its largest system (it was "
+                "written before indices were widened)")
+    return None
+
+
+FAMILY = Family("svd2d", validate, generate, colors=True, check_cached=check_cached)

@@ -34,6 +34,8 @@ from dr_fdsl.manifest import digest_file
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}  # what an image folder's loader reads (and torchvision decodes)
+# Images it cannot decode: refused by name rather than skipped (a class would silently train on fewer images).
+UNREADABLE_IMAGES = {".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".heic"}
 
 
 @dataclass
@@ -142,7 +144,12 @@ def image_files(path: str | Path) -> list[tuple[int, Path]]:
         raise DataError(f"'{path}' is not an image folder (expected one sub-folder per class)")
     found = []
     for label, name in enumerate(classes):
-        files = [f for f in sorted((path / name).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+        entries = sorted((path / name).iterdir())
+        unreadable = [f for f in entries if f.suffix.lower() in UNREADABLE_IMAGES]
+        if unreadable:
+            raise DataError(f"'{unreadable[0]}' (and {len(unreadable) - 1} more like it in its class folder) is an "
+                            f"image this loader cannot decode; convert it to PNG or JPEG, or move it out")
+        files = [f for f in entries if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
         if not files:
             raise DataError(f"class folder '{path / name}' holds no image ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                             "add its images or remove the folder")

@@ -38,6 +38,16 @@ def test_an_empty_class_folder_is_refused(tmp_path):
             datasets.load(dataset, train, "unused", 8)
 
 
+def test_an_image_the_loader_cannot_decode_is_refused_not_skipped(tmp_path):
+    """A .bmp among PNGs would otherwise be left out in silence (the class trains on fewer images)."""
+    dataset = image_folder(tmp_path, classes=("a", "b"))
+    (tmp_path / "train" / "b" / "scan.bmp").write_bytes(b"BM")
+    with pytest.raises(DataError, match=r"scan.bmp' \(and 0 more like it in its class folder\) is an image this loader "
+                                        r"cannot decode; convert it to PNG or JPEG"):
+        datasets.load(dataset, True, "unused", 8)
+    datasets.load(dataset, False, "unused", 8)  # the other split is fine
+
+
 def test_a_folder_with_train_only_serves_as_a_match_target(tmp_path):
     """docs/match.md: a target is the training split, labels dropped; fine-tuning also needs val/, and says so."""
     from dr_fdsl.match import load_targets

@@ -12,6 +12,16 @@ from dr_fdsl.families.ifs3d import chaos_game, generate, normalize_cloud, normal
 from tests.conftest import ROOT
 
 
+def untrained_checksum(cfg) -> float:
+    """``renderer_checksums``' formula (float64 sum of each rendering parameter times its 1-based index) on a renderer
+    built afresh from ``cfg``, as every run starts: a trained renderer's checksum differs from it."""
+    from dr_fdsl.bank import bank_from_config
+    from dr_fdsl.render import PointRenderer
+
+    renderer = PointRenderer(bank_from_config(cfg.bank), cfg.renderer)
+    return sum(float(p.detach().double().sum()) * (i + 1) for i, p in enumerate(renderer.parameters()))
+
+
 def reference_cloud(affine, probs, num_maps, u, burn_in):
     """The chaos game for one system, one point at a time in plain Python floats, then centred and scaled."""
     x = [0.0, 0.0, 0.0]
@@ -250,9 +260,9 @@ def test_a_second_family_trains_through_the_same_loop(tmp_path, bank_dir):
     from dr_fdsl.engine import build_run, fit
     from tests.conftest import tiny
 
-    summary = fit(build_run(tiny(tmp_path, bank_dir, "bank.family=ofdb", "bank.seed=42", "renderer.mode=joint",
-                                 "train.max_steps=2")))
-    assert summary["step"] == 2 and set(summary["renderer_checksums"]) != {0.0}
+    cfg = tiny(tmp_path, bank_dir, "bank.family=ofdb", "bank.seed=42", "renderer.mode=joint", "train.max_steps=2")
+    summary = fit(build_run(cfg))
+    assert summary["step"] == 2 and summary["renderer_checksums"] != [untrained_checksum(cfg)]  # the renderer trained
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -336,9 +346,12 @@ def test_fractaldb_family_trains_through_the_same_loop(tmp_path, bank_dir):
     from dr_fdsl.engine import build_run, fit
     from tests.conftest import tiny
 
-    summary = fit(build_run(tiny(tmp_path, bank_dir, "bank.family=fractaldb", f"bank.fractaldb.source={FDB_FIXTURES}",
-                                 *FDB_ORTHO, "train.max_steps=2")))
-    assert summary["step"] == 2
+    cfg = tiny(tmp_path, bank_dir, "bank.family=fractaldb", f"bank.fractaldb.source={FDB_FIXTURES}", *FDB_ORTHO,
+               "train.max_steps=2")
+    summary = fit(build_run(cfg))
+    # frozen (the default): the classifier trained on renders of these points, and the renderer kept its start
+    assert summary["step"] == 2 and summary["renderer_checksums"] == [untrained_checksum(cfg)]
+    assert summary["mode"] == "frozen" and torch.isfinite(torch.tensor(summary["val/loss"]))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -513,6 +526,7 @@ def test_visualatom_trains_through_the_same_loop(tmp_path, bank_dir):
     from dr_fdsl.engine import build_run, fit
     from tests.conftest import tiny
 
-    summary = fit(build_run(tiny(tmp_path, bank_dir, "bank.family=visualatom", "renderer.color_init=bank",
-                                 "renderer.mode=joint", *CANVAS_VIEW, "train.max_steps=2")))
-    assert summary["step"] == 2 and set(summary["renderer_checksums"]) != {0.0}
+    cfg = tiny(tmp_path, bank_dir, "bank.family=visualatom", "renderer.color_init=bank", "renderer.mode=joint",
+               *CANVAS_VIEW, "train.max_steps=2")
+    summary = fit(build_run(cfg))
+    assert summary["step"] == 2 and summary["renderer_checksums"] != [untrained_checksum(cfg)]  # the renderer trained

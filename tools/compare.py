@@ -674,7 +674,10 @@ def main(argv=None) -> int:
 
 def entry(argv=None) -> int:
     """:func:`main` as the script runs it: a user's error or a failed write is one ``error:`` line (exit 2), Ctrl-C
-    one line (exit 130), also during the imports, which take seconds."""
+    one line (exit 130) and SIGTERM one line (exit 143), also during the imports, which take seconds."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_DFL:  # not a worker's (die_with_parent's group kill); put back on return
+        signal.signal(signal.SIGTERM, raise_terminated)  # SIGTERM ends this process as Ctrl-C does
     try:
         from dr_fdsl.cli import USER_ERROR, report, write_fault
         from dr_fdsl.errors import DrFdslError
@@ -689,9 +692,14 @@ def entry(argv=None) -> int:
                 raise  # a bug: its traceback is what to read
             print(f"{fault}; the runs that finished are under its --out", file=sys.stderr)
             return USER_ERROR
-    except KeyboardInterrupt:  # during imports, or a run in this process (--jobs 1); --jobs N: main says it
-        print("interrupted: compare.py stopped; the runs that finished are under its --out", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # during imports, or a run in this process (--jobs 1); --jobs N: main says it
+        terminated = isinstance(err, Terminated) or getattr(err, "code", 0) == 128 + signal.SIGTERM
+        how = "terminated (SIGTERM)" if terminated else "interrupted"
+        print(f"{how}: compare.py stopped; the runs that finished are under its --out", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ class PointRenderer(nn.Module):
         fraction = (cfg.radius_init - cfg.radius_min) / span if span > 0 else 0.5
         self.radius_logits = nn.Parameter(unsquash(torch.full((radius_tables, self.num_points), fraction)))
         self.requires_grad_(cfg.mode != "frozen")
-        # The family's per-image points (bank.<family>.instances, svd2d's map jitter), drawn in the step
+        # The family's per-image points (bank.<family>.instances, renderer.augment.map_jitter), drawn in the step
         self.instances = build_instances(bank, cfg)
 
     @property

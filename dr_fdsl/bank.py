@@ -29,7 +29,7 @@ import torch
 
 from dr_fdsl.config import BankConfig, content_settings, validate_bank
 from dr_fdsl.errors import BankCacheError
-from dr_fdsl.families import get_family
+from dr_fdsl.families import FAMILIES
 
 BANK_FORMAT = 2  # 2: generic params dict, any family (1: 3D IFS only)
 
@@ -75,7 +75,7 @@ def generate_bank(cfg: BankConfig, progress: bool = False) -> PointBank:
 
 
 def _generate(cfg: BankConfig, progress: bool) -> PointBank:
-    out = get_family(cfg.family).generate(cfg, progress=progress)
+    out = FAMILIES.get(cfg.family).generate(cfg, progress=progress)
     return PointBank(out.points, out.params, content_settings(cfg), out.draws)
 
 
@@ -207,7 +207,7 @@ def build_bank(*, rebuild: bool = False, progress: bool = False, **settings) -> 
     common = {f.name for f in dataclasses.fields(BankConfig)}
     use_cache = settings.get("cache_dir", "") is not None
     cfg = BankConfig(**{k: v for k, v in settings.items() if k in common and v is not None})
-    get_family(cfg.family)  # an unknown family is a ConfigError naming the valid ones
+    FAMILIES.get(cfg.family)  # an unknown family is a ConfigError naming the valid ones
     section = typing.get_type_hints(BankConfig)[cfg.family]  # the family's settings dataclass
     cfg = replace(cfg, **{cfg.family: section(**{k: v for k, v in settings.items() if k not in common})})
     return bank_from_config(cfg, rebuild=rebuild, progress=progress, use_cache=use_cache)

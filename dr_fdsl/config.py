@@ -993,9 +993,9 @@ def validate_config(cfg: Config) -> None:
     if cfg.renderer.mode == "match":
         validate_match(cfg)
     if cfg.renderer.color_init == "bank":
-        from dr_fdsl.families import get_family  # families import this module
+        from dr_fdsl.families import FAMILIES  # families import this module
 
-        need(get_family(cfg.bank.family).colors, "renderer.color_init",
+        need(FAMILIES.get(cfg.bank.family).colors, "renderer.color_init",
              f"'bank' takes each point's colour from the bank, and family {cfg.bank.family!r} stores none; use a "
              "family that does (visualatom) or another color_init")
     jitter = cfg.renderer.augment.map_jitter
@@ -1010,9 +1010,9 @@ def validate_config(cfg: Config) -> None:
     _validate_sizes(cfg)
 
     # The registry is imported here, not at module level, because objectives import this module.
-    from dr_fdsl.objectives import get_objective
+    from dr_fdsl.objectives import OBJECTIVES
 
-    get_objective(t.objective).validate(cfg)
+    OBJECTIVES.get(t.objective).validate(cfg)
 
 
 def validate_image_pipeline(a: ImageAugConfig, image_size: int) -> None:
@@ -1066,21 +1066,21 @@ def validate_match(cfg: Config) -> None:
     need(m.feature_seed >= 0, "match.feature_seed", f"must be >= 0, got {m.feature_seed}")
     need(m.classifier_blocks >= 1, "match.classifier_blocks", f"must be >= 1, got {m.classifier_blocks}")
     if m.joint:
-        from dr_fdsl.objectives import get_objective  # objectives import this module
+        from dr_fdsl.objectives import OBJECTIVES  # objectives import this module
 
-        need(get_objective(cfg.train.objective).joint_ok, "match.joint",
+        need(OBJECTIVES.get(cfg.train.objective).joint_ok, "match.joint",
              f"it makes the renderer descend objective {cfg.train.objective}'s loss, which the renderer can trivialise "
              "(renderer.mode=joint is refused for it too); set match.joint=false")
 
 
 def validate_bank(b: BankConfig) -> None:
     """The bank section's checks, the chosen family's included (also run by ``bank_from_config``)."""
-    from dr_fdsl.families import get_family  # families import this module
+    from dr_fdsl.families import FAMILIES  # families import this module
 
     need(b.num_classes >= 1, "bank.num_classes", f"must be positive, got {b.num_classes}")
     need(b.num_points >= 1, "bank.num_points", f"must be positive, got {b.num_points}")
     need(b.seed >= 0, "bank.seed", f"must be >= 0, got {b.seed}")
-    get_family(b.family).validate(b)
+    FAMILIES.get(b.family).validate(b)
 
 
 def instances_on(bank_settings: dict) -> bool:

@@ -164,8 +164,8 @@ def test_make_bank_tool(tmp_path):
 
 
 def test_unknown_family_is_a_config_error_listing_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"'bank.family': unknown family 'ifs2d'; valid: fractaldb, ifs3d, ofdb, "
-                                          r"svd2d, visualatom"):
+    with pytest.raises(ConfigError, match=r"'bank.family': unknown family 'ifs2d' \(did you mean 'ifs3d'\?\); valid: "
+                                          r"fractaldb, ifs3d, ofdb, svd2d, visualatom"):
         load_config(None, ["bank.family=ifs2d"])
     assert set(FAMILIES) == {"fractaldb", "ifs3d", "ofdb", "svd2d", "visualatom"}
 

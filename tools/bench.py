@@ -33,7 +33,7 @@ import torch
 
 from dr_fdsl.config import load_config
 from dr_fdsl.engine import Batch, build_run, forward_backward, optimizer_step, render_batch, train_step
-from dr_fdsl.render import RASTERIZERS, composite, fragment_weights, get_rasterizer
+from dr_fdsl.render import RASTERIZERS, composite, fragment_weights
 from dr_fdsl.render.random import image_keys
 from dr_fdsl.timing import check_bench_args, machine_and_peak_memory, median_time, save_json
 
@@ -97,7 +97,7 @@ def main() -> int:
     step_frozen = median_time(lambda: train_step(frozen), args.steps, args.warmup, device)
 
     # Stages, each timed alone on the same batch.
-    renderer, raster = frozen.renderer, get_rasterizer(args.backend)
+    renderer, raster = frozen.renderer, RASTERIZERS.get(args.backend)
     ids, seeds = rendered.class_ids, rendered.view_seeds
     scene, _ = renderer.scene(ids, seeds)
     fragments = raster(scene.points, scene.radii, args.size, args.k)

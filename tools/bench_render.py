@@ -23,7 +23,7 @@ from dr_fdsl.bank import build_bank
 from dr_fdsl.cli import report
 from dr_fdsl.config import AugmentConfig, RendererConfig, load_config
 from dr_fdsl.errors import DrFdslError
-from dr_fdsl.render import RASTERIZERS, PointRenderer, composite, fragment_weights, get_rasterizer
+from dr_fdsl.render import RASTERIZERS, PointRenderer, composite, fragment_weights
 from dr_fdsl.timing import check_bench_args, machine_and_peak_memory, median_time, save_json
 
 
@@ -70,7 +70,7 @@ def main() -> int:
         renderer(ids, seeds).mean().backward()
 
     scene, _ = renderer.scene(ids, seeds)
-    raster = get_rasterizer(args.backend)
+    raster = RASTERIZERS.get(args.backend)
     fragments = raster(scene.points, scene.radii, args.size, args.k)
 
     def composite_fb():

@@ -18,7 +18,7 @@ from dr_fdsl.bank import bank_from_config
 from dr_fdsl.config import Config, save_config, validate_config, validate_device
 from dr_fdsl.errors import ConfigError, DrFdslError
 from dr_fdsl.match import Matcher
-from dr_fdsl.objectives import Objective, get_objective
+from dr_fdsl.objectives import OBJECTIVES, Objective
 from dr_fdsl.optim import create_scheduler
 from dr_fdsl.render import PointRenderer
 from dr_fdsl.static import StaticViews
@@ -187,7 +187,7 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
     lr = cfg.optim.lr * total_batch / 512
 
     set_seed(cfg.seed)  # shared: the networks start identical on every process (renderer tables: init_seed)
-    objective = get_objective(t.objective)(cfg, num_classes, lr, acc.device)
+    objective = OBJECTIVES.get(t.objective)(cfg, num_classes, lr, acc.device)
     # The target images are read before the bank is built (a missing dataset fails first); no global RNG is used.
     match = Matcher(cfg, objective, acc) if cfg.renderer.mode == "match" else None
     with acc.main_process_first():  # the main process builds and caches the bank, the others read it

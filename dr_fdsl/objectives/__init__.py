@@ -1,7 +1,8 @@
 """Pre-training objectives: what a step computes from rendered images and their categories.
 
 Registered by name (``train.objective``). To add one: write ``objectives/<name>.py`` with an
-:class:`~dr_fdsl.objectives.base.Objective` subclass and add it to ``OBJECTIVES``.
+:class:`~dr_fdsl.objectives.base.Objective` subclass and register it in ``OBJECTIVES``
+(``OBJECTIVES.get(name)`` looks one up for a config value).
 
 Renderer modes under each objective (``renderer.mode``; the renderer's gradient is that of the loss named):
 
@@ -30,23 +31,16 @@ fingerprint includes each.
 
 from __future__ import annotations
 
-from dr_fdsl.errors import ConfigError
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput
 from dr_fdsl.objectives.classify import Classify
 from dr_fdsl.objectives.classify_mim import ClassifyMIM
 from dr_fdsl.objectives.mim import MaskedImageModelling
 from dr_fdsl.objectives.multilabel import MultiLabel
 from dr_fdsl.objectives.sit import SiT
+from dr_fdsl.registry import Registry
 
-OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Classify, MaskedImageModelling, ClassifyMIM, SiT,
-                                                                      MultiLabel)}
+OBJECTIVES: Registry[type[Objective]] = Registry("objective", "train.objective")
+for _objective in (Classify, MaskedImageModelling, ClassifyMIM, SiT, MultiLabel):
+    OBJECTIVES.register(_objective.name, _objective)
 
-__all__ = ["OBJECTIVES", "Objective", "ObjectiveOutput", "get_objective"]
-
-
-def get_objective(name: str) -> type[Objective]:
-    """The objective registered as ``name``; an unknown name is a config error listing the valid ones."""
-    if name not in OBJECTIVES:
-        raise ConfigError(f"config key 'train.objective': unknown objective {name!r}; valid: "
-                          f"{', '.join(sorted(OBJECTIVES))}")
-    return OBJECTIVES[name]
+__all__ = ["OBJECTIVES", "Objective", "ObjectiveOutput"]

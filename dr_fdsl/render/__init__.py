@@ -1,16 +1,27 @@
 """The differentiable point renderer, family-agnostic: PyTorch3D-compatible rasterisation and compositing.
 
-Modules: ``types`` (Scene, Fragments, constants), ``raster_pytorch3d`` and ``raster_sort`` (the two rasterisers,
-registered by name in ``rasterizers``), ``composite`` (weights, compositing, ``render_scene``), ``views`` and
-``augment`` (cameras and point augmentations drawn per image), ``random`` and ``streams`` (keyed randomness),
-``renderer`` (``PointRenderer``: learnable colours and radii), ``grid`` (image grids).
+Modules:
+
+* ``renderer``: ``PointRenderer`` (learnable colours and radii per category and point); ``scene()`` gathers the
+  bank's points and runs the point operations, ``render()`` draws them.
+* ``point_ops``: the point operations (``Points``, ``SceneContext``, ``POINT_OPS``, ``PIPELINE``): one signature,
+  one registration each, run in the documented order.
+* Their kernels: ``augment`` (sub-sampling, scale, shift, jitter, PointWOLF, depth hue, mixing), ``pointwolf``
+  (published PointWOLF), ``corrupt`` (ModelNet-C), ``views`` (cameras and projection), ``window`` (Anderson &
+  Farrell's window and flips), ``hsv`` (OpenCV's 8-bit HSV), ``instances`` (each family's per-image drawer,
+  registered in ``INSTANCES``: published instances and svd2d's map jitter), ``ifs_jitter`` (svd2d's map jitter
+  replay).
+* Images: ``multi`` (several objects composed into one scene), ``background`` (diamond-square), ``types``
+  (Scene, Fragments, constants), ``raster_pytorch3d`` and ``raster_sort`` (the two rasterisers, registered by name
+  in ``rasterizers``), ``composite`` (weights, compositing, ``render_scene``), ``grid`` (image grids).
+* Randomness: ``random`` (keyed per-image draws) and ``streams`` (their stream numbers).
 """
 
 from dr_fdsl.render.composite import composite, fragment_weights, render_scene
 from dr_fdsl.render.grid import image_grid, render_grid, save_grid
-from dr_fdsl.render.rasterizers import RASTERIZERS, get_rasterizer
+from dr_fdsl.render.rasterizers import RASTERIZERS
 from dr_fdsl.render.renderer import PointRenderer, Rendered
 from dr_fdsl.render.types import Fragments, Scene
 
 __all__ = ["RASTERIZERS", "Fragments", "PointRenderer", "Rendered", "Scene", "composite", "fragment_weights",
-           "get_rasterizer", "image_grid", "render_grid", "render_scene", "save_grid"]
+           "image_grid", "render_grid", "render_scene", "save_grid"]

@@ -1,7 +1,7 @@
-"""Point-cloud augmentations, batched on the device, each drawn from the image's own key.
+"""Point-cloud augmentations' kernels, batched on the device, each drawn from the image's own key.
 
-Each function takes and returns ``(B, N, 3)`` float32 cloud coordinates and is the identity at its "off"
-setting, so that every augmentation can be switched on and off alone.
+The point operations of :mod:`dr_fdsl.render.point_ops` call them (and own their keys and streams); each is the
+identity at its "off" setting, so that every augmentation can be switched on and off alone.
 """
 
 from __future__ import annotations
@@ -47,24 +47,11 @@ def coin(keys: torch.Tensor, stream: int, prob: float) -> torch.Tensor | None:
 
 
 def random_scale(keys: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
-    """Isotropic scale factor per image in ``cfg.scale``, 1 where the image's scale-and-shift coin is off: ``(B,)``."""
+    """Isotropic scale factor per image in ``cfg.scale``, 1 where the image's scale-and-shift coin is off: ``(B,)``.
+    With ``shift_frame: object`` the shift follows (``p * s + t``, the contest's ``random_shift_scale_point_cloud``)."""
     scale = rnd.uniform_range(keys, Stream.SCALE, cfg.scale)
     on = coin(keys, Stream.SCALE_SHIFT_GATE, cfg.scale_shift_prob)
     return scale if on is None else torch.where(on, scale, 1.0)
-
-
-def scale_and_jitter(points: torch.Tensor, keys: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
-    """Random isotropic scale in ``cfg.scale`` (with ``shift_frame: object``, then the shift: ``p * s + t``, the
-    contest's ``random_shift_scale_point_cloud``), then Gaussian jitter of std ``cfg.jitter``."""
-    if cfg.scale != (1.0, 1.0):
-        points = points * random_scale(keys, cfg)[:, None, None]
-    if cfg.shift_frame == "object" and cfg.shift > 0:
-        points = points + random_shift(keys, cfg)[:, None]
-    if cfg.jitter > 0:
-        noise = cfg.jitter * rnd.normal(keys, Stream.JITTER, tuple(points.shape[1:]))
-        on = coin(keys, Stream.JITTER_GATE, cfg.jitter_prob)
-        points = points + (noise if on is None else noise * on[:, None, None])
-    return points
 
 
 def random_shift(keys: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from einops import rearrange
 from pytorch3d.renderer.compositing import alpha_composite, norm_weighted_sum
 
-from dr_fdsl.render.rasterizers import get_rasterizer
+from dr_fdsl.render.rasterizers import RASTERIZERS
 from dr_fdsl.render.types import Fragments, Scene
 
 
@@ -69,6 +69,6 @@ def render_scene(scene: Scene, image_size: int, points_per_pixel: int, composito
                  backend: str = "pytorch3d") -> torch.Tensor:
     """Rasterise (``backend``, a name in :data:`dr_fdsl.render.rasterizers.RASTERIZERS`), weight and composite a
     :class:`Scene`: ``(B, 3, H, W)`` float32 in [0, 1]."""
-    fragments = get_rasterizer(backend)(scene.points, scene.radii, image_size, points_per_pixel)
+    fragments = RASTERIZERS.get(backend)(scene.points, scene.radii, image_size, points_per_pixel)
     weights = fragment_weights(fragments, scene.radii)
     return composite(fragments, weights, scene.colors, scene.background, compositor)

@@ -96,8 +96,9 @@ def window_ndc(xy: torch.Tensor, canvas: int) -> torch.Tensor:
 
 def jittered_points(points: torch.Tensor, keys: torch.Tensor, system: torch.Tensor, singular_values: torch.Tensor,
                     num_maps: torch.Tensor, maps: torch.Tensor, canvas: int,
-                    factor_range: tuple[float, float]) -> torch.Tensor:
-    """Each image's points with its system jittered: ``points (B, N, 3)`` (the bank's) -> ``(B, N, 3)`` float32.
+                    factor_range: tuple[float, float]) -> tuple[torch.Tensor, Jitter]:
+    """Each image's points with its system jittered: ``points (B, N, 3)`` (the bank's) -> ``(B, N, 3)`` float32, and
+    the draw.
 
     ``system``, ``singular_values``, ``num_maps``, ``maps`` are the images' rows of family svd2d's params. Images
     whose draws all failed keep the bank's points exactly.
@@ -105,4 +106,4 @@ def jittered_points(points: torch.Tensor, keys: torch.Tensor, system: torch.Tens
     jitter = draw_jitter(keys, singular_values, num_maps, factor_range)
     xy = replay(jittered_system(system, jitter), maps.long())
     moved = jitter.factor != 1
-    return torch.where(moved[:, None, None], window_ndc(xy, canvas), points)
+    return torch.where(moved[:, None, None], window_ndc(xy, canvas), points), jitter

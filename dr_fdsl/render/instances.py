@@ -16,11 +16,16 @@ point ``t`` of the category's cloud, so the learnable per-point colours and radi
 fractal across instances. With the identity row an instance is the category's cloud (to float32 rounding).
 
 Each module here maps ``(class_ids (B,), keys (B,), base (B, N, 3))`` (``base``: the bank's points of each image, as
-the renderer gathers them; only VisualAtom's instances are made from them) to an :class:`InstanceDraw`.
+the renderer gathers them; only VisualAtom's instances and svd2d's map jitter are made from them) to an
+:class:`InstanceDraw`. Family svd2d's per-image replay with one map jittered (``renderer.augment.map_jitter``) is
+such a drawer too (:class:`MapJitterReplay`), so the renderer draws every family's per-image points through one
+point operation (``instances`` in :mod:`dr_fdsl.render.point_ops`) and names no family. ``INSTANCES`` registers
+each family's drawer builder by ``bank.family``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -28,10 +33,13 @@ import torch
 from torch import nn
 
 from dr_fdsl.bank import PointBank
-from dr_fdsl.config import instances_on
+from dr_fdsl.config import RendererConfig, instances_on
+from dr_fdsl.errors import ConfigError
 from dr_fdsl.families import fractaldb as fdb
 from dr_fdsl.families.ifs_scan import replay, with_identity
 from dr_fdsl.families.ofdb_recipe import _select_maps, exfractal_weights
+from dr_fdsl.registry import Registry
+from dr_fdsl.render import ifs_jitter
 from dr_fdsl.render import random as rnd
 from dr_fdsl.render.streams import Stream
 
@@ -247,11 +255,61 @@ class VisualAtomInstances(nn.Module):
         return InstanceDraw(self.points(base, class_ids, draws), shade, draws)
 
 
-INSTANCES = {"ofdb": OFDBInstances, "fractaldb": FractalDBInstances, "visualatom": VisualAtomInstances}
+class MapJitterReplay(nn.Module):
+    """Family svd2d's per-image replay (``renderer.augment.map_jitter``): each image's own system with one map
+    jittered, its chaos game replayed along the category's map sequence (see :mod:`dr_fdsl.render.ifs_jitter`).
+    ``shade`` and ``keep`` are None; ``index``: ``(B, 1)`` the jittered map (its factor 1 where every draw failed,
+    and then the points are the bank's exactly)."""
+
+    NEEDS = ("system", "singular_values", "num_maps", "maps")  # family svd2d's params that the replay reads
+
+    def __init__(self, bank: PointBank, factor_range: tuple[float, float]):
+        super().__init__()
+        missing = [k for k in self.NEEDS if k not in bank.params]
+        if missing:  # a bank cached by a development version
+            raise ConfigError(f"config key 'renderer.augment.map_jitter': this svd2d bank lacks {missing} (cached by "
+                              "an earlier version); rebuild it: tools/make_bank.py --config ... --rebuild")
+        for k in self.NEEDS:
+            self.register_buffer(f"ifs_{k}", bank.params[k].clone(), persistent=False)
+        self.canvas = int(bank.settings["svd2d"]["canvas"])
+        self.factor_range = factor_range
+
+    def forward(self, class_ids: torch.Tensor, keys: torch.Tensor, base: torch.Tensor) -> InstanceDraw:
+        points, jitter = ifs_jitter.jittered_points(
+            base, keys, self.ifs_system[class_ids], self.ifs_singular_values[class_ids], self.ifs_num_maps[class_ids],
+            self.ifs_maps[class_ids], self.canvas, self.factor_range)
+        return InstanceDraw(points, None, jitter.map_index[:, None])
 
 
-def build_instances(bank: PointBank) -> nn.Module | None:
-    """The instance drawer the bank's settings ask for, or None (no ``bank.<family>.instances``)."""
-    if not instances_on(bank.settings):
-        return None
-    return INSTANCES[bank.settings["family"]](bank)
+def _when_instances(drawer: type[nn.Module]):
+    """The builder of a ``bank.<family>.instances`` drawer: the drawer when the bank's settings ask for one."""
+    def build(bank: PointBank, cfg: RendererConfig) -> nn.Module | None:
+        return drawer(bank) if instances_on(bank.settings) else None
+    return build
+
+
+def _map_jitter(bank: PointBank, cfg: RendererConfig) -> nn.Module | None:
+    jitter = cfg.augment.map_jitter
+    return None if jitter == (1.0, 1.0) else MapJitterReplay(bank, jitter)
+
+
+# Each family's per-image drawer, by ``bank.family``: ``(bank, renderer settings) -> drawer or None``, the drawer
+# a module ``(class_ids (B,), keys (B,), base (B, N, 3)) -> InstanceDraw``. A family without an entry has none.
+INSTANCES: Registry[Callable[[PointBank, RendererConfig], nn.Module | None]] = Registry("instance drawer",
+                                                                                        "bank.family")
+INSTANCES.register("ofdb", _when_instances(OFDBInstances))
+INSTANCES.register("fractaldb", _when_instances(FractalDBInstances))
+INSTANCES.register("visualatom", _when_instances(VisualAtomInstances))
+INSTANCES.register("svd2d", _map_jitter)
+
+
+def build_instances(bank: PointBank, cfg: RendererConfig | None = None) -> nn.Module | None:
+    """The per-image drawer that the bank's family and the renderer settings ask for, or None (none asked for:
+    no ``bank.<family>.instances``, no ``renderer.augment.map_jitter``)."""
+    cfg = cfg if cfg is not None else RendererConfig()
+    family = bank.settings.get("family")
+    drawer = INSTANCES[family](bank, cfg) if family in INSTANCES else None
+    if cfg.augment.map_jitter != (1.0, 1.0) and not isinstance(drawer, MapJitterReplay):
+        raise ConfigError("config key 'renderer.augment.map_jitter': needs a bank of family svd2d (its systems and "
+                          "map sequences); set it to [1, 1]")
+    return drawer

@@ -8,17 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dr_fdsl.errors import ConfigError
+from dr_fdsl.registry import Registry
 from dr_fdsl.render.raster_pytorch3d import rasterize
 from dr_fdsl.render.raster_sort import rasterize_sorted
 from dr_fdsl.render.types import Fragments
 
-RASTERIZERS: dict[str, Callable[..., Fragments]] = {"pytorch3d": rasterize, "sort": rasterize_sorted}
-
-
-def get_rasterizer(name: str) -> Callable[..., Fragments]:
-    """The rasteriser registered as ``name``; an unknown name is an error, never a silent fallback."""
-    if name not in RASTERIZERS:
-        raise ConfigError(f"config key 'renderer.raster_backend': unknown rasteriser {name!r}; valid: "
-                          f"{', '.join(sorted(RASTERIZERS))}")
-    return RASTERIZERS[name]
+# RASTERIZERS.get(name): an unknown name is a config error naming the key, never a silent fallback.
+RASTERIZERS: Registry[Callable[..., Fragments]] = Registry("rasteriser", "renderer.raster_backend")
+RASTERIZERS.register("pytorch3d", rasterize)
+RASTERIZERS.register("sort", rasterize_sorted)

@@ -12,15 +12,14 @@ from torch import nn
 from dr_fdsl.bank import PointBank
 from dr_fdsl.config import RendererConfig, validate_instances, validate_renderer
 from dr_fdsl.errors import ConfigError
-from dr_fdsl.render import augment, corrupt, ifs_jitter, multi, pointwolf
+from dr_fdsl.render import augment, multi
 from dr_fdsl.render import random as rnd
 from dr_fdsl.render.background import diamond_square
 from dr_fdsl.render.composite import render_scene
 from dr_fdsl.render.instances import build_instances
+from dr_fdsl.render.point_ops import Points, SceneContext, run_point_ops
 from dr_fdsl.render.streams import Stream
 from dr_fdsl.render.types import OFFSCREEN, Scene
-from dr_fdsl.render.views import project, sample_views
-from dr_fdsl.render.window import window_and_flips
 
 # Squashed parameterisations cannot reach their bounds: initial values are kept this far inside them.
 # White is then 1 - 1e-3, which still quantises to 255 in 8 bits.
@@ -108,18 +107,6 @@ class PointRenderer(nn.Module):
             raise ConfigError(f"config key 'renderer.objects.max': objects come from distinct categories: needs at "
                               f"most {self.num_classes} (the bank's categories), got {cfg.objects.max}")
         self.register_buffer("points", bank.points.float().clone(), persistent=False)
-        if cfg.augment.map_jitter != (1.0, 1.0):  # family svd2d's systems, replayed per image with one map jittered
-            need = ("system", "singular_values", "num_maps", "maps")
-            if bank.settings.get("family") != "svd2d":
-                raise ConfigError("config key 'renderer.augment.map_jitter': needs a bank of family svd2d (its "
-                                  "systems and map sequences); set it to [1, 1]")
-            if any(k not in bank.params for k in need):  # a bank cached by a development version
-                raise ConfigError(f"config key 'renderer.augment.map_jitter': this svd2d bank lacks "
-                                  f"{[k for k in need if k not in bank.params]} (cached by an earlier version); "
-                                  "rebuild it: tools/make_bank.py --config ... --rebuild")
-            for k in need:
-                self.register_buffer(f"ifs_{k}", bank.params[k].clone(), persistent=False)
-            self.ifs_canvas = int(bank.settings["svd2d"]["canvas"])
         gen = torch.Generator().manual_seed(cfg.init_seed)
         color_tables = 1 if cfg.share_colors else self.num_classes
         radius_tables = 1 if cfg.share_radii else self.num_classes
@@ -133,8 +120,8 @@ class PointRenderer(nn.Module):
         fraction = (cfg.radius_init - cfg.radius_min) / span if span > 0 else 0.5
         self.radius_logits = nn.Parameter(unsquash(torch.full((radius_tables, self.num_points), fraction)))
         self.requires_grad_(cfg.mode != "frozen")
-        # bank.<family>.instances: each image's points (and colour shades) from its instance, made in the step
-        self.instances = build_instances(bank)
+        # The family's per-image points (bank.<family>.instances, renderer.augment.map_jitter), drawn in the step
+        self.instances = build_instances(bank, cfg)
 
     @property
     def image_size(self) -> int:
@@ -185,15 +172,17 @@ class PointRenderer(nn.Module):
         return total
 
     def scene(self, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> tuple[Scene, torch.Tensor]:
-        """Everything but the drawing: augmented, projected points with their colours, radii and background,
-        and the ``(R,)`` table rows they read (see :class:`Rendered`). The scene holds the bank's ``N`` points
-        per image, plus ``augment.add_global + augment.add_local`` added ones.
+        """Everything but the drawing: the bank's points gathered with their colours and radii, then the point
+        operations of :data:`~dr_fdsl.render.point_ops.PIPELINE` in order (sub-sampling, the family's per-image
+        points, corruptions, PointWOLF, scale, shift, jitter, camera, projection, window, depth hue, point size),
+        then the dropped points moved off screen; returns the scene and the ``(R,)`` table rows it reads (see
+        :class:`Rendered`). The scene holds the bank's ``N`` points per image, plus ``augment.add_global +
+        augment.add_local`` added ones.
 
         Args:
             class_ids: ``(B,)`` int64 in ``[0, C)``.
             view_seeds: ``(B,)`` int64, any value; with the category it determines every random choice.
         """
-        cfg, aug = self.cfg, self.cfg.augment
         if class_ids.shape != view_seeds.shape or class_ids.ndim != 1:
             raise ValueError(f"class_ids and view_seeds must both be (B,), got {tuple(class_ids.shape)} and "
                              f"{tuple(view_seeds.shape)}")
@@ -201,74 +190,27 @@ class PointRenderer(nn.Module):
             raise ValueError(f"class_ids must lie in [0, {self.num_classes}), got {class_ids.tolist()[:8]}...")
         device = self.points.device
         class_ids, view_seeds = class_ids.to(device), view_seeds.to(device)
-        n = self.num_points
         keys = rnd.image_keys(class_ids, view_seeds)
+        points, mixed, rows = self._gather(class_ids, keys)
+        points = run_point_ops(points, SceneContext(self.cfg, class_ids, keys, mixed, self.instances))
+        offscreen = torch.tensor([OFFSCREEN, OFFSCREEN, 1.0], device=device)
+        ndc = torch.where(points.keep[..., None], points.ndc, offscreen)
+        return Scene(ndc, points.colors, points.radii, self._background(keys)), rows
 
-        # Which category each point comes from: its own, or under mixing one other category's (same index).
-        other, mixed = augment.mix_partners(class_ids, keys, self.num_classes, n, aug)
+    def _gather(self, class_ids: torch.Tensor, keys: torch.Tensor) -> tuple[Points, torch.Tensor, torch.Tensor]:
+        """Each image's bank points with their colours and radii (all kept), before any point operation.
+
+        Returns the :class:`Points` (``P = N``), ``mixed (B, N)`` bool (the points taken, under
+        ``renderer.augment.mix``, from one other category, same index) and the ``(R,)`` table rows they read."""
+        n = self.num_points
+        other, mixed = augment.mix_partners(class_ids, keys, self.num_classes, n, self.cfg.augment)
         rows, inverse = torch.unique(torch.cat([class_ids, other]), return_inverse=True)
         source = torch.where(mixed, inverse[len(class_ids):, None], inverse[:len(class_ids), None])  # (B, N)
-        point_index = torch.arange(n, device=device).expand_as(source)
-        points = self.points[rows][source, point_index]  # (B, N, 3)
-        if aug.map_jitter != (1.0, 1.0):  # each image's own system with one map jittered (mixed-in points kept)
-            jittered = ifs_jitter.jittered_points(
-                points, keys, self.ifs_system[class_ids], self.ifs_singular_values[class_ids],
-                self.ifs_num_maps[class_ids], self.ifs_maps[class_ids], self.ifs_canvas, aug.map_jitter)
-            points = torch.where(mixed[..., None], points, jittered)
+        point_index = torch.arange(n, device=keys.device).expand_as(source)
+        xyz = self.points[rows][source, point_index]  # (B, N, 3)
         colors = self.color_values(self._lookup(self.color_logits, rows, source, point_index, 3))
-        drawn = None
-        if self.instances is not None:  # mixing is refused with instances: every point is the image's category's
-            drawn = self.instances(class_ids, keys, points)
-            points = drawn.points
-            if drawn.shade is not None:
-                colors = colors * drawn.shade[..., None]
         radii = self._radius(self._lookup(self.radius_logits, rows, source, point_index, 1).squeeze(-1))
-
-        # Object-space augmentations in the contest's order (sub-sampling first, so that what follows sees only
-        # the kept points; its mask does not depend on positions), then the camera.
-        keep = augment.subsample_mask(keys, n, aug)
-        if drawn is not None and drawn.keep is not None:
-            keep = keep & drawn.keep
-        points, colors, radii, keep = self._corrupt(points, colors, radii, keep, keys)
-        if aug.pointwolf and aug.pointwolf_kind == "published":
-            points = pointwolf.pointwolf(points, keep, keys, aug)
-        elif aug.pointwolf:
-            points = augment.pointwolf(points, keys, aug)
-        points = augment.scale_and_jitter(points, keys, aug)
-        views = sample_views(keys, cfg.view)
-        if aug.shift > 0 and aug.shift_frame == "camera":
-            # A camera-space shift is a shift of the cloud along R^T s before the rotation.
-            shift = augment.random_shift(keys, aug)
-            points = points + shift[:, None] @ views.rotation
-        ndc, visible = project(points, views, cfg.view.projection, cfg.view.pytorch3d_arithmetic)
-        ndc = window_and_flips(ndc, keys, aug)  # the identity unless renderer.augment.window_* / dihedral
-        keep = visible & keep
-        if aug.depth_hue:  # multiplies the learnable colour: white tables give the published colours
-            toward_camera = -(points @ views.rotation.transpose(1, 2))[..., 2]
-            colors = colors * augment.depth_hue_colors(toward_camera, keep, keys, aug)
-        if aug.radius_scale != (1.0, 1.0):
-            radii = radii * rnd.uniform_range(keys, Stream.RADIUS_SCALE, aug.radius_scale)[:, None]
-        offscreen = torch.tensor([OFFSCREEN, OFFSCREEN, 1.0], device=device)
-        ndc = torch.where(keep[..., None], ndc, offscreen)
-        return Scene(ndc, colors, radii, self._background(keys)), rows
-
-    def _corrupt(self, points: torch.Tensor, colors: torch.Tensor, radii: torch.Tensor, keep: torch.Tensor,
-                 keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """ModelNet-C's drop-local (a mask), add-global and add-local (points appended after the bank's ``N``,
-        each with the colour and radius of its source point, gradients included): see :mod:`corrupt`."""
-        aug = self.cfg.augment
-        keep = corrupt.drop_local(points, keep, keys, aug.drop_local)
-        added = []
-        if aug.add_global > 0:
-            added.append(corrupt.add_global(keys, keep, aug.add_global))
-        if aug.add_local > 0:
-            added.append(corrupt.add_local(points, keep, keys, aug.add_local))
-        if not added:
-            return points, colors, radii, keep
-        xyz, source = (torch.cat(parts, 1) for parts in zip(*added))
-        rows = torch.arange(len(keys), device=keys.device)[:, None]
-        return (torch.cat([points, xyz], 1), torch.cat([colors, colors[rows, source]], 1),
-                torch.cat([radii, radii[rows, source]], 1), torch.cat([keep, torch.ones_like(source, dtype=bool)], 1))
+        return Points(xyz, colors, radii, torch.ones_like(mixed)), mixed, rows
 
     def _lookup(self, table: nn.Parameter, rows: torch.Tensor, source: torch.Tensor, point_index: torch.Tensor,
                 width: int) -> torch.Tensor:

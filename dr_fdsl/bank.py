@@ -182,7 +182,7 @@ def bank_from_config(cfg: BankConfig, rebuild: bool = False, progress: bool = Fa
     path = cache_path(cfg)
     if use_cache and path.exists() and not rebuild:
         bank = load_bank(path, expect=content_settings(cfg))
-        check = get_family(cfg.family).check_cached
+        check = FAMILIES.get(cfg.family).check_cached
         problem = check(bank.params) if check is not None else None
         if problem:
             raise BankCacheError(f"bank cache '{path}' cannot be used: {problem}; rebuild it: `python "

@@ -69,7 +69,7 @@ def test_export_resumes_and_refuses_other_settings(tmp_path, exported):
 
 def losses(run, steps):
     out = []
-    while run.step < steps:
+    while run.state.step < steps:
         out.append(float(train_step(run)["train/loss"]))
     return out
 

@@ -261,12 +261,12 @@ def test_match_resume_is_exact(tmp_path, bank_dir, target_folder):
     straight = build_run(match_run(tmp_path / "a", bank_dir, target_folder, *args))
     fit(straight)
     interrupted = build_run(match_run(tmp_path / "b", bank_dir, target_folder, *args))
-    while interrupted.step < 3:
+    while interrupted.state.step < 3:
         train_step(interrupted)
     save_checkpoint(interrupted)
     resumed = build_run(match_run(tmp_path / "b", bank_dir, target_folder, *args), resume="latest")
     resume(resumed, "latest")
-    assert resumed.step == 3 and resumed.match.stream.index == 3
+    assert resumed.state.step == 3 and resumed.mode.matcher.stream.index == 3
     fit(resumed)
     for a, b in zip(model_params(straight) + renderer_params(straight),
                     model_params(resumed) + renderer_params(resumed)):

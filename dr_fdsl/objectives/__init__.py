@@ -3,7 +3,9 @@
 Registered by name (``train.objective``). To add one: write ``objectives/<name>.py`` with an
 :class:`~dr_fdsl.objectives.base.Objective` subclass and add it to ``OBJECTIVES``.
 
-Renderer modes under each objective (``renderer.mode``; the renderer's gradient is that of the loss named):
+Renderer modes under each objective (``renderer.mode``, ``dr_fdsl/modes/``; the renderer's gradient is that of the
+loss named). "Refused at load": the objective's ``joint_trap`` says how the renderer could trivialise its loss, and
+the modes that descend it (``joint``, ``match`` with ``match.joint``) refuse it:
 
 ==============  ======  ==========================================  ==========================================
 objective       frozen  joint (renderer descends)                   adversarial (ascends, anchored)

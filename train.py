@@ -48,11 +48,11 @@ def main(argv=None) -> int:
             return report(err)
         except KeyboardInterrupt as err:
             # Checkpoints are written then renamed, so the newest one is whole whatever was interrupted.
-            where = (f"at step {run.step}; last checkpoint: {run.last_checkpoint or 'none yet'}. Continue with "
-                     "--resume latest" if run else "during set-up")
+            where = (f"at step {run.state.step}; last checkpoint: {run.state.last_checkpoint or 'none yet'}. "
+                     "Continue with --resume latest" if run else "during set-up")
             return say_interrupted(err, where)
         except (OSError, RuntimeError) as err:  # disk full, read-only, over a size limit: whatever was writing
-            fault = write_fault(err, run and run.last_checkpoint, run.output_dir if run else None)
+            fault = write_fault(err, run and run.state.last_checkpoint, run.output_dir if run else None)
             if fault is None:
                 raise  # a bug: its traceback is what to read
             print(fault, file=sys.stderr)

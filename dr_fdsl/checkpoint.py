@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from dr_fdsl import safetensors_check
-from dr_fdsl.config import Config, content_settings, image_settings
+from dr_fdsl.config import Config, content_settings, image_settings, renderer_mode
 from dr_fdsl.errors import CheckpointError, ConfigError, IntegrityError
 from dr_fdsl.manifest import MANIFEST, read_manifest, verify_manifest, write_manifest
 
@@ -163,12 +163,7 @@ def fingerprint(cfg: Config, num_processes: int) -> dict:
              "objective_settings": (next(iter(sections.values())) if len(sections) == 1 else sections or None),
              "grad_accum": cfg.train.grad_accum, "image_aug": content_settings(cfg.image_aug),
              "data": content_settings(cfg.data), "mixed_precision": cfg.train.mixed_precision}
-    if cfg.renderer.mode == "match":  # the target set, its stream and what the renderer descends
-        exact["match"] = content_settings(cfg.match)
-        if cfg.match.dataset.startswith("folder:"):  # a folder's images can change under the same name
-            from dr_fdsl.match import target_digest
-
-            exact["match_images"] = target_digest(cfg)
+    exact.update(renderer_mode(cfg).fingerprint(cfg))  # the mode's own (match: the target set and its settings)
     return {"required": required, "exact": exact}
 
 

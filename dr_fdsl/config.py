@@ -320,8 +320,8 @@ class ObjectsConfig:
 class RendererConfig:
     """The differentiable point renderer: learnable per-point colours and radii, PyTorch3D compositing."""
 
-    # "match": the rendering parameters descend a distance between rendered and target-domain images (section
-    # match), not the objective's loss (dr_fdsl/match.py; engine/step.py says which gradient goes where).
+    # Which gradient reaches the rendering tables: one module per mode in dr_fdsl/modes/ (registered in MODES).
+    # "match": they descend a distance between rendered and target-domain images (section match, dr_fdsl/match.py).
     mode: Literal["frozen", "joint", "adversarial", "match"] = field(default="frozen", metadata=NOT_CONTENT)
     image_size: int = 224
     points_per_pixel: int = 8
@@ -982,16 +982,13 @@ def validate_config(cfg: Config) -> None:
              f"{d.views_per_class}")
     if d.source == "static":
         need(bool(d.path), "data.path", "must name a dataset folder when data.source=static")
-        need(cfg.renderer.mode == "frozen", "renderer.mode",
-             f"data.source=static trains on fixed images: it needs renderer.mode=frozen, got {cfg.renderer.mode!r}")
 
     aug = cfg.renderer.augment
     need(aug.drop_local < cfg.bank.num_points, "renderer.augment.drop_local",
          f"{aug.drop_local} points would empty clouds of bank.num_points={cfg.bank.num_points}; use fewer "
          "(ModelNet-C's levels: 100 to 500)")
     validate_instances(content_settings(cfg.bank), cfg.renderer)
-    if cfg.renderer.mode == "match":
-        validate_match(cfg)
+    renderer_mode(cfg).validate(cfg)  # the mode's checks against the data source, the objective, section match
     if cfg.renderer.color_init == "bank":
         from dr_fdsl.families import FAMILIES  # families import this module
 
@@ -1065,12 +1062,14 @@ def validate_match(cfg: Config) -> None:
     need(m.random_channels >= 1, "match.random_channels", f"must be >= 1, got {m.random_channels}")
     need(m.feature_seed >= 0, "match.feature_seed", f"must be >= 0, got {m.feature_seed}")
     need(m.classifier_blocks >= 1, "match.classifier_blocks", f"must be >= 1, got {m.classifier_blocks}")
-    if m.joint:
-        from dr_fdsl.objectives import OBJECTIVES  # objectives import this module
 
-        need(OBJECTIVES.get(cfg.train.objective).joint_ok, "match.joint",
-             f"it makes the renderer descend objective {cfg.train.objective}'s loss, which the renderer can trivialise "
-             "(renderer.mode=joint is refused for it too); set match.joint=false")
+
+def renderer_mode(cfg: Config):
+    """The :class:`~dr_fdsl.modes.base.RendererMode` class of ``renderer.mode`` (a did-you-mean ``ConfigError``
+    naming the key for an unknown one)."""
+    from dr_fdsl.modes import MODES  # the modes import this module
+
+    return MODES.get(cfg.renderer.mode)
 
 
 def validate_bank(b: BankConfig) -> None:
@@ -1170,7 +1169,7 @@ def _validate_bank_size(cfg: Config) -> None:
     b, r = cfg.bank, cfg.renderer
     # The bank (float32 points) plus colour and radius tables (float32 logits), and SparseAdam's two moments
     # of each when they train.
-    tables = b.num_classes * b.num_points * (3 + 3 + 1) * 4 * (1 if r.mode == "frozen" else 3)
+    tables = b.num_classes * b.num_points * (3 + 3 + 1) * 4 * renderer_mode(cfg).table_copies()
     if tables > limit:
         raise ConfigError(f"config keys 'bank.num_classes' x 'bank.num_points' ({b.num_classes} x {b.num_points}): "
                           f"the bank and its rendering tables need about {gib(tables)}, more than this machine's "
@@ -1197,15 +1196,7 @@ def batch_sizes(cfg: Config) -> list[tuple[str, float, str, str]]:
     out.append((key, t.batch_size * per_image * _POINT_BYTES,
                 f"one batch's points ({t.batch_size} images x {per_image} points, added ones included)",
                 "lower it (ModelNet-C's levels: 10 to 50 added points globally, 100 to 500 locally)"))
-    if r.mode == "match" and cfg.match.features in ("random", "both"):
-        from dr_fdsl.match import random_feature_bytes  # match imports this module
-
-        m = cfg.match
-        out.append(("match.random_layers", random_feature_bytes(m.random_layers, m.random_channels, r.image_size,
-                                                                t.batch_size + m.batch),
-                    f"{m.random_layers} random convolution layers from {m.random_channels} channels (doubled at each "
-                    f"layer) on {r.image_size} px images, their weights and activations",
-                    "lower match.random_layers or match.random_channels"))
+    out.extend(renderer_mode(cfg).buffers(cfg))  # the mode's own (match's random convolutions)
     return out
 
 

@@ -256,7 +256,7 @@ def test_weights_that_give_a_non_finite_loss_are_never_saved_and_the_advice_work
     advised = build_run(tiny(tmp_path, bank_dir, "train.max_steps=8", "optim.lr=1.0e-4"), resume=str(good))
     resume(advised, str(good))
     out = train_step(advised)
-    assert advised.step == 3 and torch.isfinite(out["train/loss"])
+    assert advised.state.step == 3 and torch.isfinite(out["train/loss"])
 
 
 def test_a_checkpoint_whose_weights_give_a_non_finite_loss_is_not_named_good(saved, tmp_path, bank_dir, capsys):
@@ -282,7 +282,7 @@ def test_a_checkpoint_whose_weights_give_a_non_finite_loss_is_not_named_good(sav
     bad.rename(tmp_path / "bad_step_3")  # the advice
     advised = build_run(tiny(tmp_path, bank_dir, *JOINT), resume="latest")
     resume(advised, "latest")
-    assert advised.step == 2 and torch.isfinite(train_step(advised)["train/loss"])
+    assert advised.state.step == 2 and torch.isfinite(train_step(advised)["train/loss"])
 
 
 # ------------------------------------------------------------------------------------------------------------

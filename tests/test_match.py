@@ -244,8 +244,8 @@ def test_the_renderers_gradient_is_the_weighted_distance_unless_joint(tmp_path, 
                               "train.probe=false", "image_aug.random_erasing=0"))
     # The distance's gradient for the batch and the target batch the step will draw.
     ids, seeds = run.stream.batch(run.stream.index, 8)
-    target = run.match.stream.images(run.match.stream.indices(run.match.stream.index))
-    distance = run.match.distance(run.renderer(ids, seeds), target).total
+    target = run.mode.matcher.stream.images(run.mode.matcher.stream.indices(run.mode.matcher.stream.index))
+    distance = run.mode.matcher.distance(run.renderer(ids, seeds), target).total
     expected = torch.autograd.grad(0.5 * distance, list(run.renderer.parameters()))
     out = forward_backward(run, render_batch(run))
     assert float(out.metrics["match/distance"]) == pytest.approx(float(distance.detach()), rel=1e-6)
@@ -261,12 +261,12 @@ def test_match_resume_is_exact(tmp_path, bank_dir, target_folder):
     straight = build_run(match_run(tmp_path / "a", bank_dir, target_folder, *args))
     fit(straight)
     interrupted = build_run(match_run(tmp_path / "b", bank_dir, target_folder, *args))
-    while interrupted.step < 3:
+    while interrupted.state.step < 3:
         train_step(interrupted)
     save_checkpoint(interrupted)
     resumed = build_run(match_run(tmp_path / "b", bank_dir, target_folder, *args), resume="latest")
     resume(resumed, "latest")
-    assert resumed.step == 3 and resumed.match.stream.index == 3
+    assert resumed.state.step == 3 and resumed.mode.matcher.stream.index == 3
     fit(resumed)
     for a, b in zip(model_params(straight) + renderer_params(straight),
                     model_params(resumed) + renderer_params(resumed)):

@@ -85,7 +85,7 @@ def test_a_full_disk_while_saving_leaves_the_previous_checkpoints_whole(tmp_path
     import dr_fdsl.engine.loop as loop
 
     run = build_run(tiny(tmp_path, bank_dir, "renderer.mode=joint", "train.max_steps=8"))
-    while run.step < 2:
+    while run.state.step < 2:
         train_step(run)
     first = save_checkpoint(run)
     train_step(run)
@@ -96,7 +96,7 @@ def test_a_full_disk_while_saving_leaves_the_previous_checkpoints_whole(tmp_path
     monkeypatch.setattr(loop, "save_file", full)
     with pytest.raises(CheckpointError, match="could not write checkpoint .*step_0000003.*No space left"):
         save_checkpoint(run)
-    assert list_checkpoints(tmp_path / "run") == [first] and run.last_checkpoint == first
+    assert list_checkpoints(tmp_path / "run") == [first] and run.state.last_checkpoint == first
     monkeypatch.undo()
     resume(build_run(tiny(tmp_path, bank_dir, "renderer.mode=joint", "train.max_steps=8"), resume="latest"),
            "latest")
@@ -194,9 +194,9 @@ def test_an_extended_run_follows_the_new_schedule(tmp_path, bank_dir):
     run = build_run(longer, resume="latest")
     resume(run, "latest")
     seen = []
-    while run.step < 7:
+    while run.state.step < 7:
         train_step(run)
-        seen.append((run.step, run.objective.optimizer.param_groups[0]["lr"]))
+        seen.append((run.state.step, run.objective.optimizer.param_groups[0]["lr"]))
     assert seen == [(k, lr_at(longer, k)) for k in (5, 6, 7)]
     assert lr_at(longer, 5) > 10 * lr_at(tiny(tmp_path, bank_dir, "train.max_steps=4"), 4)  # not the old floor
 
@@ -220,7 +220,7 @@ def test_a_resume_that_cannot_be_exact_is_refused_or_declared(tmp_path, bank_dir
         resume(build_run(cfg, resume="latest"), "latest")
     run = build_run(cfg, resume="latest")
     resume(run, "latest", allow_inexact=True)
-    assert run.step == 2 and "warning: resuming inexactly: random_states_0.pkl" in capsys.readouterr().out
+    assert run.state.step == 2 and "warning: resuming inexactly: random_states_0.pkl" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("override, pattern", [

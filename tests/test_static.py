@@ -6,7 +6,7 @@ import torch
 from torchvision.io import read_image
 
 from dr_fdsl.bank import bank_from_config
-from dr_fdsl.engine import build_run, evaluate, train_step
+from dr_fdsl.engine import build_run, evaluate, fit, resume, save_checkpoint, train_step
 from dr_fdsl.errors import ConfigError, DatasetError
 from dr_fdsl.manifest import digest_file
 from dr_fdsl.render import PointRenderer
@@ -69,7 +69,7 @@ def test_export_resumes_and_refuses_other_settings(tmp_path, exported):
 
 def losses(run, steps):
     out = []
-    while run.step < steps:
+    while run.state.step < steps:
         out.append(float(train_step(run)["train/loss"]))
     return out
 
@@ -93,6 +93,26 @@ def test_static_and_in_loop_frozen_runs_give_the_same_losses(tmp_path, bank_dir,
             "image_aug.random_erasing=0.5"]
     # One after the other: augmentations draw from the process-wide generators each trainer seeds.
     assert_static_run_equals_in_loop(tmp_path, bank_dir, same, root, VIEWS, steps=4, workers=2)
+
+
+def test_a_resumed_static_run_reads_on_from_the_checkpoint(tmp_path, bank_dir, exported):
+    """The loader's iterator is opened at build and again at the restored stream position by resume: a static run
+    resumed after 2 steps ends with the weights of the same run done in one go."""
+    root, _, _ = exported
+    args = ["renderer.augment.subsample=[0.5,1.0]", "renderer.color_init=palette", "data.source=static",
+            f"data.path={root}", "image_aug.random_erasing=0.5", "train.eval_every=100", "train.image_every=100"]
+    straight = build_run(tiny(tmp_path / "a", bank_dir, *args))
+    fit(straight)
+    interrupted = build_run(tiny(tmp_path / "b", bank_dir, *args))
+    assert interrupted.state.batches is not None  # opened at build, at the stream's start
+    while interrupted.state.step < 2:
+        train_step(interrupted)
+    save_checkpoint(interrupted)
+    resumed = build_run(tiny(tmp_path / "b", bank_dir, *args), resume="latest")
+    resume(resumed, "latest")
+    fit(resumed)
+    for a, b in zip(straight.objective.model.parameters(), resumed.objective.model.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_static_source_bad_input(tmp_path, bank_dir, exported):

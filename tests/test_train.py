@@ -98,12 +98,12 @@ def test_resume_is_exact(tmp_path, bank_dir):
     straight = build_run(tiny(tmp_path / "a", bank_dir, *args))
     fit(straight)
     interrupted = build_run(tiny(tmp_path / "b", bank_dir, *args))  # the same 6-step run, stopped after 3
-    while interrupted.step < 3:
+    while interrupted.state.step < 3:
         train_step(interrupted)
     save_checkpoint(interrupted)
     resumed = build_run(tiny(tmp_path / "b", bank_dir, *args), resume="latest")
     resume(resumed, "latest")
-    assert resumed.step == 3
+    assert resumed.state.step == 3
     fit(resumed)
     for a, b in zip(model_params(straight) + renderer_params(straight),
                     model_params(resumed) + renderer_params(resumed)):
@@ -269,7 +269,7 @@ def test_ctrl_c_leaves_a_whole_checkpoint_to_resume_from(tmp_path, bank_dir):
     assert "interrupted at step" in err and "--resume latest" in err
     resumed = build_run(load_config(tmp_path / "run" / "config.yaml"), resume="latest")  # its resolved config
     resume(resumed, "latest")  # whole and loadable
-    assert resumed.step % 3 == 0 and resumed.step >= 3
+    assert resumed.state.step % 3 == 0 and resumed.state.step >= 3
 
 
 def test_stream_seeds_are_the_first_versions_and_python_independent():

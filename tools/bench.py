@@ -144,7 +144,7 @@ def main() -> int:
 
         def match_term():  # the distance to the next target batch, forward and backward to the images
             images = rendered.images.detach().requires_grad_()
-            match.match(images).total.backward()
+            match.mode.matcher(images).total.backward()
 
         stages["match_term_fwd_bwd"] = median_time(match_term, args.steps, args.warmup, device)
 

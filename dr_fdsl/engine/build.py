@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,52 +18,63 @@ from dr_fdsl import checkpoint, run_lock
 from dr_fdsl.bank import bank_from_config
 from dr_fdsl.config import Config, save_config, validate_config, validate_device
 from dr_fdsl.errors import ConfigError, DrFdslError
-from dr_fdsl.match import Matcher
+from dr_fdsl.modes import MODES, RendererMode
 from dr_fdsl.objectives import OBJECTIVES, Objective
 from dr_fdsl.optim import create_scheduler
 from dr_fdsl.render import PointRenderer
-from dr_fdsl.static import StaticViews
+from dr_fdsl.static import StaticViews, static_loader
 from dr_fdsl.stream import ViewStream, held_out_views
 
 TB_DIR = "tensorboard"
 
 
 @dataclass
+class TrainState:
+    """What changes as a run trains (a checkpoint keeps it; ``resume`` restores it). The positions of the view
+    stream and of a mode's own streams are their counters (``Run.stream.index``, ``RendererMode.positions``)."""
+
+    run_id: str  # the run's id, the same on every process (checkpoint pruning keeps to the run's own)
+    step: int = 0  # optimiser steps done
+    last_checkpoint: Path | None = None  # the newest checkpoint this run wrote or resumed from
+    # Static source: the loader's iterator, opened at the view stream's position (``open_batches``); None in-loop.
+    batches: Iterator | None = field(default=None, repr=False)
+
+
+@dataclass
 class Run:
-    """Everything a run holds. ``step`` counts optimiser steps; the rest is fixed after ``build_run``."""
+    """A run's objects, built once by ``build_run``, and its mutable :class:`TrainState` (``state``)."""
 
     cfg: Config
     accelerator: Accelerator
     renderer: PointRenderer
     objective: Objective
-    renderer_optimizer: torch.optim.Optimizer | None  # SparseAdam on the rendering tables (None when frozen)
+    mode: RendererMode  # renderer.mode: which gradient reaches the renderer, its optimiser, anchors and logs
+    renderer_optimizer: torch.optim.Optimizer | None  # the mode's (SparseAdam on the rendering tables; None: frozen)
     schedulers: list[Scheduler]  # objective's, then renderer's (both from optim)
     stream: ViewStream
     static: StaticViews | None
     eval_views: tuple[torch.Tensor, torch.Tensor]  # this process's held-out (class ids, view seeds)
     grid_views: tuple[torch.Tensor, torch.Tensor]  # the (class ids, view seeds) of the TensorBoard image grid
-    anchor: tuple[torch.Tensor, ...] | None  # adversarial mode: the initial colour and radius logits
     writer: Any  # TensorBoard SummaryWriter on the main process, None elsewhere
-    run_id: str
     lr: float
     total_batch: int
-    step: int = 0
-    last_checkpoint: Path | None = None
-    loader: Any = None  # static source: the batch iterator, started at the stream's position on first use
-    match: Matcher | None = None  # renderer.mode=match: the distance to the target images and their stream
-    first_view_seeds: list[int] | None = field(default=None, repr=False)
+    state: TrainState
 
     @property
     def output_dir(self) -> Path:
         return Path(self.cfg.output_dir)
 
     @property
-    def mode(self) -> str:
-        return self.cfg.renderer.mode
-
-    @property
     def num_classes(self) -> int:
         return self.renderer.num_classes
+
+
+def open_batches(run: Run) -> None:
+    """Static source: (re)opens ``run.state.batches`` at the view stream's position (at build, and after a resume
+    has moved the stream); nothing in-loop. The loader has its own generator: opening it draws on no global one."""
+    if run.static is not None:
+        run.state.batches = iter(static_loader(run.static, run.stream, run.cfg.train.batch_size, run.stream.index,
+                                               run.cfg.data.workers))
 
 
 def process_state() -> PartialState:
@@ -188,21 +200,20 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
 
     set_seed(cfg.seed)  # shared: the networks start identical on every process (renderer tables: init_seed)
     objective = OBJECTIVES.get(t.objective)(cfg, num_classes, lr, acc.device)
-    # The target images are read before the bank is built (a missing dataset fails first); no global RNG is used.
-    match = Matcher(cfg, objective, acc) if cfg.renderer.mode == "match" else None
+    # Before the bank is built: mode match reads its target images here (a missing dataset fails first); no mode
+    # draws on a global generator.
+    mode = MODES.get(cfg.renderer.mode)(cfg, objective, acc)
     with acc.main_process_first():  # the main process builds and caches the bank, the others read it
         bank = bank_from_config(cfg.bank, progress=acc.is_main_process and t.progress)
     renderer = PointRenderer(bank, cfg.renderer).to(acc.device)
-    anchor = tuple(p.detach().clone() for p in renderer.parameters()) if cfg.renderer.mode == "adversarial" else None
 
     # Prepare what trains, the objective's backbone first (Accelerate saves it as model.safetensors). The renderer
     # stays outside DDP: its row-sparse gradients are averaged row by row (sparse_sync); its SparseAdam goes
     # through prepare like any optimiser.
     objective.prepare(acc)
-    renderer_optimizer = None
+    renderer_optimizer = mode.prepare(renderer, acc)  # after the objective's: Accelerate numbers optimisers in order
     schedulers = [create_scheduler(objective.optimizer, cfg.optim, t.max_steps)]
-    if cfg.renderer.mode != "frozen":
-        renderer_optimizer = acc.prepare(torch.optim.SparseAdam(renderer.parameters(), lr=cfg.renderer.lr))
+    if renderer_optimizer is not None:
         schedulers.append(create_scheduler(renderer_optimizer, cfg.optim, t.max_steps))
     set_seed(cfg.seed, device_specific=True)  # per process: image augmentations draw from the global generators
 
@@ -212,10 +223,12 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
         save_config(cfg, Path(cfg.output_dir) / "config.yaml")
     acc.init_trackers(TB_DIR)
     writer = acc.get_tracker("tensorboard", unwrap=True) if acc.is_main_process else None
-    return Run(cfg=cfg, accelerator=acc, renderer=renderer, objective=objective,
-               renderer_optimizer=renderer_optimizer, schedulers=schedulers,
-               stream=ViewStream(cfg.seed, acc.process_index, num_classes, views, cfg.data.views_per_category,
-                                 cfg.data.repeated_aug), static=static,
-               eval_views=held_out_views(t.eval_images, num_classes, acc.process_index, acc.num_processes),
-               grid_views=grid, anchor=anchor, writer=writer, lr=lr, total_batch=total_batch, match=match,
-               run_id=broadcast_object_list([checkpoint.new_run_id()])[0])  # the main process's, on every rank
+    run = Run(cfg=cfg, accelerator=acc, renderer=renderer, objective=objective, mode=mode,
+              renderer_optimizer=renderer_optimizer, schedulers=schedulers,
+              stream=ViewStream(cfg.seed, acc.process_index, num_classes, views, cfg.data.views_per_category,
+                                cfg.data.repeated_aug), static=static,
+              eval_views=held_out_views(t.eval_images, num_classes, acc.process_index, acc.num_processes),
+              grid_views=grid, writer=writer, lr=lr, total_batch=total_batch,
+              state=TrainState(run_id=broadcast_object_list([checkpoint.new_run_id()])[0]))  # the main process's
+    open_batches(run)
+    return run

@@ -8,13 +8,12 @@ import shutil
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from dr_fdsl import checkpoint
 from dr_fdsl.config import save_config
-from dr_fdsl.engine.build import Run
+from dr_fdsl.engine.build import Run, open_batches
 from dr_fdsl.engine.interrupt import StopRequest
 from dr_fdsl.engine.step import set_learning_rates, train_step, weights_finite, what_to_resume
 from dr_fdsl.errors import CheckpointError, IntegrityError, NonFiniteLossError, is_write_fault
@@ -25,37 +24,37 @@ from dr_fdsl.static import quantize
 def fit(run: Run) -> dict:
     """Trains to ``train.max_steps`` optimiser steps; returns the final summary (also ``summary.json``)."""
     acc, t = run.accelerator, run.cfg.train
-    bar = tqdm(total=t.max_steps, initial=run.step, desc=f"train ({run.mode})", unit="step", dynamic_ncols=True,
-               disable=not (acc.is_main_process and t.progress))
+    bar = tqdm(total=t.max_steps, initial=run.state.step, desc=f"train ({run.mode.name})", unit="step",
+               dynamic_ncols=True, disable=not (acc.is_main_process and t.progress))
     images_per_micro_batch = t.batch_size * acc.num_processes
     window = {"seconds": 0.0, "render_seconds": 0.0, "images": 0}  # since the last log line
     total = {"seconds": 0.0, "images": 0}  # the whole run, for summary.json
     last_eval: dict[str, float] = {}
-    if run.step == 0:
+    if run.state.step == 0:
         log_images(run)
     with StopRequest() as stop:
-        while run.step < t.max_steps:
+        while run.state.step < t.max_steps:
             stop.check(acc)  # Ctrl-C lands here, between micro-steps (dr_fdsl/engine/interrupt.py)
-            before = run.step
+            before = run.state.step
             out = train_step(run)
             for meter in (window, total):
                 meter["seconds"] += out["seconds"]
                 meter["images"] += images_per_micro_batch
             window["render_seconds"] += out["render_seconds"]
-            if run.step == before:
+            if run.state.step == before:
                 continue  # inside an accumulation
             bar.update(1)
-            last = run.step == t.max_steps
-            if run.step % t.log_every == 0 or last:
+            last = run.state.step == t.max_steps
+            if run.state.step % t.log_every == 0 or last:
                 scalars = log_scalars(run, out, window)
                 bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", img_s=f"{scalars['perf/images_per_s']:.0f}")
                 window = {"seconds": 0.0, "render_seconds": 0.0, "images": 0}
-            if run.step % t.eval_every == 0 or last:
+            if run.state.step % t.eval_every == 0 or last:
                 last_eval = evaluate(run)
-                acc.log(last_eval, step=run.step)
-            if run.step % t.image_every == 0 or last:
+                acc.log(last_eval, step=run.state.step)
+            if run.state.step % t.image_every == 0 or last:
                 log_images(run)
-            if run.step % t.ckpt_every == 0 or last:
+            if run.state.step % t.ckpt_every == 0 or last:
                 save_checkpoint(run)
     bar.close()
     return finish(run, last_eval, total)
@@ -69,9 +68,8 @@ def log_scalars(run: Run, out: dict, window: dict) -> dict[str, float]:
     scalars["perf/images_per_s"] = window["images"] / max(window["seconds"], 1e-9)
     scalars["perf/render_share"] = window["render_seconds"] / max(window["seconds"], 1e-9)
     scalars["lr/classifier"] = run.objective.optimizer.param_groups[0]["lr"]
-    if run.renderer_optimizer is not None:
-        scalars["lr/renderer"] = run.renderer_optimizer.param_groups[0]["lr"]
-    acc.log(scalars, step=run.step)
+    scalars.update(run.mode.scalars())  # lr/renderer when the tables train
+    acc.log(scalars, step=run.state.step)
     return scalars
 
 
@@ -111,20 +109,15 @@ def log_images(run: Run) -> None:
     with torch.no_grad():
         images = run.renderer(ids, seeds)  # rendered once for every grid below
     grid = image_grid(images, nrow=4)
-    run.writer.add_image("renders", grid, run.step)
-    if run.match is not None:  # the renders (left) beside as many target images (right)
-        targets = run.match.target_grid(len(ids), nrow=4)
-        height = max(grid.shape[1], targets.shape[1])
-        panels = [F.pad(g, (0, 0, 0, height - g.shape[1]), value=0.5) for g in (grid, targets)]
-        spacer = torch.full((3, height, 6), 0.5)
-        run.writer.add_image("match/renders_vs_targets", torch.cat([panels[0], spacer, panels[1]], 2), run.step)
+    run.writer.add_image("renders", grid, run.state.step)
+    run.mode.log_images(run.writer, grid, len(ids), 4, run.state.step)  # the mode's own (match: beside the targets)
     with torch.no_grad():
         grids = run.objective.image_grids(as_training_images(run, images), ids, seeds)
     for name, grid in grids.items():  # the objective's own (e.g. corrupted / reconstructed / clean)
-        run.writer.add_image(name, grid, run.step)
+        run.writer.add_image(name, grid, run.state.step)
     with torch.no_grad():
-        run.writer.add_histogram("renderer/radii", run.renderer.radii().float().cpu(), run.step)
-        run.writer.add_histogram("renderer/colors", run.renderer.colors().float().cpu(), run.step)
+        run.writer.add_histogram("renderer/radii", run.renderer.radii().float().cpu(), run.state.step)
+        run.writer.add_histogram("renderer/colors", run.renderer.colors().float().cpu(), run.state.step)
 
 
 def renderer_checksums(run: Run) -> list[float]:
@@ -134,7 +127,7 @@ def renderer_checksums(run: Run) -> list[float]:
         mine = torch.as_tensor(local, dtype=torch.float64, device=run.accelerator.device).reshape(1)
     sums = run.accelerator.gather(mine).tolist()
     if len(set(sums)) > 1:
-        raise RuntimeError(f"rendering parameters differ across processes at step {run.step}: {sums}")
+        raise RuntimeError(f"rendering parameters differ across processes at step {run.state.step}: {sums}")
     return sums
 
 
@@ -177,7 +170,7 @@ def _held_out_loss_finite(run: Run) -> bool:
 
 def _newest_complete(run: Run) -> str:
     found = checkpoint.list_checkpoints(run.output_dir)
-    newest = run.last_checkpoint or (found[-1] if found else None)
+    newest = run.state.last_checkpoint or (found[-1] if found else None)
     return f"the newest complete checkpoint is {newest}" if newest else "no complete checkpoint was written yet"
 
 
@@ -201,9 +194,9 @@ def save_checkpoint(run: Run) -> Path:
     run.objective.before_checkpoint()  # e.g. a diverged leakage probe restarts: diagnostics never stop training
     why = _why_not_good(run)  # a checkpoint named as "good" must be good
     if why:
-        raise NonFiniteLossError(f"{why} at step {run.step}; not saved; {what_to_resume(run)}")
-    tmp = checkpoint.temporary_path(run.output_dir, run.step)
-    path, problem = checkpoint.step_path(run.output_dir, run.step), None
+        raise NonFiniteLossError(f"{why} at step {run.state.step}; not saved; {what_to_resume(run)}")
+    tmp = checkpoint.temporary_path(run.output_dir, run.state.step)
+    path, problem = checkpoint.step_path(run.output_dir, run.state.step), None
     if acc.is_main_process and tmp.exists():  # left by an interrupted save: none of its files may slip in
         shutil.rmtree(tmp)
     acc.wait_for_everyone()
@@ -217,14 +210,12 @@ def save_checkpoint(run: Run) -> Path:
             raise
         problem = err
     if _all_ok(run, problem is None) and acc.is_main_process:
-        state = {"step": run.step, "stream_index": run.stream.index,
-                 "fingerprint": checkpoint.fingerprint(run.cfg, acc.num_processes)}
-        if run.match is not None:
-            state["match_index"] = run.match.stream.index
+        state = {"step": run.state.step, "stream_index": run.stream.index,
+                 "fingerprint": checkpoint.fingerprint(run.cfg, acc.num_processes), **run.mode.positions()}
         if run.objective.trainer_state():
             state["objective"] = run.objective.trainer_state()
         try:
-            path = checkpoint.finalize(tmp, state, run.cfg.train.keep_checkpoints, run.run_id)
+            path = checkpoint.finalize(tmp, state, run.cfg.train.keep_checkpoints, run.state.run_id)
         except (OSError, CheckpointError, IntegrityError) as err:  # every process must reach the vote below
             problem = err
     if not _all_ok(run, problem is None):  # the previous checkpoints are untouched
@@ -234,7 +225,7 @@ def save_checkpoint(run: Run) -> Path:
             "failed on another process"
         raise CheckpointError(f"could not write checkpoint '{path}' ({cause}); {_newest_complete(run)}: free space "
                               "or choose another output_dir, then --resume latest") from problem
-    run.last_checkpoint = path
+    run.state.last_checkpoint = path
     return path
 
 
@@ -285,10 +276,10 @@ def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
     for optimizer, groups in zip(optimizers, configured):  # the moments are the checkpoint's, the settings ours
         for group, settings in zip(optimizer.param_groups, groups):
             group.update(settings)
-    run.step, run.stream.index, run.last_checkpoint = int(state["step"]), int(state["stream_index"]), path
-    if run.match is not None:
-        run.match.stream.index = int(state.get("match_index", state["stream_index"]))  # both: one per micro-batch
-    run.run_id = state.get("run_id") or run.run_id  # pruning goes on over the run's own checkpoints
+    run.state.step, run.stream.index, run.state.last_checkpoint = int(state["step"]), int(state["stream_index"]), path
+    run.mode.restore_positions(state)
+    open_batches(run)  # the static loader, from the restored position
+    run.state.run_id = state.get("run_id") or run.state.run_id  # pruning goes on over the run's own checkpoints
     run.objective.load_trainer_state(state.get("objective", {}))
     set_learning_rates(run)
     if acc.is_main_process:
@@ -297,26 +288,25 @@ def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
         acc.print(f"warning: {state['unchecked']}")
     for problem in state["inexact"]:
         acc.print(f"warning: resuming inexactly: {problem}")
-    acc.print(f"resumed from {path} at step {run.step}")
+    acc.print(f"resumed from {path} at step {run.state.step}")
 
 
 def finish(run: Run, last_eval: dict, total: dict) -> dict:
     """Writes ``summary.json`` and the hyper-parameters; releases the DDP wrappers (not the process group)."""
     acc = run.accelerator
-    seeds = run.first_view_seeds or [0] * 4
-    summary = {"output_dir": str(run.output_dir), "step": run.step, "num_processes": acc.num_processes,
-               "total_batch": run.total_batch, "lr": run.lr, "mode": run.mode, "objective": run.cfg.train.objective,
-               "source": run.cfg.data.source,
+    seeds = run.stream.batch(0, run.cfg.train.batch_size)[1][:4]  # this process's first, from its stream
+    summary = {"output_dir": str(run.output_dir), "step": run.state.step, "num_processes": acc.num_processes,
+               "total_batch": run.total_batch, "lr": run.lr, "mode": run.mode.name,
+               "objective": run.cfg.train.objective, "source": run.cfg.data.source,
                "images_per_s": total["images"] / max(total["seconds"], 1e-9), **last_eval,
                "renderer_checksums": renderer_checksums(run),
-               "first_view_seeds": acc.gather(torch.tensor(seeds, device=acc.device)).view(acc.num_processes,
-                                                                                             -1).tolist(),
-               "last_checkpoint": str(run.last_checkpoint)}
+               "first_view_seeds": acc.gather(seeds.to(acc.device)).view(acc.num_processes, -1).tolist(),
+               "last_checkpoint": str(run.state.last_checkpoint)}
     if acc.is_main_process:
         (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        hparams = {"mode": run.mode, "model": run.cfg.model.name, "classes": run.num_classes,
+        hparams = {"mode": run.mode.name, "model": run.cfg.model.name, "classes": run.num_classes,
                    "image_size": run.cfg.renderer.image_size, "total_batch": run.total_batch, "lr": run.lr,
-                   "steps": run.step, "renderer_lr": run.cfg.renderer.lr}
+                   "steps": run.state.step, "renderer_lr": run.cfg.renderer.lr}
         metrics = {f"hparam/{k.replace('/', '_')}": v for k, v in last_eval.items()}
         if run.writer is not None and metrics:
             run.writer.add_hparams(hparams, metrics, run_name=".")

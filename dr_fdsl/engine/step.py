@@ -1,18 +1,8 @@
 """The training step in callable parts: render (or read) a batch, the objective's forward and backward, and the
 optimiser updates. ``train_step`` composes them; ``tools/bench.py`` times these same functions.
 
-Renderer modes (``renderer.mode``):
-    frozen       rendering parameters never change: the images are those of the classic static dataset.
-    joint        rendering parameters descend the objective's loss with their own SparseAdam.
-    adversarial  they ascend it (a gradient reversal of ``renderer.adversarial_scale`` between renderer and
-                 objective), pulled back towards their initial values by ``renderer.anchor_penalty``: the
-                 renderer makes hard examples within its bounds.
-    match        they descend ``match.weight`` x ``match.distance`` between the rendered batch and a batch of
-                 unlabelled target-domain images (dr_fdsl/match.py). The objective's loss trains the networks
-                 only: its images are detached, as in frozen, so the renderer's gradient is that of the weighted
-                 distance alone; with ``match.joint=true`` it also descends the objective's loss (joint + match).
-                 The distance's features never train the networks (random convolutions are fixed; the
-                 classifier's early layers are read with their parameters detached).
+Which gradient reaches the renderer is the renderer mode's (``run.mode``, ``dr_fdsl/modes/``): ``forward_backward``
+hands it the batch and the objective's loss, and backpropagates the total it returns.
 """
 
 from __future__ import annotations
@@ -28,7 +18,7 @@ from dr_fdsl.engine.build import Run
 from dr_fdsl.errors import DatasetError, NonFiniteLossError
 from dr_fdsl.objectives import ObjectiveOutput
 from dr_fdsl.sparse_sync import average_row_gradients, clip_sparse_grad_norm_
-from dr_fdsl.static import quantize, static_loader
+from dr_fdsl.static import quantize
 
 
 class Batch(NamedTuple):
@@ -41,19 +31,6 @@ class Batch(NamedTuple):
     rows: torch.Tensor
 
 
-class GradientReversal(torch.autograd.Function):
-    """Identity forward; backward multiplies the gradient by ``-scale`` (the renderer ascends the loss)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return -ctx.scale * grad, None
-
-
 def render_batch(run: Run) -> Batch:
     """The next micro-batch of this process's stream, rendered in the loop or read from the static dataset."""
     device, b = run.accelerator.device, run.cfg.train.batch_size
@@ -63,10 +40,8 @@ def render_batch(run: Run) -> Batch:
         if run.cfg.data.quantize:  # 8-bit values forward, straight-through gradients backward
             images = images + (quantize(images).float() / 255 - images).detach()
         return Batch(images, ids, seeds, rows)
-    if run.loader is None:  # created on first use, so that a resume starts it at the stream's position
-        run.loader = iter(static_loader(run.static, run.stream, b, run.stream.index, run.cfg.data.workers))
     try:
-        pixels, ids, seeds = next(run.loader)
+        pixels, ids, seeds = next(run.state.batches)  # opened at the stream's position (build.open_batches)
     except DatasetError as err:  # raised in a worker: its message carries the worker's traceback; keep the cause
         raise DatasetError(str(err).strip().splitlines()[-1].split("DatasetError: ", 1)[-1]) from None
     expected = run.stream.draw(b)  # the loader's workers read ahead from the same counter-based stream
@@ -77,33 +52,20 @@ def render_batch(run: Run) -> Batch:
 
 
 def forward_backward(run: Run, batch: Batch) -> ObjectiveOutput:
-    """The objective on a batch, the renderer's mode applied, and the backward pass (scaled for accumulation)."""
-    images, match = batch.images, None
-    if run.match is not None:  # before the objective: its features read the backbone with detached parameters
-        match = run.match(batch.images)
-        if not run.match.joint:
-            images = images.detach()
-    if run.mode == "adversarial":
-        # Between renderer and objective: only the renderer's gradient is reversed. (The first version reversed
-        # after the classifier's input normalisation; for an adversarial_scale that is not a power of two the
-        # renderer's gradients differ from it in the last bit.)
-        images = GradientReversal.apply(images, run.cfg.renderer.adversarial_scale)
-    out = run.objective.loss(images, batch.class_ids, batch.view_seeds.to(images.device))
-    if not torch.isfinite(out.loss.detach()).item():
-        raise NonFiniteLossError(f"loss is {out.loss.item()} at step {run.step + 1}; training stopped; "
-                                 f"{what_to_resume(run)}")
-    total = out.total
-    if match is not None:
-        if not torch.isfinite(match.total.detach()).item():
-            raise NonFiniteLossError(f"match distance is {match.total.item()} at step {run.step + 1} (terms: "
-                                     f"{ {k: v.item() for k, v in match.terms.items()} }); training stopped; "
-                                     f"{what_to_resume(run, 'a lower renderer.lr')}")
-        total = total + run.match.weight * match.total
-        out = out._replace(metrics={**out.metrics, "match/distance": match.total.detach(),
-                                    **{f"match/{k}": v for k, v in match.terms.items()}})
-    if run.anchor is not None and run.cfg.renderer.anchor_penalty > 0:
-        # Only on the rows this batch read: the others do not move (SparseAdam is lazy).
-        total = total + run.cfg.renderer.anchor_penalty * run.renderer.drift(batch.rows, run.anchor)
+    """The objective on a batch, the renderer's mode applied (``RendererMode.losses``), and the backward pass
+    (scaled for accumulation). A non-finite loss or mode term stops the run, naming a checkpoint to resume."""
+    step = run.state.step + 1
+
+    def stop(what: str, detail: str = "", remedy: str = "a lower optim.lr"):
+        raise NonFiniteLossError(f"{what} at step {step}{detail}; training stopped; {what_to_resume(run, remedy)}")
+
+    def objective_loss(images: torch.Tensor) -> ObjectiveOutput:
+        out = run.objective.loss(images, batch.class_ids, batch.view_seeds.to(images.device))
+        if not torch.isfinite(out.loss.detach()).item():
+            stop(f"loss is {out.loss.item()}")
+        return out
+
+    out, total = run.mode.losses(batch, objective_loss, stop)
     run.accelerator.backward(total)
     return out
 
@@ -119,17 +81,17 @@ REMEDIES = ("a larger optim.warmup_steps, optim.clip_grad > 0, or train.mixed_pr
 
 
 def what_to_resume(run: Run, remedy: str = "a lower optim.lr") -> str:
-    """Advice after a non-finite value at step ``run.step + 1``, naming only a checkpoint that can help.
+    """Advice after a non-finite value at step ``run.state.step + 1``, naming only a checkpoint that can help.
 
     A good checkpoint holds finite weights whose loss was finite: ``save_checkpoint`` writes no other, and resume
-    refuses non-finite weights. But when no step has run since ``run.last_checkpoint`` was saved or resumed and
+    refuses non-finite weights. But when no step has run since ``run.state.last_checkpoint`` was saved or resumed and
     the weights are finite, they are that checkpoint's and gave this value: resuming it (bit-exactly, the same
     batch) would fail at once, whatever the lr, so it is not named as good.
     """
-    last = run.last_checkpoint
+    last = run.state.last_checkpoint
     if last is None:
         return f"no checkpoint yet: start the run again with {remedy}, {REMEDIES}"
-    if run.step == checkpoint.step_of(last) and weights_finite(run):
+    if run.state.step == checkpoint.step_of(last) and weights_finite(run):
         return (f"these are the weights of checkpoint '{last}' (no step since it), so it is no good checkpoint: "
                 f"move it out of checkpoints/ and --resume latest (the checkpoint before it) with {remedy}, or start "
                 f"the run again with {remedy}, {REMEDIES}")
@@ -160,9 +122,9 @@ def optimizer_step(run: Run) -> dict[str, torch.Tensor]:
 
 
 def set_learning_rates(run: Run) -> None:
-    """The schedules' values at ``run.step`` (from the current config: also right after a resume)."""
+    """The schedules' values at ``run.state.step`` (from the current config: also right after a resume)."""
     for scheduler in run.schedulers:
-        scheduler.step_update(run.step)
+        scheduler.step_update(run.state.step)
 
 
 def train_step(run: Run) -> dict:
@@ -170,7 +132,7 @@ def train_step(run: Run) -> dict:
     seconds spent (``seconds``, of which ``render_seconds`` producing the batch)."""
     acc = run.accelerator
     # Synchronising CUDA splits render time from the rest; only on steps that are logged (it stalls the queue).
-    timed = acc.device.type == "cuda" and (run.step + 1) % run.cfg.train.log_every == 0
+    timed = acc.device.type == "cuda" and (run.state.step + 1) % run.cfg.train.log_every == 0
     start = time.perf_counter()
     with acc.accumulate(*run.objective.modules()):
         batch = render_batch(run)
@@ -180,11 +142,9 @@ def train_step(run: Run) -> dict:
         out = forward_backward(run, batch)
         norms = optimizer_step(run)
     if acc.sync_gradients:
-        run.step += 1
+        run.state.step += 1
         set_learning_rates(run)
     if timed:
         torch.cuda.synchronize()
-    if run.first_view_seeds is None:
-        run.first_view_seeds = batch.view_seeds[:4].tolist()
     return {"seconds": time.perf_counter() - start, "render_seconds": render_seconds, **out.metrics,
             **{k: v.detach() for k, v in norms.items()}}

@@ -4,7 +4,9 @@ Registered by name (``train.objective``). To add one: write ``objectives/<name>.
 :class:`~dr_fdsl.objectives.base.Objective` subclass and register it in ``OBJECTIVES``
 (``OBJECTIVES.get(name)`` looks one up for a config value).
 
-Renderer modes under each objective (``renderer.mode``; the renderer's gradient is that of the loss named):
+Renderer modes under each objective (``renderer.mode``, ``dr_fdsl/modes/``; the renderer's gradient is that of the
+loss named). "Refused at load": the objective's ``joint_trap`` says how the renderer could trivialise its loss, and
+the modes that descend it (``joint``, ``match`` with ``match.joint``) refuse it:
 
 ==============  ======  ==========================================  ==========================================
 objective       frozen  joint (renderer descends)                   adversarial (ascends, anchored)

@@ -55,9 +55,10 @@ class Objective:
     """
 
     name: ClassVar[str]
-    # False: descending this objective's loss lets the renderer trivialise it (e.g. empty images are easy to
-    # reconstruct), so renderer.mode=joint and match.joint are refused
-    joint_ok: ClassVar[bool] = True
+    # How descending this objective's loss lets the renderer trivialise it ("descends the reconstruction loss: the
+    # renderer could empty the image, ..."), or "" when it cannot: the renderer modes that descend it (joint,
+    # match with match.joint) refuse a non-empty one (dr_fdsl/modes/)
+    joint_trap: ClassVar[str] = ""
     eval_names: ClassVar[tuple[str, ...]]  # names of the columns ``evaluate`` returns
 
     @classmethod

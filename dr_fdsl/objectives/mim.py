@@ -116,7 +116,7 @@ def validate_mim(cfg: Config) -> None:
 class MaskedImageModelling(Objective):
     name = "mim"
     eval_names = ("val/loss", "val/identity_loss")  # identity: the masked image itself taken as reconstruction
-    joint_ok = False
+    joint_trap = "descends the reconstruction loss: the renderer could empty the image, which is trivial to reconstruct"
 
     @classmethod
     def validate(cls, cfg: Config) -> None:
@@ -127,9 +127,6 @@ class MaskedImageModelling(Objective):
         need(cfg.data.repeated_aug == 1, "data.repeated_aug",
              f"objective mim masks each (category, view seed) by its key and applies no image augmentation: "
              f"{cfg.data.repeated_aug} copies would be identical images; set data.repeated_aug=1")
-        need(cfg.renderer.mode != "joint", "renderer.mode",
-             "joint rendering descends the reconstruction loss: the renderer could empty the image, which is "
-             "trivial to reconstruct; use frozen or adversarial")
 
     def __init__(self, cfg: Config, num_classes: int, lr: float, device: torch.device):
         self.cfg = cfg

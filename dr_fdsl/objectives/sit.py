@@ -120,7 +120,8 @@ class SiTNetwork(nn.Module):
 
 class SiT(Objective):
     name = "sit"
-    joint_ok = False
+    joint_trap = ("descends sit's losses: the renderer could empty the images (trivial to reconstruct) or colour each "
+                  "category apart (contrastive positives found by colour)")
     # identity: the corrupted view itself taken as the reconstruction
     eval_names = ("val/rotation_acc", "val/rotation_loss", "val/reconstruction_loss", "val/identity_loss")
 
@@ -133,9 +134,6 @@ class SiT(Objective):
              f"render, jittered, turned and corrupted apart), not {d.views_per_category} x {d.repeated_aug}")
         need(cfg.train.batch_size >= 4, "train.batch_size",
              f"sit's contrastive task needs at least two pairs of views (negatives), got {cfg.train.batch_size}")
-        need(cfg.renderer.mode != "joint", "renderer.mode",
-             "joint rendering descends sit's losses: the renderer could empty the images (trivial to reconstruct) "
-             "or colour each category apart (contrastive positives found by colour); use frozen or adversarial")
         need(view.rotation != "so3", "renderer.view.rotation",
              "so3 covers every in-plane rotation, so sit's rotation labels cannot be learnt; use euler with a "
              "roll range of at most 90 degrees (e.g. renderer.view.roll=[0,0]) or none")

@@ -1,0 +1,13 @@
+"""Mode ``frozen``: the rendering tables never change; the images are those of the classic static dataset."""
+
+from __future__ import annotations
+
+from dr_fdsl.modes.base import RendererMode
+
+
+class Frozen(RendererMode):
+    """No gradient reaches the tables (``PointRenderer`` sets none to require it), so they get no optimiser; the
+    objective's loss is the step's. Any objective and either data source works under it."""
+
+    name = "frozen"
+    trains_renderer = False

@@ -110,7 +110,9 @@ def test_two_runs_started_at_once_into_one_folder_exactly_one_runs_there(tmp_pat
     assert folders and len(set(folders.values())) == len(folders)  # at least one ran; never two in one folder
     for seed, folder in folders.items():  # and each folder describes only its own run
         assert f"seed: {seed}\n" in (folder / "config.yaml").read_text()
-        writer = (folder / run_lock.LOCK_FILE).read_text().strip()  # the pid of the run that held the folder
+        # its own pid (not the lock file's: a run that came after the first ended locks the used folder for a moment
+        # to see that it is used, and leaves its pid there on its way to a numbered one)
+        writer = str(procs[seed].pid)
         events = list((folder / "tensorboard").rglob("events.out.tfevents.*"))  # name: ...<host>.<pid>.<n>
         assert events and {e.name.split(".")[-2] for e in events} == {writer}
         assert json.loads((folder / "summary.json").read_text())["step"] == 6

@@ -289,17 +289,29 @@ def load_targets(cfg: Config) -> torch.Tensor:
 
     m = cfg.match
     pixels = datasets.load(m.dataset, train=True, root=m.data_root, size=cfg.renderer.image_size).images
+    if m.dataset.startswith("folder:"):  # what this process loaded is what its checkpoints record
+        _LOADED_DIGESTS[m.dataset] = _folder_digest(cfg)
     if 0 < m.images < len(pixels):
         order = torch.randperm(len(pixels), generator=torch.Generator().manual_seed(stream_seed(cfg.seed, _SALT)))
         pixels = pixels[order[:m.images].sort().values]
     return pixels.contiguous()
 
 
+_LOADED_DIGESTS: dict[str, str] = {}  # match.dataset -> the digest of the images load_targets read last
+
+
 def target_digest(cfg: Config) -> str:
     """What the checkpoint fingerprint records of a ``folder:`` target (``match.dataset``): a digest of the bytes of
-    the images :func:`load_targets` reads from its training split (``datasets.folder_digest``), cached beside the
-    banks (``bank.cache_dir``: the project's own cache, writable by every run, unlike a dataset folder that may be
-    read-only or shared), so a resume re-reads only files changed since."""
+    the images :func:`load_targets` read from its training split, taken when it read them (so a checkpoint records
+    the images the run trained on, even if the folder changed since, and a save re-reads nothing); before any load,
+    the folder as it is now."""
+    return _LOADED_DIGESTS.get(cfg.match.dataset) or _folder_digest(cfg)
+
+
+def _folder_digest(cfg: Config) -> str:
+    """``datasets.folder_digest`` of the target's training split, cached beside the banks (``bank.cache_dir``: the
+    project's own cache, writable by every run, unlike a dataset folder that may be read-only or shared), so a
+    second look re-reads only files changed since."""
     from dr_fdsl import datasets
 
     cache = cfg.bank.cache_dir or None

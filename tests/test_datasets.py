@@ -2,6 +2,7 @@
 refused, the documented folder layouts are accepted, and a folder's content digest follows its bytes."""
 
 import gzip
+import json
 import os
 import struct
 
@@ -149,3 +150,23 @@ def test_a_folder_target_whose_images_changed_resumes_inexact_and_says_so(tmp_pa
     resume(changed, "latest", allow_inexact=True)
     assert "warning: resuming inexactly: settings that change the random stream differ (match_images:" in \
         capsys.readouterr().out
+
+
+def test_a_checkpoint_records_the_target_images_the_run_loaded(tmp_path, bank_dir):
+    """Images replaced while a run trains do not become the checkpoint's record: it keeps the digest of what the
+    run loaded (and read at load, not at every save)."""
+    from dr_fdsl.checkpoint import list_checkpoints
+    from dr_fdsl.engine import build_run, save_checkpoint, train_step
+    from dr_fdsl.match import target_digest
+    from tests.conftest import tiny
+
+    dataset = image_folder(tmp_path / "targets", splits=("train",))
+    cfg = tiny(tmp_path, bank_dir, "renderer.mode=match", f"match.dataset={dataset}", "match.batch=4",
+               "renderer.raster_backend=sort", "train.max_steps=2", "train.probe=false")
+    run = build_run(cfg)
+    loaded = target_digest(cfg)
+    write_png(torch.full((3, 8, 8), 255, dtype=torch.uint8), str(tmp_path / "targets" / "train" / "a" / "0.png"))
+    train_step(run)
+    save_checkpoint(run)
+    state = json.loads((list_checkpoints(tmp_path / "run")[-1] / "trainer_state.json").read_text())
+    assert state["fingerprint"]["exact"]["match_images"] == loaded

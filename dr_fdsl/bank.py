@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from dr_fdsl.config import BankConfig, content_settings, validate_bank
-from dr_fdsl.errors import BankCacheError
+from dr_fdsl.errors import BankCacheError, is_write_fault
 from dr_fdsl.families import FAMILIES
 
 BANK_FORMAT = 2  # 2: generic params dict, any family (1: 3D IFS only)
@@ -104,9 +104,11 @@ def save_bank(bank: PointBank, path: str | Path) -> Path:
         torch.save({"format": BANK_FORMAT, "settings": bank.settings, "draws": bank.draws, "points": bank.points,
                     "params": bank.params, "digest": digest}, tmp)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError (is_write_fault)
         with contextlib.suppress(OSError):  # a half-written temporary file is removed; the error is the one above
             tmp.unlink()
+        if not is_write_fault(err):
+            raise  # a bug, not the storage: its traceback is what to read
         raise _unwritable(path, err) from err
     return path
 

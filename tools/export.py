@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from timm.models import save_for_hf
 
 from dr_fdsl.cli import report
-from dr_fdsl.errors import DrFdslError
+from dr_fdsl.errors import DrFdslError, is_write_fault
 from dr_fdsl.finetune import load_pretrained
 
 
@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     except OSError as err:
         return report(err, writing=args.out)
     except SafetensorError as err:  # safetensors' own write failure (disk full, file too large)
+        if not is_write_fault(err):
+            raise  # a bug, not the storage: its traceback is what to read
         return report(OSError(f"{err}".strip()), writing=args.out)
     config = json.loads((Path(args.out) / "config.json").read_text())
     print(f"exported {config['architecture']} ({config['num_classes']} classes, {size} px) to {args.out}: "

@@ -38,9 +38,10 @@ from pathlib import Path
 import torch
 
 from dr_fdsl import safetensors_check
-from dr_fdsl.config import Config, content_settings, image_settings, renderer_mode
+from dr_fdsl.config import Config, content_settings, image_settings
 from dr_fdsl.errors import CheckpointError, ConfigError, IntegrityError
 from dr_fdsl.manifest import MANIFEST, read_manifest, verify_manifest, write_manifest
+from dr_fdsl.modes import MODES
 
 STATE_FILE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"  # Accelerate's name for the first prepared model (the objective's backbone)
@@ -163,7 +164,8 @@ def fingerprint(cfg: Config, num_processes: int) -> dict:
              "objective_settings": (next(iter(sections.values())) if len(sections) == 1 else sections or None),
              "grad_accum": cfg.train.grad_accum, "image_aug": content_settings(cfg.image_aug),
              "data": content_settings(cfg.data), "mixed_precision": cfg.train.mixed_precision}
-    exact.update(renderer_mode(cfg).fingerprint(cfg))  # the mode's own (match: the target set and its settings)
+    # the mode's own (match: the target set and its settings)
+    exact.update(MODES.get(cfg.renderer.mode).fingerprint(cfg))
     return {"required": required, "exact": exact}
 
 

@@ -1,76 +1,44 @@
-"""One typed configuration: dataclasses are the single source of truth.
+"""The run's configuration: ``Config``, composed of the sections of every part, and the checks that relate them.
 
-Values are resolved in this order (later wins): dataclass defaults, the YAML file given with ``--config``,
-then dotted command-line overrides such as ``train.max_steps=100 renderer.mode=joint``. Every key and value is
-checked against the dataclasses before any work starts: an unknown key, a wrong type or a value outside a
-``Literal`` names the key and the valid choices.
+The loader (YAML, includes, dotted overrides, types, did-you-mean, :func:`need`, :func:`content_settings`) is
+:mod:`dr_fdsl.settings`, which knows no section. Each part owns its section's dataclass and checks next to its
+code, in a module that imports no torch: a family's ``bank.<family>`` in ``dr_fdsl/families/<family>/settings.py``,
+an objective's (``mim``, ``sit``) in ``dr_fdsl/objectives/<name>_settings.py``, a renderer mode's (``match``) in
+``dr_fdsl/modes/<name>_settings.py``. ``BankConfig`` and ``Config`` are composed from the registries
+(``FAMILIES``, ``OBJECTIVES``, ``MODES``), in their order; this module holds the sections of the core (renderer,
+model, optimiser, image augmentation, data, train) and the checks across sections. Loading a config imports
+neither torch nor timm.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import math
-import re
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from dr_fdsl import memory
 from dr_fdsl.errors import ConfigError
+from dr_fdsl.families import FAMILIES
 from dr_fdsl.memory import gib, need_bytes
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML with YAML 1.2 scalars where 1.1 surprises: only true/false are booleans (1.1 also reads yes/no/on/off,
-    which would turn ``mixed_precision: no`` into False), ``1e-3`` is a float (1.1 needs a dot: ``1.0e-3``), and
-    a key given twice in one mapping is an error (1.1 silently keeps the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # "<<: *base": merged keys may be overridden; SafeLoader's construct_mapping merges them
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)) and key is not None:
-                raise ConfigError(f"a key must be a plain value, got {key!r} (line {key_node.start_mark.line + 1})")
-            if key in seen:
-                raise ConfigError(f"key {key!r} appears twice in one section (lines {seen[key] + 1} and "
-                                  f"{key_node.start_mark.line + 1}); keep one")
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep)
-
-
-_BOOL = "tag:yaml.org,2002:bool"
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"),
-                              list("-+0123456789"))
-
-
-def _read_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)
-
-
-# Keys of earlier versions and where they live now, so that an old config fails with the fix in the message.
-MOVED_KEYS = {f"bank.{k}": f"bank.ifs3d.{k}" for k in ("sampler", "min_variance", "min_maps", "max_maps", "burn_in")}
-
-# A field with this metadata does not change what a run generates (points or pixels): optimisation settings,
-# cache folders. Every "settings that change the images" list (bank cache key, static dataset check, checkpoint
-# fingerprint) is derived from it by :func:`content_settings`.
-NOT_CONTENT = {"content": False}
-# A content field added after caches, static datasets and checkpoints were made: left out of content_settings while
-# it holds its default, so that what was made before it existed keeps its key (its default changes nothing).
-ADDED = {"omit_default": True}
-
+from dr_fdsl.modes import MODES
+from dr_fdsl.objectives import OBJECTIVES
+from dr_fdsl.settings import (  # noqa: F401  (re-exported: the names the code and the tests import from here)
+    ADDED,
+    MOVED_KEYS,
+    NOT_CONTENT,
+    add_config_args,
+    chosen_by,
+    compose,
+    content_settings,
+    finite,
+    from_dict,
+    need,
+    parse_overrides,
+    save_config,
+    to_dict,
+)
+from dr_fdsl.settings import load_config as _load
 
 # --------------------------------------------------------------------------------------------------------
 # Sections
@@ -78,145 +46,25 @@ ADDED = {"omit_default": True}
 
 
 @dataclass
-class IFS3DConfig:
-    """Family ``ifs3d``: one 3D iterated function system per category (3D-OFDB), kept by a variance filter."""
-
-    # "uniform": the 3D-OFDB recipe, 12 parameters per map from U(-1, 1), rejection by variance.
-    # "svd": contractive maps A = R1 diag(s) R2 with singular values s in (0, 1) (Anderson & Farrell).
-    sampler: Literal["uniform", "svd"] = "uniform"
-    min_variance: float = 0.05
-    min_maps: int = 2
-    max_maps: int = 7
-    burn_in: int = 100
-
-
-@dataclass
-class OFDBConfig:
-    """Family ``ofdb``: 3D-OFDB's published category search (ryoo-nakamura/OFDB), reproduced bit for bit, or the
-    categories of a published parameter file. The search's seed is ``bank.seed`` (42 reproduces the contest's
-    published parameter file); clouds are made the published way with ``bank.num_points + 1`` draws (9,999
-    points for the published 10,000), min-max scaled to [-1, 1] and then centred."""
-
-    # "search": run the published search. Otherwise the path of a folder of 3D-OFDB CSVs (000000.csv, ...) or of
-    # the contest's parameter pickle (point_cloud_*_params.pkl; read with a restricted unpickler that admits
-    # numeric arrays only). The cache is keyed by the path: after replacing a file there, rebuild the bank.
-    source: str = "search"
-    variance: float = 0.05  # per-axis variance the normalised cloud must exceed (3d-ofdb_render.sh's value)
-    # Whose np.linalg.det rounding sets the map probabilities (only the last bits of some differ): "mkl"
-    # reproduces the contest's file (MKL; also a pip numpy whose OpenBLAS runs its Sandybridge kernels),
-    # "openblas" OFDB's script under a pip numpy whose OpenBLAS runs its Haswell, Zen or Nehalem kernels. On
-    # AVX-512 CPUs OpenBLAS fuses one multiply-add and neither matches (201 of the 2,375 maps of the seed-42
-    # search differ from "openblas"): point `source` at the CSVs written there. See docs/families.md.
-    lapack: Literal["mkl", "openblas"] = "mkl"
-    # "ofdb": every map's first coefficient scaled by 0.4 before the chaos game, as OFDB's instance.py does for
-    # its released models (the first row of its weights_ins145.csv). "none": the searched systems as they are.
-    instance_weight: Literal["none", "ofdb"] = "none"
-    # "exfractal145": every image is one of 145 instances of its category, drawn from its own key: the maps scaled
-    # by a row of weights_ins145.csv and the category's chaos game replayed on the device with the same map choices
-    # (dr_fdsl/render/instances.py). "none": the category's cloud itself.
-    instances: Literal["none", "exfractal145"] = field(default="none", metadata=ADDED)
-
-
-@dataclass
-class FractalDBConfig:
-    """Family ``fractaldb``: FractalDB's published 2D category search (Kataoka et al., ACCV 2020), reproduced bit
-    for bit, or the categories of a folder of its published CSVs. The search's seed is ``bank.seed``: the
-    published ``ifs_search.py`` seeds with 1, so ``bank.seed=1`` gives the 1,000 shipped FractalDB-1k categories.
-    Each category's ``bank.num_points`` points are those the published renderer draws with that many iterations,
-    at the pixels of a ``canvas``-pixel image (see :mod:`dr_fdsl.families.fractaldb2d`)."""
-
-    # "search": run the published search. Otherwise a folder of FractalDB CSVs, read in file-name order: the
-    # *.csv files in it (make_fractaldb.py's --load_root, e.g. the repository's
-    # data/csv_rate0.2_category1000/csv0), or, if it holds none, those of its sub-folders (the repository's
-    # data/csv_rate0.2_category1000, split into csv0..csv39). The cache is keyed by the path: after replacing a
-    # file there, rebuild the bank.
-    source: str = "search"
-    rate: float = 0.2  # filling-rate threshold of the search (--rate; accepted when rate >= it)
-    search_points: int = 100_000  # chaos-game points per candidate in the search (--numof_point)
-    # Side of the published image the points are placed in (make_fractaldb.py --image_size, pad 6): 512 is its
-    # default and the search's canvas; exe.sh renders FractalDB-1k at 362.
-    canvas: int = 512
-    # True: every image is one of the published instances of its category, drawn from its own key: one of the 25
-    # rows of weights_0.4.csv (the chaos game replayed on the device with the category's map choices), one of the
-    # 4 flips, and the points moved to the centres of the published 3 x 3 patches (dr_fdsl/render/instances.py).
-    instances: bool = field(default=False, metadata=ADDED)
-
-
-@dataclass
-class VisualAtomConfig:
-    """Family ``visualatom``: the categories of VisualAtom (Takashima et al., CVPR 2023), instance 0 of each, its
-    orbits drawn as lines of points on the published canvas (dr_fdsl/families/visualatom2d.py). The knobs are
-    render_VisualAtom.py's, named as there (``canvas`` is its ``image_size``); the defaults are make_VisualAtom.sh's."""
-
-    # True: each category's parameters, instance-0 centre, grey levels and orbit vertices exactly as the published
-    # run made them (bank category c is the script's category start_class + c, made by process
-    # c // (numof_classes / numof_thread) with random.seed(process + 1)); bank.seed is not used. Slow: about 0.5
-    # CPU-s per category, because every instance's draws before it in its process must be replayed.
-    # False: categories drawn one after another from one fresh stream seeded with bank.seed, instance 0 only
-    # (fast; the same distributions, not the published categories).
-    replay: bool = False
-    # The published run's layout (replay only): how many categories and processes, instances per category.
-    numof_classes: int = 1000
-    numof_instances: int = 1000
-    numof_thread: int = 20
-    start_class: int = 0
-    canvas: int = 512  # the square canvas in pixels; it spans the renderer's whole image
-    vertex_num_min: int = 200  # K, vertices per orbit
-    vertex_num_max: int = 1000
-    perlin_min: int = 0  # noise amplitude in [perlin_min, perlin_min + 4)
-    line_width: float = 0.1  # outward step added to every vertex, in [0, line_width)
-    radius_min: int = 10  # base radius in [radius_min, radius_min + 50] canvas pixels
-    line_num_min: int = 1  # L, orbits per category
-    line_num_max: int = 200
-    oval_rate: int = 2  # ellipse aspect factors in [1, oval_rate)
-    start_pos: int = 512  # centre = (canvas + randint(-start_pos, start_pos)) / 2 on each axis
-    nami_1_min: int = 0  # frequencies of the two sine waves
-    nami_2_min: int = 0
-    nami_1_max: int = 20
-    nami_2_max: int = 20
-    # Ours: the polylines are sampled every `spacing` canvas pixels at most (bank.num_points then caps or pads).
-    spacing: float = 0.5
-    # True: every image draws, from its own key, a centre and a grey level per orbit as the published instances do;
-    # the orbits' shapes stay instance 0's. The bank then samples the orbits over every part any centre can bring
-    # onto the canvas (dr_fdsl/render/instances.py).
-    instances: bool = field(default=False, metadata=ADDED)
-
-
-@dataclass
-class SVD2DConfig:
-    """Family ``svd2d``: Anderson & Farrell's single-instance fractals ("Improving Fractal Pre-training", WACV
-    2022): 2D maps from SVD factors whose singular values meet the sigma-factor constraint, translations
-    U(-bval, bval), the chaos game from the first map's fixed point, each point's grey level the published
-    per-pixel point density (dr_fdsl/families/svd2d_family.py). Category c's system is drawn by the ported sampler
-    from ``numpy.random.default_rng(bank.seed * 2**32 + c)``."""
-
-    min_maps: int = 2  # ifs.py __main__: --min_n 2, --max_n 4 (both inclusive)
-    max_maps: int = 4
-    bval: float = 1.0  # translations U(-bval, bval) (--bval)
-    # Side of the square image whose per-pixel point counts give each point's grey level (the published
-    # IFSGenerator renders at its size, 224; MultiGenerator at size // 2, 112).
-    canvas: int = 224
-
-
-@dataclass
-class BankConfig:
-    """The bank of point sets: one per category, built by a formula family (``family``, see dr_fdsl/families).
-
-    The settings of the chosen family live in the section named after it (``bank.ifs3d`` for ``ifs3d``); the
-    sections of other families are ignored.
-    """
+class _Bank:
+    """The fields of ``bank`` that are not a family's (see :data:`BankConfig`)."""
 
     family: str = "ifs3d"
     num_classes: int = 1000
     num_points: int = 10000
     seed: int = 0
-    ifs3d: IFS3DConfig = field(default_factory=IFS3DConfig, metadata={"family": True})
-    ofdb: OFDBConfig = field(default_factory=OFDBConfig, metadata={"family": True})
-    fractaldb: FractalDBConfig = field(default_factory=FractalDBConfig, metadata={"family": True})
-    visualatom: VisualAtomConfig = field(default_factory=VisualAtomConfig, metadata={"family": True})
-    svd2d: SVD2DConfig = field(default_factory=SVD2DConfig, metadata={"family": True})
     # Where built banks are cached, keyed by the settings above.
     cache_dir: str = field(default="cache/banks", metadata=NOT_CONTENT)
+
+
+BankConfig = compose(
+    "BankConfig", _Bank, [(name, family.settings) for name, family in FAMILIES.items()], module=__name__,
+    metadata=chosen_by("family"),
+    doc="""The bank of point sets: one per category, built by a formula family (``family``, see dr_fdsl/families).
+
+    The settings of the chosen family live in the section named after it (``bank.ifs3d`` for ``ifs3d``), one per
+    registered family (``FAMILIES``, in its order); the sections of other families are ignored.
+    """)
 
 
 @dataclass
@@ -314,6 +162,9 @@ class ObjectsConfig:
     max: int = 0
     scale: tuple[float, float] = (0.15, 0.6)
     offset: float = 1.0
+
+
+MAX_POINTS_PER_PIXEL = 150  # PyTorch3D's kernels hold at most this many fragments per pixel
 
 
 @dataclass
@@ -534,74 +385,8 @@ class TrainConfig:
 
 
 @dataclass
-class MIMConfig:
-    """Objective ``mim``: masked-image modelling (Terentiev & Ivanenko's recipe): square pixel patches of side
-    ``patch`` are masked with probability ``ratio`` each (drawn from each image's key), a ViT encodes the masked
-    image and a linear decoder predicts every pixel; the loss is L1 against the clean image."""
-
-    patch: int = 4  # side of a masked square, pixels (published: 2, 4 or 8; best 4)
-    ratio: float = 0.2  # probability that a square is masked (published: 0.2, 0.4, 0.6; best 0.2)
-    loss_on: Literal["all", "masked"] = "all"  # published: L1 over all pixels; "masked": over masked ones only
-    # classify+mim: loss = classification loss + weight * reconstruction loss (the relative scale of the two
-    # gradients; it changes no pixel and no draw of the random stream)
-    weight: float = field(default=1.0, metadata=NOT_CONTENT)
-
-
-@dataclass
-class MatchConfig:
-    """Renderer mode ``match`` (dr_fdsl/match.py): the rendering parameters minimise ``weight`` x ``distance``
-    between statistics of rendered images and of unlabelled training images of a target dataset, while the
-    objective trains its networks on the same rendered batch (as in learning to simulate / Meta-Sim)."""
-
-    # Target images: the training split of fashion_mnist, cifar10, cifar100 or folder:PATH (its train/ folder),
-    # labels unused, resized to renderer.image_size (bilinear, as fine-tuning resizes). Required in mode match.
-    dataset: str = ""
-    data_root: str = field(default="data", metadata=NOT_CONTENT)  # where torchvision's copies are (or go)
-    images: int = 1000  # how many training images form the target set (a seeded subset; 0: all)
-    batch: int = 64  # target images per micro-batch, drawn with replacement from the set (keyed by step)
-    # A weighted sum of terms, e.g. "mmd + moments + 0.5*spectrum": mmd (kernel MMD^2 of image features),
-    # moments (colour mean and covariance), spectrum (radially averaged log power spectrum).
-    distance: str = "mmd + moments + spectrum"
-    weight: float = 1.0  # the renderer descends weight x distance
-    # True: the renderer also descends the objective's loss (joint + match); false: the objective's loss
-    # reaches the networks only (the images are detached for it, as in frozen).
-    joint: bool = False
-    # mmd: its features ("random": fixed random convolutions; "classifier": the objective's backbone's first
-    # classifier_blocks blocks, parameters detached; "both": the two concatenated) and its estimator
-    # ("unbiased": Gretton et al.'s U-statistic, zero in expectation for equal distributions; "biased": the
-    # V-statistic, exactly zero for identical sets). RBF kernels at 0.25, 1 and 4 x the median heuristic.
-    features: Literal["random", "classifier", "both"] = "random"
-    estimator: Literal["unbiased", "biased"] = "unbiased"
-    random_layers: int = 3  # 3x3 convolutions of stride 2 with ReLU, each layer's channel means are features
-    random_channels: int = 16  # channels of the first layer, doubled at each layer
-    feature_seed: int = 0  # the random convolutions' weights
-    classifier_blocks: int = 1
-
-
-@dataclass
-class SiTConfig:
-    """Objective ``sit``: SiT, self-supervised vision transformer (Atito, Awais & Kittler 2021), as its public code
-    (Sara-Ahmed/SiT at 1aacd6a, the paper's version) computes it: rotation prediction (4 classes) and a contrastive
-    task (NT-Xent) on two tokens of their own, reconstruction of the clean image from a corrupted one by a linear
-    pixel decoder (L1), the three losses weighted by learned uncertainties. Defaults are the published values
-    (dr_fdsl/objectives/sit.py says where each comes from)."""
-
-    temperature: float = 0.5  # NT-Xent temperature (losses.py ContrastiveLoss)
-    projection_dim: int = 512  # contrastive head output (vision_transformer_SiT.py contrastive_head)
-    # Colour changes of each view: brightness, contrast and saturation factors in [1 - j, 1 + j], in a random order
-    # (torchvision's ColorJitter(0.4, 0.4, 0.4), timm's create_transform default, which SiT's views go through).
-    color_jitter: float = 0.4
-    max_drop: float = 0.3  # rectangles of noise cover up to this fraction of the pixels (drop_rand_patches)
-    max_replace: float = 0.3  # rectangles taken from another image cover up to this fraction
-    max_block: float = 0.25  # side of a dropped or replaced rectangle: up to this fraction of the image side
-    min_block: float = 0.05  # and at least this fraction ("tolr"; also the smallest grey or blurred rectangle)
-    max_kernel: int = 15  # blur: odd kernel sizes 3..max_kernel (smooth_patch)
-    max_sigma: float = 5.0  # blur: sigma in [0.1, 0.1 + max_sigma)
-
-
-@dataclass
-class Config:
-    """Everything a run needs. ``output_dir`` receives the resolved config, logs and checkpoints."""
+class _Run:
+    """The sections of the core (see :data:`Config`)."""
 
     output_dir: str = "runs/default"
     seed: int = 0
@@ -612,9 +397,19 @@ class Config:
     image_aug: ImageAugConfig = field(default_factory=ImageAugConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    mim: MIMConfig = field(default_factory=MIMConfig)  # used by train.objective=mim and classify+mim
-    match: MatchConfig = field(default_factory=MatchConfig)  # used by renderer.mode=match
-    sit: SiTConfig = field(default_factory=SiTConfig)  # used by train.objective=sit
+
+    def validate(self) -> None:
+        """Every check of the config (:func:`validate_config`), run by :func:`load_config`."""
+        validate_config(self)
+
+
+# The sections that objectives and renderer modes own (mim: train.objective=mim and classify+mim; sit; match:
+# renderer.mode=match), after the core's, in registry order.
+Config = compose(
+    "Config", _Run, [(key, section) for registry in (OBJECTIVES, MODES) for spec in registry.specs()
+                     for key, section in spec.sections.items()], module=__name__,
+    doc="""Everything a run needs. ``output_dir`` receives the resolved config, logs and checkpoints. Its sections:
+    the core's, then those of the registered objectives and renderer modes (``mim``, ``sit``, ``match``).""")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -622,264 +417,20 @@ class Config:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is tuple:
-        return f"tuple[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Checks ``value`` against the annotation ``tp`` and returns it in that type (ints widen to floats)."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(repr, choices))}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                pass
-        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != len(args):
-            raise ConfigError(f"config key '{key}': expected a list of {len(args)} ({_type_name(tp)}), "
-                              f"got {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is bool or tp is str:
-        if isinstance(value, tp):
-            return value
-    else:  # pragma: no cover - a dataclass field with an annotation this module does not know
-        raise TypeError(f"config key '{key}' has an unsupported annotation {tp!r}")
-    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-
-
-def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
-    """Builds dataclass ``cls`` from a nested mapping, checking every key and type."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-            if f"{prefix}{key}" in MOVED_KEYS:  # a config (or run folder) from an earlier version
-                hint = f" (it moved to '{MOVED_KEYS[prefix + str(key)]}')"
-            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}; valid keys"
-                              f"{' in ' + repr(prefix.rstrip('.')) if prefix else ''}: {', '.join(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = from_dict(tp, value if value is not None else {}, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
-    return cls(**kwargs)
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = tree
-    for part in parents:
-        if node.get(part) is None:  # absent, or a section left empty in the file
-            node[part] = {}
-        child = node[part]
-        if not isinstance(child, dict):
-            raise ConfigError(f"config override '{dotted}': '{part}' is a value, not a section")
-        node = child
-    node[leaf] = value
-
-
-def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
-    """Parses ``key.sub=value`` strings; values are read as YAML (``3`` is an int, ``[1, 2]`` a list)."""
-    parsed = []
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"config override {item!r} must look like 'section.key=value'")
-        try:
-            value = _read_yaml(raw) if raw != "" else ""
-        except (yaml.YAMLError, ConfigError) as err:
-            raise ConfigError(f"config override {item!r}: value is not valid YAML ({_one_line(err)})") from err
-        parsed.append((key.strip(), value))
-    return parsed
-
-
-def _merge(base: dict, top: dict) -> dict:
-    """``top`` over ``base``, section by section."""
-    out = dict(base)
-    for key, value in top.items():
-        if value is None and isinstance(out.get(key), dict):
-            continue  # a section left empty (all keys commented out) changes nothing
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def _one_line(err: yaml.YAMLError) -> str:
-    """PyYAML's multi-line message (with a caret drawing) as one line: the problem, where, and its context."""
-    if not isinstance(err, yaml.MarkedYAMLError) or err.problem_mark is None:
-        return " ".join(str(err).split())
-    mark = err.problem_mark
-    context = f" ({err.context})" if err.context else ""
-    return f"{err.problem} at line {mark.line + 1}, column {mark.column + 1}{context}"
-
-
-def _read_text(path: Path) -> str:
-    """A config file's text: UTF-8 (YAML's encoding; a leading byte-order mark is allowed) whatever the locale.
-
-    Raises ``ConfigError`` naming the file for a file that cannot be read or is not UTF-8 (with the line and
-    byte of the first undecodable byte), never ``UnicodeDecodeError`` or ``OSError``.
-    """
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ConfigError(f"config file '{path}' cannot be read ({err.strerror or err}); check its permissions") \
-            from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise ConfigError(f"config file '{path}' is not UTF-8 text: byte {data[err.start]:#04x} on line {line} "
-                          f"cannot be decoded; save the file as UTF-8") from None
-
-
-def _read_file(path: Path, chain: tuple[Path, ...] = ()) -> dict:
-    """A config file's mapping, with ``include: other.yaml`` (relative to the file; or a list, merged in order)
-    read first and merged under it: shared recipes live in one file and variants state only what differs."""
-    if path.is_dir():
-        raise ConfigError(f"config file '{path}' is a folder, not a YAML file; the shipped ones are in configs/")
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist; the shipped ones are in configs/")
-    if path.resolve() in chain:
-        raise ConfigError(f"config file '{path}' includes itself (through {' -> '.join(map(str, chain))})")
-    text = _read_text(path)  # its errors name the file already
-    try:
-        tree = _read_yaml(text)
-    except ConfigError as err:
-        raise ConfigError(f"config file '{path}': {err}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {_one_line(err)}") from err
-    if tree is None:
-        # An empty file would silently run the dataclass defaults (a 1,000-category ViT-Tiny run).
-        raise ConfigError(f"config file '{path}' is empty; give at least one section (see configs/)")
-    if not isinstance(tree, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of sections, got {type(tree).__name__}")
-    include = tree.pop("include", None)
-    if include is None:
-        return tree
-    # One file, or a list merged in order (a recipe, then fragments such as configs/image_aug/contest.yaml).
-    files = [include] if isinstance(include, str) else include
-    if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
-        raise ConfigError(f"config file '{path}': 'include' must name a YAML file or a list of them, got "
-                          f"{include!r}")
-    base: dict = {}
-    for name in files:
-        base = _merge(base, _read_file(path.parent / name, (*chain, path.resolve())))
-    return _merge(base, tree)
-
-
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), cls: type = Config,
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), cls: type | None = None,
                 validate: bool = True) -> Any:
     """Defaults, then the YAML file at ``path`` (and what it includes), then dotted ``overrides``; every check
-    runs before returning.
+    runs before returning (:func:`dr_fdsl.settings.load_config` with ``cls`` a :class:`Config` by default).
 
-    ``cls`` may be another dataclass (e.g. the fine-tuning settings); ``validate`` runs :func:`validate_config`
-    on a :class:`Config` and ``cls.validate()`` on any other class that has one.
+    ``cls`` may be another dataclass (e.g. the fine-tuning settings); ``validate`` runs its ``validate()`` (for a
+    :class:`Config`, :func:`validate_config`).
     """
-    tree = _read_file(Path(path)) if path is not None else {}
-    for key, value in parse_overrides(overrides):
-        _set_dotted(tree, key, value)
-    cfg = from_dict(cls, tree)
-    if validate:
-        if isinstance(cfg, Config):
-            validate_config(cfg)
-        elif hasattr(cfg, "validate"):
-            cfg.validate()
-    return cfg
-
-
-def to_dict(cfg: Any) -> dict:
-    """The config as plain YAML-friendly types (tuples become lists)."""
-
-    def plain(x: Any) -> Any:
-        if isinstance(x, dict):
-            return {k: plain(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [plain(v) for v in x]
-        return x
-
-    return plain(dataclasses.asdict(cfg))
-
-
-def save_config(cfg: Any, path: str | Path) -> Path:
-    """Writes the resolved config as YAML; ``load_config(path)`` reproduces ``cfg``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return path
-
-
-def add_config_args(parser) -> None:
-    """Adds the shared ``--config FILE`` option and ``key=value`` overrides to an argparse parser. Parse with
-    ``parse_intermixed_args``, so that overrides may stand before and after other options (``k=v --resume X k2=v``)."""
-    parser.add_argument("--config", type=str, default=None, help="YAML file under configs/")
-    parser.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. train.max_steps=100")
+    return _load(path, overrides, Config if cls is None else cls, validate)
 
 
 # --------------------------------------------------------------------------------------------------------
 # What changes the generated images, and every check of a value (run by load_config, before any work)
 # --------------------------------------------------------------------------------------------------------
-
-
-def content_settings(section: Any) -> dict:
-    """The fields of a config section that change what is generated (points or pixels), as plain types.
-
-    Fields marked :data:`NOT_CONTENT` are left out; of the bank's family sections only the chosen family's is
-    kept. This is the one source for the bank cache key, the static dataset check and the checkpoint fingerprint.
-    """
-    out = {}
-    for f in dataclasses.fields(section):
-        if f.metadata.get("content", True) is False:
-            continue
-        if f.metadata.get("family") and f.name != getattr(section, "family", None):
-            continue
-        if f.metadata.get("omit_default") and getattr(section, f.name) == _default(f):
-            continue
-        out[f.name] = _plain(getattr(section, f.name))
-    return out
-
-
-def _default(f: dataclasses.Field) -> Any:
-    """A field's default value (a fresh one for a ``default_factory`` section)."""
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return content_settings(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def image_settings(cfg: Config) -> dict:
@@ -895,16 +446,6 @@ _POINT_BYTES = 16 * 4  # float32 per point: position, camera position, NDC, colo
 # step above 1 moves a logit by more than its useful range: measured, 10 already gives losses of 20-100 at 4
 # classes (chance: 1.4), 1e30 losses of 1e30 with finite weights, and its accuracy is then chance.
 PROBE_LR_MAX = 1.0
-
-
-def need(ok: bool, key: str, what: str) -> None:
-    """Raises ``ConfigError("config key 'key': what")`` unless ``ok``: the one shape of every config check."""
-    if not ok:
-        raise ConfigError(f"config key '{key}': {what}")
-
-
-def finite(value: float) -> bool:
-    return math.isfinite(value)
 
 
 def validate_config(cfg: Config) -> None:
@@ -990,8 +531,6 @@ def validate_config(cfg: Config) -> None:
     validate_instances(content_settings(cfg.bank), cfg.renderer)
     renderer_mode(cfg).validate(cfg)  # the mode's checks against the data source, the objective, section match
     if cfg.renderer.color_init == "bank":
-        from dr_fdsl.families import FAMILIES  # families import this module
-
         need(FAMILIES.get(cfg.bank.family).colors, "renderer.color_init",
              f"'bank' takes each point's colour from the bank, and family {cfg.bank.family!r} stores none; use a "
              "family that does (visualatom) or another color_init")
@@ -1006,10 +545,7 @@ def validate_config(cfg: Config) -> None:
          f"{cfg.renderer.objects.max}")
     _validate_sizes(cfg)
 
-    # The registry is imported here, not at module level, because objectives import this module.
-    from dr_fdsl.objectives import OBJECTIVES
-
-    OBJECTIVES.get(t.objective).validate(cfg)
+    OBJECTIVES.spec(t.objective).validate(cfg)
 
 
 def validate_image_pipeline(a: ImageAugConfig, image_size: int) -> None:
@@ -1041,41 +577,14 @@ def validate_image_pipeline(a: ImageAugConfig, image_size: int) -> None:
         parse_randaugment(a.randaugment)
 
 
-def validate_match(cfg: Config) -> None:
-    """The match section's checks (renderer.mode=match)."""
-    from dr_fdsl.match import parse_distance  # match imports this module
-
-    m = cfg.match
-    need(bool(m.dataset.strip()), "match.dataset",
-         "renderer.mode=match matches rendered images to a target dataset's training images and none is named; "
-         "set match.dataset=fashion_mnist (or cifar10, cifar100, folder:PATH), or choose another renderer.mode")
-    need(m.dataset in ("fashion_mnist", "cifar10", "cifar100") or (m.dataset.startswith("folder:")
-         and len(m.dataset) > len("folder:")), "match.dataset",
-         f"{m.dataset!r} is not fashion_mnist, cifar10, cifar100 or folder:PATH")
-    need(m.images >= 0, "match.images", f"must be >= 0 (0: the whole training split), got {m.images}")
-    need(m.batch >= 2, "match.batch", f"must be >= 2 (MMD compares pairs within a set), got {m.batch}")
-    need(cfg.train.batch_size >= 2, "train.batch_size",
-         f"renderer.mode=match compares pairs of rendered images: needs >= 2, got {cfg.train.batch_size}")
-    need(finite(m.weight) and m.weight > 0, "match.weight", f"must be a positive number, got {m.weight}")
-    parse_distance(m.distance)  # raises ConfigError naming match.distance
-    need(m.random_layers >= 1, "match.random_layers", f"must be >= 1, got {m.random_layers}")
-    need(m.random_channels >= 1, "match.random_channels", f"must be >= 1, got {m.random_channels}")
-    need(m.feature_seed >= 0, "match.feature_seed", f"must be >= 0, got {m.feature_seed}")
-    need(m.classifier_blocks >= 1, "match.classifier_blocks", f"must be >= 1, got {m.classifier_blocks}")
-
-
 def renderer_mode(cfg: Config):
-    """The :class:`~dr_fdsl.modes.base.RendererMode` class of ``renderer.mode`` (a did-you-mean ``ConfigError``
-    naming the key for an unknown one)."""
-    from dr_fdsl.modes import MODES  # the modes import this module
-
-    return MODES.get(cfg.renderer.mode)
+    """The spec (:class:`~dr_fdsl.modes.base_settings.ModeSpec`) of ``renderer.mode``: its checks, size estimates
+    and sections, torch-free (a did-you-mean ``ConfigError`` naming the key for an unknown one)."""
+    return MODES.spec(cfg.renderer.mode)
 
 
 def validate_bank(b: BankConfig) -> None:
     """The bank section's checks, the chosen family's included (also run by ``bank_from_config``)."""
-    from dr_fdsl.families import FAMILIES  # families import this module
-
     need(b.num_classes >= 1, "bank.num_classes", f"must be positive, got {b.num_classes}")
     need(b.num_points >= 1, "bank.num_points", f"must be positive, got {b.num_points}")
     need(b.seed >= 0, "bank.seed", f"must be >= 0, got {b.seed}")
@@ -1107,8 +616,6 @@ def validate_instances(bank_settings: dict, r: RendererConfig) -> None:
 
 def validate_renderer(r: RendererConfig) -> None:
     """The renderer section's checks (also run by ``PointRenderer`` for configs built in Python)."""
-    from dr_fdsl.render.types import MAX_POINTS_PER_PIXEL
-
     need(r.image_size >= 1, "renderer.image_size", f"must be positive, got {r.image_size}")
     need(1 <= r.points_per_pixel <= MAX_POINTS_PER_PIXEL, "renderer.points_per_pixel",
          f"must be in [1, {MAX_POINTS_PER_PIXEL}] (PyTorch3D's limit), got {r.points_per_pixel}")

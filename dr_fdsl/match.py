@@ -37,38 +37,15 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.utils import make_grid
 
-from dr_fdsl.config import Config, MatchConfig
+from dr_fdsl.config import Config
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.frozen_eval import model_input
+from dr_fdsl.modes.match_settings import TERMS, MatchConfig, parse_distance, random_feature_bytes  # noqa: F401
 from dr_fdsl.stream import stream_seed
 
-TERMS = ("mmd", "moments", "spectrum")
 KERNEL_SCALES = (0.25, 1.0, 4.0)  # RBF bandwidths, as multiples of the median squared distance
 _SALT = 0x6D61746368  # "match": separates the target streams from the view streams of the same seed
 _SPECTRUM_EPS = 1e-8  # floor of the power before the logarithm (an all-black set has none)
-
-
-def parse_distance(text: str) -> list[tuple[float, str]]:
-    """``"mmd + 0.5*spectrum"`` -> ``[(1.0, "mmd"), (0.5, "spectrum")]``; a ConfigError naming ``match.distance``
-    for an unknown term, a repeated one or a coefficient that is not a positive number."""
-    terms: list[tuple[float, str]] = []
-    for part in text.split("+"):
-        coefficient, star, name = part.rpartition("*")
-        name = name.strip()
-        if name not in TERMS:
-            raise ConfigError(f"config key 'match.distance': {part.strip()!r} in {text!r} is not a term; write a sum "
-                              f"of terms {', '.join(TERMS)}, each optionally weighted, e.g. 'mmd + 0.5*spectrum'")
-        try:
-            value = float(coefficient) if star else 1.0
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"config key 'match.distance': the weight of {name!r} must be a positive number, got "
-                              f"{coefficient.strip()!r}")
-        if name in (n for _, n in terms):
-            raise ConfigError(f"config key 'match.distance': {name!r} appears twice in {text!r}; give it once")
-        terms.append((value, name))
-    return terms
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -149,22 +126,6 @@ def spectrum_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------
 # Features for the MMD
 # --------------------------------------------------------------------------------------------------------
-
-
-def random_feature_bytes(layers: int, channels: int, image_size: int, images: int) -> int:
-    """Bytes that :class:`RandomConvFeatures` needs for ``images`` images of ``image_size`` px: its float32
-    weights and each layer's activations, kept for the backward (the convolution's output, its ReLU and the
-    squared deviations of the std: three float32 per position).
-
-    Estimated from the config before anything is built (the weights grow as 4^layers: 12 layers of 16 doubling
-    channels are 20 GB of weights)."""
-    total, width, side = 0, 3, image_size
-    for i in range(layers):
-        out = channels * 2**i
-        side = (side + 1) // 2  # 3x3, stride 2, padding 1
-        total += out * width * 9 * 4 + 3 * images * out * side * side * 4
-        width = out
-    return total
 
 
 class RandomConvFeatures(nn.Module):

@@ -8,7 +8,7 @@ from dr_fdsl.bank import build_bank, cache_path
 from dr_fdsl.config import BankConfig, IFS3DConfig, load_config
 from dr_fdsl.errors import BankCacheError, BankError, ConfigError
 from dr_fdsl.families import FAMILIES
-from dr_fdsl.families.ifs3d import chaos_game, generate, normalize_cloud, normalized_variance, sample_systems
+from dr_fdsl.families.ifs3d.generator import chaos_game, generate, normalize_cloud, normalized_variance, sample_systems
 from tests.conftest import ROOT
 
 
@@ -315,7 +315,7 @@ def test_fractaldb_points_render_at_the_published_pixels(fractaldb_bank):
     import numpy as np
 
     from dr_fdsl.bank import PointBank
-    from dr_fdsl.families import fractaldb as fdb
+    from dr_fdsl.families.fractaldb import published as fdb
     from dr_fdsl.render import PointRenderer
 
     b = fractaldb_bank
@@ -417,7 +417,7 @@ def published_drawing(cfg):
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from dr_fdsl.families import visualatom2d
+    from dr_fdsl.families.visualatom import generator as visualatom2d
 
     params, centre, _, u = next(visualatom2d.categories(cfg))
     image = Image.new("L", (512, 512))
@@ -447,7 +447,7 @@ def test_visualatom_points_draw_the_published_line_pixels():
 def test_visualatom_cap_subsamples_along_the_arc_and_pads_with_one_vertex():
     import math
 
-    from dr_fdsl.families.visualatom2d import (
+    from dr_fdsl.families.visualatom.generator import (
         MARGIN,
         categories,
         clip_segments,

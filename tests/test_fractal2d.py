@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dr_fdsl.families import fractaldb as fdb
-from dr_fdsl.families import svd2d
+from dr_fdsl.families.fractaldb import published as fdb
+from dr_fdsl.families.svd2d import published as svd2d
 
 FIX = Path(__file__).parent / "fixtures"
 FDB_CSVS = sorted((FIX / "fractaldb").glob("0*.csv"))

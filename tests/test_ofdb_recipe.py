@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dr_fdsl.families import ofdb_recipe
-from dr_fdsl.families.ofdb_recipe import IFSSystem, point_cloud, search_categories
-from dr_fdsl.families.params_io import (
+from dr_fdsl.families.ofdb import published as ofdb_recipe
+from dr_fdsl.families.ofdb.params_io import (
     ParamsError,
     UnsafePickleError,
     read_contest_params,
@@ -21,6 +20,7 @@ from dr_fdsl.families.params_io import (
     read_ofdb_csv_folder,
     write_ofdb_csv_folder,
 )
+from dr_fdsl.families.ofdb.published import IFSSystem, point_cloud, search_categories
 
 FIX = Path(__file__).parent / "fixtures" / "ofdb"
 CSV_DIR = FIX / "category_search_seed42"
@@ -274,7 +274,7 @@ def test_object_arrays_and_wrong_structures_are_refused(tmp_path):
 
 
 def test_batched_point_clouds_equal_one_at_a_time():
-    from dr_fdsl.families.ofdb_recipe import OFDB_INSTANCE_WEIGHT, point_clouds
+    from dr_fdsl.families.ofdb.published import OFDB_INSTANCE_WEIGHT, point_clouds
 
     systems = search_categories(5, 42)
     rng = np.random.RandomState(3)

@@ -8,7 +8,7 @@ import torch
 from dr_fdsl import memory
 from dr_fdsl.config import BankConfig, SVD2DConfig, load_config
 from dr_fdsl.errors import ConfigError
-from dr_fdsl.families import svd2d_family
+from dr_fdsl.families.svd2d import generator as svd2d_family
 
 QUICK = ["renderer.image_size=32", "renderer.points_per_pixel=4", "bank.num_classes=4", "bank.num_points=300",
          "model.name=test_vit", "train.batch_size=8"]
@@ -125,7 +125,7 @@ def test_the_step_is_checked_against_the_gpu_once_the_device_is_known(monkeypatc
 
 def test_an_ofdb_file_with_more_maps_than_the_family_stores_is_refused(tmp_path):
     from dr_fdsl.errors import BankError
-    from dr_fdsl.families import ofdb
+    from dr_fdsl.families.ofdb import generator as ofdb
 
     rows = np.full((8, 13), 0.1)
     rows[:, 12] = 1 / 8  # 8 contractive maps, probabilities summing to 1

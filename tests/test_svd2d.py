@@ -9,8 +9,9 @@ import torch
 
 from dr_fdsl.bank import build_bank
 from dr_fdsl.config import AugmentConfig, BankConfig, RendererConfig, ViewConfig
-from dr_fdsl.families import FAMILIES, svd2d
-from dr_fdsl.families import svd2d_family as fam
+from dr_fdsl.families import FAMILIES
+from dr_fdsl.families.svd2d import generator as fam
+from dr_fdsl.families.svd2d import published as svd2d
 from dr_fdsl.render import PointRenderer
 from dr_fdsl.render.window import window_and_flips
 

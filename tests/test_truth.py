@@ -12,15 +12,15 @@ import torch
 
 from dr_fdsl.config import load_config
 from dr_fdsl.errors import ConfigError
-from dr_fdsl.families import ofdb_recipe
-from dr_fdsl.families.ofdb_recipe import IFSSystem
-from dr_fdsl.families.params_io import (
+from dr_fdsl.families.ofdb import published as ofdb_recipe
+from dr_fdsl.families.ofdb.params_io import (
     ParamsError,
     UnsafePickleError,
     read_contest_params,
     read_ofdb_csv_folder,
     write_ofdb_csv_folder,
 )
+from dr_fdsl.families.ofdb.published import IFSSystem
 from dr_fdsl.render import Scene, render_scene
 from dr_fdsl.render.composite import composite
 from dr_fdsl.render.types import Fragments

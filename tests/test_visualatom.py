@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dr_fdsl.families.perlin import pnoise1, pnoise1_scalar
-from dr_fdsl.families.visualatom import (
+from dr_fdsl.families.visualatom.perlin import pnoise1, pnoise1_scalar
+from dr_fdsl.families.visualatom.published import (
     SCRIPT_DEFAULTS,
     VISUALATOM_1K,
     CategoryParams,

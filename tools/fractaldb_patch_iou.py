@@ -34,7 +34,7 @@ import torch
 from dr_fdsl.bank import build_bank
 from dr_fdsl.cli import report
 from dr_fdsl.errors import DrFdslError
-from dr_fdsl.families import fractaldb as fdb
+from dr_fdsl.families.fractaldb import published as fdb
 from dr_fdsl.render import Scene, render_scene
 from dr_fdsl.render.instances import FractalDBInstances
 

@@ -1,13 +1,18 @@
-"""The contract of a formula family (see :mod:`dr_fdsl.families`)."""
+"""The contract of a formula family (see :mod:`dr_fdsl.families`). Imports no torch: the config loader reads a
+family's settings and checks from its :class:`Family` entry, and the generator is imported when a bank is built."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from typing import NamedTuple
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, NamedTuple
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from dr_fdsl.config import BankConfig
+    from dr_fdsl.config import BankConfig
 
 
 class FamilyOutput(NamedTuple):
@@ -24,15 +29,37 @@ class FamilyOutput(NamedTuple):
     draws: int
 
 
-class Family(NamedTuple):
-    """A registered formula family."""
+@dataclass(frozen=True)
+class Family:
+    """A registered formula family: what the loader needs (its settings and checks) and where its generator is.
+
+    Args:
+        name: the value of ``bank.family`` that chooses it; its settings are the section ``bank.<name>``.
+        settings: the dataclass of that section (``dr_fdsl/families/<name>/settings.py``).
+        validate: ``(cfg: BankConfig) -> None``, raises ``ConfigError`` naming a bad ``bank.<name>`` key; run at load.
+        generator: the module (imported on first use) with ``generate(cfg: BankConfig, progress: bool) ->
+            FamilyOutput`` and, optionally, ``check_cached(params) -> str | None``: why a cached bank of this family
+            cannot be used by today's code, or None (a cache file keeps its name across a fix that changes how
+            params are stored, as svd2d's map indices, once uint8 at any count).
+        colors: True when params hold each point's grey level, ``grey (C, N)`` float32 in [0, 1]: the colours that
+            ``renderer.color_init=bank`` starts from.
+    """
 
     name: str
-    validate: Callable[[BankConfig], None]  # raises ConfigError naming a bad bank.<family> key
-    generate: Callable[..., FamilyOutput]  # (cfg: BankConfig, progress: bool) -> FamilyOutput
-    # True when params hold each point's grey level, ``grey (C, N)`` float32 in [0, 1]: the colours that
-    # ``renderer.color_init=bank`` starts from.
+    settings: type
+    validate: Callable[[BankConfig], None]
+    generator: str
     colors: bool = False
-    # (params) -> why a cached bank of this family cannot be used by today's code, or None: a cache file keeps its
-    # name across a fix that changes how params are stored (svd2d's map indices, once uint8 at any count).
-    check_cached: Callable[[dict[str, torch.Tensor]], str | None] | None = None
+
+    @property
+    def module(self) -> ModuleType:
+        """The generator's module (imports torch)."""
+        return importlib.import_module(self.generator)
+
+    @property
+    def generate(self) -> Callable[..., FamilyOutput]:
+        return self.module.generate
+
+    @property
+    def check_cached(self) -> Callable[[dict[str, torch.Tensor]], str | None] | None:
+        return getattr(self.module, "check_cached", None)

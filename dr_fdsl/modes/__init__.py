@@ -12,23 +12,41 @@ One module per mode, each a :class:`~dr_fdsl.modes.base.RendererMode` registered
 A mode decides in its module: its checks against the config and the objective (``validate``, run by
 ``load_config``), its optimiser and anchors (``prepare``), the loss the step backpropagates (``losses``), what it
 logs (``scalars``, ``log_images``), the positions of its own streams that a checkpoint keeps, and its part of the
-checkpoint fingerprint. The engine calls these and never branches on a mode's name. To add a mode: a module here
-with a subclass and one ``MODES.register`` line below.
+checkpoint fingerprint. The engine calls these and never branches on a mode's name. To add a mode: a torch-free
+``<name>_settings.py`` (a :class:`~dr_fdsl.modes.base_settings.ModeSpec` subclass: its config sections, checks and
+size estimates), a ``<name>.py`` whose class subclasses that spec and ``RendererMode``, and one ``MODES.register``
+line below; its sections are composed into ``Config`` from here.
 """
 
 from __future__ import annotations
 
-from dr_fdsl.modes.adversarial import Adversarial
-from dr_fdsl.modes.base import RendererMode
-from dr_fdsl.modes.frozen import Frozen
-from dr_fdsl.modes.joint import Joint
-from dr_fdsl.modes.match import Match
+from typing import TYPE_CHECKING
+
+from dr_fdsl.modes.adversarial_settings import AdversarialSpec
+from dr_fdsl.modes.base_settings import ModeSpec
+from dr_fdsl.modes.frozen_settings import FrozenSpec
+from dr_fdsl.modes.joint_settings import JointSpec
+from dr_fdsl.modes.match_settings import MatchSpec
 from dr_fdsl.registry import Registry
 
-MODES: Registry[type[RendererMode]] = Registry("renderer mode", "renderer.mode")
-MODES.register(Frozen.name, Frozen)
-MODES.register(Joint.name, Joint)
-MODES.register(Adversarial.name, Adversarial)
-MODES.register(Match.name, Match)
+if TYPE_CHECKING:
+    from dr_fdsl.modes.base import RendererMode
 
-__all__ = ["MODES", "RendererMode"]
+# Each mode: its class (imported on first use: torch) and its torch-free spec (read at load).
+MODES: Registry[type[RendererMode]] = Registry("renderer mode", "renderer.mode")
+MODES.register("frozen", "dr_fdsl.modes.frozen:Frozen", spec=FrozenSpec)
+MODES.register("joint", "dr_fdsl.modes.joint:Joint", spec=JointSpec)
+MODES.register("adversarial", "dr_fdsl.modes.adversarial:Adversarial", spec=AdversarialSpec)
+MODES.register("match", "dr_fdsl.modes.match:Match", spec=MatchSpec)
+
+
+def __getattr__(name: str):
+    """``RendererMode`` from :mod:`dr_fdsl.modes.base`, imported on first use (torch)."""
+    if name == "RendererMode":
+        from dr_fdsl.modes import base
+
+        return base.RendererMode
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["MODES", "ModeSpec", "RendererMode"]

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from dr_fdsl.modes.adversarial_settings import AdversarialSpec
 from dr_fdsl.modes.base import ObjectiveLoss, RendererMode, Stop
 
 if TYPE_CHECKING:
@@ -27,13 +28,11 @@ class GradientReversal(torch.autograd.Function):
         return -ctx.scale * grad, None
 
 
-class Adversarial(RendererMode):
+class Adversarial(AdversarialSpec, RendererMode):
     """The objective sees the images through a gradient reversal of ``renderer.adversarial_scale``, so the tables
     ascend its loss while its networks descend it; the tables pay ``renderer.anchor_penalty`` x their mean squared
     distance from their initial logits (the anchor, a copy taken before the first step), so the renderer makes
     hard examples within its bounds. Works under every objective."""
-
-    name = "adversarial"
 
     def prepare(self, renderer: PointRenderer, accelerator) -> torch.optim.Optimizer | None:
         self.anchor = tuple(p.detach().clone() for p in renderer.parameters())  # initial colour and radius logits

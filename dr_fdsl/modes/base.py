@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import torch
 
-from dr_fdsl.config import need
+from dr_fdsl.modes.base_settings import ModeSpec, joint_trap  # noqa: F401  (joint_trap: shared)
 
 if TYPE_CHECKING:
     from dr_fdsl.config import Config
@@ -22,42 +22,13 @@ ObjectiveLoss = Callable[[torch.Tensor], "ObjectiveOutput"]
 Stop = Callable[[str, str, str], NoReturn]
 
 
-def joint_trap(cfg: Config) -> str:
-    """How the renderer could trivialise ``train.objective``'s loss by descending it (``Objective.joint_trap``;
-    "" when it cannot): a mode that makes the tables descend it refuses such an objective."""
-    from dr_fdsl.objectives import OBJECTIVES  # objectives import the config module, whose checks ask the modes
-
-    return OBJECTIVES.get(cfg.train.objective).joint_trap
-
-
-class RendererMode:
+class RendererMode(ModeSpec):
     """One ``renderer.mode``. The class answers for the config (``validate``, ``fingerprint``, ``buffers``); an
     instance, built by ``build_run`` before the bank (``__init__``) and given the renderer once the objective is
     prepared (``prepare``), answers for the step.
 
     These defaults are those of a mode whose tables train on the objective's loss, descending it (``joint``).
     """
-
-    name: ClassVar[str]
-    trains_renderer: ClassVar[bool] = True  # False: the tables get no gradient and no optimiser
-
-    @classmethod
-    def validate(cls, cfg: Config) -> None:
-        """This mode's checks against the config and the objective (at load); a ``ConfigError`` names the key."""
-        if cfg.data.source == "static":
-            need(not cls.trains_renderer, "renderer.mode",
-                 f"data.source=static trains on fixed images: it needs renderer.mode=frozen, got {cls.name!r}")
-
-    @classmethod
-    def table_copies(cls) -> int:
-        """Float32 copies of each rendering table the run holds: the table, plus SparseAdam's two moments when the
-        tables train (for the memory check at load)."""
-        return 3 if cls.trains_renderer else 1
-
-    @classmethod
-    def buffers(cls, cfg: Config) -> list[tuple[str, float, str, str]]:
-        """This mode's own device buffers per step, as ``config.batch_sizes`` lists them (none by default)."""
-        return []
 
     @classmethod
     def fingerprint(cls, cfg: Config) -> dict:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dr_fdsl.modes.base import RendererMode
+from dr_fdsl.modes.frozen_settings import FrozenSpec
 
 
-class Frozen(RendererMode):
+class Frozen(FrozenSpec, RendererMode):
     """No gradient reaches the tables (``PointRenderer`` sets none to require it), so they get no optimiser; the
     objective's loss is the step's. Any objective and either data source works under it."""
-
-    name = "frozen"
-    trains_renderer = False

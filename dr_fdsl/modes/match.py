@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from dr_fdsl.config import content_settings, need, validate_match
-from dr_fdsl.match import Matcher, random_feature_bytes, target_digest
-from dr_fdsl.modes.base import ObjectiveLoss, RendererMode, Stop, joint_trap
+from dr_fdsl.match import Matcher, target_digest
+from dr_fdsl.modes.base import ObjectiveLoss, RendererMode, Stop
+from dr_fdsl.modes.match_settings import MatchSpec
+from dr_fdsl.settings import content_settings
 
 if TYPE_CHECKING:
     from dr_fdsl.config import Config
@@ -17,34 +18,12 @@ if TYPE_CHECKING:
     from dr_fdsl.objectives import Objective, ObjectiveOutput
 
 
-class Match(RendererMode):
+class Match(MatchSpec, RendererMode):
     """The step computes ``match.distance`` between the rendered batch and the next target batch *before* the
     objective (its classifier features read the backbone with detached parameters), hands the objective the images
     detached (so the tables' gradient is that of ``match.weight`` x the distance alone) or, with ``match.joint``,
     attached (joint + match), and backpropagates the sum. The distance's features never train the networks. Works
     under every objective; ``match.joint`` not under one whose loss the renderer can trivialise."""
-
-    name = "match"
-
-    @classmethod
-    def validate(cls, cfg: Config) -> None:
-        super().validate(cfg)
-        validate_match(cfg)
-        trap = joint_trap(cfg) if cfg.match.joint else ""
-        need(not trap, "match.joint", f"it makes the renderer descend objective {cfg.train.objective}'s loss, which "
-             f"the renderer can trivialise (joint rendering {trap}; renderer.mode=joint is refused for it too); set "
-             "match.joint=false")
-
-    @classmethod
-    def buffers(cls, cfg: Config) -> list[tuple[str, float, str, str]]:
-        m, size = cfg.match, cfg.renderer.image_size
-        if m.features not in ("random", "both"):
-            return []
-        return [("match.random_layers", random_feature_bytes(m.random_layers, m.random_channels, size,
-                                                             cfg.train.batch_size + m.batch),
-                 f"{m.random_layers} random convolution layers from {m.random_channels} channels (doubled at each "
-                 f"layer) on {size} px images, their weights and activations",
-                 "lower match.random_layers or match.random_channels")]
 
     @classmethod
     def fingerprint(cls, cfg: Config) -> dict:

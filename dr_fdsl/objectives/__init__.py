@@ -1,8 +1,10 @@
 """Pre-training objectives: what a step computes from rendered images and their categories.
 
-Registered by name (``train.objective``). To add one: write ``objectives/<name>.py`` with an
-:class:`~dr_fdsl.objectives.base.Objective` subclass and register it in ``OBJECTIVES``
-(``OBJECTIVES.get(name)`` looks one up for a config value).
+Registered by name (``train.objective``). To add one: write ``objectives/<name>_settings.py`` (no torch: its
+config sections, if any, and its checks, an :class:`~dr_fdsl.objectives.base_settings.ObjectiveSpec` subclass) and
+``objectives/<name>.py`` (its networks: a subclass of that spec and of :class:`~dr_fdsl.objectives.base.Objective`),
+and register the two in ``OBJECTIVES`` below (``OBJECTIVES.get(name)`` looks one up for a config value and imports
+it; ``OBJECTIVES.spec(name)`` is what the loader reads). Its sections are composed into ``Config`` from here.
 
 Renderer modes under each objective (``renderer.mode``, ``dr_fdsl/modes/``; the renderer's gradient is that of the
 loss named). "Refused at load": the objective's ``joint_trap`` says how the renderer could trivialise its loss, and
@@ -33,16 +35,35 @@ fingerprint includes each.
 
 from __future__ import annotations
 
-from dr_fdsl.objectives.base import Objective, ObjectiveOutput
-from dr_fdsl.objectives.classify import Classify
-from dr_fdsl.objectives.classify_mim import ClassifyMIM
-from dr_fdsl.objectives.mim import MaskedImageModelling
-from dr_fdsl.objectives.multilabel import MultiLabel
-from dr_fdsl.objectives.sit import SiT
+from typing import TYPE_CHECKING
+
+from dr_fdsl.objectives.base_settings import ObjectiveSpec
+from dr_fdsl.objectives.classify_mim_settings import ClassifyMIMSpec
+from dr_fdsl.objectives.classify_settings import ClassifySpec
+from dr_fdsl.objectives.mim_settings import MIMSpec
+from dr_fdsl.objectives.multilabel_settings import MultiLabelSpec
+from dr_fdsl.objectives.sit_settings import SiTSpec
 from dr_fdsl.registry import Registry
 
-OBJECTIVES: Registry[type[Objective]] = Registry("objective", "train.objective")
-for _objective in (Classify, MaskedImageModelling, ClassifyMIM, SiT, MultiLabel):
-    OBJECTIVES.register(_objective.name, _objective)
+if TYPE_CHECKING:
+    from dr_fdsl.objectives.base import Objective, ObjectiveOutput
 
-__all__ = ["OBJECTIVES", "Objective", "ObjectiveOutput"]
+# Each objective: its networks (imported on first use) and its torch-free spec (read at load).
+OBJECTIVES: Registry[type[Objective]] = Registry("objective", "train.objective")
+OBJECTIVES.register("classify", "dr_fdsl.objectives.classify:Classify", spec=ClassifySpec)
+OBJECTIVES.register("mim", "dr_fdsl.objectives.mim:MaskedImageModelling", spec=MIMSpec)
+OBJECTIVES.register("classify+mim", "dr_fdsl.objectives.classify_mim:ClassifyMIM", spec=ClassifyMIMSpec)
+OBJECTIVES.register("sit", "dr_fdsl.objectives.sit:SiT", spec=SiTSpec)
+OBJECTIVES.register("multilabel", "dr_fdsl.objectives.multilabel:MultiLabel", spec=MultiLabelSpec)
+
+
+def __getattr__(name: str):
+    """``Objective`` and ``ObjectiveOutput`` from :mod:`dr_fdsl.objectives.base`, imported on first use (torch)."""
+    if name in ("Objective", "ObjectiveOutput"):
+        from dr_fdsl.objectives import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["OBJECTIVES", "Objective", "ObjectiveOutput", "ObjectiveSpec"]

@@ -7,8 +7,8 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from dr_fdsl.config import Config, need
 from dr_fdsl.models import normalization
+from dr_fdsl.objectives.base_settings import ObjectiveSpec, refuse_pixel_pipelines  # noqa: F401  (shared check)
 
 
 class ObjectiveOutput(NamedTuple):
@@ -21,23 +21,7 @@ class ObjectiveOutput(NamedTuple):
     metrics: dict[str, torch.Tensor]
 
 
-def refuse_pixel_pipelines(cfg: Config, objective: str) -> None:
-    """For an objective that does not run ``image_aug``: its pixel pipelines, if configured, would be silently
-    ignored, so they are a ``ConfigError``."""
-    a = cfg.image_aug
-    on = [key for key, active in (
-        ("image_aug.random_resized_crop.enabled", a.random_resized_crop.enabled),
-        ("image_aug.randaugment", bool(a.randaugment)), ("image_aug.transpose", a.transpose > 0),
-        ("image_aug.shift_scale_rotate.p", a.shift_scale_rotate.p > 0),
-        ("image_aug.brightness_contrast.p", a.brightness_contrast.p > 0),
-        ("image_aug.hue_saturation_value.p", a.hue_saturation_value.p > 0),
-        ("image_aug.distortion.p", a.distortion.p > 0))
-        if active]
-    need(not on, on[0] if on else "image_aug", f"objective {objective} does not apply image_aug's pixel pipelines "
-         f"({', '.join(on)} set): switch them off or use objective classify")
-
-
-class Objective:
+class Objective(ObjectiveSpec):
     """What a step computes from rendered images and their categories.
 
     An objective owns the networks it trains: ``model`` (the backbone that is exported and fine-tuned; prepared
@@ -54,16 +38,7 @@ class Objective:
     ``images`` reach the renderer.
     """
 
-    name: ClassVar[str]
-    # How descending this objective's loss lets the renderer trivialise it ("descends the reconstruction loss: the
-    # renderer could empty the image, ..."), or "" when it cannot: the renderer modes that descend it (joint,
-    # match with match.joint) refuse a non-empty one (dr_fdsl/modes/)
-    joint_trap: ClassVar[str] = ""
     eval_names: ClassVar[tuple[str, ...]]  # names of the columns ``evaluate`` returns
-
-    @classmethod
-    def validate(cls, cfg: Config) -> None:
-        """Checks the settings this objective depends on; raises ``ConfigError`` naming the key."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer

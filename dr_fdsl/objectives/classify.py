@@ -14,23 +14,17 @@ import torch
 import torch.nn.functional as F
 from accelerate import PartialState
 
-from dr_fdsl.config import Config, need
+from dr_fdsl.config import Config
 from dr_fdsl.image_augment import ImageAugment
 from dr_fdsl.models import create_classifier
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput
+from dr_fdsl.objectives.classify_settings import ClassifySpec
 from dr_fdsl.optim import create_optimizer
 from dr_fdsl.probe import LeakageProbe, colour_statistics, restart_, weights_finite
 
 
-class Classify(Objective):
-    name = "classify"
+class Classify(ClassifySpec, Objective):
     eval_names = ("val/loss", "val/top1", "val/top5", "probe/val_acc")
-
-    @classmethod
-    def validate(cls, cfg: Config) -> None:
-        need(not cfg.image_aug.mixing or cfg.train.batch_size % 2 == 0, "train.batch_size",
-             f"Mixup/CutMix pair images within a batch: needs an even batch, got {cfg.train.batch_size} (or set "
-             "image_aug.mix_prob=0)")
 
     def __init__(self, cfg: Config, num_classes: int, lr: float, device: torch.device):
         """``lr``: the classifier's peak learning rate (the engine scales ``optim.lr`` by the total batch)."""

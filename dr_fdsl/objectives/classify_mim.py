@@ -27,13 +27,13 @@ from torch import nn
 from dr_fdsl.config import Config
 from dr_fdsl.objectives.base import ObjectiveOutput
 from dr_fdsl.objectives.classify import Classify
+from dr_fdsl.objectives.classify_mim_settings import ClassifyMIMSpec
 from dr_fdsl.objectives.mim import (
     MaskedAutoencoder,
     check_backbone,
     mean_l1,
     pixel_mask,
     reconstruction_grids,
-    validate_mim,
 )
 from dr_fdsl.optim import create_optimizer
 
@@ -51,17 +51,11 @@ class ClassifyingAutoencoder(MaskedAutoencoder):
         return self.backbone(images), self.reconstruct(masked)
 
 
-class ClassifyMIM(Classify):
-    name = "classify+mim"
+class ClassifyMIM(ClassifyMIMSpec, Classify):
     # val/loss is classification + mim.weight * reconstruction, as train/loss; the probe's column comes last (it is
     # absent when train.probe is off)
     eval_names = ("val/loss", "val/top1", "val/top5", "val/classify_loss", "val/mim_loss", "val/identity_loss",
                   "probe/val_acc")
-
-    @classmethod
-    def validate(cls, cfg: Config) -> None:
-        Classify.validate(cfg)
-        validate_mim(cfg)
 
     def __init__(self, cfg: Config, num_classes: int, lr: float, device: torch.device):
         """``lr``: the networks' peak learning rate (the engine scales ``optim.lr`` by the total batch)."""

@@ -19,10 +19,11 @@ from einops import rearrange
 from torch import nn
 from torchvision.utils import make_grid
 
-from dr_fdsl.config import Config, finite, need
+from dr_fdsl.config import Config
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.models import create_classifier
-from dr_fdsl.objectives.base import Objective, ObjectiveOutput, refuse_pixel_pipelines
+from dr_fdsl.objectives.base import Objective, ObjectiveOutput
+from dr_fdsl.objectives.mim_settings import MIMSpec, validate_mim  # noqa: F401  (validate_mim: the shared check)
 from dr_fdsl.optim import create_optimizer
 from dr_fdsl.render import random as rnd
 from dr_fdsl.render.streams import Stream
@@ -104,29 +105,8 @@ def check_backbone(backbone: nn.Module, model_name: str, objective: str, key: st
                           f"tokens, got {model_name!r}")
 
 
-def validate_mim(cfg: Config) -> None:
-    """The ``mim`` section's checks against the image size (shared by every objective that masks)."""
-    m, size = cfg.mim, cfg.renderer.image_size
-    need(m.patch >= 1 and size % m.patch == 0, "mim.patch",
-         f"must divide renderer.image_size={size} (whole squares), got {m.patch}")
-    need(0 < m.ratio < 1, "mim.ratio", f"is a probability of masking a square: must be in (0, 1), got {m.ratio}")
-    need(finite(m.weight) and m.weight >= 0, "mim.weight", f"must be a number >= 0, got {m.weight}")
-
-
-class MaskedImageModelling(Objective):
-    name = "mim"
+class MaskedImageModelling(MIMSpec, Objective):
     eval_names = ("val/loss", "val/identity_loss")  # identity: the masked image itself taken as reconstruction
-    joint_trap = "descends the reconstruction loss: the renderer could empty the image, which is trivial to reconstruct"
-
-    @classmethod
-    def validate(cls, cfg: Config) -> None:
-        validate_mim(cfg)
-        need(cfg.mim.weight == 1.0, "mim.weight", f"weighs the reconstruction against classification under "
-             f"train.objective=classify+mim; mim's loss is the reconstruction alone: remove it (got {cfg.mim.weight})")
-        refuse_pixel_pipelines(cfg, cls.name)
-        need(cfg.data.repeated_aug == 1, "data.repeated_aug",
-             f"objective mim masks each (category, view seed) by its key and applies no image augmentation: "
-             f"{cfg.data.repeated_aug} copies would be identical images; set data.repeated_aug=1")
 
     def __init__(self, cfg: Config, num_classes: int, lr: float, device: torch.device):
         self.cfg = cfg

@@ -21,10 +21,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dr_fdsl.config import Config, need
+from dr_fdsl.config import Config
 from dr_fdsl.image_augment import ImageAugment
 from dr_fdsl.models import create_classifier
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput
+from dr_fdsl.objectives.multilabel_settings import MultiLabelSpec
 from dr_fdsl.optim import create_optimizer
 from dr_fdsl.render.multi import targets as multi_hot
 
@@ -59,20 +60,8 @@ def top_k(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, to
     return found[:, 0], found.sum(1) / targets.sum(1).clamp_min(1)
 
 
-class MultiLabel(Objective):
-    name = "multilabel"
+class MultiLabel(MultiLabelSpec, Objective):
     eval_names = ("val/loss", "val/top1", "val/top5", "val/mAP")
-
-    @classmethod
-    def validate(cls, cfg: Config) -> None:
-        a = cfg.image_aug
-        need(not a.mixing, "image_aug.mixup",
-             f"objective multilabel names every object of an image: Mixup/CutMix (mixup={a.mixup}, cutmix={a.cutmix}, "
-             f"mix_prob={a.mix_prob}) would blend another image's objects in without their labels; set "
-             "image_aug.mixup=0 image_aug.cutmix=0 (or image_aug.mix_prob=0)")
-        need(a.label_smoothing == 0, "image_aug.label_smoothing",
-             f"objective multilabel uses binary targets (published); set image_aug.label_smoothing=0, got "
-             f"{a.label_smoothing}")
 
     def __init__(self, cfg: Config, num_classes: int, lr: float, device: torch.device):
         self.cfg, self.num_classes = cfg, num_classes

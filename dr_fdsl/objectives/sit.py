@@ -44,10 +44,11 @@ from timm.layers import trunc_normal_
 from torch import nn
 from torchvision.utils import make_grid
 
-from dr_fdsl.config import Config, need
+from dr_fdsl.config import Config
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.models import create_classifier
-from dr_fdsl.objectives.base import Objective, ObjectiveOutput, refuse_pixel_pipelines
+from dr_fdsl.objectives.base import Objective, ObjectiveOutput
+from dr_fdsl.objectives.sit_settings import SiTSpec
 from dr_fdsl.objectives.sit_views import color_jitter, corrupt, rotate, rotation_labels, view_keys
 from dr_fdsl.optim import create_optimizer
 
@@ -118,51 +119,9 @@ class SiTNetwork(nn.Module):
                 self.decoder(patches).float(), self.uncertainty.float())
 
 
-class SiT(Objective):
-    name = "sit"
-    joint_trap = ("descends sit's losses: the renderer could empty the images (trivial to reconstruct) or colour each "
-                  "category apart (contrastive positives found by colour)")
+class SiT(SiTSpec, Objective):
     # identity: the corrupted view itself taken as the reconstruction
     eval_names = ("val/rotation_acc", "val/rotation_loss", "val/reconstruction_loss", "val/identity_loss")
-
-    @classmethod
-    def validate(cls, cfg: Config) -> None:
-        s, d, view = cfg.sit, cfg.data, cfg.renderer.view
-        need(d.views_per_category * d.repeated_aug == 2, "data.views_per_category",
-             f"sit's contrastive task takes two views of each source, adjacent in the micro-batch: set "
-             f"data.views_per_category=2 (two view seeds of a category) or data.repeated_aug=2 (two copies of one "
-             f"render, jittered, turned and corrupted apart), not {d.views_per_category} x {d.repeated_aug}")
-        need(cfg.train.batch_size >= 4, "train.batch_size",
-             f"sit's contrastive task needs at least two pairs of views (negatives), got {cfg.train.batch_size}")
-        need(view.rotation != "so3", "renderer.view.rotation",
-             "so3 covers every in-plane rotation, so sit's rotation labels cannot be learnt; use euler with a "
-             "roll range of at most 90 degrees (e.g. renderer.view.roll=[0,0]) or none")
-        width = view.roll[1] - view.roll[0]
-        need(view.rotation != "euler" or width <= 90, "renderer.view.roll",
-             f"spans {width} degrees: a view turned by a quarter-turn is then also an unturned view of another roll"
-             f"{' (every one, at 360 degrees)' if width >= 360 else ''}, so sit's rotation labels are ambiguous; "
-             "keep it within 90 degrees, e.g. [0, 0]")
-        need(view.rotation != "euler" or max(abs(e) for e in view.elevation) <= 45, "renderer.view.elevation",
-             f"reaches {max(abs(e) for e in view.elevation)} degrees: near the poles the azimuth turns the image in "
-             "its plane, so sit's rotation labels are ambiguous; keep it within [-45, 45]")
-        need(not cfg.renderer.augment.dihedral, "renderer.augment.dihedral",
-             "transposes and flips include quarter-turns, so sit's rotation labels are ambiguous; set it false")
-        refuse_pixel_pipelines(cfg, cls.name)
-        size = cfg.renderer.image_size
-        tol, largest = int(s.min_block * size), int(s.max_block * size)
-        need(0 < s.min_block < s.max_block <= 1, "sit.min_block",
-             f"need 0 < sit.min_block < sit.max_block <= 1, got {s.min_block}, {s.max_block}")
-        need(1 <= tol < largest, "sit.min_block",
-             f"the smallest corrupted rectangle, int({s.min_block} x {size}) px, must be at least 1 px and below "
-             f"int(sit.max_block x {size}) = {largest}: raise renderer.image_size (>= 20 with the defaults)")
-        for key in ("max_drop", "max_replace"):
-            need(0 <= getattr(s, key) <= 1, f"sit.{key}", f"is a fraction of the pixels: must be in [0, 1], got "
-                 f"{getattr(s, key)}")
-        need(0 <= s.color_jitter < 1, "sit.color_jitter", f"must be in [0, 1), got {s.color_jitter}")
-        need(s.temperature > 0, "sit.temperature", f"must be positive, got {s.temperature}")
-        need(s.projection_dim >= 1, "sit.projection_dim", f"must be positive, got {s.projection_dim}")
-        need(s.max_kernel >= 3 and s.max_kernel % 2 == 1, "sit.max_kernel", f"must be odd and >= 3, got {s.max_kernel}")
-        need(s.max_sigma > 0, "sit.max_sigma", f"must be positive, got {s.max_sigma}")
 
     def __init__(self, cfg: Config, num_classes: int, lr: float, device: torch.device):
         self.cfg = cfg

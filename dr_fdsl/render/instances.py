@@ -35,9 +35,9 @@ from torch import nn
 from dr_fdsl.bank import PointBank
 from dr_fdsl.config import RendererConfig, instances_on
 from dr_fdsl.errors import ConfigError
-from dr_fdsl.families import fractaldb as fdb
+from dr_fdsl.families.fractaldb import published as fdb
 from dr_fdsl.families.ifs_scan import replay, with_identity
-from dr_fdsl.families.ofdb_recipe import _select_maps, exfractal_weights
+from dr_fdsl.families.ofdb.published import _select_maps, exfractal_weights
 from dr_fdsl.registry import Registry
 from dr_fdsl.render import ifs_jitter
 from dr_fdsl.render import random as rnd
@@ -226,7 +226,7 @@ class VisualAtomInstances(nn.Module):
     """``bank.visualatom.instances``: each image draws a centre ``(canvas + randint(-start_pos, start_pos)) / 2`` per
     axis and a grey level ``randint(0, 255)`` per orbit, as the published script draws them for every instance;
     instance 0's orbits move with the centre (by the half-pixel rule of
-    :func:`~dr_fdsl.families.visualatom2d.half_steps`) and each point's colour is multiplied by its orbit's grey
+    :func:`~dr_fdsl.families.visualatom.generator.half_steps`) and each point's colour is multiplied by its orbit's grey
     level / 255. ``index``: ``(B, 2)`` the centre's randint per axis (x, y)."""
 
     def __init__(self, bank: PointBank):

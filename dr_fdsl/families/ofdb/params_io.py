@@ -26,14 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from dr_fdsl.errors import DrFdslError
-from dr_fdsl.families.ofdb_recipe import IFSSystem
+from dr_fdsl.families.ofdb.published import IFSSystem
 
 PARAM_COLUMNS = 13  # a..l, prob
 _PROB_TOLERANCE = 1e-9  # published probabilities sum to 1 within a few ulps
 _COLUMNS_FIX = "each row must be 13 comma-separated numbers: a, b, c, d, e, f, g, h, i, j, k, l, prob"
 # What a refused file should become: the one other format bank.ofdb.source reads (3D-OFDB's own).
 _CSV_FOLDER_FIX = ("a folder of 3D-OFDB CSVs (one %06d.csv per category, np.savetxt(path, table, delimiter=','); "
-                   "dr_fdsl.families.params_io.write_ofdb_csv_folder writes them) and point bank.ofdb.source at it")
+                   "dr_fdsl.families.ofdb.params_io.write_ofdb_csv_folder writes them) and point bank.ofdb.source at "
+                   "it")
 _NPY_MAGIC = b"\x93NUMPY"
 
 

@@ -1,7 +1,7 @@
 """Family ``ofdb``: the categories of 3D-OFDB as published, drawn by our renderer.
 
-The systems come from the published category search (:mod:`dr_fdsl.families.ofdb_recipe`, bit for bit) or from a
-published parameter file (:mod:`dr_fdsl.families.params_io`: 3D-OFDB's CSV folders, the contest's pickle). Each
+The systems come from the published category search (:mod:`dr_fdsl.families.ofdb.published`, bit for bit) or from a
+published parameter file (:mod:`dr_fdsl.families.ofdb.params_io`: 3D-OFDB's CSV folders, the contest's pickle). Each
 category's cloud is made the published way: the chaos game from the origin on one legacy numpy stream seeded
 with ``bank.seed`` and read category after category (the contest's ``generate``), min-max scaled to [-1, 1],
 then centred. What differs from our ``ifs3d`` family: no burn-in is dropped, the whole cloud is min-max scaled
@@ -11,32 +11,19 @@ before centring (so a centred cloud may reach past 1 on one side), and the varia
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from dr_fdsl.config import BankConfig, need
 from dr_fdsl.errors import BankError
-from dr_fdsl.families.base import Family, FamilyOutput
-from dr_fdsl.families.ofdb_recipe import OFDB_INSTANCE_WEIGHT, IFSSystem, point_clouds, search_categories
-from dr_fdsl.families.params_io import read_contest_params, read_ofdb_csv_folder
-from dr_fdsl.memory import FLOAT64, need_bytes
+from dr_fdsl.families.base import FamilyOutput
+from dr_fdsl.families.ofdb.params_io import read_contest_params, read_ofdb_csv_folder
+from dr_fdsl.families.ofdb.published import OFDB_INSTANCE_WEIGHT, IFSSystem, point_clouds, search_categories
+from dr_fdsl.families.ofdb.settings import MAX_MAPS
 
-MAX_MAPS = 7  # the published search draws 2..7 maps
-
-
-def validate(cfg: BankConfig) -> None:
-    f = cfg.ofdb
-    need(0 <= f.variance < 1, "bank.ofdb.variance", f"must be in [0, 1), got {f.variance}")
-    # Every category's cloud is made at once in float64 with its uniforms (point_clouds); the search screens up to
-    # 2,048 attempts at once, an int8 map choice and a flag per step each.
-    c, n = cfg.num_classes, cfg.num_points + 1
-    need_bytes("bank.num_points", c * n * (3 * FLOAT64 + FLOAT64) + 2048 * n * 2,
-               f"{c} published chaos games of {n} points")
-    if f.source != "search":
-        path = Path(f.source)
-        need(path.is_dir() or path.is_file(), "bank.ofdb.source",
-             f"'{f.source}' is neither 'search' nor an existing CSV folder or parameter pickle")
+if TYPE_CHECKING:
+    from dr_fdsl.config import BankConfig
 
 
 def read_systems(cfg: BankConfig) -> tuple[list[IFSSystem], int]:
@@ -79,6 +66,3 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
         params[i, :s.num_maps] = torch.from_numpy(s.to_params13())
     num_maps = torch.tensor([s.num_maps for s in systems])
     return FamilyOutput(points, {"params13": params, "num_maps": num_maps}, attempts)
-
-
-FAMILY = Family("ofdb", validate, generate)

@@ -19,21 +19,22 @@ accepted systems are run a third time to keep their points.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
-from dr_fdsl.config import BankConfig, need
 from dr_fdsl.errors import BankError
-from dr_fdsl.families.base import Family, FamilyOutput
+from dr_fdsl.families.base import FamilyOutput
+from dr_fdsl.families.ifs3d.settings import POINTS_GROUP, ROUND_SURVIVORS
 from dr_fdsl.geometry import quaternion_to_matrix
-from dr_fdsl.memory import FLOAT64, INT64, need_bytes
+
+if TYPE_CHECKING:
+    from dr_fdsl.config import BankConfig
 
 CHUNK = 8192  # candidate systems drawn and screened together; fixed so the bank does not depend on it
 SCREEN_POINTS = 1000
 SCREEN_RELAX = 0.5  # the screen keeps systems above this fraction of the threshold; the full run decides
-ROUND_SURVIVORS = 16384  # screened systems run through the full game together (float64 stats only)
-POINTS_GROUP = 1024  # accepted systems whose points are generated together
 _MAX_DRAWS_PER_CLASS = 1000  # ~80 draws per kept system at the default threshold; beyond this, give up
 
 
@@ -165,25 +166,6 @@ def normalize_cloud(points: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------
 
 
-def validate(cfg: BankConfig) -> None:
-    """Fails fast on ``bank.ifs3d`` settings that cannot produce a bank."""
-    f = cfg.ifs3d
-    need(f.burn_in >= 0, "bank.ifs3d.burn_in", f"must be >= 0, got {f.burn_in}")
-    need(1 <= f.min_maps <= f.max_maps, "bank.ifs3d.min_maps",
-         f"need 1 <= min_maps <= max_maps, got {f.min_maps} and {f.max_maps}")
-    # Coordinates in [-1, 1] have variance at most 1: a threshold of 1 or more is never passed.
-    need(0 <= f.min_variance < 1, "bank.ifs3d.min_variance",
-         f"must be in [0, 1) (clouds are scaled to [-1, 1]), got {f.min_variance}")
-    # A round runs up to ROUND_SURVIVORS systems of max_maps maps at once: their maps (12 float64 each, about
-    # three copies while screened and kept) and the map choices of a block of 256 steps (one byte per step, system
-    # and map, then int64 per step and system).
-    need_bytes("bank.ifs3d.max_maps", ROUND_SURVIVORS * (f.max_maps * (3 * 12 * FLOAT64 + 256) + 256 * INT64),
-               f"{ROUND_SURVIVORS} systems of up to {f.max_maps} maps")
-    # The accepted systems' points, POINTS_GROUP at once in float64 (the game's output and the normalised copy).
-    need_bytes("bank.num_points", min(POINTS_GROUP, cfg.num_classes) * (f.burn_in + cfg.num_points) * 3 * FLOAT64 * 2,
-               f"{min(POINTS_GROUP, cfg.num_classes)} chaos games of {f.burn_in + cfg.num_points} steps")
-
-
 def generate(cfg: BankConfig, progress: bool = False, max_draws: int | None = None) -> FamilyOutput:
     """Draws systems until ``cfg.num_classes`` pass the filter (no cache). See the module docstring.
 
@@ -241,6 +223,3 @@ def generate(cfg: BankConfig, progress: bool = False, max_draws: int | None = No
         for i in range(0, num_kept, POINTS_GROUP)
     ])
     return FamilyOutput(points, {"affine": affine, "probs": probs, "num_maps": num_maps}, draws)
-
-
-FAMILY = Family("ifs3d", validate, generate)

@@ -39,39 +39,20 @@ Diverging systems (non-finite points, where the published code drops rows around
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from dr_fdsl.config import BankConfig, need
 from dr_fdsl.errors import BankError
-from dr_fdsl.families import fractaldb as fdb
-from dr_fdsl.families.base import Family, FamilyOutput
-from dr_fdsl.memory import FLOAT64, need_bytes
+from dr_fdsl.families.base import FamilyOutput
+from dr_fdsl.families.fractaldb import published as fdb
+
+if TYPE_CHECKING:
+    from dr_fdsl.config import BankConfig
 
 MAX_MAPS = fdb.MAX_MAPS_EXCLUSIVE - 1  # the published search draws 2..7 maps
 CSV_COLUMNS = 7  # a, b, c, d, e, f, probability
-
-
-def validate(cfg: BankConfig) -> None:
-    f = cfg.fractaldb
-    need(0 <= f.rate <= 1, "bank.fractaldb.rate", f"is a filling rate: must be in [0, 1], got {f.rate}")
-    need(f.search_points >= 2, "bank.fractaldb.search_points", f"must be >= 2, got {f.search_points}")
-    need(2 * fdb.PAD < f.canvas <= 65535, "bank.fractaldb.canvas",
-         f"must be in ({2 * fdb.PAD}, 65535] (6 px pad each side, uint16 pixel indices), got {f.canvas}")
-    need(cfg.num_points >= 2, "bank.num_points",
-         f"family fractaldb: the published min-max scaling needs at least 2 points, got {cfg.num_points}")
-    # The search runs up to 512 candidates' chaos games at once, about 22 bytes per point each (fractaldb.py);
-    # the bank's games 256 categories at once (float64 points and int8 map choices), then 2 uint16 per point.
-    batch = min(512, 20 * cfg.num_classes + 4)
-    need_bytes("bank.fractaldb.search_points", 22 * f.search_points * batch,
-               f"{batch} candidate chaos games of {f.search_points} points")
-    need_bytes("bank.num_points", cfg.num_points * (min(256, cfg.num_classes) * (2 * FLOAT64 + 1)
-                                                    + cfg.num_classes * 2 * 2),
-               f"{cfg.num_classes} categories x {cfg.num_points} chaos-game points")
-    if f.source != "search":
-        need(Path(f.source).is_dir(), "bank.fractaldb.source",
-             f"'{f.source}' is neither 'search' nor an existing folder of FractalDB CSVs")
 
 
 def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -193,6 +174,3 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
         weights[i, :len(w)] = torch.from_numpy(w)
     num_maps = torch.tensor([len(p) for p in params])
     return FamilyOutput(points, {"params": table, "probs": weights, "num_maps": num_maps}, draws)
-
-
-FAMILY = Family("fractaldb", validate, generate)

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dr_fdsl.families.perlin import pnoise1
+from dr_fdsl.families.visualatom.perlin import pnoise1
 
 
 @dataclass(frozen=True)

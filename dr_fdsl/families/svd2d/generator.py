@@ -28,40 +28,21 @@ jitter of one map is ``renderer.augment.map_jitter`` (:mod:`dr_fdsl.render.ifs_j
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
-from dr_fdsl.config import BankConfig, finite, need
 from dr_fdsl.errors import BankError
-from dr_fdsl.families import svd2d
-from dr_fdsl.families.base import Family, FamilyOutput
-from dr_fdsl.memory import FLOAT32, FLOAT64, INT64, index_dtype, need_bytes
+from dr_fdsl.families.base import FamilyOutput
+from dr_fdsl.families.svd2d import published as svd2d
+from dr_fdsl.families.svd2d.settings import BATCH, SEED_STRIDE
+from dr_fdsl.memory import index_dtype
 
-SEED_STRIDE = 2**32  # category c of bank.seed s draws from default_rng(s * SEED_STRIDE + c)
-# Categories whose chaos games run in lockstep (each step is a few numpy operations on arrays of this length, so
-# larger batches cost less per category), and steps whose coefficients are gathered at once (memory:
-# BATCH x CHUNK x 6 float64 = 61 MB).
-BATCH = 128
+if TYPE_CHECKING:
+    from dr_fdsl.config import BankConfig
+
 CHUNK = 10_000
-
-
-def validate(cfg: BankConfig) -> None:
-    s = cfg.svd2d
-    need(1 <= s.min_maps <= s.max_maps, "bank.svd2d.min_maps",
-         f"need 1 <= min_maps <= max_maps, got {s.min_maps} and {s.max_maps} (published: 2 and 4)")
-    need(finite(s.bval) and s.bval > 0, "bank.svd2d.bval", f"must be a positive number, got {s.bval}")
-    need(s.canvas >= 2, "bank.svd2d.canvas", f"must be >= 2 pixels, got {s.canvas}")
-    need(cfg.num_points >= 1, "bank.num_points", f"must be positive, got {cfg.num_points}")
-    need(cfg.num_classes < SEED_STRIDE, "bank.num_classes", f"must be below 2^32, got {cfg.num_classes}")
-    c, n, batch = cfg.num_classes, cfg.num_points, min(BATCH, cfg.num_classes)
-    # Stored: points, grey levels and each step's map; per batch of categories: the chaos games in float64 and
-    # their map choices (int64). Per system: its maps' factors, stored and during the batch's game.
-    steps = c * n * (3 * FLOAT32 + FLOAT32 + index_dtype(s.max_maps).itemsize) + batch * n * (2 * FLOAT64 + INT64)
-    need_bytes("bank.num_points", steps, f"{c} categories x {n} chaos-game steps")
-    need_bytes("bank.svd2d.max_maps", (c + batch) * s.max_maps * 12 * FLOAT64,
-               f"{c} systems of up to {s.max_maps} maps")
-    # The per-pixel point counts of a category's published image (float64 canvas^2).
-    need_bytes("bank.svd2d.canvas", s.canvas**2 * FLOAT64, f"a {s.canvas} x {s.canvas} px density image")
 
 
 def draw_category(seed: int, c: int, min_maps: int, max_maps: int, bval: float) -> tuple[dict, int]:
@@ -183,6 +164,3 @@ def check_cached(params: dict[str, torch.Tensor]) -> str | None:
         return (f"its map indices are {maps.dtype}, which cannot hold the {most} maps of its largest system (it was "
                 "written before indices were widened)")
     return None
-
-
-FAMILY = Family("svd2d", validate, generate, colors=True, check_cached=check_cached)

@@ -50,18 +50,20 @@ The points are neither centred nor rescaled: they are where the canvas has them 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from dr_fdsl.config import BankConfig, need
 from dr_fdsl.errors import BankError
-from dr_fdsl.families import visualatom as va
-from dr_fdsl.families.base import Family, FamilyOutput
-from dr_fdsl.memory import FLOAT64, INT64, index_dtype, need_bytes
+from dr_fdsl.families.base import FamilyOutput
+from dr_fdsl.families.visualatom import published as va
+from dr_fdsl.memory import index_dtype
+
+if TYPE_CHECKING:
+    from dr_fdsl.config import BankConfig
 
 MARGIN = 4.0  # canvas pixels beyond the edge still sampled (discs of radius up to 4 px can reach the canvas)
 
@@ -75,44 +77,6 @@ def script_config(cfg: BankConfig) -> va.ScriptSettings:
         vertex_num_max=f.vertex_num_max, perlin_min=f.perlin_min, line_width=f.line_width, radius_min=f.radius_min,
         line_num_min=f.line_num_min, line_num_max=f.line_num_max, oval_rate=f.oval_rate, start_pos=f.start_pos,
         nami_1_min=f.nami_1_min, nami_2_min=f.nami_2_min, nami_1_max=f.nami_1_max, nami_2_max=f.nami_2_max)
-
-
-def validate(cfg: BankConfig) -> None:
-    f = cfg.visualatom
-    for lo, hi in (("vertex_num_min", "vertex_num_max"), ("line_num_min", "line_num_max"),
-                   ("nami_1_min", "nami_1_max"), ("nami_2_min", "nami_2_max")):
-        need(getattr(f, lo) <= getattr(f, hi), f"bank.visualatom.{lo}",
-             f"must be <= bank.visualatom.{hi}, got {getattr(f, lo)} and {getattr(f, hi)}")
-    need(f.vertex_num_min >= 3, "bank.visualatom.vertex_num_min", f"must be >= 3 (a polygon), got {f.vertex_num_min}")
-    need(f.line_num_min >= 1, "bank.visualatom.line_num_min", f"must be >= 1, got {f.line_num_min}")
-    need(f.canvas >= 1, "bank.visualatom.canvas", f"must be positive, got {f.canvas}")
-    need(f.radius_min >= 0, "bank.visualatom.radius_min", f"must be >= 0, got {f.radius_min}")
-    need(f.line_width >= 0, "bank.visualatom.line_width", f"must be >= 0, got {f.line_width}")
-    need(f.oval_rate >= 1, "bank.visualatom.oval_rate", f"must be >= 1, got {f.oval_rate}")
-    # Larger start_pos puts centres off the canvas, and a category may then draw nothing on it.
-    need(0 <= f.start_pos <= f.canvas, "bank.visualatom.start_pos",
-         f"must be in [0, bank.visualatom.canvas={f.canvas}], got {f.start_pos}")
-    # The script redraws n2 while n2 == n1 != 0: a single n2 value that n1 can take (other than 0) never ends.
-    need(f.nami_2_min < f.nami_2_max or f.nami_2_min == 0 or not f.nami_1_min <= f.nami_2_min <= f.nami_1_max,
-         "bank.visualatom.nami_2_min", "n2 is redrawn while it equals n1 (unless n1 = 0): give it more than one "
-         "value, or one n1 cannot take")
-    need(math.isfinite(f.spacing) and f.spacing > 0, "bank.visualatom.spacing", f"must be positive, got {f.spacing}")
-    # A category's orbits are drawn at once: (L, K) vertices of 2 float64 coordinates, in about four buffers (the
-    # noise draws, the vertices, their pixels, the polyline segments); the bank keeps L grey levels per category.
-    larger = "vertex_num_max" if f.vertex_num_max >= f.line_num_max else "line_num_max"
-    need_bytes(f"bank.visualatom.{larger}", f.line_num_max * f.vertex_num_max * 2 * FLOAT64 * 4,
-               f"{f.line_num_max} orbits (line_num_max) x {f.vertex_num_max} vertices per category")
-    need_bytes("bank.visualatom.line_num_max", cfg.num_classes * f.line_num_max * INT64,
-               f"{cfg.num_classes} categories x {f.line_num_max} orbit grey levels")
-    if f.replay:
-        need(f.numof_thread >= 1 and f.numof_classes >= f.numof_thread, "bank.visualatom.numof_thread",
-             f"need 1 <= numof_thread <= numof_classes, got {f.numof_thread} and {f.numof_classes}")
-        need(f.numof_instances >= 1, "bank.visualatom.numof_instances", f"must be >= 1, got {f.numof_instances}")
-        need(f.start_class >= 0, "bank.visualatom.start_class", f"must be >= 0, got {f.start_class}")
-        made = f.numof_thread * (f.numof_classes // f.numof_thread)
-        need(cfg.num_classes <= made, "bank.num_classes",
-             f"the published run makes {made} categories (bank.visualatom.numof_classes={f.numof_classes} over "
-             f"numof_thread={f.numof_thread} processes); replay cannot give {cfg.num_classes}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -314,6 +278,3 @@ def generate(cfg: BankConfig, progress: bool = False) -> FamilyOutput:
     if f.instances:
         params.update(orbit=orbits, half_step=half)
     return FamilyOutput(points, params, c)
-
-
-FAMILY = Family("visualatom", validate, generate, colors=True)

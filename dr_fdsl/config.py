@@ -20,9 +20,17 @@ from typing import Any, Literal
 from dr_fdsl import memory
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.families import FAMILIES
+from dr_fdsl.families.fractaldb.settings import FractalDBConfig  # noqa: F401  (re-exported, as below)
+from dr_fdsl.families.ifs3d.settings import IFS3DConfig  # noqa: F401
+from dr_fdsl.families.ofdb.settings import OFDBConfig  # noqa: F401
+from dr_fdsl.families.svd2d.settings import SVD2DConfig  # noqa: F401
+from dr_fdsl.families.visualatom.settings import VisualAtomConfig  # noqa: F401
 from dr_fdsl.memory import gib, need_bytes
 from dr_fdsl.modes import MODES
+from dr_fdsl.modes.match_settings import MatchConfig, validate_match  # noqa: F401
 from dr_fdsl.objectives import OBJECTIVES
+from dr_fdsl.objectives.mim_settings import MIMConfig  # noqa: F401
+from dr_fdsl.objectives.sit_settings import SiTConfig  # noqa: F401
 from dr_fdsl.settings import (  # noqa: F401  (re-exported: the names the code and the tests import from here)
     ADDED,
     MOVED_KEYS,
@@ -524,25 +532,10 @@ def validate_config(cfg: Config) -> None:
     if d.source == "static":
         need(bool(d.path), "data.path", "must name a dataset folder when data.source=static")
 
-    aug = cfg.renderer.augment
-    need(aug.drop_local < cfg.bank.num_points, "renderer.augment.drop_local",
-         f"{aug.drop_local} points would empty clouds of bank.num_points={cfg.bank.num_points}; use fewer "
-         "(ModelNet-C's levels: 100 to 500)")
-    validate_instances(content_settings(cfg.bank), cfg.renderer)
+    family = FAMILIES.get(cfg.bank.family)
+    validate_against_bank(cfg.renderer, content_settings(cfg.bank), cfg.bank.num_classes, cfg.bank.num_points,
+                          family.colors)
     renderer_mode(cfg).validate(cfg)  # the mode's checks against the data source, the objective, section match
-    if cfg.renderer.color_init == "bank":
-        need(FAMILIES.get(cfg.bank.family).colors, "renderer.color_init",
-             f"'bank' takes each point's colour from the bank, and family {cfg.bank.family!r} stores none; use a "
-             "family that does (visualatom) or another color_init")
-    jitter = cfg.renderer.augment.map_jitter
-    need(finite(jitter[1]) and 0 < jitter[0] <= jitter[1], "renderer.augment.map_jitter",
-         f"need 0 < low <= high (published [0.8, 1.1]; [1, 1]: off), got {list(jitter)}")
-    need(jitter == (1.0, 1.0) or cfg.bank.family == "svd2d", "renderer.augment.map_jitter",
-         f"replays a system's chaos game with one map scaled: only family svd2d stores its maps and their order, "
-         f"got bank.family={cfg.bank.family!r}; set it to [1, 1]")
-    need(cfg.renderer.objects.max <= cfg.bank.num_classes, "renderer.objects.max",
-         f"objects come from distinct categories: needs at most bank.num_classes={cfg.bank.num_classes}, got "
-         f"{cfg.renderer.objects.max}")
     _validate_sizes(cfg)
 
     OBJECTIVES.spec(t.objective).validate(cfg)
@@ -597,21 +590,40 @@ def instances_on(bank_settings: dict) -> bool:
     return section.get("instances", "none") not in ("none", False)
 
 
-def validate_instances(bank_settings: dict, r: RendererConfig) -> None:
-    """What instances (``bank.<family>.instances``) cannot be combined with (also run by ``PointRenderer``)."""
-    if not instances_on(bank_settings):
-        return
-    family = bank_settings["family"]
-    need(r.augment.mix == 0, "renderer.augment.mix",
-         f"must be 0 with bank.{family}.instances (a mixed-in point would need the other category's instance, "
-         f"which is not drawn); got {r.augment.mix}")
-    if family == "ofdb":
-        need(bank_settings["ofdb"]["instance_weight"] == "none", "bank.ofdb.instance_weight",
-             "must be 'none' with bank.ofdb.instances=exfractal145: its 145 rows include that weight (row 0)")
-    if family == "visualatom":
-        need(r.color_init != "bank", "renderer.color_init",
-             "'bank' starts every point at instance 0's grey level, and bank.visualatom.instances multiplies the "
-             "colours by each image's own orbit grey levels: use 'white' (the published greys exactly) or another")
+def validate_against_bank(r: RendererConfig, bank_settings: dict, num_classes: int, num_points: int,
+                          colors: bool) -> None:
+    """Every rule between the renderer's settings and the bank it draws, written once. Run at load against the
+    bank the config will build (``content_settings(cfg.bank)``, its sizes, whether its family stores colours),
+    before any work; and by ``PointRenderer`` against the bank it is given (``PointBank.settings``, its tensors:
+    a bank built in Python, or one read from a cache).
+
+    ``colors``: whether the bank holds each point's grey level (``Family.colors`` at load, a ``grey`` param then).
+    """
+    family = bank_settings.get("family")
+    spec = FAMILIES[family] if family in FAMILIES else None  # noqa: SIM401  (Registry.get raises for an unknown one)
+    aug = r.augment
+    need(aug.drop_local < num_points, "renderer.augment.drop_local",
+         f"{aug.drop_local} points would empty clouds of bank.num_points={num_points}; use fewer "
+         "(ModelNet-C's levels: 100 to 500)")
+    need(r.objects.max <= num_classes, "renderer.objects.max",
+         f"objects come from distinct categories: needs at most bank.num_classes={num_classes}, got {r.objects.max}")
+    if r.color_init == "bank":
+        what = f"family {family!r}" if family else "this bank's family"
+        need(colors, "renderer.color_init",
+             f"'bank' takes each point's colour from the bank, and {what} stores none (this bank has none: no "
+             f"'grey' param); use a family that does ({', '.join(n for n, f in FAMILIES.items() if f.colors)}) or "
+             "another color_init")
+    replaying = [n for n, f in FAMILIES.items() if f.replays_maps]
+    need(aug.map_jitter == (1.0, 1.0) or (spec is not None and spec.replays_maps), "renderer.augment.map_jitter",
+         f"needs a bank of family {' or '.join(replaying)}: it replays a system's chaos game with one map scaled, "
+         f"and only {', '.join(replaying)} stores its maps and their order; got bank.family={family!r}; set it to "
+         "[1, 1]")
+    if instances_on(bank_settings):
+        need(aug.mix == 0, "renderer.augment.mix",
+             f"must be 0 with bank.{family}.instances (a mixed-in point would need the other category's instance, "
+             f"which is not drawn); got {aug.mix}")
+    if spec is not None and spec.renderer_rules is not None:
+        spec.renderer_rules(bank_settings[family], r)  # the family's own (visualatom's instances and colours)
 
 
 def validate_renderer(r: RendererConfig) -> None:
@@ -661,6 +673,9 @@ def validate_renderer(r: RendererConfig) -> None:
          "renderer.augment.window_scale", f"need 0 < low <= high (published [0.5, 2.0]), got {list(aug.window_scale)}")
     need(finite(aug.window_shift) and aug.window_shift >= 0, "renderer.augment.window_shift",
          f"is a fraction of the window: must be >= 0 (published 0.2), got {aug.window_shift}")
+    jitter = aug.map_jitter
+    need(finite(jitter[1]) and 0 < jitter[0] <= jitter[1], "renderer.augment.map_jitter",
+         f"need 0 < low <= high (published [0.8, 1.1]; [1, 1]: off), got {list(jitter)}")
     obj = r.objects
     need(0 <= obj.max <= 16, "renderer.objects.max", f"must be in [0, 16] (0: off; published 5), got {obj.max}")
     need(finite(obj.scale[1]) and 0 < obj.scale[0] <= obj.scale[1], "renderer.objects.scale",

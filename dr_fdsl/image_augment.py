@@ -168,10 +168,7 @@ class ImageAugment(nn.Module):
         if self.erase is not None:
             images = self.erase(images.clone())
         if self.mixup is not None:
-            b = images.shape[0]
-            if b % 2:
-                raise ValueError(f"Mixup/CutMix needs an even batch, got {b}: set train.batch_size to an even "
-                                 "number or image_aug.mix_prob=0")
+            # timm's Mixup pairs images within the batch: an even one, which objective classify requires at load
             images, targets = self.mixup(images, labels)
             return images, targets
         return images, labels

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     import torch
 
-    from dr_fdsl.config import BankConfig
+    from dr_fdsl.config import BankConfig, RendererConfig
 
 
 class FamilyOutput(NamedTuple):
@@ -43,6 +43,11 @@ class Family:
             params are stored, as svd2d's map indices, once uint8 at any count).
         colors: True when params hold each point's grey level, ``grey (C, N)`` float32 in [0, 1]: the colours that
             ``renderer.color_init=bank`` starts from.
+        replays_maps: True when params hold each system's maps and map sequence, so that the renderer can replay a
+            category's chaos game with one map scaled (``renderer.augment.map_jitter``).
+        renderer_rules: ``(section: dict, r: RendererConfig) -> None``, the family's rules against the renderer's
+            settings (``section``: the content settings of ``bank.<name>``), or None; run at load and by
+            ``PointRenderer`` (``config.validate_against_bank``).
     """
 
     name: str
@@ -50,6 +55,8 @@ class Family:
     validate: Callable[[BankConfig], None]
     generator: str
     colors: bool = False
+    replays_maps: bool = False
+    renderer_rules: Callable[[dict, RendererConfig], None] | None = None
 
     @property
     def module(self) -> ModuleType:

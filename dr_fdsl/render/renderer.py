@@ -10,7 +10,7 @@ from einops import rearrange
 from torch import nn
 
 from dr_fdsl.bank import PointBank
-from dr_fdsl.config import RendererConfig, validate_instances, validate_renderer
+from dr_fdsl.config import RendererConfig, validate_against_bank, validate_renderer
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.render import augment, multi
 from dr_fdsl.render import random as rnd
@@ -45,12 +45,8 @@ def unsquash(p: torch.Tensor) -> torch.Tensor:
 def initial_colors(cfg: RendererConfig, tables: int, num_points: int, generator: torch.Generator,
                    bank_grey: torch.Tensor | None = None) -> torch.Tensor:
     """Initial colours ``(tables, N, 3)`` in [0, 1] for ``cfg.color_init``; ``"bank"`` takes ``bank_grey (C, N)``
-    (the bank's ``grey`` param) on all three channels."""
+    (the bank's ``grey`` param, which ``config.validate_against_bank`` requires) on all three channels."""
     if cfg.color_init == "bank":
-        if bank_grey is None:
-            raise ConfigError("config key 'renderer.color_init': 'bank' takes each point's colour from the bank, "
-                              "and this bank has none (no 'grey' param); use a family that stores one (visualatom) "
-                              "or another color_init")
         if bank_grey.shape != (tables, num_points):
             raise ConfigError(f"config key 'renderer.color_init': the bank's grey levels have shape "
                               f"{tuple(bank_grey.shape)}, expected {(tables, num_points)} (renderer.share_colors "
@@ -100,12 +96,10 @@ class PointRenderer(nn.Module):
     def __init__(self, bank: PointBank, cfg: RendererConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg if cfg is not None else RendererConfig()
-        validate_renderer(cfg)
-        validate_instances(bank.settings, cfg)
         self.num_classes, self.num_points = bank.num_classes, bank.num_points
-        if cfg.objects.max > self.num_classes:
-            raise ConfigError(f"config key 'renderer.objects.max': objects come from distinct categories: needs at "
-                              f"most {self.num_classes} (the bank's categories), got {cfg.objects.max}")
+        # The checks that load_config runs, here against this bank (a config built in Python, a cached bank).
+        validate_renderer(cfg)
+        validate_against_bank(cfg, bank.settings, self.num_classes, self.num_points, "grey" in bank.params)
         self.register_buffer("points", bank.points.float().clone(), persistent=False)
         gen = torch.Generator().manual_seed(cfg.init_seed)
         color_tables = 1 if cfg.share_colors else self.num_classes
@@ -113,9 +107,6 @@ class PointRenderer(nn.Module):
         colors = initial_colors(cfg, color_tables, self.num_points, gen, bank.params.get("grey"))
         table = colors if cfg.color_param == "clamp" else unsquash(colors)
         self.color_logits = nn.Parameter(rearrange(table, "t n c -> t (n c)"))
-        if cfg.augment.drop_local >= self.num_points:
-            raise ConfigError(f"config key 'renderer.augment.drop_local': {cfg.augment.drop_local} points would "
-                              f"empty clouds of {self.num_points}; use fewer (ModelNet-C's levels: 100 to 500)")
         span = cfg.radius_max - cfg.radius_min
         fraction = (cfg.radius_init - cfg.radius_min) / span if span > 0 else 0.5
         self.radius_logits = nn.Parameter(unsquash(torch.full((radius_tables, self.num_points), fraction)))

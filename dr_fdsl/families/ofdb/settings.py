@@ -54,6 +54,8 @@ def validate(cfg: BankConfig) -> None:
     c, n = cfg.num_classes, cfg.num_points + 1
     need_bytes("bank.num_points", c * n * (3 * FLOAT64 + FLOAT64) + 2048 * n * 2,
                f"{c} published chaos games of {n} points")
+    need(f.instances == "none" or f.instance_weight == "none", "bank.ofdb.instance_weight",
+         "must be 'none' with bank.ofdb.instances=exfractal145: its 145 rows include that weight (row 0)")
     if f.source != "search":
         path = Path(f.source)
         need(path.is_dir() or path.is_file(), "bank.ofdb.source",

@@ -57,4 +57,5 @@ def validate(cfg: BankConfig) -> None:
     need_bytes("bank.svd2d.canvas", s.canvas**2 * FLOAT64, f"a {s.canvas} x {s.canvas} px density image")
 
 
-FAMILY = Family("svd2d", SVD2DConfig, validate, "dr_fdsl.families.svd2d.generator", colors=True)
+FAMILY = Family("svd2d", SVD2DConfig, validate, "dr_fdsl.families.svd2d.generator", colors=True,
+                replays_maps=True)

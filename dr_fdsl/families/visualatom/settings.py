@@ -13,7 +13,7 @@ from dr_fdsl.memory import FLOAT64, INT64, need_bytes
 from dr_fdsl.settings import ADDED, need
 
 if TYPE_CHECKING:
-    from dr_fdsl.config import BankConfig
+    from dr_fdsl.config import BankConfig, RendererConfig
 
 
 @dataclass
@@ -97,4 +97,12 @@ def validate(cfg: BankConfig) -> None:
              f"numof_thread={f.numof_thread} processes); replay cannot give {cfg.num_classes}")
 
 
-FAMILY = Family("visualatom", VisualAtomConfig, validate, "dr_fdsl.families.visualatom.generator", colors=True)
+def renderer_rules(section: dict, r: RendererConfig) -> None:
+    """Instances against the renderer's colours (at load and in ``PointRenderer``)."""
+    need(not section.get("instances") or r.color_init != "bank", "renderer.color_init",
+         "'bank' starts every point at instance 0's grey level, and bank.visualatom.instances multiplies the "
+         "colours by each image's own orbit grey levels: use 'white' (the published greys exactly) or another")
+
+
+FAMILY = Family("visualatom", VisualAtomConfig, validate, "dr_fdsl.families.visualatom.generator", colors=True,
+                renderer_rules=renderer_rules)

@@ -50,6 +50,14 @@ def need_bytes(key: str, nbytes: float, what: str, fix: str = "lower it", device
         raise ConfigError(f"config key '{key}' ({what}): would need about {gib(nbytes)}, more than {where}; {fix}")
 
 
+def index_bytes(count: int) -> int:
+    """Bytes per element of :func:`index_dtype` ``(count)``, without importing torch (for the checks at load)."""
+    for limit, size in zip((2**8, 2**15, 2**31), (1, 2, 4)):
+        if count <= limit:
+            return size
+    return 8
+
+
 def index_dtype(count: int, library: str = "torch"):
     """The narrowest integer dtype that holds every index in ``[0, count)``: uint8 below 256, int16 below 2^15,
     int32 below 2^31, else int64 (``library``: ``"torch"`` or ``"numpy"``)."""

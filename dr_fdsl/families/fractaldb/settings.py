@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dr_fdsl.families.base import Family
-from dr_fdsl.families.fractaldb import published as fdb
 from dr_fdsl.memory import FLOAT64, need_bytes
 from dr_fdsl.settings import ADDED, need
 
@@ -46,6 +45,8 @@ class FractalDBConfig:
 
 
 def validate(cfg: BankConfig) -> None:
+    from dr_fdsl.families.fractaldb import published as fdb  # numpy: only when this family is chosen
+
     f = cfg.fractaldb
     need(0 <= f.rate <= 1, "bank.fractaldb.rate", f"is a filling rate: must be in [0, 1], got {f.rate}")
     need(f.search_points >= 2, "bank.fractaldb.search_points", f"must be >= 2, got {f.search_points}")

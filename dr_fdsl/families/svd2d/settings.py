@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dr_fdsl.families.base import Family
-from dr_fdsl.memory import FLOAT32, FLOAT64, INT64, index_dtype, need_bytes
+from dr_fdsl.memory import FLOAT32, FLOAT64, INT64, index_bytes, need_bytes
 from dr_fdsl.settings import finite, need
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def validate(cfg: BankConfig) -> None:
     c, n, batch = cfg.num_classes, cfg.num_points, min(BATCH, cfg.num_classes)
     # Stored: points, grey levels and each step's map; per batch of categories: the chaos games in float64 and
     # their map choices (int64). Per system: its maps' factors, stored and during the batch's game.
-    steps = c * n * (3 * FLOAT32 + FLOAT32 + index_dtype(s.max_maps).itemsize) + batch * n * (2 * FLOAT64 + INT64)
+    steps = c * n * (3 * FLOAT32 + FLOAT32 + index_bytes(s.max_maps)) + batch * n * (2 * FLOAT64 + INT64)
     need_bytes("bank.num_points", steps, f"{c} categories x {n} chaos-game steps")
     need_bytes("bank.svd2d.max_maps", (c + batch) * s.max_maps * 12 * FLOAT64,
                f"{c} systems of up to {s.max_maps} maps")

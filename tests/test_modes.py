@@ -15,7 +15,7 @@ from dr_fdsl.errors import ConfigError, NonFiniteLossError
 from dr_fdsl.match import Distance
 from dr_fdsl.modes import MODES
 from dr_fdsl.modes.match import Match
-from dr_fdsl.objectives import ObjectiveOutput
+from dr_fdsl.objectives.base import ObjectiveOutput
 from tests.conftest import tiny
 
 WEIGHTS = torch.tensor([1.0, -2.0, 0.5, 3.0]).view(1, 1, 2, 2)  # the toy objective's loss is sum(WEIGHTS * images)

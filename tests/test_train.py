@@ -286,7 +286,8 @@ def test_stream_seeds_are_the_first_versions_and_python_independent():
 
 def test_objectives_and_families_are_chosen_by_config_key():
     from dr_fdsl.families import FAMILIES
-    from dr_fdsl.objectives import OBJECTIVES, Objective
+    from dr_fdsl.objectives import OBJECTIVES
+    from dr_fdsl.objectives.base import Objective
 
     assert set(OBJECTIVES) == {"classify", "mim", "classify+mim", "sit", "multilabel"}
     assert set(FAMILIES) == {"ifs3d", "ofdb", "fractaldb", "visualatom", "svd2d"}

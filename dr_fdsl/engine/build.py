@@ -18,8 +18,10 @@ from dr_fdsl import checkpoint, run_lock
 from dr_fdsl.bank import bank_from_config
 from dr_fdsl.config import Config, save_config, validate_config, validate_device
 from dr_fdsl.errors import ConfigError, DrFdslError
-from dr_fdsl.modes import MODES, RendererMode
-from dr_fdsl.objectives import OBJECTIVES, Objective
+from dr_fdsl.modes import MODES
+from dr_fdsl.modes.base import RendererMode
+from dr_fdsl.objectives import OBJECTIVES
+from dr_fdsl.objectives.base import Objective
 from dr_fdsl.optim import create_scheduler
 from dr_fdsl.render import PointRenderer
 from dr_fdsl.static import StaticViews, static_loader

@@ -16,7 +16,7 @@ import torch
 from dr_fdsl import checkpoint
 from dr_fdsl.engine.build import Run
 from dr_fdsl.errors import DatasetError, NonFiniteLossError
-from dr_fdsl.objectives import ObjectiveOutput
+from dr_fdsl.objectives.base import ObjectiveOutput
 from dr_fdsl.sparse_sync import average_row_gradients, clip_sparse_grad_norm_
 from dr_fdsl.static import quantize
 

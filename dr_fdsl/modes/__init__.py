@@ -40,13 +40,4 @@ MODES.register("adversarial", "dr_fdsl.modes.adversarial:Adversarial", spec=Adve
 MODES.register("match", "dr_fdsl.modes.match:Match", spec=MatchSpec)
 
 
-def __getattr__(name: str):
-    """``RendererMode`` from :mod:`dr_fdsl.modes.base`, imported on first use (torch)."""
-    if name == "RendererMode":
-        from dr_fdsl.modes import base
-
-        return base.RendererMode
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = ["MODES", "ModeSpec", "RendererMode"]
+__all__ = ["MODES", "ModeSpec"]

@@ -11,7 +11,7 @@ from dr_fdsl.modes.base import ObjectiveLoss, RendererMode, Stop
 
 if TYPE_CHECKING:
     from dr_fdsl.engine.step import Batch
-    from dr_fdsl.objectives import ObjectiveOutput
+    from dr_fdsl.objectives.base import ObjectiveOutput
     from dr_fdsl.render import PointRenderer
 
 

@@ -12,7 +12,7 @@ from dr_fdsl.modes.base_settings import ModeSpec, joint_trap  # noqa: F401  (joi
 if TYPE_CHECKING:
     from dr_fdsl.config import Config
     from dr_fdsl.engine.step import Batch
-    from dr_fdsl.objectives import Objective, ObjectiveOutput
+    from dr_fdsl.objectives.base import Objective, ObjectiveOutput
     from dr_fdsl.render import PointRenderer
 
 # The objective's loss on images (B, 3, H, W): the engine's, which stops the run on a non-finite loss.

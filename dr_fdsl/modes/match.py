@@ -15,7 +15,7 @@ from dr_fdsl.settings import content_settings
 if TYPE_CHECKING:
     from dr_fdsl.config import Config
     from dr_fdsl.engine.step import Batch
-    from dr_fdsl.objectives import Objective, ObjectiveOutput
+    from dr_fdsl.objectives.base import Objective, ObjectiveOutput
 
 
 class Match(MatchSpec, RendererMode):

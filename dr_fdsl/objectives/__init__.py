@@ -46,7 +46,7 @@ from dr_fdsl.objectives.sit_settings import SiTSpec
 from dr_fdsl.registry import Registry
 
 if TYPE_CHECKING:
-    from dr_fdsl.objectives.base import Objective, ObjectiveOutput
+    from dr_fdsl.objectives.base import Objective
 
 # Each objective: its networks (imported on first use) and its torch-free spec (read at load).
 OBJECTIVES: Registry[type[Objective]] = Registry("objective", "train.objective")
@@ -57,13 +57,4 @@ OBJECTIVES.register("sit", "dr_fdsl.objectives.sit:SiT", spec=SiTSpec)
 OBJECTIVES.register("multilabel", "dr_fdsl.objectives.multilabel:MultiLabel", spec=MultiLabelSpec)
 
 
-def __getattr__(name: str):
-    """``Objective`` and ``ObjectiveOutput`` from :mod:`dr_fdsl.objectives.base`, imported on first use (torch)."""
-    if name in ("Objective", "ObjectiveOutput"):
-        from dr_fdsl.objectives import base
-
-        return getattr(base, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = ["OBJECTIVES", "Objective", "ObjectiveOutput", "ObjectiveSpec"]
+__all__ = ["OBJECTIVES", "ObjectiveSpec"]

@@ -175,13 +175,17 @@ class ObjectsConfig:
 MAX_POINTS_PER_PIXEL = 150  # PyTorch3D's kernels hold at most this many fragments per pixel
 
 
+# The registered renderer modes (dr_fdsl/modes/__init__.py), in registry order: a new mode is one registration.
+ModeName = Literal[tuple(MODES)]
+
+
 @dataclass
 class RendererConfig:
     """The differentiable point renderer: learnable per-point colours and radii, PyTorch3D compositing."""
 
     # Which gradient reaches the rendering tables: one module per mode in dr_fdsl/modes/ (registered in MODES).
     # "match": they descend a distance between rendered and target-domain images (section match, dr_fdsl/match.py).
-    mode: Literal["frozen", "joint", "adversarial", "match"] = field(default="frozen", metadata=NOT_CONTENT)
+    mode: ModeName = field(default="frozen", metadata=NOT_CONTENT)
     image_size: int = 224
     points_per_pixel: int = 8
     compositor: Literal["alpha", "norm_weighted"] = "alpha"

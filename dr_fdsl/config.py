@@ -614,7 +614,7 @@ def validate_against_bank(r: RendererConfig, bank_settings: dict, num_classes: i
     if r.color_init == "bank":
         what = f"family {family!r}" if family else "this bank's family"
         need(colors, "renderer.color_init",
-             f"'bank' takes each point's colour from the bank, and {what} stores none (this bank has none: no "
+             f"'bank' takes each point's colour from the bank, and {what} stores none: this bank has none (no "
              f"'grey' param); use a family that does ({', '.join(n for n, f in FAMILIES.items() if f.colors)}) or "
              "another color_init")
     replaying = [n for n, f in FAMILIES.items() if f.replays_maps]

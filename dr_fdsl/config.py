@@ -64,11 +64,12 @@ def _read_yaml(text: str):
 MOVED_KEYS = {f"bank.{k}": f"bank.ifs3d.{k}" for k in ("sampler", "min_variance", "min_maps", "max_maps", "burn_in")}
 
 # A field with this metadata does not change what a run generates (points or pixels): optimisation settings,
-# cache folders. Every "settings that change the images" list (bank cache key, static dataset check, checkpoint
-# fingerprint) is derived from it by :func:`content_settings`.
+# cache folders. Every "settings that change the images" key (bank cache key, static dataset check, checkpoint
+# fingerprint) leaves it out: dr_fdsl/content_key.py.
 NOT_CONTENT = {"content": False}
-# A content field added after caches, static datasets and checkpoints were made: left out of content_settings while
-# it holds its default, so that what was made before it existed keeps its key (its default changes nothing).
+# Legacy, for reading old files only: the fields added between f6f5a45 and content keys, which files made before
+# content keys left out at their default (content_key.legacy_settings). A new option needs no metadata: content keys
+# record only values that differ from their defaults.
 ADDED = {"omit_default": True}
 
 
@@ -852,10 +853,9 @@ def add_config_args(parser) -> None:
 
 
 def content_settings(section: Any) -> dict:
-    """The fields of a config section that change what is generated (points or pixels), as plain types.
-
-    Fields marked :data:`NOT_CONTENT` are left out; of the bank's family sections only the chosen family's is
-    kept. This is the one source for the bank cache key, the static dataset check and the checkpoint fingerprint.
+    """Legacy: the record that files made before content keys hold of a section (its content fields, those marked
+    :data:`ADDED` left out at their default). Only for reading such files, through ``content_key.legacy_settings``
+    (which also leaves out options added since); keys and descriptions of new files: dr_fdsl/content_key.py.
     """
     out = {}
     for f in dataclasses.fields(section):
@@ -883,7 +883,8 @@ def _plain(value: Any) -> Any:
 
 
 def image_settings(cfg: Config) -> dict:
-    """Everything a rendered image depends on: the bank's content and the renderer's (as first initialised)."""
+    """Legacy (see :func:`content_settings`): the bank's and the renderer's records of files made before content
+    keys."""
     return {"bank": content_settings(cfg.bank), "renderer": content_settings(cfg.renderer)}
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from dr_fdsl.config import content_settings, need, validate_match
+from dr_fdsl.config import need, validate_match
 from dr_fdsl.match import Matcher, random_feature_bytes, target_digest
 from dr_fdsl.modes.base import ObjectiveLoss, RendererMode, Stop, joint_trap
 
@@ -48,7 +48,7 @@ class Match(RendererMode):
 
     @classmethod
     def fingerprint(cls, cfg: Config) -> dict:
-        exact = {"match": content_settings(cfg.match)}  # the target set, its stream and what the renderer descends
+        exact = {"match": cfg.match}  # the target set, its stream and what the renderer descends
         if cfg.match.dataset.startswith("folder:"):  # a folder's images can change under the same name
             exact["match_images"] = target_digest(cfg)
         return exact

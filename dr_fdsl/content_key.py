@@ -75,9 +75,10 @@ def changed(section: Any, prefix: str, defaults: Any = None) -> dict[str, Any]:
         if not is_content(f, section):
             continue
         value = getattr(section, f.name)
-        default = field_default(f) if defaults is None else getattr(defaults, f.name, dataclasses.MISSING)
+        # a field the defaults' section lacks (a subclass's): its own default
+        default = getattr(defaults, f.name) if hasattr(defaults, f.name) else field_default(f)
         key = f"{prefix}.{f.name}" if prefix else f.name
-        if dataclasses.is_dataclass(value) and type(default) is type(value):
+        if dataclasses.is_dataclass(value) and dataclasses.is_dataclass(default):
             out.update(changed(value, key, default))
         elif default is dataclasses.MISSING or plain(value) != plain(default):
             out[key] = plain(value)

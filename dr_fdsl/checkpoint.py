@@ -10,7 +10,7 @@ A checkpoint folder ``checkpoints/step_0001000/`` holds:
 * ``renderer.safetensors``: the rendering parameters, only when they train (a frozen renderer is rebuilt from
   the config: 1,000 categories x 10,000 points are 160 MB of unchanging colours and radii).
 * ``trainer_state.json``: the step, the view stream's position, the run id and the fingerprint of the settings
-  a resume must share.
+  a resume must share (:func:`fingerprint`; a checkpoint made before content keys holds the legacy one).
 * ``content_hashes.json`` (:mod:`dr_fdsl.manifest`), written last: every file's size and SHA-256, each
   safetensors file's per-tensor SHA-256 (``tensors``), the step and the run id. Resume, export and fine-tuning
   check the files they read against it (:func:`verify_contents`) and refuse a changed, missing or added file by
@@ -27,6 +27,7 @@ schedule is not stored: it is recomputed from the current config and the step, s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -37,8 +38,8 @@ from pathlib import Path
 
 import torch
 
-from dr_fdsl import safetensors_check
-from dr_fdsl.config import Config, content_settings, image_settings
+from dr_fdsl import content_key, safetensors_check
+from dr_fdsl.config import Config
 from dr_fdsl.errors import CheckpointError, ConfigError, IntegrityError
 from dr_fdsl.manifest import MANIFEST, read_manifest, verify_manifest, write_manifest
 from dr_fdsl.modes import MODES
@@ -138,43 +139,81 @@ def refuse_to_overwrite(output_dir: str | Path, resume: str | None = None) -> No
 # --------------------------------------------------------------------------------------------------------
 
 
-def fingerprint(cfg: Config, num_processes: int) -> dict:
-    """Settings a checkpoint must share with the run that resumes it, in two groups.
+# What a resume must share with the checkpoint, as config keys (a section stands for its content fields). Each is
+# recorded only where it differs from its default (dr_fdsl/content_key.py): a new option at its default leaves every
+# checkpoint resumable, and needs no entry here unless it must be shared (then it goes in one of the two lists).
+REQUIRED = ("bank", "model.name", "model.patch_size", "train.objective", "renderer.mode", "train.probe", "optim.name",
+            # what the rendering tables' values mean: their shape, range, parameterisation and initial draw
+            "renderer.image_size", "renderer.share_colors", "renderer.share_radii", "renderer.radius_min",
+            "renderer.radius_max", "renderer.color_init", "renderer.palette_size", "renderer.init_seed",
+            "renderer.color_param")
+EXACT = ("seed", "renderer", "train.batch_size", "train.grad_accum", "image_aug", "data", "train.mixed_precision")
 
-    ``required``: what gives the saved tensors their meaning (bank, renderer tables, their parameterisation and
-    radius range, model, objective, optimiser, mode, processes). ``exact``: what changes the random stream (seeds,
-    batch, image and point augmentations, data source; in mode match the target settings and, for a folder target,
-    a digest of its images' bytes); a resume with other values runs, but not as the original would have.
+
+def fingerprint(cfg: Config, num_processes: int) -> dict:
+    """Settings a checkpoint must share with the run that resumes it: ``{"schema": 2, "required": {dotted key:
+    value}, "exact": {...}}``, each group holding the values of its keys that differ from their defaults.
+
+    ``required`` (:data:`REQUIRED` and ``num_processes``, always recorded): what gives the saved tensors their
+    meaning (bank, renderer tables, their parameterisation and radius range, model, objective, optimiser, mode,
+    processes). ``exact`` (:data:`EXACT`, the objective's own sections such as ``mim``, and the mode's entries: in
+    mode match the target settings and, for a folder target, a digest of its images' bytes): what changes the random
+    stream; a resume with other values runs, but not as the original would have.
     """
-    images = image_settings(cfg)
-    renderer = images["renderer"]
-    required = {"bank": images["bank"], "model": cfg.model.name, "objective": cfg.train.objective,
+    required = {"num_processes": num_processes}
+    for key in REQUIRED:
+        required.update(content_key.changed_at(cfg, key))
+    exact = {}
+    for key in (*EXACT, *_objective_sections(cfg)):
+        exact.update(content_key.changed_at(cfg, key))
+    for name, value in MODES.get(cfg.renderer.mode).fingerprint(cfg).items():  # the mode's own (match: the target set)
+        exact.update(content_key.changed(value, name) if dataclasses.is_dataclass(value) else {name: value})
+    return {"schema": content_key.SCHEMA, "required": dict(sorted(required.items())),
+            "exact": dict(sorted(exact.items()))}
+
+
+def _objective_sections(cfg: Config) -> list[str]:
+    """An objective's own config sections (mim's; classify+mim's: mim's), if it has any."""
+    return [part for part in cfg.train.objective.split("+") if hasattr(cfg, part)]
+
+
+def legacy_fingerprint(cfg: Config, num_processes: int) -> dict:
+    """Only for reading checkpoints made before content keys: the fingerprint they recorded for ``cfg`` (whole
+    sections as ``content_key.legacy_settings``; a few keys named only when not at their default)."""
+    bank, renderer = (content_key.legacy_settings(getattr(cfg, k), k) for k in ("bank", "renderer"))
+    required = {"bank": bank, "model": cfg.model.name, "objective": cfg.train.objective,
                 "mode": cfg.renderer.mode, "probe": cfg.train.probe, "num_processes": num_processes,
                 "tables": {k: renderer[k] for k in ("image_size", "share_colors", "share_radii", "radius_min",
                                                    "radius_max", "color_init", "palette_size", "init_seed",
-                                                   "color_param") if k in renderer}}  # color_param: when not default
-    if cfg.optim.name != "adamw":  # the optimiser's state tensors mean other things (named only when not the default,
-        required["optimizer"] = cfg.optim.name  # so that checkpoints made before the key existed still match)
-    if cfg.model.patch_size:  # the same: named only when set
+                                                   "color_param") if k in renderer}}
+    if cfg.optim.name != "adamw":
+        required["optimizer"] = cfg.optim.name
+    if cfg.model.patch_size:
         required["patch_size"] = cfg.model.patch_size
-    # An objective's own sections (mim's; classify+mim's: mim's), if it has any; one section as such.
-    sections = {part: content_settings(getattr(cfg, part)) for part in cfg.train.objective.split("+")
-                if hasattr(cfg, part)}
+    sections = {part: content_key.legacy_settings(getattr(cfg, part), part) for part in _objective_sections(cfg)}
     exact = {"seed": cfg.seed, "renderer": renderer, "batch_size": cfg.train.batch_size,
              "objective_settings": (next(iter(sections.values())) if len(sections) == 1 else sections or None),
-             "grad_accum": cfg.train.grad_accum, "image_aug": content_settings(cfg.image_aug),
-             "data": content_settings(cfg.data), "mixed_precision": cfg.train.mixed_precision}
-    # the mode's own (match: the target set and its settings)
-    exact.update(MODES.get(cfg.renderer.mode).fingerprint(cfg))
+             "grad_accum": cfg.train.grad_accum, "image_aug": content_key.legacy_settings(cfg.image_aug, "image_aug"),
+             "data": content_key.legacy_settings(cfg.data, "data"), "mixed_precision": cfg.train.mixed_precision}
+    exact.update({name: content_key.legacy_settings(value, name) if dataclasses.is_dataclass(value) else value
+                  for name, value in MODES.get(cfg.renderer.mode).fingerprint(cfg).items()})
     return {"required": required, "exact": exact}
 
 
-def _differences(saved: dict, current: dict) -> str:
-    """The keys whose values differ, either way: a key named only when set (``patch_size``, ``optimizer``) is a
-    difference when one side has it and the other does not."""
-    keys = dict.fromkeys([*saved, *current])
-    return "; ".join(f"{k}: checkpoint {saved.get(k)!r}, config {current.get(k)!r}" for k in keys
-                     if saved.get(k) != current.get(k))
+# The legacy fingerprint's names of config keys, so that its mismatches are named as the config names them.
+_LEGACY_NAMES = {"model": "model.name", "objective": "train.objective", "mode": "renderer.mode",
+                 "probe": "train.probe", "tables": "renderer", "optimizer": "optim.name",
+                 "patch_size": "model.patch_size", "batch_size": "train.batch_size", "grad_accum": "train.grad_accum",
+                 "mixed_precision": "train.mixed_precision"}
+
+
+def _differences(saved: dict, current: dict, keyed: bool) -> str:
+    """The dotted keys whose values differ, either way (``"key: checkpoint A, config B"``); in a fingerprint of
+    content keys a key one side lacks holds its default."""
+    if not keyed:
+        saved, current = ({_LEGACY_NAMES.get(k, k): v for k, v in d.items()} for d in (saved, current))
+    return "; ".join(content_key.differences(saved, current, "checkpoint", "config",
+                                             absent="default" if keyed else "none"))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -326,11 +365,13 @@ def _changed_tensors(path: Path, name: str, manifest: dict) -> str:
            f"{', ...' if len(changed) > 6 else ''})"
 
 
-def read_state(path: Path, current: dict, num_processes: int, allow_inexact: bool = False) -> dict:
-    """The saved state of checkpoint ``path`` after checking it can be resumed as asked.
+def read_state(path: Path, cfg: Config, num_processes: int, allow_inexact: bool = False) -> dict:
+    """The saved state of checkpoint ``path`` after checking it can be resumed as asked with ``cfg``.
 
-    First checks every file against the manifest (:func:`verify_contents`; ``IntegrityError`` naming the file), the
-    random states excepted: a changed or missing one makes the resume inexact, like an unreadable one. Refuses
+    Its fingerprint is compared with :func:`fingerprint` of ``cfg``, or for a checkpoint made before content keys
+    (no ``"schema"``) with :func:`legacy_fingerprint`. First checks every file against the manifest
+    (:func:`verify_contents`; ``IntegrityError`` naming the file), the random states excepted: a changed or missing
+    one makes the resume inexact, like an unreadable one. Refuses
     (``CheckpointError`` with the reason) a corrupt state file, other ``required`` settings, and, unless
     ``allow_inexact``, other ``exact`` settings or a missing, changed or unreadable random state of any process.
     ``state["unchecked"]`` is a warning for a checkpoint made before manifests (None otherwise).
@@ -343,16 +384,21 @@ def read_state(path: Path, current: dict, num_processes: int, allow_inexact: boo
                                   "checkpoints), whose states cannot be resumed; start the run afresh")
         int(state["step"]), int(state["stream_index"])
         saved = state["fingerprint"]
-        saved["required"], saved["exact"]
+        dict(saved["required"]), dict(saved["exact"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"checkpoint '{path}' is incomplete or corrupt ({STATE_FILE}: {err!r}); resume from "
                               f"another one (--resume PATH) or start afresh") from err
-    differing = _differences(saved["required"], current["required"])
+    keyed = content_key.is_keyed(saved)
+    if keyed and saved["schema"] != content_key.SCHEMA:
+        raise CheckpointError(f"checkpoint '{path}' records its settings under schema {saved['schema']!r}, and this "
+                              f"version of dr_fdsl reads {content_key.SCHEMA}; resume it with the version that made it")
+    current = fingerprint(cfg, num_processes) if keyed else legacy_fingerprint(cfg, num_processes)
+    differing = _differences(saved["required"], current["required"], keyed)
     if differing:
         raise CheckpointError(f"checkpoint '{path}' was made with other settings ({differing}); resume with the "
                               f"config of that run (its config.yaml) or start a new output_dir")
     problems = []
-    differing = _differences(saved["exact"], current["exact"])
+    differing = _differences(saved["exact"], current["exact"], keyed)
     if differing:
         problems.append(f"settings that change the random stream differ ({differing})")
     unreadable = _random_state_problems(path, num_processes)

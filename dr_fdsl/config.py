@@ -446,7 +446,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), c
 
 
 def image_settings(cfg: Config) -> dict:
-    """Everything a rendered image depends on: the bank's content and the renderer's (as first initialised)."""
+    """Legacy (see :func:`content_settings`): the bank's and the renderer's records of files made before content
+    keys."""
     return {"bank": content_settings(cfg.bank), "renderer": content_settings(cfg.renderer)}
 
 

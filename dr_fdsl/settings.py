@@ -69,11 +69,12 @@ def _read_yaml(text: str):
 MOVED_KEYS: dict[str, str] = {}
 
 # A field with this metadata does not change what a run generates (points or pixels): optimisation settings,
-# cache folders. Every "settings that change the images" list (bank cache key, static dataset check, checkpoint
-# fingerprint) is derived from it by :func:`content_settings`.
+# cache folders. Every "settings that change the images" key (bank cache key, static dataset check, checkpoint
+# fingerprint) leaves it out: dr_fdsl/content_key.py.
 NOT_CONTENT = {"content": False}
-# A content field added after caches, static datasets and checkpoints were made: left out of content_settings while
-# it holds its default, so that what was made before it existed keeps its key (its default changes nothing).
+# Legacy, for reading old files only: the fields added between f6f5a45 and content keys, which files made before
+# content keys left out at their default (content_key.legacy_settings). A new option needs no metadata: content keys
+# record only values that differ from their defaults.
 ADDED = {"omit_default": True}
 
 

@@ -2,7 +2,10 @@
 
 Layout of a dataset folder (``tools/render_dataset.py`` writes it)::
 
-    dataset.json        format, views per category, image size, the bank's and the renderer's settings
+    dataset.json        format, views per category, image size, the content key of the bank and the renderer
+                        (``content_key``: the values that differ from their defaults; what is compared) and
+                        their settings in full (a description); an export made before content keys holds
+                        no key and is compared by its recorded settings (``content_key.legacy_settings``)
     manifest.csv        path,category,view_seed,sha256  (paths relative to the folder, each category's and view's
                         own ``image_path``; sha256: the hex digest of the PNG file's bytes as written); written
                         last: its presence means the export is complete
@@ -37,10 +40,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_png, encode_png
 from tqdm import tqdm
 
-from dr_fdsl.config import Config, image_settings
+from dr_fdsl import content_key
+from dr_fdsl.config import Config
 from dr_fdsl.errors import ConfigError, DatasetError
 
-FORMAT = 2  # 2: bank settings by family (content_settings)
+FORMAT = 2  # 2: bank settings by family; with a "key": compared by content key (before: by the settings)
 INFO = "dataset.json"
 MANIFEST = "manifest.csv"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -58,10 +62,40 @@ def image_path(category: int, view: int) -> str:
 
 
 def dataset_settings(cfg: Config, views: int) -> dict:
-    """What a dataset's pixels depend on: the bank, the renderer (as first initialised), the views per category."""
-    images = image_settings(cfg)
-    return {"format": FORMAT, "views": views, "image_size": cfg.renderer.image_size, "bank": images["bank"],
-            "renderer": images["renderer"]}
+    """What a dataset's pixels depend on: the bank, the renderer (as first initialised), the views per category.
+
+    ``key`` (:func:`images_key`) is what is compared; ``bank`` and ``renderer`` describe them in full."""
+    return {"format": FORMAT, "views": views, "image_size": cfg.renderer.image_size, "key": images_key(cfg),
+            "bank": content_key.settings(cfg.bank), "renderer": content_key.settings(cfg.renderer)}
+
+
+def images_key(cfg: Config) -> dict:
+    """The content key of the bank's and the renderer's settings (``bank.*``, ``renderer.*`` that differ from
+    their defaults)."""
+    return content_key.make_key({**content_key.changed(cfg.bank, "bank"), **content_key.changed(cfg.renderer,
+                                                                                                 "renderer")})
+
+
+def _legacy_dataset_settings(cfg: Config, views: int) -> dict:
+    """What ``dataset.json`` of an export made before content keys holds for ``cfg`` and ``views``."""
+    return {"format": FORMAT, "views": views, "image_size": cfg.renderer.image_size,
+            "bank": content_key.legacy_settings(cfg.bank, "bank"),
+            "renderer": content_key.legacy_settings(cfg.renderer, "renderer")}
+
+
+def _settings_differ(found: dict, cfg: Config, views: int) -> list[str]:
+    """The keys whose values differ between a ``dataset.json`` and ``cfg`` ("key: dataset A, config B"): its content
+    key's values, or for an export made before content keys its recorded settings; and the views per category."""
+    out = [] if found.get("views") == views else [f"views: dataset {found.get('views')!r}, config {views!r}"]
+    if "key" not in found:
+        legacy = _legacy_dataset_settings(cfg, views)
+        return out + [line for part in ("bank", "renderer") for line in content_key.differences(
+            found.get(part), legacy[part], "dataset", prefix=part)]
+    key = found["key"]
+    if not content_key.is_keyed(key) or key["schema"] != content_key.SCHEMA:
+        return out + [f"key: schema {key.get('schema') if isinstance(key, dict) else key!r}, this version reads "
+                      f"{content_key.SCHEMA}"]
+    return out + content_key.differences(key.get("values"), images_key(cfg)["values"], "dataset", absent="default")
 
 
 def _png_header_ok(head: bytes, size: int) -> bool:
@@ -140,9 +174,9 @@ def export(renderer, cfg: Config, out: str | Path, views: int, batch_size: int =
             found = json.loads(info.read_text())
         except ValueError as err:
             raise DatasetError(f"'{info}' is damaged ({err}); delete '{out}' to export afresh") from err
-        if found != settings:
-            diff = [k for k in settings if found.get(k) != settings[k]]
-            raise DatasetError(f"'{out}' holds a dataset made with other settings ({', '.join(diff)} differ); "
+        differing = _settings_differ(found, cfg, views) if isinstance(found, dict) else ["dataset.json"]
+        if differing:
+            raise DatasetError(f"'{out}' holds a dataset made with other settings ({'; '.join(differing)}); "
                                "choose another --out, or delete it to re-export")
     out.mkdir(parents=True, exist_ok=True)
     info.write_text(json.dumps(settings, indent=2))
@@ -286,11 +320,11 @@ class StaticViews(Dataset):
             ConfigError: other bank or renderer settings; ``data.views_per_class`` or ``data.views_per_category``
                 greater than the dataset's views per category.
         """
-        expected = dataset_settings(cfg, self.views)
-        differing = [k for k in ("bank", "renderer") if self.settings.get(k) != expected[k]]
+        differing = _settings_differ(self.settings, cfg, self.views)
         if differing:
-            raise ConfigError(f"data.path '{self.root}' was exported with other {', '.join(differing)} settings "
-                              f"than this config; train with the config it was made with ({self.root / INFO})")
+            raise ConfigError(f"data.path '{self.root}' was exported with other settings than this config "
+                              f"({'; '.join(differing)}); train with the config it was made with "
+                              f"({self.root / INFO})")
         d = cfg.data
         if d.views_per_class > self.views:
             raise ConfigError(f"config key 'data.views_per_class': {d.views_per_class} view seeds per category, but "

@@ -126,7 +126,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, bank_dir):
         resume(build_run(tiny(tmp_path, bank_dir), resume="latest"), "latest")
     fit(build_run(tiny(tmp_path, bank_dir, "train.max_steps=2")))
     ckpt = list_checkpoints(tmp_path / "run")[-1]
-    with pytest.raises(CheckpointError, match=r"other settings \(bank: checkpoint"):
+    with pytest.raises(CheckpointError, match=r"other settings \(bank.num_classes: checkpoint 4, config 3\)"):
         resume(build_run(tiny(tmp_path, bank_dir, "bank.num_classes=3"), resume="latest"), "latest")
     # An interrupted save leaves only a temporary folder, which is never taken for a checkpoint.
     shutil.copytree(ckpt, ckpt.parent / ".incomplete_step_0000009")
@@ -329,7 +329,8 @@ def test_patch_size_gives_small_images_more_tokens_and_travels_with_the_run(tmp_
     fit(run)
     model, size = load_pretrained(run.cfg.output_dir)
     assert (model.patch_embed.num_patches, size) == (16, 32)
-    assert "patch_size" not in fingerprint(tiny(tmp_path, bank_dir), 1)["required"]  # unset: earlier files match
+    assert "model.patch_size" not in fingerprint(tiny(tmp_path, bank_dir), 1)["required"]  # unset: not recorded
     for other in ("model.patch_size=4", "model.patch_size=0"):  # another size, or none: either way refused
-        with pytest.raises(CheckpointError, match=r"other settings \(patch_size: checkpoint 8, config (4|None)\)"):
+        with pytest.raises(CheckpointError, match=r"other settings \(model.patch_size: checkpoint 8, config "
+                                                  r"(4|default)\)"):
             resume(build_run(tiny(tmp_path, bank_dir, other, "train.max_steps=4"), resume="latest"), "latest")

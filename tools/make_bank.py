@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 
-from dr_fdsl.bank import bank_from_config, cache_path
+from dr_fdsl.bank import bank_from_config, cache_path, cached_path
 from dr_fdsl.cli import report
 from dr_fdsl.config import add_config_args, load_config
 from dr_fdsl.errors import DrFdslError
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     args = parser.parse_intermixed_args(argv)  # overrides may stand on either side of options
     try:
         cfg = load_config(args.config, args.overrides)
-        path = cache_path(cfg.bank)
+        path = cache_path(cfg.bank) if args.rebuild else cached_path(cfg.bank)  # found under its earlier name
         cached = path.exists() and not args.rebuild
         start = time.perf_counter()
         bank = bank_from_config(cfg.bank, rebuild=args.rebuild, progress=True)

@@ -259,8 +259,7 @@ def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
     """
     acc = run.accelerator
     path = checkpoint.resolve(run.output_dir, where)
-    state = checkpoint.read_state(path, checkpoint.fingerprint(run.cfg, acc.num_processes), acc.num_processes,
-                                  allow_inexact)
+    state = checkpoint.read_state(path, run.cfg, acc.num_processes, allow_inexact)
     checkpoint.check_weight_headers(path, _weight_files(run), digests=state["unchecked"] is None)
     optimizers = [o for o in (*run.objective.optimizers(), run.renderer_optimizer) if o is not None]
     configured = [[{k: v for k, v in g.items() if k != "params"} for g in o.param_groups] for o in optimizers]

@@ -32,7 +32,9 @@ class RendererMode(ModeSpec):
 
     @classmethod
     def fingerprint(cls, cfg: Config) -> dict:
-        """Entries of the checkpoint fingerprint's ``exact`` part that this mode adds (none by default)."""
+        """Entries of the checkpoint fingerprint's ``exact`` part that this mode adds (none by default): name ->
+        a config section (recorded as its content fields that differ from their defaults, under that name) or a
+        JSON value."""
         return {}
 
     def __init__(self, cfg: Config, objective: Objective, accelerator) -> None:

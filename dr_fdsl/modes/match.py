@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from dr_fdsl.match import Matcher, target_digest
 from dr_fdsl.modes.base import ObjectiveLoss, RendererMode, Stop
 from dr_fdsl.modes.match_settings import MatchSpec
-from dr_fdsl.settings import content_settings
 
 if TYPE_CHECKING:
     from dr_fdsl.config import Config
@@ -27,7 +26,7 @@ class Match(MatchSpec, RendererMode):
 
     @classmethod
     def fingerprint(cls, cfg: Config) -> dict:
-        exact = {"match": content_settings(cfg.match)}  # the target set, its stream and what the renderer descends
+        exact = {"match": cfg.match}  # the target set, its stream and what the renderer descends
         if cfg.match.dataset.startswith("folder:"):  # a folder's images can change under the same name
             exact["match_images"] = target_digest(cfg)
         return exact

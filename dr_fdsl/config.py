@@ -322,7 +322,10 @@ class RendererConfig:
 
     # Which gradient reaches the rendering tables: one module per mode in dr_fdsl/modes/ (registered in MODES).
     # "match": they descend a distance between rendered and target-domain images (section match, dr_fdsl/match.py).
-    mode: Literal["frozen", "joint", "adversarial", "match"] = field(default="frozen", metadata=NOT_CONTENT)
+    # "lookahead": they descend the hypergradient of a target-task loss after a virtual backbone step (section
+    # lookahead, dr_fdsl/modes/lookahead.py).
+    mode: Literal["frozen", "joint", "adversarial", "match", "lookahead"] = field(default="frozen",
+                                                                                 metadata=NOT_CONTENT)
     image_size: int = 224
     points_per_pixel: int = 8
     compositor: Literal["alpha", "norm_weighted"] = "alpha"
@@ -600,6 +603,30 @@ class SiTConfig:
 
 
 @dataclass
+class LookaheadConfig:
+    """Renderer mode ``lookahead`` (dr_fdsl/modes/lookahead.py, docs/lookahead.md): every ``every`` optimiser steps,
+    a virtual backbone step ``theta' = theta - xi grad_theta L_pre`` on the rendered batch, then the rendering
+    tables descend the hypergradient of a nearest-class-mean loss of ``theta'`` on labelled target images."""
+
+    # Labelled target images: the training split of fashion_mnist, cifar10, cifar100 or folder:PATH (PATH/train).
+    dataset: str = ""
+    data_root: str = field(default="data", metadata=NOT_CONTENT)  # where torchvision's copies are (or go)
+    # k training images per class, the same draw as tools/finetune.py's per_class with seed = this run's seed
+    # (so the outer loss sees exactly the images fine-tuning uses); 0: the whole training split.
+    per_class: int = 0
+    every: int = 4  # k: a renderer update every k optimiser steps (cost: tools/bench.py --lookahead)
+    xi: float = 0.01  # the virtual step's rate (plain gradient descent)
+    classes: int = 10  # classes per outer batch (all when the target has fewer)
+    shots: int = 4  # support images per class (prototypes) and as many query images (the loss)
+    temperature: float = 0.1  # softmax over cosine similarities / temperature
+    # "finite_difference": DARTS' central difference of the pre-training gradient (2 extra backward passes);
+    # "exact": double backward through the virtual step (tests and small models).
+    hypergradient: Literal["finite_difference", "exact"] = "finite_difference"
+    epsilon: float = 0.01  # DARTS' r: theta +- (epsilon / |grad_theta' L_out|) grad_theta' L_out
+    anchor_penalty: float = 0.0  # x mean squared distance of the drawn rows' logits from their initial values
+
+
+@dataclass
 class Config:
     """Everything a run needs. ``output_dir`` receives the resolved config, logs and checkpoints."""
 
@@ -615,6 +642,7 @@ class Config:
     mim: MIMConfig = field(default_factory=MIMConfig)  # used by train.objective=mim and classify+mim
     match: MatchConfig = field(default_factory=MatchConfig)  # used by renderer.mode=match
     sit: SiTConfig = field(default_factory=SiTConfig)  # used by train.objective=sit
+    lookahead: LookaheadConfig = field(default_factory=LookaheadConfig)  # used by renderer.mode=lookahead
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ One module per mode, each a :class:`~dr_fdsl.modes.base.RendererMode` registered
                  objective), pulled back towards their initial values by ``renderer.anchor_penalty``.
     match        they descend ``match.weight`` x ``match.distance`` to unlabelled target images (``dr_fdsl/match.py``);
                  the objective gets the images detached unless ``match.joint``.
+    lookahead    they descend the hypergradient of a nearest-class-mean loss on labelled target images after a
+                 virtual backbone step (DARTS' finite difference, or exact); the objective gets the images detached.
 
 A mode decides in its module: its checks against the config and the objective (``validate``, run by
 ``load_config``), its optimiser and anchors (``prepare``), the loss the step backpropagates (``losses``), what it
@@ -22,6 +24,7 @@ from dr_fdsl.modes.adversarial import Adversarial
 from dr_fdsl.modes.base import RendererMode
 from dr_fdsl.modes.frozen import Frozen
 from dr_fdsl.modes.joint import Joint
+from dr_fdsl.modes.lookahead import Lookahead
 from dr_fdsl.modes.match import Match
 from dr_fdsl.registry import Registry
 
@@ -30,5 +33,6 @@ MODES.register(Frozen.name, Frozen)
 MODES.register(Joint.name, Joint)
 MODES.register(Adversarial.name, Adversarial)
 MODES.register(Match.name, Match)
+MODES.register(Lookahead.name, Lookahead)
 
 __all__ = ["MODES", "RendererMode"]

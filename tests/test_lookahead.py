@@ -11,7 +11,7 @@ from torchvision.io import write_png
 
 from dr_fdsl import datasets
 from dr_fdsl.config import load_config
-from dr_fdsl.engine import build_run, fit, resume, save_checkpoint, train_step
+from dr_fdsl.engine import build_run, fit, render_batch, resume, save_checkpoint, train_step
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.modes.lookahead import pixel_hypergradient, prototype_loss, virtual_step
 from tests.conftest import tiny
@@ -179,15 +179,17 @@ def lookahead_run(tmp_path, bank_dir, dataset, *overrides):
                 "train.probe=false", *overrides)
 
 
-def test_the_backbone_steps_bit_for_bit_as_frozen_and_no_generator_moves(tmp_path, bank_dir, labelled_folder):
-    """The first step (same renders): every backbone weight, optimiser moment, batch-norm statistic and global random
-    generator after it equals the frozen run's; the renderer's tables moved. test_resnet has batch norms; drop path
-    and Mixup/CutMix draw on torch's and numpy's generators."""
-    common = ["model.name=test_resnet", "model.drop_path=0.1", "optim.warmup_steps=0"]
-    states = {}
+def test_the_backbone_steps_bit_for_bit_as_frozen_and_only_every_kth_step_moves_the_tables(tmp_path, bank_dir,
+                                                                                            labelled_folder):
+    """The first step (same renders; it updates the tables for any k): every backbone weight, optimiser moment,
+    batch-norm statistic and global random generator after it equals the frozen run's, while the tables moved.
+    test_resnet has batch norms; drop path and Mixup/CutMix draw on torch's and numpy's generators. With k = 2 the
+    second step leaves the tables alone and the third moves them."""
+    common = ["model.name=test_resnet", "model.drop_path=0.1", "optim.warmup_steps=0", "lookahead.every=2"]
+    states, runs = {}, {}
     for mode in ("frozen", "lookahead"):
-        cfg = lookahead_run(tmp_path / mode, bank_dir, labelled_folder, *common, f"renderer.mode={mode}")
-        run = build_run(cfg)
+        run = runs[mode] = build_run(lookahead_run(tmp_path / mode, bank_dir, labelled_folder, *common,
+                                                   f"renderer.mode={mode}"))
         train_step(run)
         model = run.accelerator.unwrap_model(run.objective.model)
         states[mode] = (model.state_dict(), run.objective.optimizer.state_dict()["state"], torch.get_rng_state(),
@@ -202,58 +204,64 @@ def test_the_backbone_steps_bit_for_bit_as_frozen_and_no_generator_moves(tmp_pat
     assert torch.equal(frozen[2], lookahead[2]) and np.array_equal(frozen[3], lookahead[3])
     assert any(not torch.equal(a, b) for a, b in zip(frozen[4], lookahead[4]))  # the tables did learn
 
+    run, tables = runs["lookahead"], [lookahead[4]]
+    for _ in range(2):
+        train_step(run)
+        tables.append([p.detach().clone() for p in run.renderer.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(tables[0], tables[1]))  # step 2: a frozen step
+    assert any(not torch.equal(a, b) for a, b in zip(tables[1], tables[2]))  # step 3 updates
+    assert run.mode.positions() == {"lookahead_micro_batches": 3, "lookahead_updates": 2}
+
+    # What reaches the images: nothing on a frozen step (4th), exactly the pixel hypergradient on an update (5th).
+    for update in (False, True):
+        batch = render_batch(run)
+        images = batch.images.detach().requires_grad_()
+        _, total = run.mode.losses(batch._replace(images=images),
+                                   lambda x, b=batch: run.objective.loss(x, b.class_ids, b.view_seeds), None)
+        total.backward()
+        if not update:
+            assert images.grad is None
+            continue
+        u = run.mode.latest
+        want = run.mode.hypergradient(batch, u.theta, u.buffers, u.episode, u.random_state).pixels
+        assert torch.equal(images.grad, want) and float(want.abs().max()) > 0
+
 
 def test_a_lookahead_run_lowers_the_outer_loss_logs_it_and_resumes_exactly(tmp_path, bank_dir, labelled_folder,
                                                                              monkeypatch):
-    """Through the engine: the renderer's update lowers L_out(theta') on its batch; TensorBoard has the outer loss
+    """Through the engine: each renderer update lowers L_out(theta') on its batch; TensorBoard has the outer loss
     before and after, the hypergradient's norm and the drifts; the target's test split is never read (the loader is
     instrumented, and val/ holds undecodable files); a resumed run equals the straight one bit for bit."""
-    reads = []
-    load = datasets.load
+    reads, folders = [], []
+    load, image_folder = datasets.load, datasets.image_folder
     monkeypatch.setattr(datasets, "load", lambda name, train, *a, **k: reads.append(train) or load(name, train, *a,
                                                                                                    **k))
-    folders = []
-    image_folder = datasets.image_folder
     monkeypatch.setattr(datasets, "image_folder", lambda path, size: folders.append(str(path)) or image_folder(path,
                                                                                                                size))
-    args = ["train.max_steps=4", "train.ckpt_every=2", "train.eval_every=4", "train.log_every=1",
-            "train.image_every=4", "optim.warmup_steps=0", "renderer.lr=0.05"]
+    args = ["train.max_steps=2", "train.ckpt_every=1", "train.eval_every=2", "train.log_every=1", "train.eval_images=4",
+            "train.image_every=2", "optim.warmup_steps=0", "renderer.lr=0.05"]
     straight = build_run(lookahead_run(tmp_path / "a", bank_dir, labelled_folder, *args))
     fit(straight)
     events = tags(tmp_path / "a" / "run")
-    names = ("outer_loss_before", "outer_loss_after", "hypergradient_norm", "color_drift", "radius_drift")
-    for name in names:
-        assert [e.step for e in events.Scalars(f"lookahead/{name}")] == [1, 2, 3, 4], name
+    for name in ("outer_loss_before", "outer_loss_after", "hypergradient_norm", "color_drift", "radius_drift"):
+        assert [e.step for e in events.Scalars(f"lookahead/{name}")] == [1, 2], name
     before = [e.value for e in events.Scalars("lookahead/outer_loss_before")]
     after = [e.value for e in events.Scalars("lookahead/outer_loss_after")]
     assert all(a < b for a, b in zip(after, before)), (before, after)
     assert all(e.value > 0 for e in events.Scalars("lookahead/radius_drift"))
 
     interrupted = build_run(lookahead_run(tmp_path / "b", bank_dir, labelled_folder, *args))
-    while interrupted.state.step < 2:
-        train_step(interrupted)
+    train_step(interrupted)
     save_checkpoint(interrupted)
     resumed = build_run(lookahead_run(tmp_path / "b", bank_dir, labelled_folder, *args), resume="latest")
     resume(resumed, "latest")
-    assert resumed.mode.updates == 2 and resumed.mode.micro_batches == 2
+    assert resumed.mode.positions() == {"lookahead_micro_batches": 1, "lookahead_updates": 1}
     fit(resumed)
     for a, b in zip(model_params(straight) + renderer_params(straight),
                     model_params(resumed) + renderer_params(resumed)):
         assert torch.equal(a, b)
-    assert reads and all(reads) and folders and not any("val" in f.split("/")[-1:] for f in folders), (reads, folders)
-    assert all(f.endswith("/train") for f in folders), folders
-
-
-def test_every_k_steps_only_those_steps_update_the_tables(tmp_path, bank_dir, labelled_folder):
-    run = build_run(lookahead_run(tmp_path, bank_dir, labelled_folder, "lookahead.every=2", "optim.warmup_steps=0"))
-    tables = []
-    for _ in range(3):
-        train_step(run)
-        tables.append([p.detach().clone() for p in run.renderer.parameters()])
-    first, second, third = tables
-    assert all(torch.equal(a, b) for a, b in zip(first, second))  # step 2 is a frozen step
-    assert any(not torch.equal(a, b) for a, b in zip(second, third))  # step 3 updates
-    assert run.mode.updates == 2 and run.mode.positions() == {"lookahead_micro_batches": 3, "lookahead_updates": 2}
+    assert reads and all(reads), reads  # train=True only
+    assert folders and all(f.endswith("/train") for f in folders), folders
 
 
 @pytest.mark.parametrize("overrides, pattern", [

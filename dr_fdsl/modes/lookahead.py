@@ -317,7 +317,8 @@ class Lookahead(RendererMode):
              "lookahead.dataset=fashion_mnist (or cifar10, cifar100, folder:PATH), or choose another renderer.mode")
         need(la.dataset in DATASETS or (la.dataset.startswith("folder:") and len(la.dataset) > len("folder:")),
              "lookahead.dataset", f"{la.dataset!r} is not fashion_mnist, cifar10, cifar100 or folder:PATH")
-        need(la.per_class >= 0, "lookahead.per_class", f"must be >= 0 (0: the whole training split), got {la.per_class}")
+        need(la.per_class >= 0, "lookahead.per_class",
+             f"must be >= 0 (0: the whole training split), got {la.per_class}")
         need(la.every >= 1, "lookahead.every", f"must be >= 1 (a renderer update every k steps), got {la.every}")
         for key in ("xi", "temperature", "epsilon"):
             value = getattr(la, key)

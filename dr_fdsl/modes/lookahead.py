@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dr_fdsl.config import content_settings, need
 from dr_fdsl.errors import ConfigError
@@ -109,12 +110,14 @@ def pixel_hypergradient(pre_loss: Callable[[Params, torch.Tensor], torch.Tensor]
     """
     names = list(theta)
     if method == "exact":
-        x = images.detach().requires_grad_()
-        leaves = [theta[n].detach().requires_grad_() for n in names]
-        grads = _grads(pre_loss(dict(zip(names, leaves)), x), leaves, create_graph=True)
-        unrolled = {n: t - xi * g for n, t, g in zip(names, leaves, grads)}
-        loss = outer_loss(unrolled)
-        (pixels,) = _grads(loss, [x])
+        # Attention's fused kernels (flash, memory-efficient) have no double backward; the math one has.
+        with sdpa_kernel(SDPBackend.MATH):
+            x = images.detach().requires_grad_()
+            leaves = [theta[n].detach().requires_grad_() for n in names]
+            grads = _grads(pre_loss(dict(zip(names, leaves)), x), leaves, create_graph=True)
+            unrolled = {n: t - xi * g for n, t, g in zip(names, leaves, grads)}
+            loss = outer_loss(unrolled)
+            (pixels,) = _grads(loss, [x])
         return Hypergradient(pixels.detach(), loss.detach())
     if method != "finite_difference":
         raise ValueError(f"unknown hypergradient method {method!r}")
@@ -179,14 +182,26 @@ class _Calls(nn.Module):
 
 @contextmanager
 def plain_modules(objective: Objective, accelerator) -> Iterator[None]:
-    """Within the block the objective's modules are the unwrapped ones (no DDP: a virtual pass must not arm DDP's
-    gradient hooks; Accelerate's autocast wrapper is kept), restored after."""
+    """Within the block the objective's modules are the unwrapped ones, in float32; restored after.
+
+    No DDP: a virtual pass must not arm DDP's gradient hooks. No mixed precision: the finite difference moves the
+    weights by ``epsilon`` (1e-2) in 2-norm, about 1e-4 of a ViT-Tiny's, below bf16's resolution (2^-8), so under
+    autocast ``theta+`` and ``theta-`` would mostly round to the same weights. Accelerate keeps the model's own
+    forward as ``_original_forward`` when it wraps it in autocast; it is put back for the block (not through
+    ``unwrap_model(keep_fp32_wrapper=False)``, which would drop the wrapper for good)."""
     saved = {k: v for k, v in vars(objective).items() if isinstance(v, nn.Module)}
+    wrapped = []
     try:
         for k, v in saved.items():
-            setattr(objective, k, accelerator.unwrap_model(v))
+            plain = accelerator.unwrap_model(v)
+            setattr(objective, k, plain)
+            if "_original_forward" in vars(plain) and "forward" in vars(plain):
+                wrapped.append((plain, vars(plain)["forward"]))
+                plain.forward = plain._original_forward
         yield
     finally:
+        for plain, forward in wrapped:
+            plain.forward = forward
         for k, v in saved.items():
             setattr(objective, k, v)
 

@@ -322,6 +322,7 @@ class Lookahead(RendererMode):
     steps are frozen steps (the tables get no gradient, so SparseAdam leaves them)."""
 
     name = "lookahead"
+    latest: _Update | None = None  # the latest update's inputs (None before the first)
 
     @classmethod
     def validate(cls, cfg: Config) -> None:
@@ -373,7 +374,6 @@ class Lookahead(RendererMode):
         self.targets = LabelledTargets(cfg, accelerator.device, accelerator.process_index)
         self.micro_batches = 0  # micro-batches seen (which steps update the tables)
         self.updates = 0  # renderer updates done (the outer batches' stream position)
-        self.latest: _Update | None = None
         self.logged: dict[str, float] = {}  # the latest update's figures (log steps read them)
 
     def prepare(self, renderer: PointRenderer, accelerator) -> torch.optim.Optimizer | None:

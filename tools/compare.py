@@ -24,7 +24,8 @@ The contest presets compare the rows of the SIGNATE contest solution's ablation 
 Budgets can be overridden: --steps, --epochs, --per-class, --max-test, --seeds, --dataset, --ft-batch. --arms
 chooses the arms; beside the renderer modes, ``joint_shared`` is joint with one colour table for all categories and
 ``match`` (renderer.mode=match) matches the renderer to the training images of the dataset the arms are judged on
-(``--arms frozen joint joint_shared match``).
+(``--arms frozen joint joint_shared match``); ``lookahead`` (renderer.mode=lookahead) learns from the labelled
+training images fine-tuning uses (the same per-class draw and seed).
 
 --study target_mim compares masked pre-training on the target's training images (dr_fdsl/target_mim.py) instead:
 arms none, target_mim (masked on the target from scratch), fractal (the preset's pre-training, frozen renderer)

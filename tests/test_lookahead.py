@@ -187,7 +187,8 @@ def test_the_backbone_steps_bit_for_bit_as_frozen_and_only_every_kth_step_moves_
     batch-norm statistic and global random generator after it equals the frozen run's, while the tables moved.
     test_resnet has batch norms; drop path and Mixup/CutMix draw on torch's and numpy's generators. With k = 2 the
     second step leaves the tables alone and the third moves them."""
-    common = ["model.name=test_resnet", "model.drop_path=0.1", "optim.warmup_steps=0", "lookahead.every=2"]
+    common = ["model.name=test_resnet", "model.drop_path=0.1", "optim.warmup_steps=0", "lookahead.every=2",
+              "lookahead.anchor_penalty=0.5"]
     states, runs = {}, {}
     for mode in ("frozen", "lookahead"):
         run = runs[mode] = build_run(lookahead_run(tmp_path / mode, bank_dir, labelled_folder, *common,
@@ -214,7 +215,9 @@ def test_the_backbone_steps_bit_for_bit_as_frozen_and_only_every_kth_step_moves_
     assert any(not torch.equal(a, b) for a, b in zip(tables[1], tables[2]))  # step 3 updates
     assert run.mode.positions() == {"lookahead_micro_batches": 3, "lookahead_updates": 2}
 
-    # What reaches the images: nothing on a frozen step (4th), exactly the pixel hypergradient on an update (5th).
+    # What reaches the images: nothing on a frozen step (4th), exactly the pixel hypergradient on an update (5th);
+    # the tables directly: nothing, then the anchor's gradient alone (the images here are a leaf of their own).
+    tables = [p for p in run.renderer.parameters()]
     for update in (False, True):
         batch = render_batch(run)
         images = batch.images.detach().requires_grad_()
@@ -222,11 +225,14 @@ def test_the_backbone_steps_bit_for_bit_as_frozen_and_only_every_kth_step_moves_
                                    lambda x, b=batch: run.objective.loss(x, b.class_ids, b.view_seeds), None)
         total.backward()
         if not update:
-            assert images.grad is None
+            assert images.grad is None and all(p.grad is None for p in tables)
             continue
         u = run.mode.latest
         want = run.mode.hypergradient(batch, u.theta, u.buffers, u.episode, u.random_state).pixels
         assert torch.equal(images.grad, want) and float(want.abs().max()) > 0
+        anchor = torch.autograd.grad(0.5 * run.renderer.drift(batch.rows, run.mode.anchor), tables)
+        for p, g in zip(tables, anchor):
+            assert torch.equal(p.grad.to_dense(), g.to_dense()) and float(g.to_dense().abs().max()) > 0
 
 
 def test_a_lookahead_run_lowers_the_outer_loss_logs_it_and_resumes_exactly(tmp_path, bank_dir, labelled_folder,

@@ -420,14 +420,15 @@ class Lookahead(RendererMode):
         return pre_loss, outer_loss
 
     def hypergradient(self, batch: Batch, theta: Params, buffers: Params, episode: Episode,
-                      random_state: tuple | None = None, images: torch.Tensor | None = None) -> Hypergradient:
-        """The pixel hypergradient for ``batch`` (or other ``images`` of its views) at ``theta``; the global random
-        generators end as they began."""
+                      random_state: tuple | None = None) -> Hypergradient:
+        """The pixel hypergradient for ``batch`` at ``theta`` (``lookahead.hypergradient``), every pass drawing from
+        ``random_state`` (default: the generators' current state); the global random generators end as they
+        began."""
         la = self.settings
         with replayed_draws(self.accelerator.device, random_state) as replay:
             pre_loss, outer_loss = self._losses(batch, buffers, replay, episode)
-            x = batch.images if images is None else images
-            return pixel_hypergradient(pre_loss, outer_loss, theta, x, la.xi, la.hypergradient, la.epsilon)
+            return pixel_hypergradient(pre_loss, outer_loss, theta, batch.images, la.xi, la.hypergradient,
+                                       la.epsilon)
 
     # -- the step ----------------------------------------------------------------------------------------
 

@@ -50,6 +50,12 @@ class Tables(nn.Module):
         super().__init__()
         self.color_logits = nn.Parameter(torch.zeros(2, 3))
 
+    def colors(self):
+        return self.color_logits
+
+    def radii(self):
+        return self.color_logits[:, 0]
+
 
 def test_the_registry_holds_every_mode_the_config_accepts():
     assert set(MODES) == set(typing.get_args(typing.get_type_hints(RendererConfig)["mode"]))
@@ -58,7 +64,7 @@ def test_the_registry_holds_every_mode_the_config_accepts():
 
 def test_an_unknown_mode_is_refused_with_did_you_mean():
     with pytest.raises(ConfigError, match=r"'renderer.mode': unknown renderer mode 'jiont' \(did you mean "
-                                          r"'joint'\?\); valid: adversarial, frozen, joint, match"):
+                                          r"'joint'\?\); valid: adversarial, frozen, joint, lookahead, match"):
         MODES.get("jiont")
 
 
@@ -80,7 +86,8 @@ def test_frozen_has_no_renderer_optimiser_and_the_others_sparse_adam():
         if name == "frozen":
             assert optimizer is None and mode.scalars() == {}
         else:
-            assert isinstance(optimizer, torch.optim.SparseAdam) and mode.scalars() == {"lr/renderer": 0.1}
+            drift = {"lookahead/color_drift": 0.0, "lookahead/radius_drift": 0.0} if name == "lookahead" else {}
+            assert isinstance(optimizer, torch.optim.SparseAdam) and mode.scalars() == {"lr/renderer": 0.1, **drift}
 
 
 class ToyMatcher:

@@ -18,6 +18,11 @@ what the match term costs per step relative to joint (joint and match steps alte
 the per-pair ratios).
 
     python tools/bench.py --size 32 --points 2000 --classes 10 --k 4 --match fashion_mnist   # quickstart scale
+
+With ``--lookahead DATASET``, also (e) ``train_step`` with ``renderer.mode=lookahead`` (labelled training images of
+DATASET) at ``lookahead.every`` = 1 and at its default (or the ``lookahead.every`` override): blocks of k lookahead
+steps (one renderer update each) alternate with blocks of k frozen steps; the figure is the median of the per-block
+ratios of their times, the cost of a lookahead run relative to a frozen one (``lookahead_over_frozen_k<k>``).
 """
 
 from dr_fdsl.signals import entry, quiet_start
@@ -31,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from dr_fdsl.config import load_config
+from dr_fdsl.config import LookaheadConfig, load_config
 from dr_fdsl.engine import Batch, build_run, forward_backward, optimizer_step, render_batch, train_step
 from dr_fdsl.render import RASTERIZERS, composite, fragment_weights
 from dr_fdsl.render.random import image_keys
@@ -55,6 +60,8 @@ def main() -> int:
     parser.add_argument("--json", default=None)
     parser.add_argument("--match", default=None, metavar="DATASET",
                         help="also time renderer.mode=match against DATASET's training images (e.g. fashion_mnist)")
+    parser.add_argument("--lookahead", default=None, metavar="DATASET",
+                        help="also time renderer.mode=lookahead against DATASET's labelled training images")
     parser.add_argument("overrides", nargs="*", default=[],
                         help="config overrides for both runs, e.g. bank.family=fractaldb renderer.view.rotation=none")
     args = parser.parse_args()
@@ -67,8 +74,10 @@ def main() -> int:
         parser.error("renderer.mode and train.objective are what the benchmark sets: frozen vs joint, --objective")
     scratch = Path(tempfile.mkdtemp(prefix="dr_fdsl_bench_"))  # runs write config and logs: keep them apart
 
-    def run(mode: str):
+    def run(mode: str, *extra: str):
         target = [f"match.dataset={args.match}", f"match.batch={args.batch}"] if mode == "match" else []
+        if mode == "lookahead":
+            target = [f"lookahead.dataset={args.lookahead}"]
         cfg = load_config(None, [*target,
             f"output_dir={scratch / mode}", f"bank.num_classes={args.classes}", f"bank.num_points={args.points}",
             f"renderer.mode={mode}", f"renderer.image_size={args.size}", f"renderer.points_per_pixel={args.k}",
@@ -76,7 +85,7 @@ def main() -> int:
             "renderer.augment.shift=0.1", "renderer.augment.subsample=[0.5,1.0]", f"model.name={args.model}",
             f"train.batch_size={args.batch}", f"train.mixed_precision={args.precision}", "train.probe=false",
             "train.progress=false", "train.max_steps=1000000", "train.log_every=1000000",
-            f"train.objective={args.objective}", *args.overrides])
+            f"train.objective={args.objective}", *args.overrides, *extra])
         return build_run(cfg)
 
     frozen = run("frozen")
@@ -148,6 +157,20 @@ def main() -> int:
 
         stages["match_term_fwd_bwd"] = median_time(match_term, args.steps, args.warmup, device)
 
+    lookahead = {}
+    if args.lookahead:
+        default_every = next((int(o.split("=", 1)[1]) for o in args.overrides if o.startswith("lookahead.every=")),
+                             LookaheadConfig().every)
+        for every in sorted({1, default_every}):
+            looking = run("lookahead", f"lookahead.every={every}", f"output_dir={scratch / f'lookahead{every}'}")
+            ratios = []
+            for i in range(args.warmup + args.steps):  # each lookahead block starts with its one update
+                pair = [median_time(lambda r=r, k=every: [train_step(r) for _ in range(k)], 1, 0, device)
+                        for r in (frozen, looking)]
+                if i >= args.warmup:
+                    ratios.append(pair[1] / pair[0])
+            lookahead[f"lookahead_over_frozen_k{every}"] = sorted(ratios)[len(ratios) // 2]
+
     machine, peak, measured = machine_and_peak_memory(device)
     result = {
         "machine": machine, "batch": b, "size": args.size, "points": args.points, "k": args.k,
@@ -171,6 +194,10 @@ def main() -> int:
         print(f"  (d) match renderer in loop     {result['images_per_s_match']:9.1f} images/s   "
               f"d/a = {result['ratio_match']:.3f}   step time d/c = {result['match_over_joint']:.3f} "
               f"(match vs joint, target {args.match})")
+    if lookahead:
+        result.update(lookahead=args.lookahead, **lookahead)
+        print(f"  (e) lookahead renderer (target {args.lookahead}): step time relative to frozen "
+              + ", ".join(f"k={k.rsplit('k', 1)[1]}: {v:.3f}" for k, v in lookahead.items()))
     for key, value in stages.items():
         print(f"      {key:<22} {value * 1e3:9.2f} ms/batch")
     print(f"  peak memory {peak:.0f} MiB ({measured})")

@@ -24,7 +24,8 @@ The contest presets compare the rows of the SIGNATE contest solution's ablation 
 Budgets can be overridden: --steps, --epochs, --per-class, --max-test, --seeds, --dataset, --ft-batch. --arms
 chooses the arms; beside the renderer modes, ``joint_shared`` is joint with one colour table for all categories and
 ``match`` (renderer.mode=match) matches the renderer to the training images of the dataset the arms are judged on
-(``--arms frozen joint joint_shared match``).
+(``--arms frozen joint joint_shared match``); ``lookahead`` (renderer.mode=lookahead) learns from the labelled
+training images fine-tuning uses (the same per-class draw and seed).
 
 --study target_mim compares masked pre-training on the target's training images (dr_fdsl/target_mim.py) instead:
 arms none, target_mim (masked on the target from scratch), fractal (the preset's pre-training, frozen renderer)
@@ -186,6 +187,9 @@ def arms_of(preset: dict, study: str = "modes") -> dict[str, Arm]:
     modes["joint_shared"] = ["renderer.mode=joint", "renderer.share_colors=true"]
     # match: the target images are the training split of the dataset the arms are judged on
     modes["match"] = ["renderer.mode=match", f"match.dataset={preset['dataset']}"]
+    # lookahead: its outer loss reads the labelled training images fine-tuning uses (per_class, seeded alike)
+    modes["lookahead"] = ["renderer.mode=lookahead", f"lookahead.dataset={preset['dataset']}",
+                          f"lookahead.per_class={preset['per_class']}"]
     return {"none": Arm(None), **{name: Arm(overrides) for name, overrides in modes.items()}}
 
 
@@ -222,7 +226,8 @@ def arm_overrides(arm: Arm, args: argparse.Namespace) -> list[str]:
     """The overrides of ``arm``'s pre-training: its own, then ``--pretrain-set``; a match arm reads its target from
     ``--data-root``."""
     overrides = [*arm.pretrain, *args.pretrain_set]
-    return overrides + ([f"match.data_root={args.data_root}"] if "renderer.mode=match" in overrides else [])
+    return overrides + ([f"match.data_root={args.data_root}"] if "renderer.mode=match" in overrides else []) + \
+        ([f"lookahead.data_root={args.data_root}"] if "renderer.mode=lookahead" in overrides else [])
 
 
 def check_pretrain_configs(preset: dict, args: argparse.Namespace, table: dict[str, Arm], arms: list[str],

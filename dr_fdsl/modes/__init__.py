@@ -8,6 +8,8 @@ One module per mode, each a :class:`~dr_fdsl.modes.base.RendererMode` registered
                  objective), pulled back towards their initial values by ``renderer.anchor_penalty``.
     match        they descend ``match.weight`` x ``match.distance`` to unlabelled target images (``dr_fdsl/match.py``);
                  the objective gets the images detached unless ``match.joint``.
+    lookahead    they descend the hypergradient of a nearest-class-mean loss on labelled target images after a
+                 virtual backbone step (DARTS' finite difference, or exact); the objective gets the images detached.
 
 A mode decides in its module: its checks against the config and the objective (``validate``, run by
 ``load_config``), its optimiser and anchors (``prepare``), the loss the step backpropagates (``losses``), what it
@@ -26,6 +28,7 @@ from dr_fdsl.modes.adversarial_settings import AdversarialSpec
 from dr_fdsl.modes.base_settings import ModeSpec
 from dr_fdsl.modes.frozen_settings import FrozenSpec
 from dr_fdsl.modes.joint_settings import JointSpec
+from dr_fdsl.modes.lookahead_settings import LookaheadSpec
 from dr_fdsl.modes.match_settings import MatchSpec
 from dr_fdsl.registry import Registry
 
@@ -38,6 +41,7 @@ MODES.register("frozen", "dr_fdsl.modes.frozen:Frozen", spec=FrozenSpec)
 MODES.register("joint", "dr_fdsl.modes.joint:Joint", spec=JointSpec)
 MODES.register("adversarial", "dr_fdsl.modes.adversarial:Adversarial", spec=AdversarialSpec)
 MODES.register("match", "dr_fdsl.modes.match:Match", spec=MatchSpec)
+MODES.register("lookahead", "dr_fdsl.modes.lookahead:Lookahead", spec=LookaheadSpec)
 
 
 __all__ = ["MODES", "ModeSpec"]

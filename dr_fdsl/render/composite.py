@@ -142,16 +142,17 @@ class _Draw(torch.autograd.Function):
         value = acc + transmittance[:, None] * bg
         image = (bg_full + 0.0).clamp_(0, 1)  # empty pixels: clamp(0 + 1 * bg) (+ 0.0 turns -0.0 into 0.0)
         image[where.batch, :, row, col] = value.clamp(0, 1)
-        ctx.compositor, ctx.shape, ctx.where = compositor, shape, where
+        ctx.compositor, ctx.shape = compositor, shape
         ctx.num_points, ctx.background_shape = colors.shape[0], background.shape
-        ctx.save_for_backward(weights, cols, bg, transmittance, value, r, raw, valid, extra, total, background)
+        ctx.save_for_backward(weights, cols, bg, transmittance, value, r, raw, valid, extra, total, background,
+                              *where)
         return image
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_image):
-        weights, cols, bg, transmittance, value, r, raw, valid, extra, total, background = ctx.saved_tensors
-        where, (b, h, w) = ctx.where, ctx.shape
+        weights, cols, bg, transmittance, value, r, raw, valid, extra, total, background, *where = ctx.saved_tensors
+        where, (b, h, w) = Occupied(*where), ctx.shape
         row, col = where.pixel // w, where.pixel % w
         inside = (value >= 0) & (value <= 1)  # clamp's gradient, as torch passes it (bounds included)
         g = grad_image[where.batch, :, row, col] * inside  # (M, 3)

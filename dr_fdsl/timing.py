@@ -81,3 +81,32 @@ def save_json(path: str, result: dict) -> int:
               file=sys.stderr)
         return 2
     return 0
+
+
+def memory_per_image(fn, batch: int, device: torch.device) -> dict[str, float]:
+    """Memory of one call of ``fn()`` (a forward and backward), in MiB per image of a ``batch``.
+
+    ``saved_mib_per_image``: the bytes autograd keeps from the forward for the backward (distinct storages, counted
+    as the forward saves them): the same on every machine, so a 2x regression shows on a loaded CPU too. On CUDA
+    also ``peak_mib_per_image``: ``torch.cuda.max_memory_allocated`` during the call above what was allocated
+    before it. (A CPU has no allocator statistics to reset; the process's peak RSS is in ``peak_memory_mib``.)
+    """
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    result = {"saved_mib_per_image": round(sum(seen.values()) / 2**20 / batch, 4)}
+    if cuda:
+        torch.cuda.synchronize()
+        result["peak_mib_per_image"] = round((torch.cuda.max_memory_allocated() - before) / 2**20 / batch, 4)
+    return result

@@ -202,8 +202,11 @@ def test_bench_tool_writes_the_ratios(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["ratio_frozen"] > 0 and result["ratio_learnable"] > 0
-    assert set(result["stage_ms"]) == {"points_and_camera", "rasterise", "composite_fwd_bwd", "render_batch",
-                                       "forward_backward", "optimizer_step"}
+    assert set(result["stage_ms"]) == {"points_and_camera", "rasterise", "composite_fwd_bwd",
+                                       "composite_fwd_bwd_reference", "render_batch", "forward_backward",
+                                       "optimizer_step"}
+    assert set(result["render_memory"]) == {"pytorch3d", "sort"}
+    assert all(m["saved_mib_per_image"] > 0 for m in result["render_memory"].values())
 
 
 def test_export_loads_in_timm_with_the_training_logits(tmp_path, pretrained_run):

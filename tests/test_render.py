@@ -7,9 +7,10 @@ import torch
 from dr_fdsl.bank import PointBank
 from dr_fdsl.config import AugmentConfig, RendererConfig, ViewConfig
 from dr_fdsl.errors import ConfigError
-from dr_fdsl.render import PointRenderer, Scene, fragment_weights, render_grid, render_scene, save_grid
+from dr_fdsl.render import PointRenderer, Scene, composite, fragment_weights, render_grid, render_scene, save_grid
+from dr_fdsl.render.composite import draw_fragments
 from dr_fdsl.render.raster_pytorch3d import bin_occupancy_bound, rasterize
-from dr_fdsl.render.types import OFFSCREEN
+from dr_fdsl.render.types import OFFSCREEN, Fragments
 from tests.reference_render import pixel_centres, reference_render
 
 SIZE = 32
@@ -400,3 +401,56 @@ def test_sort_backend_images_and_gradients(compositor):
     assert torch.equal(images[0], images[1])
     for a, b in zip(*grads):
         assert torch.equal(a, b)
+
+
+def _scene_and_fragments(compositor_k=4, noise=False, seed=3):
+    scene = random_scene(b=2, n=60, seed=seed, noise_background=noise)
+    return scene, rasterize(scene.points, scene.radii, SIZE, compositor_k)
+
+
+@pytest.mark.parametrize("compositor", ["alpha", "norm_weighted"])
+@pytest.mark.parametrize("k, noise", [(1, False), (4, True), (8, False)])
+def test_draw_fragments_equals_the_reference_compositing(compositor, k, noise):
+    """The occupied-pixel compositor with its own backward gives PyTorch3D's compositors' images bit for bit and
+    the same gradients (other roundings), to colours, radii and background."""
+    scene, fragments = _scene_and_fragments(k, noise)
+    inputs = [[t.clone().requires_grad_() for t in (scene.colors, scene.radii, scene.background)] for _ in "ab"]
+    (c1, r1, b1), (c2, r2, b2) = inputs
+    ref = composite(fragments, fragment_weights(fragments, r1), c1, b1, compositor)
+    new = draw_fragments(fragments, r2, c2, b2, compositor)
+    assert torch.equal(new, ref)
+    # PyTorch3D's norm_weighted backward differentiates the 1e-4 floor of the weight sum as if it were the sum
+    # (draw_fragments: the true derivative); leave out the pixels it holds
+    total = fragment_weights(fragments, scene.radii).sum(-1)
+    weight = torch.rand(ref.shape, generator=torch.Generator().manual_seed(0)) * (total >= 1e-4)[:, None]
+    (ref * weight).sum().backward()
+    (new * weight).sum().backward()
+    for a, b in zip((c1, r1, b1), (c2, r2, b2)):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("compositor", ["alpha", "norm_weighted"])
+def test_draw_fragments_backward_passes_gradcheck(compositor):
+    g = torch.Generator().manual_seed(4)
+    points = torch.rand(1, 12, 3, generator=g) * 2 - 1
+    points[..., 2] = torch.rand(1, 12, generator=g) + 0.1
+    radii = torch.rand(1, 12, generator=g) * 0.3 + 0.2  # 8 px images: pixels with several fragments
+    fragments = rasterize(points, radii, 8, 4)
+    assert (fragments.idx >= 0).sum(-1).max() > 1
+    fragments = fragments._replace(dists=fragments.dists.double())
+    colors = (torch.rand(1, 12, 3, generator=g, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+    background = (torch.rand(1, 3, 8, 8, generator=g, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda c, r, bg: draw_fragments(fragments, r, c, bg, compositor),
+                                    (colors, radii.double().requires_grad_(), background), eps=1e-7, atol=1e-6)
+
+
+def test_draw_fragments_holds_the_weight_floor_constant():
+    """Two fragments whose weights sum to 4e-5 (< 1e-4): t is the constant 1e-4, gradcheck in float64."""
+    idx = torch.tensor([0, 1, -1]).view(1, 1, 1, 3)
+    d = torch.tensor([0.25 * (1 - 2e-5), 0.25 * (1 - 2e-5), -1.0], dtype=torch.float64).view(1, 1, 1, 3)
+    fragments = Fragments(idx, d, d)
+    colors = torch.rand(1, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    radii = torch.full((1, 2), 0.5, dtype=torch.float64, requires_grad=True)
+    background = torch.full((1, 3, 1, 1), 0.3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda c, r: draw_fragments(fragments, r, c, background, "norm_weighted"),
+                                    (colors, radii), eps=1e-9, atol=1e-6)

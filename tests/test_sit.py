@@ -5,6 +5,7 @@ datasets/datasets_utils.py); the references below are straightforward loops writ
 """
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,10 +13,11 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
 from dr_fdsl.config import SiTConfig, load_config
-from dr_fdsl.engine import build_run, fit
+from dr_fdsl.engine import build_run, fit, render_batch
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.objectives import sit_views as sv
 from dr_fdsl.objectives.sit import SiT, nt_xent, uncertainty_weighting
+from dr_fdsl.render import PointRenderer
 from dr_fdsl.render import random as rnd
 from dr_fdsl.render.streams import Stream
 from dr_fdsl.stream import ViewStream, stream_seed
@@ -392,3 +394,28 @@ def test_sit_learns_rotation_with_views_that_have_an_up(tmp_path, bank_dir):
     objective = train_on_view_pairs(cfg, images, ids, seeds, views=16, steps=300, salt=7919)
     accuracy = objective.evaluate(held, held_ids, held_seeds)[:, 0].mean().item()
     assert accuracy > 0.6, accuracy
+
+
+def test_repeated_copies_are_rendered_once(tmp_path, bank_dir, small_bank):
+    """data.repeated_aug=2: each (category, view seed) is rendered once and repeated; the images are those of
+    rendering every copy, and the renderer's gradients their sum."""
+    cfg = tiny(tmp_path, bank_dir, *SIT, "data.views_per_category=1", "data.repeated_aug=2",
+               "renderer.mode=adversarial")
+    renderer = PointRenderer(small_bank, cfg.renderer)
+    run = SimpleNamespace(cfg=cfg, accelerator=SimpleNamespace(device=torch.device("cpu")), static=None,
+                          renderer=renderer, stream=ViewStream(0, 0, small_bank.num_classes, 0, 1, 2))
+    calls = []
+    render = run.renderer.render
+    run.renderer.render = lambda ids, seeds: calls.append(len(ids)) or render(ids, seeds)
+    batch = render_batch(run)
+    assert calls == [4]
+    full = render(batch.class_ids, batch.view_seeds)
+    assert torch.equal(batch.images, full.images)
+    weight = torch.rand(batch.images.shape, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for images in (batch.images, full.images):
+        run.renderer.zero_grad(set_to_none=True)
+        (images * weight).sum().backward()
+        grads.append([p.grad.to_dense() for p in run.renderer.parameters()])
+    for once, each in zip(*grads):
+        torch.testing.assert_close(once, each)

@@ -39,8 +39,9 @@ import torch
 from dr_fdsl.config import LookaheadConfig, load_config
 from dr_fdsl.engine import Batch, build_run, forward_backward, optimizer_step, render_batch, train_step
 from dr_fdsl.render import RASTERIZERS, composite, fragment_weights
+from dr_fdsl.render.composite import draw_fragments
 from dr_fdsl.render.random import image_keys
-from dr_fdsl.timing import check_bench_args, machine_and_peak_memory, median_time, save_json
+from dr_fdsl.timing import check_bench_args, machine_and_peak_memory, median_time, memory_per_image, save_json
 
 
 def main() -> int:
@@ -112,9 +113,16 @@ def main() -> int:
     fragments = raster(scene.points, scene.radii, args.size, args.k)
     colors, radii = scene.colors.detach().requires_grad_(), scene.radii.detach().requires_grad_()
 
-    def composite_fb():
+    def composite_fb():  # what render_scene runs: draw_fragments (occupied pixels, hand-written backward)
+        draw_fragments(fragments, radii, colors, scene.background).mean().backward()
+
+    def composite_fb_reference():  # PyTorch3D's compositors on the dense fragments, autograd throughout
         image = composite(fragments, fragment_weights(fragments, radii), colors, scene.background)
         image.mean().backward()
+
+    def render_fb(backend: str):  # rasterise with ``backend``, composite, backward to colours and radii
+        return lambda: draw_fragments(RASTERIZERS.get(backend)(scene.points, radii, args.size, args.k), radii,
+                                      colors, scene.background).mean().backward()
 
     def forward_backward_only():
         forward_backward(frozen, rendered)
@@ -129,6 +137,7 @@ def main() -> int:
         "rasterise": median_time(lambda: raster(scene.points, scene.radii, args.size, args.k), args.steps,
                                  args.warmup, device),
         "composite_fwd_bwd": median_time(composite_fb, args.steps, args.warmup, device),
+        "composite_fwd_bwd_reference": median_time(composite_fb_reference, args.steps, args.warmup, device),
         "render_batch": median_time(render_only, args.steps, args.warmup, device),
         # bank.<family>.instances: drawing each image's instance (the chaos-game replay); part of points_and_camera
         **({"instances": median_time(lambda: renderer.instances(ids, image_keys(ids, seeds), renderer.points[ids]),
@@ -136,6 +145,8 @@ def main() -> int:
         "forward_backward": median_time(forward_backward_only, args.steps, args.warmup, device),
         "optimizer_step": median_time(lambda: optimizer_step(frozen), args.steps, args.warmup, device),
     }
+    # Memory of rendering forward and backward (scene given), per image, for every raster backend
+    memory = {backend: memory_per_image(render_fb(backend), b, device) for backend in sorted(RASTERIZERS)}
     joint = run("joint")
     step_learnable = median_time(lambda: train_step(joint), args.steps, args.warmup, device)
     step_match = None
@@ -179,6 +190,7 @@ def main() -> int:
         "images_per_s_learnable": b / step_learnable, "ratio_frozen": step_alone / step_frozen,
         "ratio_learnable": step_alone / step_learnable,
         "stage_ms": {k: round(v * 1e3, 3) for k, v in stages.items()}, "peak_memory_mib": round(peak, 1),
+        "render_memory": memory,
     }
     if step_match is not None:
         result.update(match=args.match, images_per_s_match=b / step_match, ratio_match=step_alone / step_match,
@@ -201,6 +213,8 @@ def main() -> int:
     for key, value in stages.items():
         print(f"      {key:<22} {value * 1e3:9.2f} ms/batch")
     print(f"  peak memory {peak:.0f} MiB ({measured})")
+    for backend, figures in memory.items():
+        print(f"  render fwd+bwd memory, {backend:<9} " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
     return save_json(args.json, result) if args.json else 0
 
 

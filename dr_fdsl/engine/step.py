@@ -36,7 +36,10 @@ def render_batch(run: Run) -> Batch:
     device, b = run.accelerator.device, run.cfg.train.batch_size
     if run.static is None:
         ids, seeds = (t.to(device) for t in run.stream.draw(b))
-        images, rows = run.renderer.render(ids, seeds)  # float32, outside autocast
+        copies = run.cfg.data.repeated_aug  # adjacent copies of one (category, view seed): one render, repeated
+        images, rows = run.renderer.render(ids[::copies], seeds[::copies])  # float32, outside autocast
+        if copies > 1:  # renders are batch-independent bit for bit, so this is the batch rendered copy by copy
+            images = images.repeat_interleave(copies, dim=0)
         if run.cfg.data.quantize:  # 8-bit values forward, straight-through gradients backward
             images = images + (quantize(images).float() / 255 - images).detach()
         return Batch(images, ids, seeds, rows)

@@ -9,9 +9,19 @@ It is not continuous where the K nearest points bind: with all K slots of a pixe
 grows over the pixel enters with ``w ~ 0`` and evicts the farthest (K-th) fragment, whose whole contribution
 vanishes at once (and returns when the disk shrinks back). The gradient is exact on either side of that radius;
 it does not see the jump. Tested: ``tests/test_truth.py::test_image_jumps_in_the_radius_where_k_binds``.
+
+Two implementations of the same images: :func:`fragment_weights` + :func:`composite` (PyTorch3D's compositors on
+the dense ``(B, H, W, K)`` fragments, autograd through every step: the reference) and :func:`draw_fragments`
+(one autograd function over the occupied pixels only, with a hand-written backward; what :func:`render_scene`
+uses). On CPU at 64 px, 2,000 points, K=8, 3% of the fragment slots and 10% of the pixels hold a point, and the
+reference spends most of its time copying and masking the empty ones. :func:`draw_fragments` repeats PyTorch3D's
+float32 arithmetic in its order, so its images equal the reference's bit for bit (tested); its gradients are the
+same derivatives, rounded differently (tested against the reference and by ``gradcheck`` in float64).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from einops import rearrange
@@ -65,10 +75,150 @@ def composite(fragments: Fragments, weights: torch.Tensor, colors: torch.Tensor,
     return (image + transmittance * background).clamp(0, 1)
 
 
+_NORM_FLOOR = 1e-4  # PyTorch3D's norm_weighted_sum: the weight sum is at least this
+
+
+class Occupied(NamedTuple):
+    """The pixels that hold at least one fragment, with their fragments (``M`` pixels).
+
+    batch, pixel: ``(M,)`` int64, the image and its flat pixel ``row * W + col``. idx: ``(M, K)`` int64 packed
+    point index, -1 where empty. dists: ``(M, K)`` float32 squared NDC distances.
+    """
+
+    batch: torch.Tensor
+    pixel: torch.Tensor
+    idx: torch.Tensor
+    dists: torch.Tensor
+
+
+def occupied(fragments: Fragments) -> Occupied:
+    """The occupied pixels of ``fragments`` (in row-major order of ``(B, H, W)``) and their fragments."""
+    b, h, w, k = fragments.idx.shape
+    idx = fragments.idx.reshape(-1, k)
+    where = (idx.amax(dim=1) >= 0).nonzero().squeeze(1)
+    return Occupied(where // (h * w), where % (h * w), idx[where], fragments.dists.reshape(-1, k)[where])
+
+
+class _Draw(torch.autograd.Function):
+    """Weights and compositing of the occupied pixels; see :func:`draw_fragments`. The forward repeats the
+    reference's float32 operations in its order: ``w = clamp(1 - d / (r * r), 0, 1)``; PyTorch3D's per-pixel
+    loops (``alpha``: ``acc += (cum * w_k) * c_k; cum = cum * (1 - w_k)``; ``norm_weighted``: ``t = sum w_k``
+    floored at 1e-4, ``acc += (w_k * c_k) / t``); ``T = prod(1 - w)`` by ``torch.prod`` over the slots, as the
+    reference takes it; then ``clamp(image + T * bg, 0, 1)``. Empty slots (weight 0) add exactly nothing."""
+
+    @staticmethod
+    def forward(ctx, colors, radii, background, where: Occupied, shape: tuple[int, int, int], compositor: str):
+        # colors (B*N, 3), radii (B*N,), background (B, 3, H|1, W|1); shape (B, H, W)
+        b, h, w = shape
+        valid = where.idx >= 0
+        point = where.idx.clamp(min=0)  # empty slots read point 0; their weight is 0 and they send no gradient
+        r = radii[point]
+        raw = 1 - where.dists / (r * r)
+        weights = torch.where(valid, raw.clamp(0, 1), torch.zeros_like(raw))
+        cols = colors[point]  # (M, K, 3)
+        row, col = where.pixel // w, where.pixel % w
+        bg_full = background.expand(b, 3, h, w)
+        bg = bg_full[where.batch, :, row, col]  # (M, 3)
+        keep = 1 - weights
+        transmittance = torch.prod(keep, dim=1)  # (M,)
+        acc = torch.zeros_like(bg)
+        if compositor == "alpha":
+            cum = torch.ones_like(transmittance)
+            before = []
+            for k in range(weights.shape[1]):
+                before.append(cum)
+                acc = acc + (cum * weights[:, k])[:, None] * cols[:, k]
+                cum = cum * keep[:, k]
+            extra, total = torch.stack(before, dim=1), None  # (M, K): transmittance in front of each slot
+        else:
+            total = torch.zeros_like(transmittance)
+            for k in range(weights.shape[1]):
+                total = total + weights[:, k]
+            total = torch.where(total < _NORM_FLOOR, torch.full_like(total, _NORM_FLOOR), total)
+            for k in range(weights.shape[1]):
+                acc = acc + (weights[:, k, None] * cols[:, k]) / total[:, None]
+            extra = acc  # (M, 3): the normalised weighted sum
+            acc = (1 - transmittance)[:, None] * acc
+        value = acc + transmittance[:, None] * bg
+        image = (bg_full + 0.0).clamp_(0, 1)  # empty pixels: clamp(0 + 1 * bg) (+ 0.0 turns -0.0 into 0.0)
+        image[where.batch, :, row, col] = value.clamp(0, 1)
+        ctx.compositor, ctx.shape = compositor, shape
+        ctx.num_points, ctx.background_shape = colors.shape[0], background.shape
+        ctx.save_for_backward(weights, cols, bg, transmittance, value, r, raw, valid, extra, total, background,
+                              *where)
+        return image
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_image):
+        weights, cols, bg, transmittance, value, r, raw, valid, extra, total, background, *where = ctx.saved_tensors
+        where, (b, h, w) = Occupied(*where), ctx.shape
+        row, col = where.pixel // w, where.pixel % w
+        inside = (value >= 0) & (value <= 1)  # clamp's gradient, as torch passes it (bounds included)
+        g = grad_image[where.batch, :, row, col] * inside  # (M, 3)
+        slots = weights.shape[1]
+        if ctx.compositor == "alpha":
+            # d image / d w_k = front_k (c_k - behind_k), behind_k the colour seen through slot k (background last)
+            front, behind = extra, bg
+            grad_w, grad_c = torch.empty_like(weights), torch.empty_like(cols)
+            for k in reversed(range(slots)):
+                grad_w[:, k] = (g * (cols[:, k] - behind)).sum(1) * front[:, k]
+                grad_c[:, k] = g * (front[:, k] * weights[:, k])[:, None]
+                behind = weights[:, k, None] * cols[:, k] + (1 - weights[:, k, None]) * behind
+        else:
+            keep, normed = 1 - weights, extra
+            # d T / d w_k = -prod_{j != k} (1 - w_j): products in front and behind, no division by 1 - w_k
+            ahead = torch.cumprod(torch.cat([torch.ones_like(keep[:, :1]), keep[:, :-1]], dim=1), dim=1)
+            after = torch.cumprod(torch.cat([torch.ones_like(keep[:, :1]), keep.flip(1)[:, :-1]], dim=1), dim=1)
+            others = ahead * after.flip(1)
+            # Where the floor holds t at 1e-4, t is a constant: the true derivative (PyTorch3D's backward
+            # differentiates t there as if it were the sum)
+            floored = total <= _NORM_FLOOR
+            bright = (1 - transmittance) / total  # (M,)
+            grad_c = g[:, None, :] * (weights * bright[:, None])[..., None]
+            spread = torch.where(floored[:, None, None], cols, cols - normed[:, None, :])
+            grad_w = (g[:, None, :] * (others[..., None] * (normed - bg)[:, None, :]
+                                       + bright[:, None, None] * spread)).sum(-1)
+        grad_w = torch.where(valid, grad_w, torch.zeros_like(grad_w))
+        grad_colors = grad_radii = grad_background = None
+        fragment = where.idx[valid]
+        if ctx.needs_input_grad[0]:
+            grad_colors = torch.zeros(ctx.num_points, 3, dtype=cols.dtype, device=cols.device)
+            grad_colors.index_add_(0, fragment, grad_c[valid])
+        if ctx.needs_input_grad[1]:
+            # w = clamp(1 - d / r^2, 0, 1): dw/dr = 2 d / r^3 where the clamp passes it
+            passes = (raw >= 0) & (raw <= 1)
+            grad_r = torch.where(passes, grad_w * 2 * (where.dists / (r * r)) / r, torch.zeros_like(grad_w))
+            grad_radii = torch.zeros(ctx.num_points, dtype=r.dtype, device=r.device)
+            grad_radii.index_add_(0, fragment, grad_r[valid])
+        if ctx.needs_input_grad[2]:
+            full = grad_image.clone()  # empty pixels: d clamp(bg) / d bg
+            full = full * ((background.expand(b, 3, h, w) >= 0) & (background.expand(b, 3, h, w) <= 1))
+            full[where.batch, :, row, col] = g * transmittance[:, None]
+            grad_background = full.sum_to_size(ctx.background_shape)
+        return grad_colors, grad_radii, grad_background, None, None, None
+
+
+def draw_fragments(fragments: Fragments, radii: torch.Tensor, colors: torch.Tensor, background: torch.Tensor,
+                   compositor: str = "alpha") -> torch.Tensor:
+    """``composite(fragments, fragment_weights(fragments, radii), colors, background, compositor)``, the same
+    images bit for bit, computed on the occupied pixels only with a hand-written backward: ``(B, 3, H, W)``
+    float32 in [0, 1]. Gradients go to ``colors``, ``radii`` and ``background`` (whichever require grad).
+
+    Args:
+        radii: ``(B, N)`` (with grad), in packed order ``b * N + n``. colors: ``(B, N, 3)`` in [0, 1].
+        background: ``(B, 3, H, W)`` or ``(B, 3, 1, 1)``.
+    """
+    if compositor not in ("alpha", "norm_weighted"):
+        raise ValueError(f"renderer.compositor must be 'alpha' or 'norm_weighted', got {compositor!r}")
+    b, h, w, _ = fragments.idx.shape
+    return _Draw.apply(colors.reshape(-1, 3), radii.reshape(-1), background, occupied(fragments), (b, h, w),
+                       compositor)
+
+
 def render_scene(scene: Scene, image_size: int, points_per_pixel: int, compositor: str = "alpha",
                  backend: str = "pytorch3d") -> torch.Tensor:
     """Rasterise (``backend``, a name in :data:`dr_fdsl.render.rasterizers.RASTERIZERS`), weight and composite a
     :class:`Scene`: ``(B, 3, H, W)`` float32 in [0, 1]."""
     fragments = RASTERIZERS.get(backend)(scene.points, scene.radii, image_size, points_per_pixel)
-    weights = fragment_weights(fragments, scene.radii)
-    return composite(fragments, weights, scene.colors, scene.background, compositor)
+    return draw_fragments(fragments, scene.radii, scene.colors, scene.background, compositor)

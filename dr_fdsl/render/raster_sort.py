@@ -36,29 +36,30 @@ def rasterize_sorted(points: torch.Tensor, radii: torch.Tensor, image_size: int,
     row = ((1 - y) * s - 1) / 2
     reach = radii * s / 2
     drawn = (z >= 0) & (col + reach >= -1) & (col - reach <= s) & (row + reach >= -1) & (row - reach <= s)
-    batch, point = drawn.nonzero(as_tuple=True)  # only points that can touch the image
+    flat = drawn.reshape(-1).nonzero().squeeze(1)  # only points that can touch the image, packed index b * N + n
     empty = Fragments(*(torch.full((b, s, s, k), -1, dtype=dt, device=device)
                         for dt in (torch.long, torch.float32, torch.float32)))
-    if batch.numel() == 0:
+    if flat.numel() == 0:
         return empty
-    col, row, reach = col[batch, point], row[batch, point], reach[batch, point]
-    px, py, pz, r2 = x[batch, point], y[batch, point], z[batch, point], radii[batch, point] ** 2
+    col, row, reach, px, py, pz, r2 = (t.reshape(-1)[flat] for t in (col, row, reach, x, y, z, radii ** 2))
     # Candidate pixels: a square around the centre one pixel wider than the disk; the exact test decides.
     first_col = (col - reach).floor().clamp(0, s - 1).long()
     first_row = (row - reach).floor().clamp(0, s - 1).long()
     span = int((2 * reach).ceil().max()) + 2
     offsets = torch.arange(span, device=device)
-    cols = first_col[:, None, None] + offsets[None, None, :]  # (P, span, span)
-    rows = first_row[:, None, None] + offsets[None, :, None]
-    dx = pixel_centre(cols.float(), s) - px[:, None, None]
-    dy = pixel_centre(rows.float(), s) - py[:, None, None]
-    dist2 = dx * dx + dy * dy
-    hit = (cols < s) & (rows < s) & (dist2 < r2[:, None, None])
+    cols = first_col[:, None] + offsets  # (P, span): the square's columns, then its rows
+    rows = first_row[:, None] + offsets
+    # Per axis, then broadcast to (P, span rows, span cols): the same float32 operations as on the full square.
+    dx = pixel_centre(cols.float(), s) - px[:, None]
+    dy = pixel_centre(rows.float(), s) - py[:, None]
+    dist2 = (dy * dy)[:, :, None] + (dx * dx)[:, None, :]
+    hit = (dist2 < r2[:, None, None]) & ((rows < s)[:, :, None] & (cols < s)[:, None, :])
     owner, hit_row, hit_col = hit.nonzero(as_tuple=True)  # point-major: ties keep packed order
-    pixel = (batch[owner] * s + first_row[owner] + hit_row) * s + first_col[owner] + hit_col
+    image = flat[owner] // n
+    pixel = (image * s + first_row[owner] + hit_row) * s + first_col[owner] + hit_col
     depth = pz[owner]
     dist2 = dist2[owner, hit_row, hit_col]
-    packed = batch[owner] * n + point[owner]
+    packed = flat[owner]
     # Sort by (pixel, depth): depths are >= 0, so their float32 bit patterns order like the values, except -0.0
     # (drawn, as PyTorch3D draws it), whose sign bit makes its pattern negative: adding +0.0 turns it into +0.0.
     key = pixel * 2**31 + (depth + 0.0).view(torch.int32).long()

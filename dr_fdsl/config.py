@@ -199,6 +199,22 @@ class SVD2DConfig:
 
 
 @dataclass
+class OnePFracConfig:
+    """Family ``onepfrac``: 1p-frac (Nakamura, Tadokoro et al., ECCV 2024): one 2D fractal drawn by Anderson &
+    Farrell's SVD sampler, each category its maps' 6 parameters times U(1 - delta, 1 + delta) each, kept when its
+    published 3 x 3-patch drawing fills more than ``fill_rate`` of the canvas (dr_fdsl/families/onepfrac.py)."""
+
+    sigma: float = 3.5  # the README's table (generate.sh passes 4.0); the sigma-factor is U(sigma -+ margin)
+    margin: float = 0.1  # set_baseparams(args, margin=0.1)
+    num_maps: int = 2  # --N
+    delta: float = 0.1  # --delta: the published sweep 0.01, 0.05, 0.1, 0.2
+    canvas: int = 512  # --image_size_x/y
+    pad: int = 6  # --pad_size_x/y
+    fill_rate: float = 0.05  # --pixel_threshold: accepted when the lit fraction exceeds it
+    mask: Literal["random", "fill"] = "random"  # --mask_mode: each 3 x 3 patch's cells, random bits or all lit
+
+
+@dataclass
 class BankConfig:
     """The bank of point sets: one per category, built by a formula family (``family``, see dr_fdsl/families).
 
@@ -217,6 +233,7 @@ class BankConfig:
     svd2d: SVD2DConfig = field(default_factory=SVD2DConfig, metadata={"family": True})
     # Where built banks are cached, keyed by the settings above.
     cache_dir: str = field(default="cache/banks", metadata=NOT_CONTENT)
+    onepfrac: OnePFracConfig = field(default_factory=OnePFracConfig, metadata={"family": True})
 
 
 @dataclass
@@ -1083,7 +1100,10 @@ def validate_bank(b: BankConfig) -> None:
 
 
 def instances_on(bank_settings: dict) -> bool:
-    """Whether a bank's settings (``content_settings(cfg.bank)`` or ``PointBank.settings``) ask for instances."""
+    """Whether a bank's settings (``content_settings(cfg.bank)`` or ``PointBank.settings``) ask for instances
+    (family ``onepfrac``: always, each category's points are made per image from its maps)."""
+    if bank_settings.get("family") == "onepfrac":
+        return True
     section = bank_settings.get(bank_settings.get("family"), {})
     return section.get("instances", "none") not in ("none", False)
 
@@ -1093,8 +1113,9 @@ def validate_instances(bank_settings: dict, r: RendererConfig) -> None:
     if not instances_on(bank_settings):
         return
     family = bank_settings["family"]
+    what = "bank.family=onepfrac" if family == "onepfrac" else f"bank.{family}.instances"
     need(r.augment.mix == 0, "renderer.augment.mix",
-         f"must be 0 with bank.{family}.instances (a mixed-in point would need the other category's instance, "
+         f"must be 0 with {what} (a mixed-in point would need the other category's instance, "
          f"which is not drawn); got {r.augment.mix}")
     if family == "ofdb":
         need(bank_settings["ofdb"]["instance_weight"] == "none", "bank.ofdb.instance_weight",

@@ -9,12 +9,13 @@ settings dataclass in ``dr_fdsl/config.py`` (a ``bank.<name>`` section) and regi
 
 from __future__ import annotations
 
-from dr_fdsl.families import fractaldb2d, ifs3d, ofdb, svd2d_family, visualatom2d
+from dr_fdsl.families import fractaldb2d, ifs3d, ofdb, onepfrac, svd2d_family, visualatom2d
 from dr_fdsl.families.base import Family, FamilyOutput
 from dr_fdsl.registry import Registry
 
 FAMILIES: Registry[Family] = Registry("family", "bank.family")
-for _family in (ifs3d.FAMILY, ofdb.FAMILY, fractaldb2d.FAMILY, visualatom2d.FAMILY, svd2d_family.FAMILY):
+for _family in (ifs3d.FAMILY, ofdb.FAMILY, fractaldb2d.FAMILY, visualatom2d.FAMILY, svd2d_family.FAMILY,
+                onepfrac.FAMILY):
     FAMILIES.register(_family.name, _family)
 
 __all__ = ["FAMILIES", "Family", "FamilyOutput"]

@@ -156,3 +156,19 @@ def test_frozen_export_equals_the_in_loop_render_and_categories_differ(tmp_path,
 def test_settings_refuse(overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(None, ["bank.family=onepfrac", *overrides])
+
+
+@pytest.mark.parametrize("name", ["onepfrac-cpu", "onepfrac-gpu"])
+def test_the_delta_sweep_presets_load_one_config_per_delta(name, tmp_path):
+    from tools.compare import PRESETS, arms_of, pretrain_config
+
+    preset = PRESETS[name]
+    arms = {k: a for k, a in arms_of(preset).items() if a.pretrain is not None}
+    assert sorted(arms) == ["delta_0.01", "delta_0.05", "delta_0.1", "delta_0.2"]
+    for arm_name, arm in arms.items():
+        cfg = pretrain_config(preset, arm.pretrain, 0, tmp_path / arm_name, arm.config)
+        assert cfg.bank.family == "onepfrac" and cfg.bank.onepfrac.delta == float(arm_name.split("_")[1])
+        assert cfg.renderer.mode == "frozen"
+    if name == "onepfrac-gpu":
+        assert (cfg.bank.num_classes, cfg.renderer.image_size, cfg.model.name, preset["dataset"]) == (
+            1000, 224, "vit_tiny_patch16_224", "cifar100")

@@ -111,13 +111,19 @@ def _generate(cfg: BankConfig, progress: bool) -> PointBank:
 def content_digest(settings: dict, draws: int, points: torch.Tensor, params: dict[str, torch.Tensor],
                    key: dict | None = None) -> str:
     """SHA-256 (hex) of what a cache file holds: the settings, draws and content key (none: a file made before
-    keys) as sorted JSON, then every tensor's name, dtype, shape and bytes, ``points`` first and ``params`` by name.
-    Any tensor of any dtype, on any device."""
+    keys) as sorted JSON, then every tensor's name, dtype, shape and bytes, ``points`` first and ``params`` by name
+    (a tensor expanded along dim 0: its one row). Any tensor of any dtype, on any device."""
     record = {"settings": settings, "draws": draws, **({} if key is None else {"key": key})}
     h = hashlib.sha256(json.dumps(record, sort_keys=True).encode())
     for name, tensor in [("points", points), *sorted(params.items())]:
         h.update(f"\n{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        tensor = tensor.detach().cpu()
+        if tensor.dim() and tensor.stride(0) == 0 and len(tensor) > 1:
+            # one row shared by every category (family onepfrac's fractal): its content is that row, hashed once
+            # (a contiguous copy would be C rows in memory)
+            h.update(b"expanded\n")
+            tensor = tensor[:1].clone(memory_format=torch.contiguous_format)
+        h.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
@@ -191,7 +197,7 @@ def load_bank(path: str | Path, expect: BankConfig | None = None) -> PointBank:
         points, params = data.get("points"), data.get("params")
         if not isinstance(points, torch.Tensor) or tuple(points.shape) != (c, n, 3):
             problem = f"'points' is missing or not of shape {(c, n, 3)}"
-        elif not torch.isfinite(points).all():
+        elif not torch.isfinite(points[:1] if points.dim() and points.stride(0) == 0 else points).all():
             problem = "points are not all finite"
         elif not isinstance(params, dict) or any(not isinstance(v, torch.Tensor) or v.shape[:1] != (c,)
                                                   for v in params.values()):

@@ -590,7 +590,11 @@ def validate_bank(b: BankConfig) -> None:
 
 
 def instances_on(bank_settings: dict) -> bool:
-    """Whether a bank's settings (``content_settings(cfg.bank)`` or ``PointBank.settings``) ask for instances."""
+    """Whether a bank's settings (``content_settings(cfg.bank)`` or ``PointBank.settings``) ask for instances
+    (always for a family whose ``Family.always_instances`` is set: ``onepfrac``)."""
+    family = bank_settings.get("family")
+    if family in FAMILIES and FAMILIES[family].always_instances:
+        return True
     section = bank_settings.get(bank_settings.get("family"), {})
     return section.get("instances", "none") not in ("none", False)
 
@@ -624,8 +628,9 @@ def validate_against_bank(r: RendererConfig, bank_settings: dict, num_classes: i
          f"and only {', '.join(replaying)} stores its maps and their order; got bank.family={family!r}; set it to "
          "[1, 1]")
     if instances_on(bank_settings):
+        what = f"bank.family={family}" if spec is not None and spec.always_instances else f"bank.{family}.instances"
         need(aug.mix == 0, "renderer.augment.mix",
-             f"must be 0 with bank.{family}.instances (a mixed-in point would need the other category's instance, "
+             f"must be 0 with {what} (a mixed-in point would need the other category's instance, "
              f"which is not drawn); got {aug.mix}")
     if spec is not None and spec.renderer_rules is not None:
         spec.renderer_rules(bank_settings[family], r)  # the family's own (visualatom's instances and colours)

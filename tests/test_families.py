@@ -165,9 +165,9 @@ def test_make_bank_tool(tmp_path):
 
 def test_unknown_family_is_a_config_error_listing_the_valid_ones():
     with pytest.raises(ConfigError, match=r"'bank.family': unknown family 'ifs2d' \(did you mean 'ifs3d'\?\); valid: "
-                                          r"fractaldb, ifs3d, ofdb, svd2d, visualatom"):
+                                          r"fractaldb, ifs3d, ofdb, onepfrac, svd2d, visualatom"):
         load_config(None, ["bank.family=ifs2d"])
-    assert set(FAMILIES) == {"fractaldb", "ifs3d", "ofdb", "svd2d", "visualatom"}
+    assert set(FAMILIES) == {"fractaldb", "ifs3d", "ofdb", "onepfrac", "svd2d", "visualatom"}
 
 
 def test_cache_key_is_the_chosen_familys_content():

@@ -152,4 +152,4 @@ def test_one_registry_type_with_did_you_mean():
     with pytest.raises(ConfigError, match=r"^config key 'renderer.raster_backend': unknown rasteriser 'sorted' "
                                           r"\(did you mean 'sort'\?\); valid: pytorch3d, sort$"):
         RASTERIZERS.get("sorted")
-    assert sorted(INSTANCES) == ["fractaldb", "ofdb", "svd2d", "visualatom"]
+    assert sorted(INSTANCES) == ["fractaldb", "ofdb", "onepfrac", "svd2d", "visualatom"]

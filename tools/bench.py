@@ -140,7 +140,7 @@ def main() -> int:
         "composite_fwd_bwd_reference": median_time(composite_fb_reference, args.steps, args.warmup, device),
         "render_batch": median_time(render_only, args.steps, args.warmup, device),
         # bank.<family>.instances: drawing each image's instance (the chaos-game replay); part of points_and_camera
-        **({"instances": median_time(lambda: renderer.instances(ids, image_keys(ids, seeds), renderer.points[ids]),
+        **({"instances": median_time(lambda: renderer.instances(ids, image_keys(ids, seeds), renderer.bank_points(ids)),
                                      args.steps, args.warmup, device)} if renderer.instances is not None else {}),
         "forward_backward": median_time(forward_backward_only, args.steps, args.warmup, device),
         "optimizer_step": median_time(lambda: optimizer_step(frozen), args.steps, args.warmup, device),

@@ -42,6 +42,8 @@ The presets families-cpu and families-gpu compare formula families: every family
 visualatom, svd2d and multi-instance svd2d with the multilabel objective) pre-trains under a frozen renderer and is
 fine-tuned the same way (families-cpu: toy scale from the quickstart, every arm on the sort rasteriser;
 families-gpu: the published scale, the 1k configs for 90 epochs of 1M images at batch 256, on DeiT-S/16).
+The presets onepfrac-cpu and onepfrac-gpu sweep 1p-frac's perturbation size delta over 0.01, 0.05, 0.1 and 0.2
+(configs/onepfrac_cpu.yaml; configs/onepfrac1k_vit_tiny.yaml, its published scale with CIFAR-100 fine-tuning).
 Every arm is judged by the same protocol; under linear or knn the no-pre-training arm is the randomly initialised
 backbone's frozen features, the usual baseline of those protocols.
 """
@@ -166,6 +168,17 @@ PRESETS["families-cpu"] = dict(PRESETS["cpu"], arms="families_cpu",
                                common=["renderer.mode=frozen", "renderer.raster_backend=sort"])
 PRESETS["families-gpu"] = dict(PRESETS["gpu"], arms="families_gpu", common=["renderer.mode=frozen", *_DEIT],
                                steps=351563, eval_every=5000, model="deit_small_patch16_224", seeds=[0])
+# 1p-frac's delta sweep (README table: CIFAR-100 top-1 19.9, 83.0, 84.2, 83.4): one arm per delta, the bank's one
+# fractal the same in every arm (bank.seed), only the perturbation's size differs.
+ONEPFRAC_DELTAS = (0.01, 0.05, 0.1, 0.2)
+FAMILY_ARMS["onepfrac_cpu"] = {f"delta_{d}": ("configs/onepfrac_cpu.yaml", [f"bank.onepfrac.delta={d}"])
+                               for d in ONEPFRAC_DELTAS}
+FAMILY_ARMS["onepfrac_gpu"] = {f"delta_{d}": ("configs/onepfrac1k_vit_tiny.yaml", [f"bank.onepfrac.delta={d}"])
+                               for d in ONEPFRAC_DELTAS}
+PRESETS["onepfrac-cpu"] = dict(PRESETS["cpu"], arms="onepfrac_cpu", common=["renderer.mode=frozen"], seeds=[0, 1, 2])
+# The published scale: 240,000 steps of batch 256, ViT-Tiny at 224 px, fine-tuned on all of CIFAR-100.
+PRESETS["onepfrac-gpu"] = dict(PRESETS["gpu"], arms="onepfrac_gpu", common=["renderer.mode=frozen"], steps=240000,
+                               eval_every=5000, dataset="cifar100", per_class=0, epochs=30, seeds=[0])
 
 
 def arms_of(preset: dict, study: str = "modes") -> dict[str, Arm]:

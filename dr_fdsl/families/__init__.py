@@ -15,6 +15,7 @@ from dr_fdsl.families.base import Family, FamilyOutput
 from dr_fdsl.families.fractaldb import settings as fractaldb
 from dr_fdsl.families.ifs3d import settings as ifs3d
 from dr_fdsl.families.ofdb import settings as ofdb
+from dr_fdsl.families.onepfrac import settings as onepfrac
 from dr_fdsl.families.svd2d import settings as svd2d
 from dr_fdsl.families.visualatom import settings as visualatom
 from dr_fdsl.registry import Registry
@@ -25,5 +26,6 @@ FAMILIES.register("ofdb", ofdb.FAMILY)
 FAMILIES.register("fractaldb", fractaldb.FAMILY)
 FAMILIES.register("visualatom", visualatom.FAMILY)
 FAMILIES.register("svd2d", svd2d.FAMILY)
+FAMILIES.register("onepfrac", onepfrac.FAMILY)
 
 __all__ = ["FAMILIES", "Family", "FamilyOutput"]

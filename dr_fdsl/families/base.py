@@ -45,6 +45,8 @@ class Family:
             ``renderer.color_init=bank`` starts from.
         replays_maps: True when params hold each system's maps and map sequence, so that the renderer can replay a
             category's chaos game with one map scaled (``renderer.augment.map_jitter``).
+        always_instances: True when every image's points are made from its category's maps in the step, whatever
+            the section says (``onepfrac``: the bank holds one fractal, each category its perturbation factors).
         renderer_rules: ``(section: dict, r: RendererConfig) -> None``, the family's rules against the renderer's
             settings (``section``: the content settings of ``bank.<name>``), or None; run at load and by
             ``PointRenderer`` (``config.validate_against_bank``).
@@ -56,6 +58,7 @@ class Family:
     generator: str
     colors: bool = False
     replays_maps: bool = False
+    always_instances: bool = False
     renderer_rules: Callable[[dict, RendererConfig], None] | None = None
 
     @property

@@ -100,7 +100,11 @@ class PointRenderer(nn.Module):
         # The checks that load_config runs, here against this bank (a config built in Python, a cached bank).
         validate_renderer(cfg)
         validate_against_bank(cfg, bank.settings, self.num_classes, self.num_points, "grey" in bank.params)
-        self.register_buffer("points", bank.points.float().clone(), persistent=False)
+        # A bank whose categories share one point set stores it expanded (stride 0; family onepfrac, whose
+        # categories are made per image by its drawer): one row here, so C categories cost one set's memory.
+        points = bank.points.float()
+        self.register_buffer("points", points[:1].clone() if points.stride(0) == 0 else points.clone(),
+                             persistent=False)
         gen = torch.Generator().manual_seed(cfg.init_seed)
         color_tables = 1 if cfg.share_colors else self.num_classes
         radius_tables = 1 if cfg.share_radii else self.num_classes
@@ -198,10 +202,15 @@ class PointRenderer(nn.Module):
         rows, inverse = torch.unique(torch.cat([class_ids, other]), return_inverse=True)
         source = torch.where(mixed, inverse[len(class_ids):, None], inverse[:len(class_ids), None])  # (B, N)
         point_index = torch.arange(n, device=keys.device).expand_as(source)
-        xyz = self.points[rows][source, point_index]  # (B, N, 3)
+        xyz = self.bank_points(rows)[source, point_index]  # (B, N, 3)
         colors = self.color_values(self._lookup(self.color_logits, rows, source, point_index, 3))
         radii = self._radius(self._lookup(self.radius_logits, rows, source, point_index, 1).squeeze(-1))
         return Points(xyz, colors, radii, torch.ones_like(mixed)), mixed, rows
+
+    def bank_points(self, class_ids: torch.Tensor) -> torch.Tensor:
+        """The bank's points ``(B, N, 3)`` of ``class_ids (B,)`` (on the renderer's device)."""
+        shared = self.points.shape[0] == 1 < self.num_classes
+        return self.points[torch.zeros_like(class_ids) if shared else class_ids]
 
     def _lookup(self, table: nn.Parameter, rows: torch.Tensor, source: torch.Tensor, point_index: torch.Tensor,
                 width: int) -> torch.Tensor:

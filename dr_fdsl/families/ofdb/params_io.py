@@ -1,4 +1,4 @@
-"""Readers (and the one writer) for published fractal parameter files, returning ``ofdb_recipe.IFSSystem`` lists.
+"""Readers (and the one writer) for published fractal parameter files, returning ``ofdb.published.IFSSystem`` lists.
 
 Two layouts exist, both one ``(maps, 13)`` float64 table per category with rows ``a, b, c, d, e, f, g, h, i, j, k,
 l, prob`` (map ``x' = [[a,b,c],[d,e,f],[g,h,i]] x + (j,k,l)``, chosen with probability ``prob``):

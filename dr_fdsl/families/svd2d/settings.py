@@ -20,7 +20,7 @@ class SVD2DConfig:
     """Family ``svd2d``: Anderson & Farrell's single-instance fractals ("Improving Fractal Pre-training", WACV
     2022): 2D maps from SVD factors whose singular values meet the sigma-factor constraint, translations
     U(-bval, bval), the chaos game from the first map's fixed point, each point's grey level the published
-    per-pixel point density (dr_fdsl/families/svd2d_family.py). Category c's system is drawn by the ported sampler
+    per-pixel point density (dr_fdsl/families/svd2d/generator.py). Category c's system is drawn by the ported sampler
     from ``numpy.random.default_rng(bank.seed * 2**32 + c)``."""
 
     min_maps: int = 2  # ifs.py __main__: --min_n 2, --max_n 4 (both inclusive)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 @dataclass
 class VisualAtomConfig:
     """Family ``visualatom``: the categories of VisualAtom (Takashima et al., CVPR 2023), instance 0 of each, its
-    orbits drawn as lines of points on the published canvas (dr_fdsl/families/visualatom2d.py). The knobs are
+    orbits drawn as lines of points on the published canvas (dr_fdsl/families/visualatom/generator.py). The knobs are
     render_VisualAtom.py's, named as there (``canvas`` is its ``image_size``); the defaults are make_VisualAtom.sh's."""
 
     # True: each category's parameters, instance-0 centre, grey levels and orbit vertices exactly as the published

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from dr_fdsl import safetensors_check
-from dr_fdsl.config import Config, content_settings, image_settings, renderer_mode
+from dr_fdsl.config import Config, content_settings, image_settings, renderer_mode, table_param
 from dr_fdsl.errors import CheckpointError, ConfigError, IntegrityError
 from dr_fdsl.manifest import MANIFEST, read_manifest, verify_manifest, write_manifest
 
@@ -150,8 +150,12 @@ def fingerprint(cfg: Config, num_processes: int) -> dict:
     required = {"bank": images["bank"], "model": cfg.model.name, "objective": cfg.train.objective,
                 "mode": cfg.renderer.mode, "probe": cfg.train.probe, "num_processes": num_processes,
                 "tables": {k: renderer[k] for k in ("image_size", "share_colors", "share_radii", "radius_min",
-                                                   "radius_max", "color_init", "palette_size", "init_seed",
-                                                   "color_param") if k in renderer}}  # color_param: when not default
+                                                   "radius_max", "color_init", "palette_size", "init_seed")
+                           if k in renderer}}
+    for key in ("color_param", "radius_param"):  # as used ("auto" resolved); named when not squash, the value of
+        used = table_param(cfg.renderer, key)  # checkpoints made before the keys existed, so that they still match
+        if used != "squash":
+            required["tables"][key] = used
     if cfg.optim.name != "adamw":  # the optimiser's state tensors mean other things (named only when not the default,
         required["optimizer"] = cfg.optim.name  # so that checkpoints made before the key existed still match)
     if cfg.model.patch_size:  # the same: named only when set

@@ -50,9 +50,10 @@ class RendererMode:
 
     @classmethod
     def table_copies(cls) -> int:
-        """Float32 copies of each rendering table the run holds: the table, plus SparseAdam's two moments when the
-        tables train (for the memory check at load)."""
-        return 3 if cls.trains_renderer else 1
+        """Float32 copies of each rendering table the run holds: the table, plus, when the tables train, their
+        initial values (the base of ``residual`` tables and of the drift logged) and SparseAdam's two moments (for
+        the memory check at load)."""
+        return 4 if cls.trains_renderer else 1
 
     @classmethod
     def buffers(cls, cfg: Config) -> list[tuple[str, float, str, str]]:

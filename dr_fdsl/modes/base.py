@@ -47,6 +47,24 @@ class RendererMode:
         if cfg.data.source == "static":
             need(not cls.trains_renderer, "renderer.mode",
                  f"data.source=static trains on fixed images: it needs renderer.mode=frozen, got {cls.name!r}")
+        if cfg.renderer.leak_penalty > 0:
+            need(cls.objective_sees_renderer(cfg), "renderer.leak_penalty",
+                 f"the renderer pays it through the objective's images, which under renderer.mode={cls.name} do not "
+                 "carry the renderer's gradient as it is (frozen: none; adversarial: reversed; match: detached unless "
+                 "match.joint); use renderer.mode=joint or match with match.joint=true, or leak_penalty=0")
+            from dr_fdsl.objectives import OBJECTIVES  # objectives import the config module, which asks the modes
+
+            need(OBJECTIVES.get(cfg.train.objective).has_probe and cfg.train.probe, "renderer.leak_penalty",
+                 f"it is paid for the leakage probe's accuracy, and objective {cfg.train.objective} "
+                 f"{'trains no probe' if cfg.train.probe else 'runs without it (train.probe=false)'}; use "
+                 "train.objective=classify or classify+mim with train.probe=true, or leak_penalty=0")
+
+    @classmethod
+    def objective_sees_renderer(cls, cfg: Config) -> bool:
+        """Whether the objective's images carry the renderer's gradient as it is (not reversed, not detached), so
+        that a term the objective adds (the leak penalty) reaches the tables with its own sign. False unless a mode
+        says so."""
+        return False
 
     @classmethod
     def table_copies(cls) -> int:

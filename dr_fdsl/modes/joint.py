@@ -23,3 +23,7 @@ class Joint(RendererMode):
         super().validate(cfg)
         trap = joint_trap(cfg)
         need(not trap, "renderer.mode", f"joint rendering {trap}; use frozen or adversarial")
+
+    @classmethod
+    def objective_sees_renderer(cls, cfg: Config) -> bool:
+        return True

@@ -36,6 +36,10 @@ class Match(RendererMode):
              "match.joint=false")
 
     @classmethod
+    def objective_sees_renderer(cls, cfg: Config) -> bool:
+        return cfg.match.joint  # else the objective gets the images detached
+
+    @classmethod
     def buffers(cls, cfg: Config) -> list[tuple[str, float, str, str]]:
         m, size = cfg.match, cfg.renderer.image_size
         if m.features not in ("random", "both"):

@@ -59,6 +59,7 @@ class Objective:
     # renderer could empty the image, ..."), or "" when it cannot: the renderer modes that descend it (joint,
     # match with match.joint) refuse a non-empty one (dr_fdsl/modes/)
     joint_trap: ClassVar[str] = ""
+    has_probe: ClassVar[bool] = False  # trains the leakage probe (with train.probe), which renderer.leak_penalty needs
     eval_names: ClassVar[tuple[str, ...]]  # names of the columns ``evaluate`` returns
 
     @classmethod

@@ -205,6 +205,34 @@ class PointRenderer(nn.Module):
             return bounded(self.cfg.radius_init + (hi - lo) * logits, lo, hi)
         return lo + (hi - lo) * squash(logits)
 
+    @torch.no_grad()
+    def table_statistics(self) -> dict[str, float]:
+        """What the tables learnt, for colours and radii (``{part}`` = ``color`` or ``radius``), over whole tables:
+
+        ``renderer/{part}_drift``: the mean absolute change of a value from its initial value (0 in mode frozen).
+        ``renderer/{part}_between``: the spread (std) over categories of the per-category mean (per channel, root
+        mean square over channels; 0 for a shared table).
+        ``renderer/{part}_code``: ``_between`` over the within-category spread (the std over a category's points,
+        root mean square over categories and channels; floored at 1e-3 of the value's range, so that tables that
+        all start at one value read 0 until they move): how much of a label code the tables could carry.
+
+        Values are the tables' own (before any point operation); cost: a few passes over the tables.
+        """
+        span = self.cfg.radius_max - self.cfg.radius_min
+        colors, radii = self.colors(), self.radii()[..., None]  # (T, N, 3), (T, N, 1)
+        color_start = None if self.color_start is None else rearrange(self.color_start, "t (n c) -> t n c", c=3)
+        out = {}
+        for part, values, start, scale in (("color", colors, color_start, 1.0),
+                                           ("radius", radii, self.radius_start, span)):
+            drift = 0.0 if start is None or self.cfg.mode == "frozen" else float((values - start).abs().mean())
+            means = values.mean(1)  # (T, W)
+            between = float(means.var(0, unbiased=False).mean().sqrt()) if len(means) > 1 else 0.0
+            within = float(values.var(1, unbiased=False).mean().sqrt())
+            out[f"renderer/{part}_drift"] = drift
+            out[f"renderer/{part}_between"] = between
+            out[f"renderer/{part}_code"] = between / max(within, 1e-3 * scale) if scale > 0 else 0.0
+        return out
+
     def _rows(self, table: nn.Parameter, rows: torch.Tensor) -> torch.Tensor:
         """Rows of a parameter table, with a row-sparse gradient when the table trains."""
         return F.embedding(rows, table, sparse=table.requires_grad)

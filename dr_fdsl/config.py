@@ -302,6 +302,10 @@ class AugmentConfig:
     window_scale: tuple[float, float] = field(default=(1.0, 1.0), metadata=ADDED)
     window_shift: float = field(default=0.0, metadata=ADDED)
     dihedral: bool = field(default=False, metadata=ADDED)
+    # A non-learnt baseline (3D-OFDB's random-texture idea): every colour times uniform random RGB, one per image
+    # ("image") or one per point of each image ("point"), from the image's key (white tables: the random colours).
+    # A random point size per image is radius_scale.
+    random_colors: Literal["none", "image", "point"] = field(default="none", metadata=ADDED)
 
 
 @dataclass
@@ -374,10 +378,6 @@ class RendererConfig:
     # images' statistics and the probe, as in domain-adversarial training): it learns images whose colour and size
     # statistics do not name the category. Modes whose tables descend the objective's loss (joint, match.joint).
     leak_penalty: float = field(default=0.0, metadata=NOT_CONTENT)
-    # A non-learnt baseline (3D-OFDB's random-texture idea): every colour times uniform random RGB, one per image
-    # ("image") or one per point of each image ("point"), from the image's key (white tables: the random colours).
-    # A random point size per image is renderer.augment.radius_scale.
-    random_colors: Literal["none", "image", "point"] = field(default="none", metadata=ADDED)
 
 
 @dataclass

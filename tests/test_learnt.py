@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dr_fdsl.bank import PointBank
-from dr_fdsl.config import RendererConfig
+from dr_fdsl.config import AugmentConfig, RendererConfig
 
 LR = 1e-3
 
@@ -192,7 +192,7 @@ def test_random_colours_per_image_or_point_come_from_the_image_key(kind):
 
     bank = tiny_bank()
     plain = PointRenderer(bank, RendererConfig(image_size=16))
-    renderer = PointRenderer(bank, RendererConfig(image_size=16, random_colors=kind))
+    renderer = PointRenderer(bank, RendererConfig(image_size=16, augment=AugmentConfig(random_colors=kind)))
     ids, seeds = torch.tensor([0, 0, 2]), torch.tensor([5, 6, 5])
     colors = renderer.scene(ids, seeds)[0].colors  # (3, N, 3)
     white = plain.scene(ids, seeds)[0].colors

@@ -27,7 +27,7 @@ camera_shift    shift, shift_frame=camera, scale_shift_prob            camera-sp
 project         renderer.view.projection, pytorch3d_arithmetic         NDC and visibility (``keep``)
 window          window_shift, window_scale, dihedral                   Anderson & Farrell's window and flips
 depth_hue       depth_hue, depth_hue_saturation, depth_hue_value       colours times the depth hue
-random_colors   renderer.random_colors                                 colours times random ones, per image/point
+random_colors   random_colors                                          colours times random ones, per image/point
 point_size      radius_scale                                           radii times a factor per image
 ==============  =====================================================  ==========================================
 
@@ -256,11 +256,11 @@ def depth_hue(points: Points, ctx: SceneContext) -> Points:
     return points._replace(colors=points.colors * augment.depth_hue_colors(toward_camera, points.keep, ctx.keys, aug))
 
 
-@point_op("random_colors", ("renderer.random_colors",), (Stream.RANDOM_COLORS,))
+@point_op("random_colors", ("random_colors",), (Stream.RANDOM_COLORS,))
 def random_colors(points: Points, ctx: SceneContext) -> Points:
     """Colours times uniform random RGB in [0, 1): one per image (``image``) or per point (``point``, by the point's
     index, so a point keeps its colour whatever else sub-sampling drops). White tables give the random colours."""
-    kind = ctx.cfg.random_colors
+    kind = ctx.cfg.augment.random_colors
     if kind == "none":
         return points
     shape = (1, 3) if kind == "image" else (points.colors.shape[1], 3)

@@ -443,6 +443,11 @@ def test_optimiser_and_colour_parameterisation_are_required_to_resume():
     assert fingerprint(replace(cfg, optim=OptimConfig(name="sgd")), 1)["required"]["optimizer"] == "sgd"
     clamp = replace(cfg, renderer=replace(cfg.renderer, color_param="clamp"))
     assert fingerprint(clamp, 1)["required"]["tables"]["color_param"] == "clamp"
+    joint = replace(cfg, renderer=replace(cfg.renderer, mode="joint"))  # auto: residual tables, which mean other things
+    assert {k: fingerprint(joint, 1)["required"]["tables"][k] for k in ("color_param", "radius_param")} == \
+        {"color_param": "residual", "radius_param": "residual"}
+    squash = replace(joint, renderer=replace(joint.renderer, color_param="squash", radius_param="squash"))
+    assert "color_param" not in fingerprint(squash, 1)["required"]["tables"]  # as checkpoints made before the keys
 
 
 def test_the_first_ctrl_c_stops_at_the_next_step_and_the_second_at_once():

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from dr_fdsl import content_key, safetensors_check
-from dr_fdsl.config import Config
+from dr_fdsl.config import Config, table_param
 from dr_fdsl.errors import CheckpointError, ConfigError, IntegrityError
 from dr_fdsl.manifest import MANIFEST, read_manifest, verify_manifest, write_manifest
 from dr_fdsl.modes import MODES
@@ -146,7 +146,7 @@ REQUIRED = ("bank", "model.name", "model.patch_size", "train.objective", "render
             # what the rendering tables' values mean: their shape, range, parameterisation and initial draw
             "renderer.image_size", "renderer.share_colors", "renderer.share_radii", "renderer.radius_min",
             "renderer.radius_max", "renderer.color_init", "renderer.palette_size", "renderer.init_seed",
-            "renderer.color_param")
+            "renderer.color_param", "renderer.radius_param")
 EXACT = ("seed", "renderer", "train.batch_size", "train.grad_accum", "image_aug", "data", "train.mixed_precision")
 
 
@@ -184,11 +184,15 @@ def legacy_fingerprint(cfg: Config, num_processes: int) -> dict:
     required = {"bank": bank, "model": cfg.model.name, "objective": cfg.train.objective,
                 "mode": cfg.renderer.mode, "probe": cfg.train.probe, "num_processes": num_processes,
                 "tables": {k: renderer[k] for k in ("image_size", "share_colors", "share_radii", "radius_min",
-                                                   "radius_max", "color_init", "palette_size", "init_seed",
-                                                   "color_param") if k in renderer}}
-    if cfg.optim.name != "adamw":
-        required["optimizer"] = cfg.optim.name
-    if cfg.model.patch_size:
+                                                   "radius_max", "color_init", "palette_size", "init_seed")
+                           if k in renderer}}
+    for key in ("color_param", "radius_param"):  # as used ("auto" resolved); named when not squash, the value of
+        used = table_param(cfg.renderer, key)  # checkpoints made before the keys existed, so that they still match
+        if used != "squash":
+            required["tables"][key] = used
+    if cfg.optim.name != "adamw":  # the optimiser's state tensors mean other things (named only when not the default,
+        required["optimizer"] = cfg.optim.name  # so that checkpoints made before the key existed still match)
+    if cfg.model.patch_size:  # the same: named only when set
         required["patch_size"] = cfg.model.patch_size
     sections = {part: content_key.legacy_settings(getattr(cfg, part), part) for part in _objective_sections(cfg)}
     exact = {"seed": cfg.seed, "renderer": renderer, "batch_size": cfg.train.batch_size,

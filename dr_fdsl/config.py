@@ -158,6 +158,10 @@ class AugmentConfig:
     window_scale: tuple[float, float] = field(default=(1.0, 1.0), metadata=ADDED)
     window_shift: float = field(default=0.0, metadata=ADDED)
     dihedral: bool = field(default=False, metadata=ADDED)
+    # A non-learnt baseline (3D-OFDB's random-texture idea): every colour times uniform random RGB, one per image
+    # ("image") or one per point of each image ("point"), from the image's key (white tables: the random colours).
+    # A random point size per image is radius_scale.
+    random_colors: Literal["none", "image", "point"] = field(default="none", metadata=ADDED)
 
 
 @dataclass
@@ -215,7 +219,10 @@ class RendererConfig:
     # How the colour table holds colours (renderer.py, color_values): "squash": logits through an algebraic sigmoid,
     # initial values kept 1e-3 inside (0, 1) (white is 0.999). "clamp": the colours themselves, clamped to [0, 1]
     # and projected back into it after every renderer step: every initial colour is held exactly (white is 1.0).
-    color_param: Literal["squash", "clamp"] = field(default="squash", metadata=ADDED)
+    # "residual": a change from the initial colour, starting at 0, bounded as clamp is: every colour moves at the
+    # same rate wherever it starts (squash's slope at 0.999 is 1.3e-4). "auto": residual where the tables learn,
+    # squash in mode frozen (whose renders, static exports and checkpoints keep their values and keys).
+    color_param: Literal["auto", "squash", "clamp", "residual"] = field(default="auto", metadata=ADDED)
     view: ViewConfig = field(default_factory=ViewConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     objects: ObjectsConfig = field(default_factory=ObjectsConfig, metadata=ADDED)
@@ -226,6 +233,14 @@ class RendererConfig:
     # anchor_penalty * mean squared distance of its logits from their initial values.
     adversarial_scale: float = field(default=1.0, metadata=NOT_CONTENT)
     anchor_penalty: float = field(default=1e-2, metadata=NOT_CONTENT)
+    # How the radius table holds radii, as color_param: "squash": radius_min + span * squash(logit); "residual":
+    # radius_init + span * delta, delta from 0, clamped to [radius_min, radius_max] and projected back after every
+    # renderer step (span = radius_max - radius_min: radii and colours move the same fraction of their range).
+    radius_param: Literal["auto", "squash", "residual"] = field(default="auto", metadata=ADDED)
+    # > 0: the renderer pays this times the leakage probe's cross-entropy, reversed (a gradient reversal between the
+    # images' statistics and the probe, as in domain-adversarial training): it learns images whose colour and size
+    # statistics do not name the category. Modes whose tables descend the objective's loss (joint, match.joint).
+    leak_penalty: float = field(default=0.0, metadata=NOT_CONTENT)
 
 
 @dataclass
@@ -636,6 +651,13 @@ def validate_against_bank(r: RendererConfig, bank_settings: dict, num_classes: i
         spec.renderer_rules(bank_settings[family], r)  # the family's own (visualatom's instances and colours)
 
 
+def table_param(r: RendererConfig, key: str) -> str:
+    """``renderer.color_param`` or ``renderer.radius_param`` (``key``) as the renderer uses it: ``auto`` is
+    ``residual`` where the tables learn and ``squash`` in mode frozen."""
+    value = getattr(r, key)
+    return value if value != "auto" else ("squash" if r.mode == "frozen" else "residual")
+
+
 def validate_renderer(r: RendererConfig) -> None:
     """The renderer section's checks (also run by ``PointRenderer`` for configs built in Python)."""
     need(r.image_size >= 1, "renderer.image_size", f"must be positive, got {r.image_size}")
@@ -651,6 +673,8 @@ def validate_renderer(r: RendererConfig) -> None:
     need(finite(r.lr) and r.lr > 0, "renderer.lr", f"must be a positive number, got {r.lr}")
     need(r.adversarial_scale > 0, "renderer.adversarial_scale", f"must be positive, got {r.adversarial_scale}")
     need(r.anchor_penalty >= 0, "renderer.anchor_penalty", f"must be >= 0, got {r.anchor_penalty}")
+    need(finite(r.leak_penalty) and r.leak_penalty >= 0, "renderer.leak_penalty",
+         f"must be a number >= 0 (0: off), got {r.leak_penalty}")
     view, aug = r.view, r.augment
     for key in ("azimuth", "elevation", "roll", "distance", "fov", "ortho_scale"):
         lo, hi = getattr(view, key)

@@ -151,6 +151,13 @@ def differences(saved: Any, current: Any, saved_as: str = "file", current_as: st
     return out
 
 
+# Defaults that changed after content keys came: files made before them left these keys out at the old default, so
+# the legacy record leaves them out at it too (``renderer.color_param`` was ``squash``; now ``auto``, which means
+# squash in mode frozen and residual tables where they learn: the checkpoint's required part names those;
+# renderer.radius_param did not exist, and the radii were squash).
+LEGACY_DEFAULTS = {"renderer.color_param": "squash", "renderer.radius_param": "squash"}
+
+
 def legacy_settings(section: Any, prefix: str) -> dict:
     """Only for reading files made before content keys: the record the earlier rule wrote for ``section`` (the
     config key ``prefix``: ``"bank"``, ``"renderer"``, ``"match"``...): its content fields as nested dicts, where a
@@ -162,7 +169,8 @@ def legacy_settings(section: Any, prefix: str) -> dict:
             continue
         key, value = f"{prefix}.{f.name}", getattr(section, f.name)
         added = f.metadata.get("omit_default") or key not in LEGACY_FIELDS
-        if added and value == field_default(f):  # compared as the earlier rule did (a list is not a tuple)
+        at_default = value == field_default(f) or (key in LEGACY_DEFAULTS and value == LEGACY_DEFAULTS[key])
+        if added and at_default:  # compared as the earlier rule did (a list is not a tuple)
             continue
         out[f.name] = legacy_settings(value, key) if dataclasses.is_dataclass(value) else plain(value)
     return out

@@ -2,44 +2,78 @@
 
 When colours and radii descend the classification loss (``renderer.mode=joint``) the cheapest solution is a
 colour or size code per category: the loss falls while the network learns no shape. The probe's accuracy
-rising far above its value under the frozen renderer is the sign that this happened.
+rising far above its value under the frozen renderer is the sign that this happened. Two more heads of the same
+probe say which: one sees only the foreground's colour statistics, the other only its size (the fraction of pixels
+covered). ``renderer.leak_penalty`` makes the renderer pay for the probe's accuracy: the statistics reach the whole
+probe through a gradient reversal, so the tables ascend its loss (domain-adversarial training).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from dr_fdsl.reversal import GradientReversal
+
 NUM_FEATURES = 14
+COLOUR_FEATURES = (6, 7, 8, 9, 10, 11, 13)  # of colour_statistics: the foreground's mean, std and brightness
+SIZE_FEATURES = (12,)  # the foreground fraction
+HEADS = ("", "color_", "size_")  # metric prefixes of the probe's heads: probe/{head}train_acc, probe/{head}val_acc
 
 
-def colour_statistics(images: torch.Tensor, background: float = 0.0) -> torch.Tensor:
+def _sqrt(x: torch.Tensor) -> torch.Tensor:
+    """``sqrt(x)`` for ``x >= 0`` with gradient 0 at 0 (not inf, which would make the leak penalty's NaN)."""
+    return torch.where(x > 0, x.clamp_min(torch.finfo(x.dtype).tiny).sqrt(), 0.0)
+
+
+def colour_statistics(images: torch.Tensor, background: float = 0.0, differentiable: bool = False) -> torch.Tensor:
     """Per-image statistics blind to shape: ``(B, 3, H, W)`` in [0, 1] -> ``(B, 14)`` float32.
 
     Mean and std of each channel over all pixels and over foreground pixels (any channel differing from the
     background), the foreground fraction (a size code shows here) and the mean brightness of the foreground.
+    Detached unless ``differentiable`` (the leak penalty's gradient reaches the images through them; the foreground
+    mask and so the fraction carry none, the radii's reach the foreground's statistics through soft edges).
     """
-    images = images.detach().float()
-    fg = ((images - background).abs().amax(1, keepdim=True) > 1e-3).float()  # (B, 1, H, W)
+    images = images.float() if differentiable else images.detach().float()
+    fg = ((images - background).abs().amax(1, keepdim=True) > 1e-3).detach().float()  # (B, 1, H, W)
     area = fg.sum(dim=(2, 3)).clamp_min(1.0)
     fg_mean = (images * fg).sum(dim=(2, 3)) / area
-    fg_std = (((images - fg_mean[..., None, None]) ** 2 * fg).sum(dim=(2, 3)) / area).sqrt()
+    fg_std = _sqrt(((images - fg_mean[..., None, None]) ** 2 * fg).sum(dim=(2, 3)) / area)
     fraction = fg.mean(dim=(1, 2, 3))[:, None]
     brightness = fg_mean.mean(1, keepdim=True)
-    return torch.cat([images.mean(dim=(2, 3)), images.std(dim=(2, 3)), fg_mean, fg_std, fraction, brightness], 1)
+    mean = images.mean(dim=(2, 3))
+    pixels = images.shape[2] * images.shape[3]
+    std = _sqrt(((images - mean[..., None, None]) ** 2).sum(dim=(2, 3)) / max(pixels - 1, 1))  # unbiased, as std
+    return torch.cat([mean, std, fg_mean, fg_std, fraction, brightness], 1)
 
 
 class LeakageProbe(nn.Module):
-    """A linear softmax classifier on :func:`colour_statistics`, trained online on the training batches."""
+    """Linear softmax classifiers on :func:`colour_statistics`, trained online on the training batches: the probe
+    on all 14 (``linear``), and two heads on the colour-only and the size-only statistics. The heads start at zero
+    (uniform predictions) and draw no random number, so adding them changed no other draw of a run."""
 
     def __init__(self, num_classes: int):
         super().__init__()
         self.norm = nn.BatchNorm1d(NUM_FEATURES, affine=False)  # statistics differ in scale by orders
         self.linear = nn.Linear(NUM_FEATURES, num_classes)
+        self.register_buffer("color_index", torch.tensor(COLOUR_FEATURES), persistent=False)
+        self.register_buffer("size_index", torch.tensor(SIZE_FEATURES), persistent=False)
+        self.color_weight = nn.Parameter(torch.zeros(num_classes, len(COLOUR_FEATURES)))
+        self.color_bias = nn.Parameter(torch.zeros(num_classes))
+        self.size_weight = nn.Parameter(torch.zeros(num_classes, len(SIZE_FEATURES)))
+        self.size_bias = nn.Parameter(torch.zeros(num_classes))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """``(B, 14)`` statistics -> ``(B, C)`` logits."""
-        return self.linear(self.norm(features))
+    def forward(self, features: torch.Tensor, reverse: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(B, 14)`` statistics -> the ``(B, C)`` logits of the whole probe, the colour head and the size head.
+
+        ``reverse > 0``: the whole probe's input passes a gradient reversal of that scale (what computed the
+        statistics ascends its loss); the heads see them detached (they only say where a leak is)."""
+        x = self.norm(features)
+        whole = GradientReversal.apply(x, reverse) if reverse > 0 else x
+        x = x.detach() if reverse > 0 else x
+        return (self.linear(whole), F.linear(x[:, self.color_index], self.color_weight, self.color_bias),
+                F.linear(x[:, self.size_index], self.size_weight, self.size_bias))
 
 
 def weights_finite(probe: nn.Module) -> torch.Tensor:

@@ -249,7 +249,8 @@ def test_gradients_are_exact_and_touch_only_the_drawn_categories(family, ofdb_ba
                                                                  visualatom_bank):
     bank = {"ofdb": ofdb_bank, "fractaldb": fractaldb_bank, "visualatom": visualatom_bank}[family]
     view = CANVAS_VIEW if family != "ofdb" else []
-    renderer = renderer_for(bank, family, "renderer.mode=joint", "renderer.color_init=random", *view)
+    renderer = renderer_for(bank, family, "renderer.mode=joint", "renderer.color_init=random",
+                            "renderer.color_param=squash", *view)
     classes, seeds = torch.tensor([1, 1, 0]), torch.tensor([3, 4, 5])
     images = renderer(classes, seeds)
     probe = torch.rand(images.shape, generator=torch.Generator().manual_seed(0))

@@ -24,12 +24,12 @@ from dr_fdsl.render.rasterizers import RASTERIZERS
 from dr_fdsl.render.streams import Stream
 
 DOCUMENTED = ("subsample", "instances", "corrupt", "pointwolf", "scale", "shift", "jitter", "view", "camera_shift",
-              "project", "window", "depth_hue", "point_size")
+              "project", "window", "depth_hue", "random_colors", "point_size")
 CAMERA = {"view", "project"}  # always run: every image has a camera
 # Every operation on, each at a setting that moves something (mix is part of the gather, not an operation).
 ALL_ON = AugmentConfig(subsample=(0.4, 0.8), drop_local=30, add_global=10, add_local=20, pointwolf=True,
                        scale=(0.6, 1.3), shift=0.2, jitter=0.02, depth_hue=True, radius_scale=(0.5, 1.5),
-                       window_shift=0.1, window_scale=(0.8, 1.2), dihedral=True)
+                       window_shift=0.1, window_scale=(0.8, 1.2), dihedral=True, random_colors="point")
 ROOT = Path(__file__).parent.parent
 
 

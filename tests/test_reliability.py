@@ -441,7 +441,7 @@ def test_optimiser_and_colour_parameterisation_are_required_to_resume():
     refused on resume, not resumed silently; at their defaults the fingerprint does not name them."""
     from dataclasses import replace
 
-    from dr_fdsl.checkpoint import fingerprint
+    from dr_fdsl.checkpoint import fingerprint, legacy_fingerprint
     from dr_fdsl.config import Config, OptimConfig
 
     cfg = Config()
@@ -450,6 +450,15 @@ def test_optimiser_and_colour_parameterisation_are_required_to_resume():
     assert fingerprint(replace(cfg, optim=OptimConfig(name="sgd")), 1)["required"]["optim.name"] == "sgd"
     clamp = replace(cfg, renderer=replace(cfg.renderer, color_param="clamp"))
     assert fingerprint(clamp, 1)["required"]["renderer.color_param"] == "clamp"
+    # auto means residual tables where they learn: the mode, recorded beside it, says which
+    joint = replace(cfg, renderer=replace(cfg.renderer, mode="joint"))
+    assert fingerprint(joint, 1)["required"]["renderer.mode"] == "joint"
+    # checkpoints made before content keys recorded squash tables by leaving the keys out: a joint run's residual
+    # tables must not match them, squash ones must
+    assert {k: legacy_fingerprint(joint, 1)["required"]["tables"][k] for k in ("color_param", "radius_param")} == \
+        {"color_param": "residual", "radius_param": "residual"}
+    squash = replace(joint, renderer=replace(joint.renderer, color_param="squash", radius_param="squash"))
+    assert "color_param" not in legacy_fingerprint(squash, 1)["required"]["tables"]
 
 
 def test_the_first_ctrl_c_stops_at_the_next_step_and_the_second_at_once():

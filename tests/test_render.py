@@ -246,7 +246,8 @@ def test_rotation_none_projects_by_hand():
 
 @pytest.mark.parametrize("init", ["white", "grey", "random", "palette"])
 def test_initialisation_and_bounds(init):
-    renderer = PointRenderer(tiny_bank(), cfg(color_init=init, mode="joint", radius_min=0.01, radius_max=0.05))
+    renderer = PointRenderer(tiny_bank(), cfg(color_init=init, mode="joint", radius_min=0.01, radius_max=0.05,
+                                              color_param="squash", radius_param="squash"))  # residual: test_learnt
     colors = renderer.colors()
     assert colors.shape == (4, 300, 3) and colors.min() > 0 and colors.max() < 1
     if init == "white":

@@ -50,7 +50,9 @@ def test_each_mode_trains_logs_and_checkpoints(tmp_path, bank_dir, mode):
     folder = tmp_path / "run"
     events = tags(folder)
     expected = {"train/loss", "train/acc", "lr/classifier", "perf/images_per_s", "perf/render_share",
-                "grad_norm/classifier", "val/loss", "val/top1", "val/top5", "probe/val_acc", "probe/train_acc"}
+                "grad_norm/classifier", "val/loss", "val/top1", "val/top5", "probe/val_acc", "probe/train_acc",
+                "probe/color_val_acc", "probe/size_val_acc", "probe/color_train_acc", "probe/size_train_acc",
+                *(f"renderer/{part}_{what}" for part in ("color", "radius") for what in ("drift", "between", "code"))}
     if mode != "frozen":
         expected |= {"lr/renderer", "grad_norm/renderer"}
     assert expected <= set(events.Tags()["scalars"])
@@ -60,6 +62,9 @@ def test_each_mode_trains_logs_and_checkpoints(tmp_path, bank_dir, mode):
     assert [p.name for p in list_checkpoints(folder)] == ["step_0000002", "step_0000004"]
     assert load_config(folder / "config.yaml") == cfg
     assert summary["step"] == 4
+    drifts = [summary[f"renderer/{part}_drift"] for part in ("color", "radius")]  # what the tables learnt
+    assert drifts == [0, 0] if mode == "frozen" else min(drifts) > 0
+    assert [e.value for e in events.Scalars("renderer/color_drift")][-1] == pytest.approx(drifts[0])
     # The logged evaluation is the model's accuracy on the held-out views, recomputed here without the engine.
     ids, seeds = run.eval_views
     with torch.no_grad():

@@ -69,6 +69,8 @@ def log_scalars(run: Run, out: dict, window: dict) -> dict[str, float]:
     scalars["perf/render_share"] = window["render_seconds"] / max(window["seconds"], 1e-9)
     scalars["lr/classifier"] = run.objective.optimizer.param_groups[0]["lr"]
     scalars.update(run.mode.scalars())  # lr/renderer when the tables train
+    scalars.update(run.renderer.table_statistics())  # drift and label-code spread of colours and radii (the same on
+    # every process: the tables are)
     acc.log(scalars, step=run.state.step)
     return scalars
 
@@ -298,6 +300,7 @@ def finish(run: Run, last_eval: dict, total: dict) -> dict:
                "total_batch": run.total_batch, "lr": run.lr, "mode": run.mode.name,
                "objective": run.cfg.train.objective, "source": run.cfg.data.source,
                "images_per_s": total["images"] / max(total["seconds"], 1e-9), **last_eval,
+               **run.renderer.table_statistics(),
                "renderer_checksums": renderer_checksums(run),
                "first_view_seeds": acc.gather(seeds.to(acc.device)).view(acc.num_processes, -1).tolist(),
                "last_checkpoint": str(run.state.last_checkpoint)}

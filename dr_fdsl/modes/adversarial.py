@@ -8,24 +8,12 @@ import torch
 
 from dr_fdsl.modes.adversarial_settings import AdversarialSpec
 from dr_fdsl.modes.base import ObjectiveLoss, RendererMode, Stop
+from dr_fdsl.reversal import GradientReversal
 
 if TYPE_CHECKING:
     from dr_fdsl.engine.step import Batch
     from dr_fdsl.objectives.base import ObjectiveOutput
     from dr_fdsl.render import PointRenderer
-
-
-class GradientReversal(torch.autograd.Function):
-    """Identity forward; backward multiplies the gradient by ``-scale`` (the renderer ascends the loss)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return -ctx.scale * grad, None
 
 
 class Adversarial(AdversarialSpec, RendererMode):

@@ -38,12 +38,31 @@ class ModeSpec:
         if cfg.data.source == "static":
             need(not cls.trains_renderer, "renderer.mode",
                  f"data.source=static trains on fixed images: it needs renderer.mode=frozen, got {cls.name!r}")
+        if cfg.renderer.leak_penalty > 0:
+            need(cls.objective_sees_renderer(cfg), "renderer.leak_penalty",
+                 f"the renderer pays it through the objective's images, which under renderer.mode={cls.name} do not "
+                 "carry the renderer's gradient as it is (frozen: none; adversarial: reversed; match: detached unless "
+                 "match.joint); use renderer.mode=joint or match with match.joint=true, or leak_penalty=0")
+            from dr_fdsl.objectives import OBJECTIVES  # the objectives' specs (torch-free)
+
+            need(OBJECTIVES.spec(cfg.train.objective).has_probe and cfg.train.probe, "renderer.leak_penalty",
+                 f"it is paid for the leakage probe's accuracy, and objective {cfg.train.objective} "
+                 f"{'trains no probe' if cfg.train.probe else 'runs without it (train.probe=false)'}; use "
+                 "train.objective=classify or classify+mim with train.probe=true, or leak_penalty=0")
+
+    @classmethod
+    def objective_sees_renderer(cls, cfg: Config) -> bool:
+        """Whether the objective's images carry the renderer's gradient as it is (not reversed, not detached), so
+        that a term the objective adds (the leak penalty) reaches the tables with its own sign. False unless a mode
+        says so."""
+        return False
 
     @classmethod
     def table_copies(cls) -> int:
-        """Float32 copies of each rendering table the run holds: the table, plus SparseAdam's two moments when the
-        tables train (for the memory check at load)."""
-        return 3 if cls.trains_renderer else 1
+        """Float32 copies of each rendering table the run holds: the table, plus, when the tables train, their
+        initial values (the base of ``residual`` tables and of the drift logged) and SparseAdam's two moments (for
+        the memory check at load)."""
+        return 4 if cls.trains_renderer else 1
 
     @classmethod
     def buffers(cls, cfg: Config) -> list[tuple[str, float, str, str]]:

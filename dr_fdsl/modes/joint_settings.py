@@ -19,3 +19,7 @@ class JointSpec(ModeSpec):
         super().validate(cfg)
         trap = joint_trap(cfg)
         need(not trap, "renderer.mode", f"joint rendering {trap}; use frozen or adversarial")
+
+    @classmethod
+    def objective_sees_renderer(cls, cfg: Config) -> bool:
+        return True

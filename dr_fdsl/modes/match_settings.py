@@ -113,6 +113,10 @@ class MatchSpec(ModeSpec):
     sections = {"match": MatchConfig}
 
     @classmethod
+    def objective_sees_renderer(cls, cfg: Config) -> bool:
+        return cfg.match.joint  # else the objective gets the images detached
+
+    @classmethod
     def validate(cls, cfg: Config) -> None:
         super().validate(cfg)
         validate_match(cfg)

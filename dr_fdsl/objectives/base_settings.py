@@ -26,6 +26,7 @@ class ObjectiveSpec:
     # renderer could empty the image, ..."), or "" when it cannot: the renderer modes that descend it (joint,
     # match with match.joint) refuse a non-empty one (dr_fdsl/modes/)
     joint_trap: ClassVar[str] = ""
+    has_probe: ClassVar[bool] = False  # trains the leakage probe (with train.probe), which renderer.leak_penalty needs
 
     @classmethod
     def validate(cls, cfg: Config) -> None:

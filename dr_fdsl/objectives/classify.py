@@ -3,7 +3,9 @@
 The image augmentations (``image_aug``: the published pixel pipelines, flips, random erasing, Mixup/CutMix, label
 smoothing) run on the device. The leakage probe (a linear classifier on colour statistics, :mod:`dr_fdsl.probe`)
 trains beside it on detached statistics, so it never shapes the renderer; its accuracy tells whether learnt
-rendering leaks the label through colour or size.
+rendering leaks the label through colour or size (its colour-only and size-only heads: through which). With
+``renderer.leak_penalty`` the statistics are not detached: the renderer ascends the probe's loss through a gradient
+reversal of that scale, paying for what the probe can read.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from dr_fdsl.models import create_classifier
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput
 from dr_fdsl.objectives.classify_settings import ClassifySpec
 from dr_fdsl.optim import create_optimizer
-from dr_fdsl.probe import LeakageProbe, colour_statistics, restart_, weights_finite
+from dr_fdsl.probe import HEADS, LeakageProbe, colour_statistics, restart_, weights_finite
 
 
 class Classify(ClassifySpec, Objective):
-    eval_names = ("val/loss", "val/top1", "val/top5", "probe/val_acc")
+    eval_names = ("val/loss", "val/top1", "val/top5", "probe/val_acc", "probe/color_val_acc", "probe/size_val_acc")
 
     def __init__(self, cfg: Config, num_classes: int, lr: float, device: torch.device):
         """``lr``: the classifier's peak learning rate (the engine scales ``optim.lr`` by the total batch)."""
@@ -65,8 +67,10 @@ class Classify(ClassifySpec, Objective):
         return ObjectiveOutput(loss, loss + self.probe_loss(images, class_ids, metrics), metrics)
 
     def probe_loss(self, images: torch.Tensor, class_ids: torch.Tensor, metrics: dict) -> torch.Tensor | float:
-        """The leakage probe's loss (0 without a probe), adding to ``metrics`` its loss, its accuracy and
-        ``probe/diverged``: a separate graph on detached statistics, so it never shapes the renderer.
+        """The leakage probe's loss (0 without a probe; the sum of its three heads'), adding to ``metrics`` its loss,
+        each head's accuracy and ``probe/diverged``: a separate graph on detached statistics, so it never shapes the
+        renderer, unless ``renderer.leak_penalty`` > 0: then the whole probe's gradient reaches the images reversed
+        and scaled by it (the renderer ascends the probe's loss; the probe itself still descends it).
 
         A probe whose weights or loss are not finite has diverged: from then on ``probe/diverged`` is 1 and its
         accuracies are NaN (chance is not a finding), a one-line warning says so, and training goes on: the
@@ -79,17 +83,20 @@ class Classify(ClassifySpec, Objective):
         if self.restart_probe:  # before the forward: the weights may not change under a graph that uses them
             restart_(self.probe, self.probe_optimizer)
             self.restart_probe = False
-        probe_logits = self.probe(colour_statistics(images, self.background))
-        loss = F.cross_entropy(probe_logits.float(), class_ids)
+        penalty = self.cfg.renderer.leak_penalty
+        heads = self.probe(colour_statistics(images, self.background, differentiable=penalty > 0), penalty)
+        losses = [F.cross_entropy(logits.float(), class_ids) for logits in heads]
+        loss = sum(losses)
         weights_ok = weights_finite(self.probe)
         if not (weights_ok & torch.isfinite(loss)).item():  # one host sync for both
             self.restart_probe = not weights_ok.item()
             self._probe_diverged("its weights are not finite" if self.restart_probe else f"its loss is {loss.item()}")
-            loss = (probe_logits * 0).nan_to_num(0.0).sum()  # zero, with zero gradients
-        metrics["probe/loss"] = loss.detach() if not self.probe_diverged else torch.tensor(math.nan)
+            loss = sum((logits * 0).nan_to_num(0.0).sum() for logits in heads)  # zero, with zero gradients
+        metrics["probe/loss"] = losses[0].detach() if not self.probe_diverged else torch.tensor(math.nan)
         metrics["probe/diverged"] = torch.tensor(float(self.probe_diverged))
-        accuracy = (probe_logits.argmax(1) == class_ids).float().mean().detach()
-        metrics["probe/train_acc"] = accuracy if not self.probe_diverged else torch.tensor(math.nan)
+        for head, logits in zip(HEADS, heads):
+            accuracy = (logits.argmax(1) == class_ids).float().mean().detach()
+            metrics[f"probe/{head}train_acc"] = accuracy if not self.probe_diverged else torch.tensor(math.nan)
         return loss
 
     def before_checkpoint(self) -> None:
@@ -113,11 +120,12 @@ class Classify(ClassifySpec, Objective):
                                  f"(now {self.cfg.train.probe_lr})")
         self.probe_diverged = True
 
-    def probe_accuracy(self, images: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
-        """The probe's evaluation column ``(B,)``: 1 where it names the category, NaN for every image once it
-        diverged."""
-        hits = (self.probe(colour_statistics(images, self.background)).argmax(1) == class_ids).float()
-        return hits.fill_(math.nan) if self.probe_diverged else hits
+    def probe_accuracy(self, images: torch.Tensor, class_ids: torch.Tensor) -> list[torch.Tensor]:
+        """The probe's evaluation columns ``(B,)`` each, for the whole probe, its colour head and its size head: 1
+        where it names the category, NaN for every image once it diverged."""
+        heads = self.probe(colour_statistics(images, self.background))
+        hits = [(logits.argmax(1) == class_ids).float() for logits in heads]
+        return [h.fill_(math.nan) for h in hits] if self.probe_diverged else hits
 
     def clip_gradients(self, max_norm: float) -> dict[str, torch.Tensor]:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -130,5 +138,5 @@ class Classify(ClassifySpec, Objective):
         top5 = logits.topk(min(5, self.num_classes), dim=1).indices
         rows = [loss, (top5[:, 0] == class_ids).float(), (top5 == class_ids[:, None]).any(1).float()]
         if self.probe is not None:
-            rows.append(self.probe_accuracy(images, class_ids))
+            rows.extend(self.probe_accuracy(images, class_ids))
         return torch.stack(rows, 1)

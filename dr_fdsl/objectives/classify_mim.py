@@ -52,10 +52,10 @@ class ClassifyingAutoencoder(MaskedAutoencoder):
 
 
 class ClassifyMIM(ClassifyMIMSpec, Classify):
-    # val/loss is classification + mim.weight * reconstruction, as train/loss; the probe's column comes last (it is
-    # absent when train.probe is off)
+    # val/loss is classification + mim.weight * reconstruction, as train/loss; the probe's columns come last (they
+    # are absent when train.probe is off)
     eval_names = ("val/loss", "val/top1", "val/top5", "val/classify_loss", "val/mim_loss", "val/identity_loss",
-                  "probe/val_acc")
+                  "probe/val_acc", "probe/color_val_acc", "probe/size_val_acc")
 
     def __init__(self, cfg: Config, num_classes: int, lr: float, device: torch.device):
         """``lr``: the networks' peak learning rate (the engine scales ``optim.lr`` by the total batch)."""
@@ -100,7 +100,7 @@ class ClassifyMIM(ClassifyMIMSpec, Classify):
                 (top5 == class_ids[:, None]).any(1).float(), classify_loss, mim_loss,
                 mean_l1((masked - clean).abs(), mask, loss_on)]
         if self.probe is not None:
-            rows.append(self.probe_accuracy(images, class_ids))
+            rows.extend(self.probe_accuracy(images, class_ids))
         return torch.stack(rows, 1)
 
     @torch.no_grad()

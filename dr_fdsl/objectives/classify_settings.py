@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 class ClassifySpec(ObjectiveSpec):
     name = "classify"
+    has_probe = True
 
     @classmethod
     def validate(cls, cfg: Config) -> None:

@@ -27,6 +27,7 @@ camera_shift    shift, shift_frame=camera, scale_shift_prob            camera-sp
 project         renderer.view.projection, pytorch3d_arithmetic         NDC and visibility (``keep``)
 window          window_shift, window_scale, dihedral                   Anderson & Farrell's window and flips
 depth_hue       depth_hue, depth_hue_saturation, depth_hue_value       colours times the depth hue
+random_colors   random_colors                                          colours times random ones, per image/point
 point_size      radius_scale                                           radii times a factor per image
 ==============  =====================================================  ==========================================
 
@@ -103,7 +104,7 @@ POINT_OPS: Registry[PointOp] = Registry("point operation", "renderer.augment")
 
 # The order they run in (docs/architecture.md and docs/rendering.md list it).
 PIPELINE = ("subsample", "instances", "corrupt", "pointwolf", "scale", "shift", "jitter", "view", "camera_shift",
-            "project", "window", "depth_hue", "point_size")
+            "project", "window", "depth_hue", "random_colors", "point_size")
 
 
 def point_op(name: str, keys: tuple[str, ...], streams: tuple[Stream, ...]):
@@ -253,6 +254,17 @@ def depth_hue(points: Points, ctx: SceneContext) -> Points:
         return points
     toward_camera = -(points.xyz @ points.views.rotation.transpose(1, 2))[..., 2]
     return points._replace(colors=points.colors * augment.depth_hue_colors(toward_camera, points.keep, ctx.keys, aug))
+
+
+@point_op("random_colors", ("random_colors",), (Stream.RANDOM_COLORS,))
+def random_colors(points: Points, ctx: SceneContext) -> Points:
+    """Colours times uniform random RGB in [0, 1): one per image (``image``) or per point (``point``, by the point's
+    index, so a point keeps its colour whatever else sub-sampling drops). White tables give the random colours."""
+    kind = ctx.cfg.augment.random_colors
+    if kind == "none":
+        return points
+    shape = (1, 3) if kind == "image" else (points.colors.shape[1], 3)
+    return points._replace(colors=points.colors * rnd.uniform(ctx.keys, Stream.RANDOM_COLORS, shape))
 
 
 @point_op("point_size", ("radius_scale",), (Stream.RADIUS_SCALE,))

@@ -10,7 +10,7 @@ from einops import rearrange
 from torch import nn
 
 from dr_fdsl.bank import PointBank
-from dr_fdsl.config import RendererConfig, validate_against_bank, validate_renderer
+from dr_fdsl.config import RendererConfig, table_param, validate_against_bank, validate_renderer
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.render import augment, multi
 from dr_fdsl.render import random as rnd
@@ -40,6 +40,17 @@ def unsquash(p: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`squash` for ``p`` in (0, 1) (kept ``_INIT_MARGIN`` inside the bounds)."""
     q = 2 * p.clamp(_INIT_MARGIN, 1 - _INIT_MARGIN) - 1
     return q / torch.sqrt(1 - q * q)
+
+
+def bounded(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``x`` clamped to ``[low, high]`` in value, with gradient 1 everywhere (straight through).
+
+    A ``residual`` table is projected back into its bounds after every step (:meth:`PointRenderer.project_`), but
+    the projected base + delta can round one ulp past the bound, where a plain clamp's gradient is 0 for good: the
+    straight-through form keeps every entry learning. Inside the bounds the value is ``x`` bit for bit; past them,
+    ``x + (bound - x)`` is the bound exactly (the difference of two nearby floats is exact).
+    """
+    return x + (x.clamp(low, high) - x).detach()
 
 
 def initial_colors(cfg: RendererConfig, tables: int, num_points: int, generator: torch.Generator,
@@ -75,9 +86,15 @@ class PointRenderer(nn.Module):
     """Renders (category, view seed) pairs of a bank, differentiably in colours and radii.
 
     Parameters, one row per category (``share_*`` makes a single row that every category uses):
-        color_logits: ``(C, N * 3)``; colours are ``squash(color_logits)`` in (0, 1), point-major RGB (with
-            ``cfg.color_param == "clamp"``: the colours themselves, see :meth:`color_values`).
-        radius_logits: ``(C, N)``; radii are ``radius_min + (radius_max - radius_min) * squash(radius_logits)``.
+        color_logits: ``(C, N * 3)``, point-major RGB; colours by ``color_param`` (:meth:`color_values`):
+            ``residual`` (the default of a learnable renderer): ``clamp(color_start + color_logits, 0, 1)``, the
+            entries starting at 0; ``squash``: ``squash(color_logits)`` in (0, 1); ``clamp``: the colours themselves.
+        radius_logits: ``(C, N)``; radii by ``radius_param``: ``residual``: ``clamp(radius_init + span *
+            radius_logits, radius_min, radius_max)``, from 0; ``squash``: ``radius_min + span * squash(radius_logits)``
+            (span: ``radius_max - radius_min``).
+    Buffers (non-persistent: rebuilt from the config, never checkpointed), when the tables learn or a table is
+    ``residual``: color_start ``(C, N * 3)``, the initial colours (the residual's base, and what
+    :meth:`table_statistics` measures drift from).
 
     A forward pass reads only the rows of the categories it draws (``F.embedding``); in a trainable renderer the
     gradients are row-sparse, so synchronising and stepping them costs in proportion to those categories
@@ -109,11 +126,21 @@ class PointRenderer(nn.Module):
         color_tables = 1 if cfg.share_colors else self.num_classes
         radius_tables = 1 if cfg.share_radii else self.num_classes
         colors = initial_colors(cfg, color_tables, self.num_points, gen, bank.params.get("grey"))
-        table = colors if cfg.color_param == "clamp" else unsquash(colors)
+        self.color_param, self.radius_param = table_param(cfg, "color_param"), table_param(cfg, "radius_param")
+        table = {"clamp": colors, "squash": unsquash(colors), "residual": torch.zeros_like(colors)}[self.color_param]
         self.color_logits = nn.Parameter(rearrange(table, "t n c -> t (n c)"))
+        if cfg.mode != "frozen" or self.color_param == "residual":
+            self.register_buffer("color_start", rearrange(colors, "t n c -> t (n c)").clone(), persistent=False)
+        else:
+            self.color_start = None
         span = cfg.radius_max - cfg.radius_min
         fraction = (cfg.radius_init - cfg.radius_min) / span if span > 0 else 0.5
-        self.radius_logits = nn.Parameter(unsquash(torch.full((radius_tables, self.num_points), fraction)))
+        if self.radius_param == "residual":
+            self.radius_logits = nn.Parameter(torch.zeros(radius_tables, self.num_points))
+        else:
+            self.radius_logits = nn.Parameter(unsquash(torch.full((radius_tables, self.num_points), fraction)))
+        # Every radius starts at this value (radius_init, or its squashed image 1e-3 inside the range)
+        self.radius_start = float(self._radius(self.radius_logits[:1, :1].detach()))
         self.requires_grad_(cfg.mode != "frozen")
         # The family's per-image points (bank.<family>.instances, renderer.augment.map_jitter), drawn in the step
         self.instances = build_instances(bank, cfg)
@@ -123,11 +150,17 @@ class PointRenderer(nn.Module):
         return self.cfg.image_size
 
     def colors(self) -> torch.Tensor:
-        """Colour tables ``(C or 1, N, 3)`` float32 in (0, 1) (in [0, 1] with ``color_param: clamp``)."""
-        return rearrange(self.color_values(self.color_logits), "t (n c) -> t n c", c=3)
+        """Colour tables ``(C or 1, N, 3)`` float32 in (0, 1) (in [0, 1] with ``color_param: clamp`` or
+        ``residual``)."""
+        return rearrange(self.color_values(self.color_logits, self.color_start), "t (n c) -> t n c", c=3)
 
-    def color_values(self, logits: torch.Tensor) -> torch.Tensor:
-        """Colours from colour-table entries, by ``cfg.color_param``.
+    def color_values(self, logits: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
+        """Colours from colour-table entries, by ``color_param``; ``start``: the same entries of ``color_start``
+        (read by ``residual`` only).
+
+        ``residual`` (the default where the tables learn) holds the change from the initial colour, bounded by
+        :func:`bounded`: the slope is 1 wherever a colour starts, white included, so one step of SparseAdam (about
+        ``renderer.lr`` per entry) moves white, grey and palette colours alike, and the initial colours are exact.
 
         ``squash`` (default) keeps every colour strictly inside (0, 1) with a smooth, never-flat map, so the
         initial values sit ``_INIT_MARGIN`` inside the bounds (white is 0.999). ``clamp`` holds the colours
@@ -137,21 +170,63 @@ class PointRenderer(nn.Module):
         that step past a bound (zero gradient beyond it), :meth:`project_` puts them back on the bound after each
         renderer step: projected gradient descent, whose colours always lie in [0, 1] and always get gradients.
         """
-        return logits.clamp(0, 1) if self.cfg.color_param == "clamp" else squash(logits)
+        if self.color_param == "residual":
+            return bounded(start + logits, 0.0, 1.0)
+        return logits.clamp(0, 1) if self.color_param == "clamp" else squash(logits)
 
     @torch.no_grad()
     def project_(self) -> None:
-        """After a renderer optimiser step: colours back into [0, 1] (``color_param: clamp``; else nothing).
-        Entries already inside are untouched, so categories a step did not draw stay bit-identical."""
-        if self.cfg.color_param == "clamp":
+        """After a renderer optimiser step: colours back into [0, 1] (``color_param: clamp`` or ``residual``) and
+        ``residual`` radii back into [radius_min, radius_max]; nothing for ``squash``. Entries already inside are
+        untouched, so categories a step did not draw stay bit-identical."""
+        if self.color_param == "clamp":
             self.color_logits.clamp_(0, 1)
+        elif self.color_param == "residual":
+            torch.maximum(self.color_logits, -self.color_start, out=self.color_logits)
+            torch.minimum(self.color_logits, 1 - self.color_start, out=self.color_logits)
+        span = self.cfg.radius_max - self.cfg.radius_min
+        if self.radius_param == "residual" and span > 0:
+            r0 = self.cfg.radius_init
+            self.radius_logits.clamp_((self.cfg.radius_min - r0) / span, (self.cfg.radius_max - r0) / span)
 
     def radii(self) -> torch.Tensor:
         """Radius tables ``(C or 1, N)`` float32 in [radius_min, radius_max], NDC units."""
         return self._radius(self.radius_logits)
 
     def _radius(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.cfg.radius_min + (self.cfg.radius_max - self.cfg.radius_min) * squash(logits)
+        """Radii from radius-table entries, by ``radius_param`` (see :meth:`color_values`)."""
+        lo, hi = self.cfg.radius_min, self.cfg.radius_max
+        if self.radius_param == "residual":
+            return bounded(self.cfg.radius_init + (hi - lo) * logits, lo, hi)
+        return lo + (hi - lo) * squash(logits)
+
+    @torch.no_grad()
+    def table_statistics(self) -> dict[str, float]:
+        """What the tables learnt, for colours and radii (``{part}`` = ``color`` or ``radius``), over whole tables:
+
+        ``renderer/{part}_drift``: the mean absolute change of a value from its initial value (0 in mode frozen).
+        ``renderer/{part}_between``: the spread (std) over categories of the per-category mean (per channel, root
+        mean square over channels; 0 for a shared table).
+        ``renderer/{part}_code``: ``_between`` over the within-category spread (the std over a category's points,
+        root mean square over categories and channels; floored at 1e-3 of the value's range, so that tables that
+        all start at one value read 0 until they move): how much of a label code the tables could carry.
+
+        Values are the tables' own (before any point operation); cost: a few passes over the tables.
+        """
+        span = self.cfg.radius_max - self.cfg.radius_min
+        colors, radii = self.colors(), self.radii()[..., None]  # (T, N, 3), (T, N, 1)
+        color_start = None if self.color_start is None else rearrange(self.color_start, "t (n c) -> t n c", c=3)
+        out = {}
+        for part, values, start, scale in (("color", colors, color_start, 1.0),
+                                           ("radius", radii, self.radius_start, span)):
+            drift = 0.0 if start is None or self.cfg.mode == "frozen" else float((values - start).abs().mean())
+            means = values.mean(1)  # (T, W)
+            between = float(means.var(0, unbiased=False).mean().sqrt()) if len(means) > 1 else 0.0
+            within = float(values.var(1, unbiased=False).mean().sqrt())
+            out[f"renderer/{part}_drift"] = drift
+            out[f"renderer/{part}_between"] = between
+            out[f"renderer/{part}_code"] = between / max(within, 1e-3 * scale) if scale > 0 else 0.0
+        return out
 
     def _rows(self, table: nn.Parameter, rows: torch.Tensor) -> torch.Tensor:
         """Rows of a parameter table, with a row-sparse gradient when the table trains."""
@@ -203,7 +278,8 @@ class PointRenderer(nn.Module):
         source = torch.where(mixed, inverse[len(class_ids):, None], inverse[:len(class_ids), None])  # (B, N)
         point_index = torch.arange(n, device=keys.device).expand_as(source)
         xyz = self.bank_points(rows)[source, point_index]  # (B, N, 3)
-        colors = self.color_values(self._lookup(self.color_logits, rows, source, point_index, 3))
+        start = None if self.color_start is None else self._lookup(self.color_start, rows, source, point_index, 3)
+        colors = self.color_values(self._lookup(self.color_logits, rows, source, point_index, 3), start)
         radii = self._radius(self._lookup(self.radius_logits, rows, source, point_index, 1).squeeze(-1))
         return Points(xyz, colors, radii, torch.ones_like(mixed)), mixed, rows
 
@@ -212,9 +288,10 @@ class PointRenderer(nn.Module):
         shared = self.points.shape[0] == 1 < self.num_classes
         return self.points[torch.zeros_like(class_ids) if shared else class_ids]
 
-    def _lookup(self, table: nn.Parameter, rows: torch.Tensor, source: torch.Tensor, point_index: torch.Tensor,
+    def _lookup(self, table: torch.Tensor, rows: torch.Tensor, source: torch.Tensor, point_index: torch.Tensor,
                 width: int) -> torch.Tensor:
-        """Each point's logits ``(B, N, width)``: row ``rows[source]`` of ``table`` (row 0 if shared)."""
+        """Each point's entries ``(B, N, width)``: row ``rows[source]`` of ``table`` (a parameter or the start buffer
+        beside it; row 0 if shared)."""
         if table.shape[0] == 1:
             rows, source = torch.zeros_like(rows[:1]), torch.zeros_like(source)
         return rearrange(self._rows(table, rows), "r (n w) -> r n w", w=width)[source, point_index]

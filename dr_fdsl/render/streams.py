@@ -63,3 +63,4 @@ class Stream(IntEnum):
     OBJECT_OFFSET = 76
     OBJECT_SEED = 77  # each further object's own view seed
     MAP_JITTER = 78  # svd2d: which map of the system is scaled per image, and by how much
+    RANDOM_COLORS = 79  # renderer.augment.random_colors: the colour of each image, or of each of its points

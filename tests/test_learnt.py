@@ -1,0 +1,205 @@
+"""Learnt rendering that can move and be seen (issue 24): residual tables, what the tables learnt, the leak penalty,
+random colours."""
+
+import pytest
+import torch
+
+from dr_fdsl.bank import PointBank
+from dr_fdsl.config import AugmentConfig, RendererConfig
+
+LR = 1e-3
+
+
+def tiny_bank(num_classes=4, num_points=50):
+    g = torch.Generator().manual_seed(0)
+    return PointBank(torch.rand(num_classes, num_points, 3, generator=g) * 2 - 1, {}, {"tiny": True}, 0)
+
+
+def one_step(renderer):
+    """One SparseAdam step of the tables with a gradient of magnitude 1 on every entry, pointing each value towards
+    the middle of its range (so that none reaches a bound); returns the colour and radius changes."""
+    lo, hi = renderer.cfg.radius_min, renderer.cfg.radius_max
+    colors, radii = renderer.colors(), renderer.radii()
+    loss = (colors * torch.where(colors.detach() >= 0.5, 1.0, -1.0)).sum()
+    loss = loss + (radii * torch.where(radii.detach() >= (lo + hi) / 2, 1.0, -1.0)).sum()
+    loss.backward()
+    for p in renderer.parameters():
+        p.grad = p.grad.to_sparse()
+    optimizer = torch.optim.SparseAdam(list(renderer.parameters()), lr=LR)
+    optimizer.step()
+    renderer.project_()
+    with torch.no_grad():
+        return renderer.colors() - colors.detach(), renderer.radii() - radii.detach()
+
+
+@pytest.mark.parametrize("color_init, radius_init", [("white", 0.01), ("grey", 0.03), ("palette", 0.05)])
+def test_one_step_moves_every_colour_and_radius_by_the_same_fraction_of_its_range(color_init, radius_init):
+    """The default of a learnable renderer (residual tables): white, grey and palette colours, and radii at either
+    bound or inside, all move by lr x their range in one step of the same gradient."""
+    from dr_fdsl.render import PointRenderer
+
+    cfg = RendererConfig(mode="joint", color_init=color_init, radius_init=radius_init, radius_min=0.01,
+                         radius_max=0.05, image_size=16)
+    renderer = PointRenderer(tiny_bank(), cfg)
+    assert (renderer.color_param, renderer.radius_param) == ("residual", "residual")
+    assert float(renderer.radii().detach().max()) == pytest.approx(radius_init, rel=1e-6)  # the initial values, exact
+    color_move, radius_move = one_step(renderer)
+    torch.testing.assert_close(color_move.abs(), torch.full_like(color_move, LR), rtol=1e-3, atol=0)
+    torch.testing.assert_close(radius_move.abs(), torch.full_like(radius_move, LR * 0.04), rtol=1e-3, atol=0)
+
+
+def test_squash_tables_barely_move_from_white():
+    """What residual tables fix: under squash one step moves white a hundred times less than grey."""
+    from dr_fdsl.render import PointRenderer
+
+    moves = {}
+    for init in ("white", "grey"):
+        cfg = RendererConfig(mode="joint", color_init=init, color_param="squash", image_size=16)
+        moves[init] = float(one_step(PointRenderer(tiny_bank(), cfg))[0].abs().mean())
+    assert moves["white"] < moves["grey"] / 100  # grey: slope 0.5, 5e-4 a step
+
+
+def test_frozen_keeps_squash_and_residual_tables_stay_in_their_bounds():
+    """auto is squash in mode frozen (its renders keep their values); residual entries pushed past a bound are
+    projected back onto it, and still get gradients there."""
+    from dr_fdsl.render import PointRenderer
+
+    frozen = PointRenderer(tiny_bank(), RendererConfig(image_size=16))
+    assert (frozen.color_param, frozen.radius_param, frozen.color_start) == ("squash", "squash", None)
+    renderer = PointRenderer(tiny_bank(), RendererConfig(mode="joint", image_size=16, radius_min=0.01,
+                                                         radius_max=0.05, radius_init=0.02))
+    with torch.no_grad():
+        renderer.color_logits.add_(torch.linspace(-3, 3, renderer.color_logits.numel()).view_as(renderer.color_logits))
+        renderer.radius_logits.fill_(5.0)
+    renderer.project_()
+    colors, radii = renderer.colors(), renderer.radii()
+    assert colors.min() == 0 and colors.max() == 1  # a float32 ulp may stay between a radius and its bound
+    assert float(radii.max()) <= 0.05 and float(radii.min()) == pytest.approx(0.05, abs=1e-8)
+    (colors.sum() + radii.sum()).backward()
+    assert (renderer.color_logits.grad == 1).all() and (renderer.radius_logits.grad == 0.04).all()
+
+
+def test_table_statistics_measure_drift_and_the_label_code_the_tables_could_carry():
+    from dr_fdsl.render import PointRenderer
+
+    cfg = RendererConfig(mode="joint", image_size=16, radius_init=0.02, radius_min=0.01, radius_max=0.05)
+    renderer = PointRenderer(tiny_bank(), cfg)
+    assert set(renderer.table_statistics().values()) == {0.0}  # white, one radius: nothing moved, no code
+    with torch.no_grad():
+        renderer.color_logits[0] = -0.5  # category 0 turns grey
+        renderer.radius_logits[1, :25] = 0.25  # half of category 1's points grow by 0.01
+    stats = renderer.table_statistics()
+    means = torch.tensor([0.5, 1, 1, 1])
+    assert stats["renderer/color_drift"] == pytest.approx(0.5 / 4)
+    assert stats["renderer/color_between"] == pytest.approx(float(means.std(unbiased=False)), rel=1e-6)
+    assert stats["renderer/color_code"] == pytest.approx(stats["renderer/color_between"] / 1e-3, rel=1e-6)
+    radius_means = torch.tensor([0.02, 0.025, 0.02, 0.02])
+    within = (0.005**2 / 4) ** 0.5  # category 1's points: std 0.005; the others' 0
+    assert stats["renderer/radius_drift"] == pytest.approx(0.01 * 25 / 200, rel=1e-5)
+    assert stats["renderer/radius_between"] == pytest.approx(float(radius_means.std(unbiased=False)), rel=1e-5)
+    assert stats["renderer/radius_code"] == pytest.approx(stats["renderer/radius_between"] / within, rel=1e-5)
+    shared = PointRenderer(tiny_bank(), RendererConfig(mode="joint", image_size=16, color_init="palette",
+                                                       share_colors=True))
+    assert shared.table_statistics()["renderer/color_between"] == 0  # one table for all: no code possible
+    frozen = PointRenderer(tiny_bank(), RendererConfig(image_size=16, color_init="palette"))
+    stats = frozen.table_statistics()
+    assert stats["renderer/color_drift"] == 0 and stats["renderer/color_code"] > 0  # a palette per category
+
+
+def probe_setup(tmp_path, bank_dir, penalty):
+    from dr_fdsl.objectives.classify import Classify
+    from dr_fdsl.render import PointRenderer
+    from tests.conftest import tiny
+
+    cfg = tiny(tmp_path, bank_dir, "renderer.mode=joint", f"renderer.leak_penalty={penalty}",
+               "renderer.color_init=palette", "renderer.image_size=16", "renderer.raster_backend=sort",
+               "renderer.radius_init=0.08", "renderer.radius_max=0.1", "train.probe_lr=0.05")
+    torch.manual_seed(0)
+    return Classify(cfg, 4, 1e-3, torch.device("cpu")), PointRenderer(tiny_bank(), cfg.renderer)
+
+
+def test_the_leak_penalty_reaches_the_tables_reversed_and_scaled(tmp_path, bank_dir):
+    """The tables' gradient from the probe's loss is -leak_penalty x that of the probe's cross-entropy (the split
+    heads add none); the probe itself still descends it."""
+    import torch.nn.functional as F
+
+    from dr_fdsl.probe import colour_statistics
+
+    objective, renderer = probe_setup(tmp_path, bank_dir, 0.5)
+    ids = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    images = renderer(ids, torch.arange(8))
+    objective.probe_loss(images, ids, {}).backward(inputs=[*renderer.parameters(), objective.probe.linear.weight])
+    penalised = [p.grad.to_dense() for p in renderer.parameters()]
+    probe_grad = objective.probe.linear.weight.grad.clone()
+    for p in (*renderer.parameters(), objective.probe.linear.weight):
+        p.grad = None
+    probe = objective.probe
+    features = colour_statistics(renderer(ids, torch.arange(8)), objective.background, differentiable=True)
+    F.cross_entropy(probe.linear(probe.norm(features)), ids).backward()
+    assert penalised[0].abs().sum() > 0
+    for got, plain in zip(penalised, (p.grad.to_dense() for p in renderer.parameters())):
+        torch.testing.assert_close(got, -0.5 * plain, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(probe_grad, probe.linear.weight.grad, rtol=1e-4, atol=1e-9)
+
+
+def probe_accuracy_after_training(tmp_path, bank_dir, penalty, steps=20):
+    """The probe's accuracy on its last training batch after ``steps`` steps of probe and tables together."""
+    objective, renderer = probe_setup(tmp_path, bank_dir, penalty)
+    tables = torch.optim.SparseAdam(list(renderer.parameters()), lr=0.1)
+    ids = torch.arange(16) % 4
+    for step in range(steps):
+        images = renderer(ids, torch.arange(16) + 16 * step)
+        loss = objective.probe_loss(images, ids, metrics := {})
+        loss.backward()
+        for opt in (objective.probe_optimizer, tables):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        renderer.project_()
+    return metrics["probe/train_acc"].item()
+
+
+def test_with_the_leak_penalty_the_probe_reads_less_of_the_label(tmp_path, bank_dir):
+    """Palette colours name the category; untouched they stay readable, while the penalised renderer makes them
+    unreadable to the probe."""
+    plain = probe_accuracy_after_training(tmp_path, bank_dir, 0.0)
+    penalised = probe_accuracy_after_training(tmp_path, bank_dir, 5.0)
+    assert plain >= 0.9 and penalised <= 0.5, (plain, penalised)  # measured: 1.0 and 0.25 (chance)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["renderer.leak_penalty=-1"], r"must be a number >= 0"),
+    (["renderer.leak_penalty=1"], r"under renderer.mode=frozen"),
+    (["renderer.leak_penalty=1", "renderer.mode=adversarial"], r"under renderer.mode=adversarial"),
+    (["renderer.leak_penalty=1", "renderer.mode=match"], r"under renderer.mode=match"),
+    (["renderer.leak_penalty=1", "renderer.mode=joint", "train.probe=false"], r"train.probe=false"),
+    (["renderer.leak_penalty=1", "renderer.mode=joint", "train.objective=multilabel", "renderer.objects.max=2"],
+     r"objective multilabel trains no probe"),
+])
+def test_a_leak_penalty_that_cannot_be_paid_is_refused_at_load(overrides, message):
+    from dr_fdsl.config import load_config
+    from dr_fdsl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^config key 'renderer.leak_penalty': .*" + message):
+        load_config(None, overrides)
+    assert load_config(None, ["renderer.leak_penalty=1", "renderer.mode=joint"]).renderer.leak_penalty == 1
+
+
+@pytest.mark.parametrize("kind", ["image", "point"])
+def test_random_colours_per_image_or_point_come_from_the_image_key(kind):
+    """Frozen white tables drawn in random colours: one per image, or one per point, the same for a (category, view
+    seed) alone or in any batch (so a static export equals the in-loop render); off by default."""
+    from dr_fdsl.render import PointRenderer
+
+    bank = tiny_bank()
+    plain = PointRenderer(bank, RendererConfig(image_size=16))
+    renderer = PointRenderer(bank, RendererConfig(image_size=16, augment=AugmentConfig(random_colors=kind)))
+    ids, seeds = torch.tensor([0, 0, 2]), torch.tensor([5, 6, 5])
+    colors = renderer.scene(ids, seeds)[0].colors  # (3, N, 3)
+    white = plain.scene(ids, seeds)[0].colors
+    assert torch.equal(white, torch.full_like(white, float(white.max())))  # the default changes nothing
+    per_image = colors.std(1).amax(-1)  # spread over an image's points
+    assert (per_image == 0).all() if kind == "image" else (per_image > 0.2).all()
+    assert not torch.equal(colors[0], colors[1]) and not torch.equal(colors[0], colors[2])  # other seed or category
+    alone = renderer.scene(ids[2:], seeds[2:])[0].colors
+    assert torch.equal(alone[0], colors[2])
+    torch.testing.assert_close(renderer(ids[2:], seeds[2:]), renderer(ids, seeds)[2:], rtol=0, atol=0)

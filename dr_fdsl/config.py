@@ -322,7 +322,8 @@ class RendererConfig:
 
     # Which gradient reaches the rendering tables: one module per mode in dr_fdsl/modes/ (registered in MODES).
     # "match": they descend a distance between rendered and target-domain images (section match, dr_fdsl/match.py).
-    mode: Literal["frozen", "joint", "adversarial", "match"] = field(default="frozen", metadata=NOT_CONTENT)
+    # "teach": they ascend the classifier's loss while an EMA teacher must still classify the images (section teach).
+    mode: Literal["frozen", "joint", "adversarial", "match", "teach"] = field(default="frozen", metadata=NOT_CONTENT)
     image_size: int = 224
     points_per_pixel: int = 8
     compositor: Literal["alpha", "norm_weighted"] = "alpha"
@@ -600,6 +601,25 @@ class SiTConfig:
 
 
 @dataclass
+class TeachConfig:
+    """Renderer mode ``teach`` (dr_fdsl/modes/teach.py): TeachAugment's objective (Suzuki, CVPR 2022) with the
+    rendering tables as the augmenter. Defaults are the published code's (main.py's arguments)."""
+
+    ema_decay: float = 0.999  # the teacher: teacher <- ema_decay * teacher + (1 - ema_decay) * backbone, each step
+    adversarial_weight: float = 1.0  # weight of the non-saturating loss -log(1 - p_y) of the backbone (ascent)
+    teacher_weight: float = 1.0  # weight of the teacher's cross-entropy (descent)
+    color_weight: float = 10.0  # c_reg_coef: sliced Wasserstein distance of colours to the initial tables' render
+    label_smoothing: float = 0.1  # epsilon of the non-saturating loss's targets
+    interval: int = 5  # n_inner: the tables get their gradient every this many optimiser steps (from step 0)
+    # Replay of past tables: every replay_every steps (0: off) a copy of the tables joins the buffer; the backbone's
+    # images come, per group of replay_group images, from a copy drawn with priority replay_decay^age (current: 1).
+    replay_every: int = 0
+    replay_decay: float = 0.9
+    replay_size: int = 0  # copies kept (the newest); 0: all
+    replay_group: int = 8
+
+
+@dataclass
 class Config:
     """Everything a run needs. ``output_dir`` receives the resolved config, logs and checkpoints."""
 
@@ -615,6 +635,7 @@ class Config:
     mim: MIMConfig = field(default_factory=MIMConfig)  # used by train.objective=mim and classify+mim
     match: MatchConfig = field(default_factory=MatchConfig)  # used by renderer.mode=match
     sit: SiTConfig = field(default_factory=SiTConfig)  # used by train.objective=sit
+    teach: TeachConfig = field(default_factory=TeachConfig)  # used by renderer.mode=teach
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -1062,6 +1083,23 @@ def validate_match(cfg: Config) -> None:
     need(m.random_channels >= 1, "match.random_channels", f"must be >= 1, got {m.random_channels}")
     need(m.feature_seed >= 0, "match.feature_seed", f"must be >= 0, got {m.feature_seed}")
     need(m.classifier_blocks >= 1, "match.classifier_blocks", f"must be >= 1, got {m.classifier_blocks}")
+
+
+def validate_teach(cfg: Config) -> None:
+    """The teach section's checks (renderer.mode=teach)."""
+    t = cfg.teach
+    need(finite(t.ema_decay) and 0 <= t.ema_decay < 1, "teach.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
+    for key in ("adversarial_weight", "teacher_weight", "color_weight"):
+        value = getattr(t, key)
+        need(finite(value) and value >= 0, f"teach.{key}", f"must be a number >= 0, got {value}")
+    need(finite(t.label_smoothing) and 0 <= t.label_smoothing < 1, "teach.label_smoothing",
+         f"must be in [0, 1), got {t.label_smoothing}")
+    need(t.interval >= 1, "teach.interval", f"must be >= 1 (1: a renderer update every step), got {t.interval}")
+    need(t.replay_every >= 0, "teach.replay_every", f"must be >= 0 (0: no replay), got {t.replay_every}")
+    need(finite(t.replay_decay) and 0 < t.replay_decay <= 1, "teach.replay_decay",
+         f"must be in (0, 1], got {t.replay_decay}")
+    need(t.replay_size >= 0, "teach.replay_size", f"must be >= 0 (0: keep every copy), got {t.replay_size}")
+    need(t.replay_group >= 1, "teach.replay_group", f"must be >= 1, got {t.replay_group}")
 
 
 def renderer_mode(cfg: Config):

@@ -8,6 +8,9 @@ One module per mode, each a :class:`~dr_fdsl.modes.base.RendererMode` registered
                  objective), pulled back towards their initial values by ``renderer.anchor_penalty``.
     match        they descend ``match.weight`` x ``match.distance`` to unlabelled target images (``dr_fdsl/match.py``);
                  the objective gets the images detached unless ``match.joint``.
+    teach        TeachAugment's objective (section ``teach``): they ascend the backbone's loss in its bounded
+                 form while an EMA teacher must still classify the images, with a colour regulariser; the
+                 backbone learns from its ordinary loss on the images detached.
 
 A mode decides in its module: its checks against the config and the objective (``validate``, run by
 ``load_config``), its optimiser and anchors (``prepare``), the loss the step backpropagates (``losses``), what it
@@ -23,6 +26,7 @@ from dr_fdsl.modes.base import RendererMode
 from dr_fdsl.modes.frozen import Frozen
 from dr_fdsl.modes.joint import Joint
 from dr_fdsl.modes.match import Match
+from dr_fdsl.modes.teach import Teach
 from dr_fdsl.registry import Registry
 
 MODES: Registry[type[RendererMode]] = Registry("renderer mode", "renderer.mode")
@@ -30,5 +34,6 @@ MODES.register(Frozen.name, Frozen)
 MODES.register(Joint.name, Joint)
 MODES.register(Adversarial.name, Adversarial)
 MODES.register(Match.name, Match)
+MODES.register(Teach.name, Teach)
 
 __all__ = ["MODES", "RendererMode"]

@@ -1,8 +1,9 @@
 """Per-step cost of ``renderer.mode=teach`` (and of ``adversarial``) relative to ``frozen``, in one process.
 
 Builds one run per mode from a config (default the quickstart), warms each up, then times ``train_step`` round by
-round, the modes interleaved so that a change in the machine's load hits them alike; prints the median seconds per
-step of each mode and its ratio to frozen. ``teach`` is timed over whole ``teach.interval`` cycles (one renderer
+round, the modes interleaved so that a change in the machine's load hits them alike; prints the median CPU seconds
+per step of each mode (process time: on a shared machine, less load-dependent than wall time) and its ratio to
+frozen. ``teach`` is timed over whole ``teach.interval`` cycles (one renderer
 step and ``interval - 1`` plain ones), and its two kinds of step apart.
 
     .venv/bin/python tools/bench_teach.py --rounds 5 [overrides ...]
@@ -41,23 +42,23 @@ def main() -> None:
     teach_kinds = {"renderer step": [], "plain step": []}
     for _ in range(args.rounds):
         for mode, run in runs.items():
-            start = time.perf_counter()
-            for i in range(interval):
-                t0 = time.perf_counter()
+            start = time.process_time()
+            for _ in range(interval):
+                t0 = time.process_time()
                 train_step(run)
                 if mode == "teach":
                     teach_kinds["renderer step" if run.mode.micro_batches % interval == 1 or interval == 1
-                                else "plain step"].append(time.perf_counter() - t0)
-            per_step[mode].append((time.perf_counter() - start) / interval)
+                                else "plain step"].append(time.process_time() - t0)
+            per_step[mode].append((time.process_time() - start) / interval)
     base = statistics.median(per_step["frozen"]) if "frozen" in per_step else None
     for mode, times in per_step.items():
         med = statistics.median(times)
         ratio = f", {med / base:.2f} x frozen" if base else ""
-        print(f"{mode:12s} {med * 1000:8.1f} ms/step (median of {len(times)} rounds of {interval}){ratio}")
+        print(f"{mode:12s} {med * 1000:8.1f} CPU ms/step (median of {len(times)} rounds of {interval}){ratio}")
     for kind, times in teach_kinds.items():
         if times and base:
-            print(f"  teach {kind}: {statistics.median(times) * 1000:.1f} ms ({statistics.median(times) / base:.2f} "
-                  "x frozen)")
+            med = statistics.median(times)
+            print(f"  teach {kind}: {med * 1000:.1f} CPU ms ({med / base:.2f} x frozen)")
 
 
 if __name__ == "__main__":

@@ -241,9 +241,6 @@ class Teach(RendererMode):
         self.teacher.train(training)
         return (logits.argmax(1) == class_ids).float()[:, None]
 
-    def scalars(self) -> dict[str, float]:
-        return {**super().scalars(), "teach/replay_buffer": float(len(self.replay))}
-
     def positions(self) -> dict[str, int]:
         return {"teach_micro_batches": self.micro_batches, "teach_replays": len(self.replay)}
 

@@ -21,13 +21,17 @@ from dr_fdsl.config import load_config
 from dr_fdsl.engine import build_run, train_step
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/quickstart.yaml")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--modes", nargs="+", default=["frozen", "adversarial", "teach"])
     parser.add_argument("overrides", nargs="*", help="dotted config overrides for every mode")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    if any(o.startswith("renderer.mode=") for o in args.overrides):
+        parser.error("renderer.mode is what the benchmark sets: use --modes")
     scratch = Path(tempfile.mkdtemp(prefix="bench_teach_"))
     runs = {}
     for mode in args.modes:
@@ -59,7 +63,16 @@ def main() -> None:
         if times and base:
             med = statistics.median(times)
             print(f"  teach {kind}: {med * 1000:.1f} CPU ms ({med / base:.2f} x frozen)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from dr_fdsl.cli import report
+    from dr_fdsl.errors import DrFdslError
+
+    try:
+        sys.exit(main())
+    except DrFdslError as err:
+        sys.exit(report(err))

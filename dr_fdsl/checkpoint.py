@@ -9,6 +9,8 @@ A checkpoint folder ``checkpoints/step_0001000/`` holds:
   would run code).
 * ``renderer.safetensors``: the rendering parameters, only when they train (a frozen renderer is rebuilt from
   the config: 1,000 categories x 10,000 points are 160 MB of unchanging colours and radii).
+* ``mode.safetensors``: a renderer mode's own tensors (``RendererMode.state_tensors``: teach's EMA teacher and
+  replayed tables), only for a mode that has any.
 * ``trainer_state.json``: the step, the view stream's position, the run id and the fingerprint of the settings
   a resume must share (:func:`fingerprint`; a checkpoint made before content keys holds the legacy one).
 * ``content_hashes.json`` (:mod:`dr_fdsl.manifest`), written last: every file's size and SHA-256, each
@@ -47,6 +49,7 @@ from dr_fdsl.modes import MODES
 STATE_FILE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"  # Accelerate's name for the first prepared model (the objective's backbone)
 RENDERER_FILE = "renderer.safetensors"
+MODE_FILE = "mode.safetensors"  # a renderer mode's own tensors (RendererMode.state_tensors), when it has any
 RANDOM_STATES = "random_states_{rank}.pkl"  # Accelerate's name
 INCOMPLETE = ".incomplete_"  # the prefix of a save in progress (or interrupted)
 _STEP_DIR = re.compile(r"^step_(\d+)$")

@@ -44,6 +44,9 @@ class Accelerator:
     def prepare(self, thing):
         return thing
 
+    def unwrap_model(self, model):
+        return model
+
 
 class Tables(nn.Module):
     def __init__(self):
@@ -82,6 +85,7 @@ def test_frozen_has_no_renderer_optimiser_and_the_others_sparse_adam():
     for name in MODES:
         mode = MODES.get(name).__new__(MODES.get(name))  # match's __init__ reads its target images
         mode.cfg, mode.optimizer = settings(), None
+        mode.objective, mode.accelerator = SimpleNamespace(model=nn.Linear(2, 2)), Accelerator()  # teach's teacher
         optimizer = mode.prepare(Tables(), Accelerator())
         if name == "frozen":
             assert optimizer is None and mode.scalars() == {}

@@ -273,6 +273,7 @@ def test_patch_iou_sizes_the_bank_refuses_are_one_line(argv, key, capsys):
     ("bench_render", ["--device", "bogus"], "--device 'bogus' is not a torch device"),
     ("bench_image_aug", ["--repeats", "1"], "--repeats must be >= 2"),  # was StatisticsError
     ("bench_image_aug", ["--device", "bogus"], "--device 'bogus' is not a torch device"),  # was RuntimeError
+    ("bench_teach", ["--rounds", "0"], "--rounds must be >= 1, got 0"),
 ])
 def test_bench_arguments_are_usage_errors(tool, argv, needle, tmp_path, monkeypatch, capsys):
     import importlib

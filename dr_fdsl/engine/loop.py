@@ -93,11 +93,15 @@ def evaluate(run: Run) -> dict[str, float]:
     acc, b = run.accelerator, run.cfg.train.batch_size
     ids, seeds = run.eval_views
     run.objective.train(False)
-    rows = []
+    rows, mode_rows = [], []
     for i in range(0, len(ids), b):
         batch_ids, batch_seeds = ids[i:i + b].to(acc.device), seeds[i:i + b].to(acc.device)
-        rows.append(run.objective.evaluate(render_eval(run, batch_ids, batch_seeds), batch_ids, batch_seeds))
+        images = render_eval(run, batch_ids, batch_seeds)
+        rows.append(run.objective.evaluate(images, batch_ids, batch_seeds))
+        mode_rows.append(run.mode.evaluate(images, batch_ids))
     values = run.objective.summarize(acc.gather_for_metrics(torch.cat(rows)))
+    if run.mode.eval_names:  # the mode's own (teach: its teacher's top-1)
+        values.update(zip(run.mode.eval_names, acc.gather_for_metrics(torch.cat(mode_rows)).mean(0).tolist()))
     run.objective.train(True)
     return values
 
@@ -207,6 +211,9 @@ def save_checkpoint(run: Run) -> Path:
         if acc.is_main_process and run.renderer_optimizer is not None:
             save_file({k: v.contiguous().cpu() for k, v in run.renderer.state_dict().items()},
                       str(tmp / checkpoint.RENDERER_FILE))
+        if acc.is_main_process and run.mode.state_tensors():  # identical on every process (teach: teacher, replay)
+            save_file({k: v.contiguous().cpu() for k, v in run.mode.state_tensors().items()},
+                      str(tmp / checkpoint.MODE_FILE))
     except Exception as err:  # storage failures arrive as several types (errors.is_write_fault); others go on
         if not is_write_fault(err):
             raise
@@ -244,6 +251,8 @@ def _weight_files(run: Run) -> dict[str, dict[str, torch.Tensor]]:
         files[name] = clean_state_dict_for_safetensors(acc.get_state_dict(model, unwrap=False))
     if run.renderer_optimizer is not None:
         files[checkpoint.RENDERER_FILE] = run.renderer.state_dict()
+    if run.mode.state_tensors():
+        files[checkpoint.MODE_FILE] = run.mode.state_tensors()
     return files
 
 
@@ -262,6 +271,7 @@ def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
     acc = run.accelerator
     path = checkpoint.resolve(run.output_dir, where)
     state = checkpoint.read_state(path, run.cfg, acc.num_processes, allow_inexact)
+    run.mode.restore_positions(state)  # first: it sizes the mode's tensors that the checkpoint fills
     checkpoint.check_weight_headers(path, _weight_files(run), digests=state["unchecked"] is None)
     optimizers = [o for o in (*run.objective.optimizers(), run.renderer_optimizer) if o is not None]
     configured = [[{k: v for k, v in g.items() if k != "params"} for g in o.param_groups] for o in optimizers]
@@ -269,6 +279,8 @@ def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
         acc.load_state(str(path))
         if run.renderer_optimizer is not None:
             run.renderer.load_state_dict(load_file(str(path / checkpoint.RENDERER_FILE), device="cpu"))
+        if run.mode.state_tensors():
+            run.mode.load_state_tensors(load_file(str(path / checkpoint.MODE_FILE), device=str(acc.device)))
     except Exception as err:  # truncated or foreign files surface as many exception types
         raise CheckpointError(
             f"checkpoint '{path}' could not be loaded ({type(err).__name__}: {str(err)[:300]}); resume from "
@@ -278,7 +290,6 @@ def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
         for group, settings in zip(optimizer.param_groups, groups):
             group.update(settings)
     run.state.step, run.stream.index, run.state.last_checkpoint = int(state["step"]), int(state["stream_index"]), path
-    run.mode.restore_positions(state)
     open_batches(run)  # the static loader, from the restored position
     run.state.run_id = state.get("run_id") or run.state.run_id  # pruning goes on over the run's own checkpoints
     run.objective.load_trainer_state(state.get("objective", {}))

@@ -30,6 +30,7 @@ from dr_fdsl.modes.frozen_settings import FrozenSpec
 from dr_fdsl.modes.joint_settings import JointSpec
 from dr_fdsl.modes.lookahead_settings import LookaheadSpec
 from dr_fdsl.modes.match_settings import MatchSpec
+from dr_fdsl.modes.teach_settings import TeachSpec
 from dr_fdsl.registry import Registry
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ MODES.register("joint", "dr_fdsl.modes.joint:Joint", spec=JointSpec)
 MODES.register("adversarial", "dr_fdsl.modes.adversarial:Adversarial", spec=AdversarialSpec)
 MODES.register("match", "dr_fdsl.modes.match:Match", spec=MatchSpec)
 MODES.register("lookahead", "dr_fdsl.modes.lookahead:Lookahead", spec=LookaheadSpec)
+MODES.register("teach", "dr_fdsl.modes.teach:Teach", spec=TeachSpec)
 
 
 __all__ = ["MODES", "ModeSpec"]

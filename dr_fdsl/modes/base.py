@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, ClassVar, NoReturn
 
 import torch
 
@@ -29,6 +29,8 @@ class RendererMode(ModeSpec):
 
     These defaults are those of a mode whose tables train on the objective's loss, descending it (``joint``).
     """
+
+    eval_names: ClassVar[tuple[str, ...]] = ()  # the columns of this mode's ``evaluate`` (none by default)
 
     @classmethod
     def fingerprint(cls, cfg: Config) -> dict:
@@ -67,9 +69,22 @@ class RendererMode(ModeSpec):
         """TensorBoard images of this mode (main process): ``renders`` is the held-out grid ``(3, H', W')`` of
         ``count`` images, ``nrow`` a row. Default: none."""
 
+    def evaluate(self, images: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
+        """This mode's per-image values ``(B, len(eval_names))`` float32 on held-out renders ``(B, 3, H, W)`` in
+        [0, 1], averaged by the engine beside the objective's (teach: its teacher's top-1). Default: none."""
+        return images.new_zeros(len(images), 0)
+
     def positions(self) -> dict[str, int]:
         """Positions of this mode's own streams, kept in the checkpoint's trainer state. Default: none."""
         return {}
 
     def restore_positions(self, state: dict) -> None:
-        """Restores :meth:`positions` from a checkpoint's trainer state."""
+        """Restores :meth:`positions` from a checkpoint's trainer state (before :meth:`load_state_tensors`)."""
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """This mode's own tensors that a checkpoint keeps (``mode.safetensors``; teach: its teacher and replayed
+        tables), after :meth:`restore_positions` the shapes a checkpoint's file must have. Default: none."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restores :meth:`state_tensors` from a checkpoint."""

@@ -71,6 +71,8 @@ def close(run) -> None:
     gloo: ``loop.release``), trackers closed, the process group destroyed (the entry script's job), the output
     folder's lock released."""
     release(run)
+    if run.log is not None:
+        run.log.close()
     for tracker in run.accelerator.trackers:  # already closed when fit() ended; after a fault or a stop, not
         try:
             tracker.finish()

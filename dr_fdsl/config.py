@@ -835,8 +835,13 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     """Writes the resolved config as YAML; ``load_config(path)`` reproduces ``cfg``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    path.write_text(config_text(cfg))
     return path
+
+
+def config_text(cfg: Any) -> str:
+    """The resolved config as YAML, as ``save_config`` writes it (and the run's log.txt shows it)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
 def add_config_args(parser) -> None:

@@ -16,7 +16,7 @@ from timm.scheduler.scheduler import Scheduler
 
 from dr_fdsl import checkpoint, run_lock
 from dr_fdsl.bank import bank_from_config
-from dr_fdsl.config import Config, save_config, validate_config, validate_device
+from dr_fdsl.config import Config, config_text, save_config, validate_config, validate_device
 from dr_fdsl.errors import ConfigError, DrFdslError
 from dr_fdsl.modes import MODES, RendererMode
 from dr_fdsl.objectives import OBJECTIVES, Objective
@@ -24,6 +24,7 @@ from dr_fdsl.optim import create_scheduler
 from dr_fdsl.render import PointRenderer
 from dr_fdsl.static import StaticViews, static_loader
 from dr_fdsl.stream import ViewStream, held_out_views
+from dr_fdsl.textlog import TextLog
 
 TB_DIR = "tensorboard"
 
@@ -59,6 +60,7 @@ class Run:
     lr: float
     total_batch: int
     state: TrainState
+    log: TextLog | None = None  # output_dir/log.txt on the main process (closed by fit's end or the entry script)
 
     @property
     def output_dir(self) -> Path:
@@ -179,6 +181,19 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
                               f"to '{chosen}' (continue the other with --resume latest)")
         cfg = dataclasses.replace(cfg, output_dir=chosen)
     writable(cfg.output_dir)
+    # Every line of the start (the bank's progress included) goes to log.txt; on the console only when no bar is.
+    log = TextLog(cfg.output_dir, console=not t.progress) if process_state().is_main_process else None
+    try:
+        return _build(cfg, resume, log)
+    except BaseException:
+        if log is not None:
+            log.close()
+        raise
+
+
+def _build(cfg: Config, resume: str | None, log: TextLog | None) -> Run:
+    """``build_run`` once the output folder is claimed and its log open."""
+    t = cfg.train
     try:
         acc = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
                           log_with="tensorboard", project_dir=cfg.output_dir, step_scheduler_with_optimizer=False)
@@ -187,6 +202,9 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
             from err
     validate_device(cfg, acc.device, acc.native_amp)  # fp16 that would run in float32; sizes past the GPU's memory
     checkpoint.refuse_to_overwrite(cfg.output_dir, resume)
+    if log is not None:
+        log.say(f"{'resuming' if resume else 'starting'} a run in {cfg.output_dir} ({acc.num_processes} process(es), "
+                f"{acc.device}); its settings:\n{config_text(cfg)}")
     static, views = None, cfg.data.views_per_class
     if cfg.data.source == "static":  # a missing, foreign or damaged dataset fails here
         with acc.main_process_first():  # every PNG header is read once, by the main process
@@ -229,6 +247,7 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
                                 cfg.data.repeated_aug), static=static,
               eval_views=held_out_views(t.eval_images, num_classes, acc.process_index, acc.num_processes),
               grid_views=grid, writer=writer, lr=lr, total_batch=total_batch,
-              state=TrainState(run_id=broadcast_object_list([checkpoint.new_run_id()])[0]))  # the main process's
+              state=TrainState(run_id=broadcast_object_list([checkpoint.new_run_id()])[0]),  # the main process's
+              log=log)
     open_batches(run)
     return run

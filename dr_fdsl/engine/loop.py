@@ -19,6 +19,7 @@ from dr_fdsl.engine.step import set_learning_rates, train_step, weights_finite, 
 from dr_fdsl.errors import CheckpointError, IntegrityError, NonFiniteLossError, is_write_fault
 from dr_fdsl.render import image_grid
 from dr_fdsl.static import quantize
+from dr_fdsl.textlog import Progress
 
 
 def fit(run: Run) -> dict:
@@ -30,6 +31,7 @@ def fit(run: Run) -> dict:
     window = {"seconds": 0.0, "render_seconds": 0.0, "images": 0}  # since the last log line
     total = {"seconds": 0.0, "images": 0}  # the whole run, for summary.json
     last_eval: dict[str, float] = {}
+    progress = Progress(f"train ({run.mode.name})", t.max_steps, run.state.step)
     if run.state.step == 0:
         log_images(run)
     with StopRequest() as stop:
@@ -48,16 +50,31 @@ def fit(run: Run) -> dict:
             if run.state.step % t.log_every == 0 or last:
                 scalars = log_scalars(run, out, window)
                 bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", img_s=f"{scalars['perf/images_per_s']:.0f}")
+                say(run, progress.line(run.state.step, **_shown(scalars)))
                 window = {"seconds": 0.0, "render_seconds": 0.0, "images": 0}
             if run.state.step % t.eval_every == 0 or last:
                 last_eval = evaluate(run)
                 acc.log(last_eval, step=run.state.step)
+                say(run, f"evaluation at step {run.state.step}: "
+                    + ", ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
             if run.state.step % t.image_every == 0 or last:
                 log_images(run)
             if run.state.step % t.ckpt_every == 0 or last:
-                save_checkpoint(run)
+                say(run, f"checkpoint {save_checkpoint(run)}")
     bar.close()
     return finish(run, last_eval, total)
+
+
+def say(run: Run, line: str) -> None:
+    """A line in ``output_dir/log.txt`` (main process; on the console too when no progress bar is drawn)."""
+    if run.log is not None:
+        run.log.say(line)
+
+
+def _shown(scalars: dict[str, float]) -> dict[str, float]:
+    """The scalars of a progress line: losses, throughput and learning rates (the rest is in TensorBoard)."""
+    return {k.split("/", 1)[-1] if k.startswith("train/") else k: v for k, v in scalars.items()
+            if k.startswith(("train/", "lr/")) or k == "perf/images_per_s"}
 
 
 def log_scalars(run: Run, out: dict, window: dict) -> dict[str, float]:
@@ -289,6 +306,8 @@ def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
     for problem in state["inexact"]:
         acc.print(f"warning: resuming inexactly: {problem}")
     acc.print(f"resumed from {path} at step {run.state.step}")
+    if run.log is not None:
+        run.log.say(f"resumed from {path} at step {run.state.step}", file_only=True)
 
 
 def finish(run: Run, last_eval: dict, total: dict) -> dict:
@@ -304,6 +323,7 @@ def finish(run: Run, last_eval: dict, total: dict) -> dict:
                "last_checkpoint": str(run.state.last_checkpoint)}
     if acc.is_main_process:
         (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        say(run, f"done: {run.state.step} steps, {summary['images_per_s']:.1f} images/s; summary.json written")
         hparams = {"mode": run.mode.name, "model": run.cfg.model.name, "classes": run.num_classes,
                    "image_size": run.cfg.renderer.image_size, "total_batch": run.total_batch, "lr": run.lr,
                    "steps": run.state.step, "renderer_lr": run.cfg.renderer.lr}
@@ -313,6 +333,8 @@ def finish(run: Run, last_eval: dict, total: dict) -> dict:
     acc.wait_for_everyone()
     for tracker in acc.trackers:  # flush and close TensorBoard; the process group stays up (the launcher's)
         tracker.finish()
+    if run.log is not None:
+        run.log.close()
     release(run)
     return summary
 

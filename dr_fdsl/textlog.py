@@ -89,3 +89,16 @@ class Progress:
         head = (f"{self.what} {done}/{self.total} ({100 * done / max(self.total, 1):.0f}%), "
                 f"{rate:.3g} {self.unit}/s, elapsed {duration(elapsed)}, eta {eta}")
         return f"{head}, {shown}" if shown else head
+
+
+def add_hparams(writer, hparams: dict, metrics: list[str]) -> None:
+    """Writes TensorBoard's hyper-parameter table into ``writer``'s own run.
+
+    ``metrics`` are scalar tags the run already logs (``val/top1``): the HParams plugin shows each one's last
+    value, so no extra one-point chart is drawn. (``SummaryWriter.add_hparams`` would open a second writer, a
+    second run unless ``run_name='.'``, and log each metric again as a one-point chart at step 0.)
+    """
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    for summary in hparams_summaries(hparams, dict.fromkeys(metrics, 0.0)):
+        writer._get_file_writer().add_summary(summary)

@@ -108,7 +108,7 @@ def test_finetune_from_a_pretraining_run_and_from_scratch(tmp_path, pretrained_r
     assert result["train_images"] == 50 and result["test_images"] == 100 and len(result["top1"]) == 2
     assert result["cumulative_error"] == pytest.approx(100 - 100 * result["top1"][1])
     assert (tmp_path / "ft" / "finetune.json").is_file()
-    assert any((tmp_path / "ft" / "tensorboard").glob("events.out.tfevents.*"))
+    assert any((tmp_path / "ft" / "finetune").glob("events.out.tfevents.*"))
     scratch = finetune(FinetuneSettings(pretrained=None, output_dir=str(tmp_path / "scratch"), **common))
     assert scratch["top1"] != result["top1"]  # the pre-trained weights were used (same seed otherwise)
 
@@ -270,7 +270,7 @@ def test_frozen_feature_protocols_on_real_data(tmp_path, pretrained_run, fashion
     assert result["protocol"] == protocol and result["test_images"] == 100 and result["feature_dim"] == 64
     assert len(result["top1"]) == (2 if protocol == "linear" else 1)
     assert result["final_top1"] > 0.2  # 10 classes: a pipeline that ignored the features would sit near 0.1
-    assert (tmp_path / "p" / "finetune.json").is_file()
+    assert (tmp_path / "p" / f"{protocol}.json").is_file() and not (tmp_path / "p" / "finetune.json").exists()
 
 
 def test_intervals_and_paired_differences_by_hand():

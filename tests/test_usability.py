@@ -1,6 +1,7 @@
 """A new user's view: long work says what it is doing (log.txt, progress lines), results have their own places,
 settings can be discovered, and what the network sees can be looked at."""
 
+import json
 import re
 
 import torch
@@ -47,3 +48,44 @@ def test_bank_generation_reports_each_group_and_groups_change_no_point(monkeypat
     assert torch.equal(grouped.points, reference.points)
     progress = [line for line in lines if line.startswith("fractal bank ") and "/6 (" in line]
     assert len(progress) >= 2 and progress[-1].startswith("fractal bank 6/6 (100%)") and "eta" in progress[0]
+
+
+def _image_folder(root):
+    """A two-class folder dataset (train/ and val/, 4 images of 8 px each), the cheapest real-data input."""
+    from torchvision.io import write_png
+
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(4):
+                image = torch.randint(0, 256, (3, 8, 8), generator=g, dtype=torch.uint8)
+                write_png(image, str(root / split / name / f"{i}.png"))
+    return f"folder:{root}"
+
+
+def test_each_protocol_has_its_own_result_file_and_one_tensorboard_run(tmp_path, capsys):
+    """finetune, linear and knn judged into one folder: three result files (none overwritten), three TensorBoard
+    runs (one folder of events each, no second timestamped run for the hyper-parameters), one log.txt."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dr_fdsl.finetune import FinetuneSettings, finetune
+
+    dataset, out = _image_folder(tmp_path / "data"), tmp_path / "ft"
+    for protocol in ("finetune", "linear", "knn"):
+        finetune(FinetuneSettings(dataset=dataset, epochs=2, batch_size=4, image_size=16, patch_size=8,
+                                  protocol=protocol, progress=False, output_dir=str(out)))
+    for protocol, tag in (("finetune", "finetune/test_top1"), ("linear", "linear/test_top1"),
+                          ("knn", "knn/test_top1")):
+        assert json.loads((out / f"{protocol}.json").read_text())["protocol" if protocol != "finetune" else
+                                                                 "epochs"] == (protocol if protocol != "finetune"
+                                                                               else 2)
+        runs = [p for p in (out / protocol).rglob("*") if p.is_dir()]
+        assert runs == [] and len(list((out / protocol).glob("events.out.tfevents.*"))) == 1
+        events = EventAccumulator(str(out / protocol))
+        events.Reload()
+        assert tag in events.Tags()["scalars"]
+        assert "_hparams_/experiment" in events.PluginTagToContent("hparams")  # the table, in this run
+    log = (out / "log.txt").read_text()
+    assert log.count("its settings:") == 3 and "finetune folder:" in log and "test_top1" in log
+    assert "finetune folder:" in capsys.readouterr().out  # progress=false: the epoch lines on the console

@@ -527,10 +527,12 @@ def run_in_workers(argv: list[str], seeds: list[int], jobs: int, out: Path) -> t
 
 def earlier_results(out: Path) -> Path | None:
     """What shows that ``out`` holds an earlier comparison's work, or None: its results (``rows.json``,
-    ``results.csv``, a worker's ``seeds/S/rows.json``), a judged arm's ``finetune.json`` or a pre-training's
-    checkpoint. A new comparison would overwrite the first two and mix its runs with the last. A folder holding only
-    ``preset.json`` and logs is one whose comparison failed before any run finished: a new comparison may use it."""
-    for pattern in ("rows.json", "results.csv", "seeds/*/rows.json", "**/finetune.json",
+    ``results.csv``, a worker's ``seeds/S/rows.json``), a judged arm's result (``finetune.json``, ``linear.json``,
+    ...) or a pre-training's checkpoint. A new comparison would overwrite the first two and mix its runs with the
+    last. A folder holding only ``preset.json`` and logs is one whose comparison failed before any run finished: a
+    new comparison may use it."""
+    for pattern in ("rows.json", "results.csv", "seeds/*/rows.json", "**/finetune*.json", "**/linear*.json",
+                    "**/knn*.json",
                     "**/checkpoints/step_*"):
         found = next(iter(sorted(out.glob(pattern))), None) if out.is_dir() else None
         if found is not None:

@@ -148,6 +148,12 @@ def test_compare_tool_end_to_end(tmp_path, fashion_root):
     for mode in ("none", "frozen", "joint", "adversarial"):
         assert f"| {mode} | 1 |" in table
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # log.txt (and the console): the plan first, then a progress line with an ETA after every job
+    log = (out / "log.txt").read_text()
+    assert "plan: 4 arms (none frozen joint adversarial) x 1 seeds (0) x 1 protocols (finetune): 3 pre-trainings" \
+        in log.splitlines()[0]
+    assert "progress: 1/7 jobs done (0/3 pre-trainings, 1/4 judgements)" in log and "progress: 7/7 jobs done" in log
+    assert "seed 0 adversarial finetune: top-1" in log and "(estimated total " in log
 
 
 @pytest.mark.slow

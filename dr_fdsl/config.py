@@ -327,8 +327,9 @@ class RendererConfig:
     points_per_pixel: int = 8
     compositor: Literal["alpha", "norm_weighted"] = "alpha"
     # "pytorch3d": rasterize_points (naive kernel on CPU, binned on CUDA). "sort": the same fragments from
-    # footprint expansion and a (pixel, depth) sort in tensor ops (dr_fdsl/render/raster_sort.py).
-    raster_backend: Literal["pytorch3d", "sort"] = "pytorch3d"
+    # footprint expansion and a (pixel, depth) sort in tensor ops (dr_fdsl/render/raster_sort.py). "auto": sort on
+    # the CPU, pytorch3d on CUDA. The same fragments bit for bit, so every choice keys caches as "pytorch3d" did.
+    raster_backend: Literal["auto", "pytorch3d", "sort"] = field(default="auto", metadata={"content_as": "pytorch3d"})
     # Radii are NDC units (the image spans [-1, 1]); kept in [radius_min, radius_max] by a scaled squash (renderer.py).
     radius_init: float = 0.015
     radius_min: float = 0.005
@@ -612,9 +613,11 @@ class Config:
     image_aug: ImageAugConfig = field(default_factory=ImageAugConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    mim: MIMConfig = field(default_factory=MIMConfig)  # used by train.objective=mim and classify+mim
-    match: MatchConfig = field(default_factory=MatchConfig)  # used by renderer.mode=match
-    sit: SiTConfig = field(default_factory=SiTConfig)  # used by train.objective=sit
+    # A part's own section (metadata used_by: the key that chooses the part, whose value names it, "+"-joined for
+    # objectives): left out of a run's saved config.yaml when the part is not chosen (used_settings).
+    mim: MIMConfig = field(default_factory=MIMConfig, metadata={"used_by": "train.objective"})  # mim, classify+mim
+    match: MatchConfig = field(default_factory=MatchConfig, metadata={"used_by": "renderer.mode"})  # mode match
+    sit: SiTConfig = field(default_factory=SiTConfig, metadata={"used_by": "train.objective"})  # objective sit
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -840,8 +843,34 @@ def save_config(cfg: Any, path: str | Path) -> Path:
 
 
 def config_text(cfg: Any) -> str:
-    """The resolved config as YAML, as ``save_config`` writes it (and the run's log.txt shows it)."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The resolved config as YAML, as ``save_config`` writes it (and the run's log.txt shows it): for a
+    :class:`Config`, only what the run uses (:func:`used_settings`)."""
+    return yaml.safe_dump(used_settings(cfg) if isinstance(cfg, Config) else to_dict(cfg), sort_keys=False)
+
+
+def section_used(cfg: Config, name: str) -> bool:
+    """Whether the run uses top-level section ``name``: a part's own section (``used_by`` metadata) only when its
+    part is chosen (``mim`` for ``train.objective: classify+mim``); every other section always."""
+    f = next(f for f in dataclasses.fields(Config) if f.name == name)
+    chooser = f.metadata.get("used_by")
+    if chooser is None:
+        return True
+    part, key = chooser.split(".")
+    return name in str(getattr(getattr(cfg, part), key)).split("+")
+
+
+def used_settings(cfg: Config) -> dict:
+    """``to_dict(cfg)`` without what the run does not use: the bank sections of other families and the sections
+    of objectives and modes not chosen. Loading it gives ``cfg`` with those at their defaults, which change nothing
+    the run does (no fingerprint or cache key reads them)."""
+    tree = to_dict(cfg)
+    for name in [f.name for f in dataclasses.fields(Config)]:
+        if not section_used(cfg, name):
+            del tree[name]
+    for f in dataclasses.fields(BankConfig):
+        if f.metadata.get("family") and f.name != cfg.bank.family:
+            del tree["bank"][f.name]
+    return tree
 
 
 def add_config_args(parser) -> None:
@@ -869,6 +898,9 @@ def content_settings(section: Any) -> dict:
         if f.metadata.get("family") and f.name != getattr(section, "family", None):
             continue
         if f.metadata.get("omit_default") and getattr(section, f.name) == _default(f):
+            continue
+        if "content_as" in f.metadata:  # a choice among exact equivalents: recorded as the one keys always held
+            out[f.name] = f.metadata["content_as"]
             continue
         out[f.name] = _plain(getattr(section, f.name))
     return out

@@ -89,3 +89,75 @@ def test_each_protocol_has_its_own_result_file_and_one_tensorboard_run(tmp_path,
     log = (out / "log.txt").read_text()
     assert log.count("its settings:") == 3 and "finetune folder:" in log and "test_top1" in log
     assert "finetune folder:" in capsys.readouterr().out  # progress=false: the epoch lines on the console
+
+
+def test_auto_raster_backend_is_the_default_sort_on_cpu_and_keys_nothing_new(small_bank):
+    """renderer.raster_backend: auto (the default) rasterises with sort on the CPU and pytorch3d on CUDA; every
+    choice renders the same images and keys caches, static datasets and checkpoints as 'pytorch3d' always did."""
+    from dataclasses import replace
+
+    from dr_fdsl.config import Config, RendererConfig, content_settings
+    from dr_fdsl.render import PointRenderer
+    from dr_fdsl.render.rasterizers import auto_backend
+
+    assert Config().renderer.raster_backend == "auto"
+    assert auto_backend("cpu") == "sort" and auto_backend("cuda") == "pytorch3d"
+    base = RendererConfig(image_size=32, points_per_pixel=4, radius_init=0.03)
+    keys = [content_settings(replace(base, raster_backend=b)) for b in ("auto", "sort", "pytorch3d")]
+    assert keys[0] == keys[1] == keys[2] and keys[0]["raster_backend"] == "pytorch3d"
+    ids, seeds = torch.tensor([0, 1, 2]), torch.tensor([5, 6, 7])
+    with torch.no_grad():
+        images = [PointRenderer(small_bank, replace(base, raster_backend=b))(ids, seeds) for b in ("auto", "pytorch3d")]
+    assert torch.equal(images[0], images[1])
+
+
+QUICKSTART = "configs/quickstart.yaml"
+
+
+def test_print_config_shows_types_defaults_and_comments_of_the_used_sections_only(capsys):
+    """--print-config: the resolved config, each key with its type, default and dataclass comment, only the
+    sections the run uses; it loads back to the same config. One section with --print-config SECTION."""
+    import yaml
+
+    import train
+    from dr_fdsl.config import from_dict, load_config
+
+    assert train.main(["--config", QUICKSTART, "--print-config", "train.objective=classify+mim"]) == 0
+    text = capsys.readouterr().out
+    assert "  max_steps: 400  # int, default 1000\n" in text
+    assert "  keep_checkpoints: 3  # int, default 3; this run's newest checkpoints kept; 0 keeps every one" in text
+    assert "\nmim:" in text and "\nmatch:" not in text and "\nsit:" not in text  # the objective's, not the mode's
+    assert "  ifs3d:" in text and "  ofdb:" not in text and "  svd2d:" not in text  # the chosen family's only
+    cfg = load_config(QUICKSTART, ["train.objective=classify+mim"])
+    assert from_dict(type(cfg), yaml.safe_load(text)) == cfg
+    assert train.main(["--config", QUICKSTART, "--print-config", "bank.ifs3d"]) == 0
+    assert capsys.readouterr().out.startswith("bank:\n  ifs3d:\n    sampler: ")
+    assert train.main(["--config", QUICKSTART, "--print-config", "sit"]) == 2
+    assert "error: --print-config sit: not used by this run; sections: output_dir" in capsys.readouterr().err
+
+
+def test_dry_run_checks_and_sizes_without_building_or_writing(tmp_path, capsys):
+    import train
+
+    common = ["--config", QUICKSTART, "--dry-run", f"output_dir={tmp_path / 'run'}", f"bank.cache_dir={tmp_path / 'b'}"]
+    assert train.main(common) == 0
+    out = capsys.readouterr().out
+    assert f"dry run: the config is valid; would write to {tmp_path / 'run'}" in out
+    assert "bank: 10 categories x 2000 points of family ifs3d" in out and "model: test_vit, 0.30 M parameters" in out
+    assert list(tmp_path.iterdir()) == []  # no bank, no folder, no log
+    assert train.main([*common, "model.name=vit_tiny_patch16_2244"]) == 2
+    assert "error: config key 'model.name': unknown timm model" in capsys.readouterr().err
+
+
+def test_saved_config_holds_only_what_the_run_uses_and_loads_back(tmp_path):
+    from dr_fdsl.config import load_config, save_config
+
+    for overrides, kept, left_out in ((["renderer.mode=frozen"], [], ["mim", "match", "sit"]),
+                                      (["train.objective=classify+mim"], ["mim"], ["match", "sit"]),
+                                      (["renderer.mode=match", "match.dataset=fashion_mnist"], ["match"], ["mim"])):
+        cfg = load_config(QUICKSTART, overrides)
+        text = save_config(cfg, tmp_path / "config.yaml").read_text()
+        sections = {line.rstrip(":") for line in text.splitlines() if line and not line.startswith(" ")}
+        assert set(kept) <= sections and not set(left_out) & sections
+        assert "  ofdb:" not in text and "  ifs3d:" in text
+        assert load_config(tmp_path / "config.yaml") == cfg

@@ -4,6 +4,7 @@ settings can be discovered, and what the network sees can be looked at."""
 import json
 import re
 
+import pytest
 import torch
 
 from dr_fdsl.engine import build_run, fit
@@ -161,3 +162,46 @@ def test_saved_config_holds_only_what_the_run_uses_and_loads_back(tmp_path):
         assert set(kept) <= sections and not set(left_out) & sections
         assert "  ofdb:" not in text and "  ifs3d:" in text
         assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_tensorboard_run_is_the_output_folder_with_full_hparams_and_a_refused_start_adds_none(tmp_path, bank_dir):
+    """Events live in output_dir itself (TensorBoard names the run after the folder), in one run with the
+    hyper-parameter table (seed, objective, family, raster backend, mode) whose metrics are the evaluation's own
+    tags (no one-point hparam/ charts); a resume refused after the run was built leaves no events behind."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from dr_fdsl.engine import resume
+    from dr_fdsl.errors import CheckpointError
+
+    folder = tmp_path / "run"
+    fit(build_run(tiny(tmp_path, bank_dir, "train.max_steps=2", "train.probe=false")))
+    assert [p.name for p in folder.iterdir() if p.is_dir()] == ["checkpoints"]  # no tensorboard/ nor hparams run
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    assert not [t for t in events.Tags()["scalars"] if t.startswith("hparam")]
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert {"seed", "objective", "family", "raster_backend", "mode"} <= set(hparams)
+    assert hparams["raster_backend"].string_value == "auto" and hparams["family"].string_value == "ifs3d"
+    files = sorted(folder.glob("events.out.tfevents.*"))
+    run = build_run(tiny(tmp_path, bank_dir, "train.max_steps=2", "train.probe=false", "bank.num_classes=3"),
+                    resume="latest")
+    with pytest.raises(CheckpointError, match="other settings"):
+        resume(run, "latest")
+    assert sorted(folder.glob("events.out.tfevents.*")) == files
+
+
+def test_resume_names_a_missing_checkpoint_as_missing_and_the_run_folder_as_no_checkpoint(tmp_path):
+    """A path that does not exist is reported as missing (not as "newer checkpoints exist"); the run's folder or
+    its checkpoints/ folder given for a checkpoint is named as such, with the newest to use."""
+    from dr_fdsl.checkpoint import refuse_to_overwrite
+    from dr_fdsl.errors import CheckpointError
+
+    (tmp_path / "checkpoints" / "step_0000004").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"step_0000009: no such checkpoint folder \(it does not exist\)"):
+        refuse_to_overwrite(tmp_path, str(tmp_path / "checkpoints" / "step_0000009"))
+    for given in (tmp_path, tmp_path / "checkpoints"):
+        with pytest.raises(CheckpointError, match=r"that is the run's folder, not one of its checkpoints; give "
+                                                  r"--resume latest \(its newest: step_0000004\)"):
+            refuse_to_overwrite(tmp_path, str(given))

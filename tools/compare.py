@@ -278,7 +278,7 @@ def check_pretrain_configs(preset: dict, args: argparse.Namespace, table: dict[s
 def pretrain_curve(run: Path) -> list[tuple[int, float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
     events.Reload()
     return [(e.step, e.value) for e in events.Scalars("val/top1")] if "val/top1" in events.Tags()["scalars"] else []
 

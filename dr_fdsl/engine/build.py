@@ -26,7 +26,9 @@ from dr_fdsl.static import StaticViews, static_loader
 from dr_fdsl.stream import ViewStream, held_out_views
 from dr_fdsl.textlog import TextLog
 
-TB_DIR = "tensorboard"
+# TensorBoard's events go into output_dir itself, so that `tensorboard --logdir runs` names each run after its folder
+# (runs/quickstart -> "quickstart"); a resumed run's events join them there, as one run.
+TB_DIR = "."
 
 
 @dataclass
@@ -56,7 +58,7 @@ class Run:
     static: StaticViews | None
     eval_views: tuple[torch.Tensor, torch.Tensor]  # this process's held-out (class ids, view seeds)
     grid_views: tuple[torch.Tensor, torch.Tensor]  # the (class ids, view seeds) of the TensorBoard image grid
-    writer: Any  # TensorBoard SummaryWriter on the main process, None elsewhere
+    writer: Any  # TensorBoard SummaryWriter on the main process once fit() starts (start_tensorboard), else None
     lr: float
     total_batch: int
     state: TrainState
@@ -69,6 +71,15 @@ class Run:
     @property
     def num_classes(self) -> int:
         return self.renderer.num_classes
+
+
+def start_tensorboard(run: Run) -> None:
+    """Opens the run's TensorBoard events (``fit`` does, once the run has started: a start that fails, a resume
+    refused, leaves no empty run behind)."""
+    if run.writer is None:
+        run.accelerator.init_trackers(TB_DIR)
+        run.writer = run.accelerator.get_tracker("tensorboard", unwrap=True) if run.accelerator.is_main_process \
+            else None
 
 
 def open_batches(run: Run) -> None:
@@ -239,14 +250,12 @@ def _build(cfg: Config, resume: str | None, log: TextLog | None) -> Run:
     grid = (torch.arange(rows).repeat_interleave(4), -(10**9) - torch.arange(4).repeat(rows))  # held out
     if acc.is_main_process and resume is None:  # a resumed run writes it once the checkpoint is accepted
         save_config(cfg, Path(cfg.output_dir) / "config.yaml")
-    acc.init_trackers(TB_DIR)
-    writer = acc.get_tracker("tensorboard", unwrap=True) if acc.is_main_process else None
     run = Run(cfg=cfg, accelerator=acc, renderer=renderer, objective=objective, mode=mode,
               renderer_optimizer=renderer_optimizer, schedulers=schedulers,
               stream=ViewStream(cfg.seed, acc.process_index, num_classes, views, cfg.data.views_per_category,
                                 cfg.data.repeated_aug), static=static,
               eval_views=held_out_views(t.eval_images, num_classes, acc.process_index, acc.num_processes),
-              grid_views=grid, writer=writer, lr=lr, total_batch=total_batch,
+              grid_views=grid, writer=None, lr=lr, total_batch=total_batch,
               state=TrainState(run_id=broadcast_object_list([checkpoint.new_run_id()])[0]),  # the main process's
               log=log)
     open_batches(run)

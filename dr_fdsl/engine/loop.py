@@ -13,18 +13,19 @@ from tqdm import tqdm
 
 from dr_fdsl import checkpoint
 from dr_fdsl.config import save_config
-from dr_fdsl.engine.build import Run, open_batches
+from dr_fdsl.engine.build import Run, open_batches, start_tensorboard
 from dr_fdsl.engine.interrupt import StopRequest
 from dr_fdsl.engine.step import set_learning_rates, train_step, weights_finite, what_to_resume
 from dr_fdsl.errors import CheckpointError, IntegrityError, NonFiniteLossError, is_write_fault
 from dr_fdsl.render import image_grid
 from dr_fdsl.static import quantize
-from dr_fdsl.textlog import Progress
+from dr_fdsl.textlog import Progress, add_hparams
 
 
 def fit(run: Run) -> dict:
     """Trains to ``train.max_steps`` optimiser steps; returns the final summary (also ``summary.json``)."""
     acc, t = run.accelerator, run.cfg.train
+    start_tensorboard(run)
     bar = tqdm(total=t.max_steps, initial=run.state.step, desc=f"train ({run.mode.name})", unit="step",
                dynamic_ncols=True, disable=not (acc.is_main_process and t.progress))
     images_per_micro_batch = t.batch_size * acc.num_processes
@@ -324,12 +325,13 @@ def finish(run: Run, last_eval: dict, total: dict) -> dict:
     if acc.is_main_process:
         (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         say(run, f"done: {run.state.step} steps, {summary['images_per_s']:.1f} images/s; summary.json written")
-        hparams = {"mode": run.mode.name, "model": run.cfg.model.name, "classes": run.num_classes,
-                   "image_size": run.cfg.renderer.image_size, "total_batch": run.total_batch, "lr": run.lr,
-                   "steps": run.state.step, "renderer_lr": run.cfg.renderer.lr}
-        metrics = {f"hparam/{k.replace('/', '_')}": v for k, v in last_eval.items()}
-        if run.writer is not None and metrics:
-            run.writer.add_hparams(hparams, metrics, run_name=".")
+        r = run.cfg.renderer
+        hparams = {"mode": run.mode.name, "objective": run.cfg.train.objective, "family": run.cfg.bank.family,
+                   "seed": run.cfg.seed, "raster_backend": r.raster_backend, "model": run.cfg.model.name,
+                   "classes": run.num_classes, "image_size": r.image_size, "total_batch": run.total_batch,
+                   "lr": run.lr, "steps": run.state.step, "renderer_lr": r.lr}
+        if run.writer is not None and last_eval:  # the metrics: the evaluation's own tags, last logged just now
+            add_hparams(run.writer, hparams, list(last_eval))
     acc.wait_for_everyone()
     for tracker in acc.trackers:  # flush and close TensorBoard; the process group stays up (the launcher's)
         tracker.finish()

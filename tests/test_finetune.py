@@ -208,6 +208,8 @@ def test_bench_tool_writes_the_ratios(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["ratio_frozen"] > 0 and result["ratio_learnable"] > 0
+    low, median, high = result["spread_ms"]["(c) learnable step"]  # min, median, max
+    assert low <= median <= high and "min    median       max" in out.stdout
     assert set(result["stage_ms"]) == {"points_and_camera", "rasterise", "composite_fwd_bwd", "render_batch",
                                        "forward_backward", "optimizer_step"}
 

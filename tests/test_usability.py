@@ -205,3 +205,24 @@ def test_resume_names_a_missing_checkpoint_as_missing_and_the_run_folder_as_no_c
         with pytest.raises(CheckpointError, match=r"that is the run's folder, not one of its checkpoints; give "
                                                   r"--resume latest \(its newest: step_0000004\)"):
             refuse_to_overwrite(tmp_path, str(given))
+
+
+def test_bench_spread_and_load_warn_that_figures_are_noise(monkeypatch):
+    """tools/bench.py's figures come as min / median / max; a spread above 1.5x or a load average above the core
+    count is a warning that they are noise (a loaded machine once showed the learnable renderer 7x faster)."""
+    import os
+
+    from dr_fdsl import timing
+
+    calls = iter([0.0, 0.001, 0.0, 0.003, 0.0, 0.002])  # perf_counter pairs: 1, 3 and 2 ms
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(calls))
+    spread = timing.time_spread(lambda: None, 3, 0, torch.device("cpu"))
+    assert spread == pytest.approx(timing.Spread(0.001, 0.002, 0.003))
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    steady = timing.Spread(0.010, 0.011, 0.012)
+    assert timing.noise_warning({"(b) frozen step": steady}) is None
+    assert "max/min above 1.5 for (c) learnable step" in timing.noise_warning({"(b) frozen step": steady,
+                                                                            "(c) learnable step": spread})
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    assert "load average 9.0 on 2 cores" in timing.noise_warning({"(b) frozen step": steady})

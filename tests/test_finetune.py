@@ -226,6 +226,13 @@ def test_export_loads_in_timm_with_the_training_logits(tmp_path, pretrained_run)
     assert config["architecture"] == "test_vit" and config["num_classes"] == 4
     assert config["pretrained_cfg"]["mean"] == [0.5, 0.5, 0.5]
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]  # what the backbone takes, not timm's default
+    # The run's own tag, none of the hub id, tag or licence of the weights timm publishes for test_vit
+    assert config["pretrained_cfg"]["tag"] == "dr_fdsl.run"
+    assert not {"license", "hf_hub_id", "url"} & set(config["pretrained_cfg"])
+    card = (tmp_path / "exp" / "README.md").read_text()
+    assert "# Model card for test_vit.dr_fdsl.run" in card and "**Steps:** 4 optimiser steps" in card
+    assert "4 categories of formula family ifs3d (300 points each" in card and str(pretrained_run.resolve()) in card
+    assert (pretrained_run / "config.yaml").read_text() in card  # the settings, whole
     trained, size = load_pretrained(str(pretrained_run))
     weights = str(tmp_path / "exp" / "model.safetensors")
     by_file = timm.create_model(config["architecture"], pretrained=True, num_classes=4, img_size=size,

@@ -226,3 +226,18 @@ def test_bench_spread_and_load_warn_that_figures_are_noise(monkeypatch):
                                                                             "(c) learnable step": spread})
     monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
     assert "load average 9.0 on 2 cores" in timing.noise_warning({"(b) frozen step": steady})
+
+
+def test_readme_python_snippet_runs_as_written(tmp_path, bank_dir, monkeypatch):
+    """The README's Python API block, executed as it stands. Its bank (the quickstart's) is cached under the current
+    folder's cache/banks: there, the session's bank cache, so that it is built once per session."""
+    from tests.conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("Python API:\n\n```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "banks").symlink_to(bank_dir)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["images"].shape == (2, 3, 224, 224) and namespace["bank"].points.shape == (10, 2000, 3)

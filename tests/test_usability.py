@@ -241,3 +241,42 @@ def test_readme_python_snippet_runs_as_written(tmp_path, bank_dir, monkeypatch):
     namespace: dict = {}
     exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["images"].shape == (2, 3, 224, 224) and namespace["bank"].points.shape == (10, 2000, 3)
+
+
+def test_preview_augmented_applies_the_configured_image_augmentations(small_bank):
+    """--augmented: the images through image_aug as configured; with every image flipped and the rest off, the
+    grid is the plain one mirrored (FractalDB's preview columns were identical: no augmentation was applied)."""
+    from dr_fdsl.config import load_config
+    from dr_fdsl.preview import augmented
+    from dr_fdsl.render import PointRenderer
+
+    cfg = load_config(None, ["renderer.image_size=32", "renderer.points_per_pixel=4", "renderer.radius_init=0.03",
+                             "model.name=test_vit", "image_aug.hflip=1.0", "image_aug.mixup=0", "image_aug.cutmix=0",
+                             "image_aug.random_erasing=0"])
+    ids, seeds = torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0])
+    with torch.no_grad():
+        images = PointRenderer(small_bank, cfg.renderer)(ids, seeds)
+    assert torch.allclose(augmented(images, ids, cfg, small_bank.num_classes), images.flip(3), atol=1e-6)
+    erased = load_config(None, ["renderer.image_size=32", "model.name=test_vit", "image_aug.random_erasing=1.0",
+                                "image_aug.mixup=0", "image_aug.cutmix=0", "image_aug.hflip=0"])
+    assert not torch.equal(augmented(images, ids, erased, small_bank.num_classes), images)
+
+
+def test_preview_of_a_run_draws_with_its_learnt_tables(tmp_path, bank_dir):
+    """--run RUN: the run's config and the rendering tables of its newest checkpoint, equal to what the run's own
+    renderer draws after training (joint: the tables moved away from their initial values)."""
+    from dr_fdsl.preview import run_renderer
+    from tools.preview import main
+
+    run = build_run(tiny(tmp_path, bank_dir, "renderer.mode=joint", "train.max_steps=2", "train.probe=false"))
+    fit(run)
+    cfg, renderer, folder = run_renderer(str(tmp_path / "run"))
+    assert folder.name == "step_0000002" and cfg.renderer.mode == "joint"
+    trained = {k: v.cpu() for k, v in run.renderer.state_dict().items()}
+    assert all(torch.equal(renderer.state_dict()[k], v) for k, v in trained.items())
+    ids, seeds = torch.tensor([0, 1, 2, 3]), torch.tensor([7, 7, 7, 7])
+    with torch.no_grad():
+        assert torch.equal(renderer(ids, seeds), run.renderer(ids, seeds))
+    assert main(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "p.png"), "--classes", "2",
+                 "--views", "2"]) == 0
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

@@ -126,6 +126,10 @@ def refuse_to_overwrite(output_dir: str | Path, resume: str | None = None) -> No
     if resume == "latest":
         return
     path = Path(resume).resolve()
+    if path in (Path(output_dir).resolve(), checkpoint_dir(output_dir).resolve()):
+        raise CheckpointError(
+            f"--resume {resume}: that is the run's folder, not one of its checkpoints; give --resume latest (its "
+            f"newest: {found[-1].name}) or a folder under {checkpoint_dir(output_dir)}")
     if path.parent != checkpoint_dir(output_dir).resolve():
         raise CheckpointError(
             f"--resume {resume}: that checkpoint is not in output_dir '{output_dir}', which holds checkpoints of "

@@ -38,6 +38,7 @@ from dr_fdsl.settings import (  # noqa: F401  (re-exported: the names the code a
     add_config_args,
     chosen_by,
     compose,
+    config_text,
     content_settings,
     finite,
     from_dict,
@@ -45,6 +46,8 @@ from dr_fdsl.settings import (  # noqa: F401  (re-exported: the names the code a
     parse_overrides,
     save_config,
     to_dict,
+    used_by,
+    used_settings,
 )
 from dr_fdsl.settings import load_config as _load
 
@@ -194,8 +197,9 @@ class RendererConfig:
     points_per_pixel: int = 8
     compositor: Literal["alpha", "norm_weighted"] = "alpha"
     # "pytorch3d": rasterize_points (naive kernel on CPU, binned on CUDA). "sort": the same fragments from
-    # footprint expansion and a (pixel, depth) sort in tensor ops (dr_fdsl/render/raster_sort.py).
-    raster_backend: Literal["pytorch3d", "sort"] = "pytorch3d"
+    # footprint expansion and a (pixel, depth) sort in tensor ops (dr_fdsl/render/raster_sort.py). "auto": sort on
+    # the CPU, pytorch3d on CUDA. The same fragments bit for bit, so every choice keys caches as "pytorch3d" did.
+    raster_backend: Literal["auto", "pytorch3d", "sort"] = field(default="auto", metadata={"content_as": "pytorch3d"})
     # Radii are NDC units (the image spans [-1, 1]); kept in [radius_min, radius_max] by a scaled squash (renderer.py).
     radius_init: float = 0.015
     radius_min: float = 0.005
@@ -433,8 +437,9 @@ class _Run:
 # The sections that objectives and renderer modes own (mim: train.objective=mim and classify+mim; sit; match:
 # renderer.mode=match), after the core's, in registry order.
 Config = compose(
-    "Config", _Run, [(key, section) for registry in (OBJECTIVES, MODES) for spec in registry.specs()
-                     for key, section in spec.sections.items()], module=__name__,
+    "Config", _Run, [(key, section, used_by(chooser)) for registry, chooser in ((OBJECTIVES, "train.objective"),
+                                                                               (MODES, "renderer.mode"))
+                     for spec in registry.specs() for key, section in spec.sections.items()], module=__name__,
     doc="""Everything a run needs. ``output_dir`` receives the resolved config, logs and checkpoints. Its sections:
     the core's, then those of the registered objectives and renderer modes (``mim``, ``sit``, ``match``).""")
 

@@ -41,6 +41,12 @@ def is_content(f: dataclasses.Field, section: Any) -> bool:
     return not (chooser and f.name != getattr(section, chooser, None))
 
 
+def content_value(f: dataclasses.Field, section: Any) -> Any:
+    """Field ``f``'s value as keys hold it: ``metadata={"content_as": v}`` marks a choice among exact equivalents
+    (``renderer.raster_backend``: every backend gives the same fragments), recorded as ``v`` whatever was chosen."""
+    return f.metadata["content_as"] if "content_as" in f.metadata else getattr(section, f.name)
+
+
 def field_default(f: dataclasses.Field) -> Any:
     """A field's default value (a fresh instance for a ``default_factory`` section); ``MISSING`` when it has none."""
     if f.default is not dataclasses.MISSING:
@@ -62,7 +68,7 @@ def plain(value: Any) -> Any:
 def settings(section: Any) -> dict:
     """Every content field of ``section`` (nested sections as dicts), defaults included: a description of what
     made a file (``PointBank.settings``, a dataset's ``dataset.json``), never compared (compare keys)."""
-    return {f.name: plain(getattr(section, f.name)) for f in dataclasses.fields(section) if is_content(f, section)}
+    return {f.name: plain(content_value(f, section)) for f in dataclasses.fields(section) if is_content(f, section)}
 
 
 def changed(section: Any, prefix: str, defaults: Any = None) -> dict[str, Any]:
@@ -74,7 +80,7 @@ def changed(section: Any, prefix: str, defaults: Any = None) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     for f in dataclasses.fields(section):
-        if not is_content(f, section):
+        if not is_content(f, section) or "content_as" in f.metadata:  # content_as: the same value whatever is chosen
             continue
         value = getattr(section, f.name)
         # a field the defaults' section lacks (a subclass's): its own default
@@ -167,7 +173,7 @@ def legacy_settings(section: Any, prefix: str) -> dict:
     for f in dataclasses.fields(section):
         if not is_content(f, section):
             continue
-        key, value = f"{prefix}.{f.name}", getattr(section, f.name)
+        key, value = f"{prefix}.{f.name}", content_value(f, section)
         added = f.metadata.get("omit_default") or key not in LEGACY_FIELDS
         at_default = value == field_default(f) or (key in LEGACY_DEFAULTS and value == LEGACY_DEFAULTS[key])
         if added and at_default:  # compared as the earlier rule did (a list is not a tuple)

@@ -27,12 +27,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from dr_fdsl import checkpoint, datasets, safetensors_check
-from dr_fdsl.config import ModelConfig, finite, load_config, need
+from dr_fdsl.config import ModelConfig, config_text, finite, load_config, need
 from dr_fdsl.engine.build import writable
 from dr_fdsl.errors import ConfigError, IntegrityError, NonFiniteLossError
 from dr_fdsl.frozen_eval import extract_features, knn_predict, linear_probe, model_input
 from dr_fdsl.models import create_classifier, normalization
 from dr_fdsl.target_mim import TargetMIMSettings, masked_pretrain
+from dr_fdsl.textlog import Progress, TextLog, add_hparams, say
 
 
 @dataclass
@@ -166,6 +167,31 @@ def _flat(settings: dict, prefix: str = "") -> dict:
     return out
 
 
+def result_name(s: FinetuneSettings) -> str:
+    """What a fine-tuning's outputs are named by: its protocol, and ``_target_mim`` after a masked phase
+    (``finetune``, ``linear``, ``knn``, ``finetune_target_mim``, ...). Its result is ``output_dir/NAME.json``, its
+    TensorBoard run ``output_dir/NAME/``: protocols judged into one folder never overwrite each other."""
+    return s.protocol + ("_target_mim" if s.target_mim.epochs else "")
+
+
+def result_path(s: FinetuneSettings) -> Path:
+    return Path(s.output_dir) / f"{result_name(s)}.json"
+
+
+def _finish(s: FinetuneSettings, acc: Accelerator, result: dict) -> dict:
+    """Writes the result file and, as TensorBoard hyper-parameters, the settings with the final metrics (one run:
+    Accelerate's own ``config=`` would put them in a second, timestamped one); closes the trackers and the log."""
+    if acc.is_main_process:
+        result_path(s).write_text(json.dumps(result, indent=2))
+        add_hparams(acc.get_tracker("tensorboard", unwrap=True), _flat(asdict(s)), [f"{s.protocol}/test_top1"])
+        say(f"done: final top-1 {100 * result['final_top1']:.2f}%, cumulative error (2nd half) "
+             f"{result['cumulative_error']:.1f}; {result_path(s)}")
+    acc.wait_for_everyone()
+    for tracker in acc.trackers:  # flush and close TensorBoard; the process group stays up (the launcher's)
+        tracker.finish()
+    return result
+
+
 def frozen_protocol(s: FinetuneSettings, model, train, test, size: int, mean, std, acc, masked=None) -> dict:
     """``s.protocol`` ``linear`` or ``knn`` on the frozen backbone's features (every process computes the same)."""
     start = time.perf_counter()
@@ -184,19 +210,28 @@ def frozen_protocol(s: FinetuneSettings, model, train, test, size: int, mean, st
               "seconds": time.perf_counter() - start}
     if masked is not None:
         result["target_mim"] = masked
-    if acc.is_main_process:
-        Path(s.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(s.output_dir) / "finetune.json").write_text(json.dumps(result, indent=2))
-    for tracker in acc.trackers:  # the masked phase's, if it ran
-        tracker.finish()
-    return result
+    for epoch, accuracy in enumerate(top1, 1):  # linear: after every epoch; knn: its one value
+        acc.log({f"{s.protocol}/test_top1": accuracy}, step=epoch)
+    return _finish(s, acc, result)
 
 
 def finetune(s: FinetuneSettings) -> dict:
-    """Runs the fine-tuning; returns (and writes to ``output_dir/finetune.json``) per-epoch top-1 and the metric."""
+    """Runs the fine-tuning; returns (and writes to ``output_dir/NAME.json``, :func:`result_name`) per-epoch top-1
+    and the metric; ``output_dir/log.txt`` and TensorBoard (``output_dir/NAME/``) follow it as it runs."""
     out = Path(s.output_dir)
     writable(s.output_dir)  # a folder that cannot be written fails now, not after the fine-tuning
     acc = Accelerator(log_with="tensorboard", project_dir=str(out))
+    log = TextLog(out, console=not s.progress) if acc.is_main_process else None
+    try:
+        return _finetune(s, acc)
+    finally:
+        if log is not None:
+            log.close()
+
+
+def _finetune(s: FinetuneSettings, acc: Accelerator) -> dict:
+    """``finetune`` with its folder checked, its ``Accelerator`` made and its log open."""
+    say(f"{result_name(s)} on {s.dataset} in {s.output_dir}; its settings:\n{config_text(s)}")
     set_seed(s.seed)
     if s.pretrained:
         model, size = load_pretrained(s.pretrained)
@@ -215,8 +250,8 @@ def finetune(s: FinetuneSettings) -> dict:
         test = datasets.ImageSet(test.images[:s.max_test], test.labels[:s.max_test], test.num_classes)
     mean, std = (t.to(acc.device) for t in normalization(model))
     masked = None
+    acc.init_trackers(result_name(s))  # one TensorBoard run for the masked phase and the protocol after it
     if s.target_mim.epochs:  # the backbone learns the target images, unlabelled; its head is replaced below
-        acc.init_trackers("tensorboard", config=_flat(asdict(s)))
         masked = masked_pretrain(model, train.images, size, mean, std, s.target_mim, s.seed, acc, s.progress)
     model.reset_classifier(train.num_classes)
     if s.protocol != "finetune":
@@ -234,8 +269,6 @@ def finetune(s: FinetuneSettings) -> dict:
     scheduler = CosineLRScheduler(optimizer, t_initial=s.epochs * steps_per_epoch, lr_min=1e-6,
                                   warmup_t=s.warmup_epochs * steps_per_epoch, warmup_lr_init=1e-6,
                                   t_in_epochs=False)
-    if masked is None:  # else already started for the masked phase
-        acc.init_trackers("tensorboard", config=_flat(asdict(s)))
 
     top1: list[float] = []
     evaluated: list[int] = []  # the epochs (1-based) top1 was measured after
@@ -243,6 +276,7 @@ def finetune(s: FinetuneSettings) -> dict:
     step = 0
     bar = tqdm(total=s.epochs, desc=f"finetune {s.dataset}", unit="epoch",
                disable=not (acc.is_main_process and s.progress))
+    progress = Progress(f"finetune {s.dataset}", s.epochs, unit="epoch")
     for epoch in range(s.epochs):
         model.train()
         total, batches = 0.0, 0
@@ -263,6 +297,7 @@ def finetune(s: FinetuneSettings) -> dict:
         train_loss.append(total / max(batches, 1))
         acc.log({"finetune/train_loss": train_loss[-1]}, step=epoch + 1)
         if (epoch + 1) % s.eval_every and epoch + 1 < s.epochs:
+            say(progress.line(epoch + 1, train_loss=train_loss[-1]))
             continue
         model.eval()
         correct = []
@@ -276,6 +311,7 @@ def finetune(s: FinetuneSettings) -> dict:
         evaluated.append(epoch + 1)
         acc.log({"finetune/test_top1": top1[-1]}, step=epoch + 1)
         bar.set_postfix(top1=f"{top1[-1]:.3f}")
+        say(progress.line(epoch + 1, train_loss=train_loss[-1], test_top1=top1[-1]))
     bar.close()
     result = {"dataset": s.dataset, "pretrained": s.pretrained, "train_images": len(train),
               "test_images": len(test), "epochs": s.epochs, "eval_epochs": evaluated, "top1": top1,
@@ -283,12 +319,7 @@ def finetune(s: FinetuneSettings) -> dict:
               "cumulative_error": cumulative_error(top1, evaluated)}
     if masked is not None:
         result["target_mim"] = masked
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "finetune.json").write_text(json.dumps(result, indent=2))
-    acc.wait_for_everyone()
-    for tracker in acc.trackers:  # flush and close TensorBoard; the process group stays up (the launcher's)
-        tracker.finish()
+    _finish(s, acc, result)
     del model, optimizer, train_loader, test_loader  # DDP wrappers go while the process group exists
     acc.free_memory()
     gc.collect()

@@ -288,11 +288,54 @@ def to_dict(cfg: Any) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
+def used_by(key: str) -> dict:
+    """Metadata of a part's own top-level section (``mim``, ``match``): used only when config key ``key``
+    (``train.objective``, ``renderer.mode``; its value "+"-joined for objectives) names the part."""
+    return {"used_by": key}
+
+
+def section_used(cfg: Any, name: str) -> bool:
+    """Whether ``cfg`` uses its section ``name``: a section marked :func:`used_by` only when its part is chosen
+    (``mim`` for ``train.objective: classify+mim``); every other section always."""
+    f = next(f for f in dataclasses.fields(cfg) if f.name == name)
+    chooser = f.metadata.get("used_by")
+    if chooser is None:
+        return True
+    part, key = chooser.split(".")
+    return name in str(getattr(getattr(cfg, part), key)).split("+")
+
+
+def used_settings(cfg: Any) -> dict:
+    """``to_dict(cfg)`` without what the run does not use: sections marked :func:`used_by` whose part is not
+    chosen, and sections marked :func:`chosen_by` other than the chosen one (the bank's other families), at any
+    depth. Loading it gives ``cfg`` with those at their defaults, which change nothing the run does (no key reads
+    them)."""
+
+    def prune(section: Any, tree: dict) -> dict:
+        for f in dataclasses.fields(section):
+            chooser = f.metadata.get("chosen_by")
+            if ("used_by" in f.metadata and not section_used(section, f.name)) or \
+                    (chooser and f.name != getattr(section, chooser, None)):
+                del tree[f.name]
+            elif dataclasses.is_dataclass(getattr(section, f.name)):
+                prune(getattr(section, f.name), tree[f.name])
+        return tree
+
+    return prune(cfg, to_dict(cfg))
+
+
+def config_text(cfg: Any) -> str:
+    """The resolved config as YAML, as ``save_config`` writes it (and a run's log.txt shows it): only what the run
+    uses (:func:`used_settings`)."""
+    return yaml.safe_dump(used_settings(cfg), sort_keys=False)
+
+
 def save_config(cfg: Any, path: str | Path) -> Path:
-    """Writes the resolved config as YAML; ``load_config(path)`` reproduces ``cfg``."""
+    """Writes the resolved config as YAML, only what the run uses; ``load_config(path)`` reproduces ``cfg`` (the
+    sections left out at their defaults, which the run does not read)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    path.write_text(config_text(cfg))
     return path
 
 
@@ -319,6 +362,9 @@ def content_settings(section: Any) -> dict:
         if chooser and f.name != getattr(section, chooser, None):
             continue
         if f.metadata.get("omit_default") and getattr(section, f.name) == _default(f):
+            continue
+        if "content_as" in f.metadata:  # a choice among exact equivalents: recorded as the one keys always held
+            out[f.name] = f.metadata["content_as"]
             continue
         out[f.name] = _plain(getattr(section, f.name))
     return out
@@ -348,20 +394,21 @@ def finite(value: float) -> bool:
 
 
 
-def compose(name: str, base: type, sections: Sequence[tuple[str, type]], *, module: str, doc: str,
-            metadata: Mapping[str, Any] | None = None) -> type:
+def compose(name: str, base: type, sections: Sequence[tuple[str, type] | tuple[str, type, Mapping[str, Any]]], *,
+            module: str, doc: str, metadata: Mapping[str, Any] | None = None) -> type:
     """A dataclass ``name``: the fields of dataclass ``base``, then one field per ``(key, dataclass)`` of
     ``sections``, in that order, each defaulting to the section's defaults (with ``metadata``, e.g.
-    :func:`chosen_by`). How ``Config`` and ``BankConfig`` take the sections of the registered parts: a part's
-    section is declared once, by the part. A key given twice is a programming error (two parts would own one
-    section)."""
+    :func:`chosen_by`; a third item of an entry: that section's own metadata, e.g. :func:`used_by`). How ``Config``
+    and ``BankConfig`` take the sections of the registered parts: a part's section is declared once, by the part.
+    A key given twice is a programming error (two parts would own one section)."""
     keys = [f.name for f in dataclasses.fields(base)]
-    for key, _ in sections:
+    for key, *_ in sections:
         if key in keys:
             raise ValueError(f"section {key!r} of {name} is declared twice")
         keys.append(key)
-    fields = [(key, section, dataclasses.field(default_factory=section, metadata=dict(metadata or {})))
-              for key, section in sections]
+    fields = [(key, section, dataclasses.field(default_factory=section,
+                                               metadata={**(metadata or {}), **(own[0] if own else {})}))
+              for key, section, *own in sections]
     cls = dataclasses.make_dataclass(name, fields, bases=(base,))
     cls.__module__, cls.__qualname__, cls.__doc__ = module, name, doc  # pickled and documented as a class there
     return cls

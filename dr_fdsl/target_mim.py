@@ -30,6 +30,7 @@ from dr_fdsl.errors import NonFiniteLossError
 from dr_fdsl.frozen_eval import model_input
 from dr_fdsl.objectives.mim import MaskedAutoencoder, check_backbone, mask_and_reconstruct, mean_l1, pixel_mask
 from dr_fdsl.optim import create_optimizer, create_scheduler
+from dr_fdsl.textlog import Progress, say
 
 
 @dataclass
@@ -119,6 +120,7 @@ def masked_pretrain(backbone: torch.nn.Module, images: torch.Tensor, size: int, 
         scheduler.step_update(0)
         history: dict[str, list[float]] = {"loss": [], "identity_loss": [], "masked_loss": []}
         step = 0
+        progress = Progress("masked pre-training on the target", s.epochs, unit="epoch")
         model.train()
         for epoch in tqdm(range(s.epochs), desc="masked pre-training on the target", unit="epoch",
                           disable=not (acc.is_main_process and progress)):
@@ -143,6 +145,7 @@ def masked_pretrain(backbone: torch.nn.Module, images: torch.Tensor, size: int, 
             history["identity_loss"].append(means[1])
             history["masked_loss"].append(means[2])
             acc.log({"target_mim/loss": means[0], "target_mim/identity_loss": means[1]}, step=epoch + 1)
+            say(progress.line(epoch + 1, loss=means[0], identity_loss=means[1]))
         del model, optimizer, loader  # DDP wrappers go while the process group exists; the backbone stays
         acc.free_memory()
     return {"epochs": s.epochs, "steps": step, **history, "seconds": time.perf_counter() - start}

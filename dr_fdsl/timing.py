@@ -8,12 +8,47 @@ import platform
 import resource
 import sys
 import time
+from typing import NamedTuple
 
 import torch
 
 
+class Spread(NamedTuple):
+    """Wall times of repeated calls, in seconds."""
+
+    min: float
+    median: float
+    max: float
+
+
+# Above this max / min over the timed calls, a figure says more about other work on the machine than about the code.
+SPREAD_LIMIT = 1.5
+
+
+def noise_warning(spreads: dict[str, Spread], limit: float = SPREAD_LIMIT) -> str | None:
+    """A warning line when the figures are likely noise: a spread (max / min) above ``limit``, or a 1-minute load
+    average above the core count (other processes were taking the CPU); None when neither."""
+    reasons = []
+    noisy = [name for name, s in spreads.items() if s.min > 0 and s.max / s.min > limit]
+    if noisy:
+        reasons.append(f"max/min above {limit} for {', '.join(noisy)}")
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores:
+        reasons.append(f"load average {load:.1f} on {cores} cores")
+    if not reasons:
+        return None
+    return (f"warning: these figures are probably noise ({'; '.join(reasons)}): other work shares this machine; "
+            "compare only figures measured together, rerun when it is idle or with more --steps")
+
+
 def median_time(fn, steps: int, warmup: int, device: torch.device) -> float:
     """Median wall time of ``fn()`` in seconds over ``steps`` calls after ``warmup`` calls (CUDA synchronised)."""
+    return time_spread(fn, steps, warmup, device).median
+
+
+def time_spread(fn, steps: int, warmup: int, device: torch.device) -> Spread:
+    """Min, median and max wall time of ``fn()`` in seconds over ``steps`` calls after ``warmup`` calls (CUDA
+    synchronised)."""
     cuda = device.type == "cuda"
     for _ in range(warmup):
         fn()
@@ -26,7 +61,8 @@ def median_time(fn, steps: int, warmup: int, device: torch.device) -> float:
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    times.sort()
+    return Spread(times[0], times[len(times) // 2], times[-1])
 
 
 def machine_and_peak_memory(device: torch.device) -> tuple[str, float, str]:

@@ -108,7 +108,7 @@ def test_finetune_from_a_pretraining_run_and_from_scratch(tmp_path, pretrained_r
     assert result["train_images"] == 50 and result["test_images"] == 100 and len(result["top1"]) == 2
     assert result["cumulative_error"] == pytest.approx(100 - 100 * result["top1"][1])
     assert (tmp_path / "ft" / "finetune.json").is_file()
-    assert any((tmp_path / "ft" / "tensorboard").glob("events.out.tfevents.*"))
+    assert any((tmp_path / "ft" / "finetune").glob("events.out.tfevents.*"))
     scratch = finetune(FinetuneSettings(pretrained=None, output_dir=str(tmp_path / "scratch"), **common))
     assert scratch["top1"] != result["top1"]  # the pre-trained weights were used (same seed otherwise)
 
@@ -148,6 +148,12 @@ def test_compare_tool_end_to_end(tmp_path, fashion_root):
     for mode in ("none", "frozen", "joint", "adversarial"):
         assert f"| {mode} | 1 |" in table
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # log.txt (and the console): the plan first, then a progress line with an ETA after every job
+    log = (out / "log.txt").read_text()
+    assert "plan: 4 arms (none frozen joint adversarial) x 1 seeds (0) x 1 protocols (finetune): 3 pre-trainings" \
+        in log.splitlines()[0]
+    assert "progress: 1/7 jobs done (0/3 pre-trainings, 1/4 judgements)" in log and "progress: 7/7 jobs done" in log
+    assert "seed 0 adversarial finetune: top-1" in log and "(estimated total " in log
 
 
 @pytest.mark.slow
@@ -202,6 +208,8 @@ def test_bench_tool_writes_the_ratios(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["ratio_frozen"] > 0 and result["ratio_learnable"] > 0
+    low, median, high = result["spread_ms"]["(c) learnable step"]  # min, median, max
+    assert low <= median <= high and "min    median       max" in out.stdout
     assert set(result["stage_ms"]) == {"points_and_camera", "rasterise", "composite_fwd_bwd",
                                        "composite_fwd_bwd_reference", "render_batch", "forward_backward",
                                        "optimizer_step"}
@@ -221,6 +229,13 @@ def test_export_loads_in_timm_with_the_training_logits(tmp_path, pretrained_run)
     assert config["architecture"] == "test_vit" and config["num_classes"] == 4
     assert config["pretrained_cfg"]["mean"] == [0.5, 0.5, 0.5]
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]  # what the backbone takes, not timm's default
+    # The run's own tag, none of the hub id, tag or licence of the weights timm publishes for test_vit
+    assert config["pretrained_cfg"]["tag"] == "dr_fdsl.run"
+    assert not {"license", "hf_hub_id", "url"} & set(config["pretrained_cfg"])
+    card = (tmp_path / "exp" / "README.md").read_text()
+    assert "# Model card for test_vit.dr_fdsl.run" in card and "**Steps:** 4 optimiser steps" in card
+    assert "4 categories of formula family ifs3d (300 points each" in card and str(pretrained_run.resolve()) in card
+    assert (pretrained_run / "config.yaml").read_text() in card  # the settings, whole
     trained, size = load_pretrained(str(pretrained_run))
     weights = str(tmp_path / "exp" / "model.safetensors")
     by_file = timm.create_model(config["architecture"], pretrained=True, num_classes=4, img_size=size,
@@ -273,7 +288,7 @@ def test_frozen_feature_protocols_on_real_data(tmp_path, pretrained_run, fashion
     assert result["protocol"] == protocol and result["test_images"] == 100 and result["feature_dim"] == 64
     assert len(result["top1"]) == (2 if protocol == "linear" else 1)
     assert result["final_top1"] > 0.2  # 10 classes: a pipeline that ignored the features would sit near 0.1
-    assert (tmp_path / "p" / "finetune.json").is_file()
+    assert (tmp_path / "p" / f"{protocol}.json").is_file() and not (tmp_path / "p" / "finetune.json").exists()
 
 
 def test_intervals_and_paired_differences_by_hand():

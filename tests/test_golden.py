@@ -164,7 +164,7 @@ def test_golden_quickstart_losses(tmp_path, bank_dir, mode):
         "train.max_steps=5", "train.log_every=1", "train.eval_every=5", "train.image_every=5",
         "train.ckpt_every=5", "train.progress=false"])
     fit(build_run(cfg))
-    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"scalars": 0})
     events.Reload()
     trace = {tag: [repr(e.value) for e in events.Scalars(tag)] for tag in ("train/loss", "val/loss")}
     check_or_update(f"losses_{mode}", trace, rtol=LOSS_RTOL)

@@ -172,7 +172,7 @@ def test_classify_mim_trains_both_heads_logs_grids_and_fine_tunes(tmp_path, bank
     summary = fit(run)
     assert summary["val/mim_loss"] < 0.5 * summary["val/identity_loss"]
     assert summary["val/loss"] == pytest.approx(summary["val/classify_loss"] + summary["val/mim_loss"], rel=1e-5)
-    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0})
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0})
     events.Reload()
     assert {"mim/masked", "mim/reconstructed", "mim/clean", "renders"} <= set(events.Tags()["images"])
     assert {"train/mim_loss", "train/acc", "train/classify_loss"} <= set(events.Tags()["scalars"])

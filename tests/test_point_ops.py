@@ -150,6 +150,6 @@ def test_one_registry_type_with_did_you_mean():
                                           r"\(did you mean 'classify'\?\); valid: classify, classify\+mim, mim, "):
         OBJECTIVES.get("clasify")
     with pytest.raises(ConfigError, match=r"^config key 'renderer.raster_backend': unknown rasteriser 'sorted' "
-                                          r"\(did you mean 'sort'\?\); valid: pytorch3d, sort$"):
+                                          r"\(did you mean 'sort'\?\); valid: auto, pytorch3d, sort$"):
         RASTERIZERS.get("sorted")
     assert sorted(INSTANCES) == ["fractaldb", "ofdb", "onepfrac", "svd2d", "visualatom"]

@@ -113,7 +113,7 @@ def test_two_runs_started_at_once_into_one_folder_exactly_one_runs_there(tmp_pat
         # its own pid (not the lock file's: a run that came after the first ended locks the used folder for a moment
         # to see that it is used, and leaves its pid there on its way to a numbered one)
         writer = str(procs[seed].pid)
-        events = list((folder / "tensorboard").rglob("events.out.tfevents.*"))  # name: ...<host>.<pid>.<n>
+        events = list(folder.glob("events.out.tfevents.*"))  # name: ...<host>.<pid>.<n>
         assert events and {e.name.split(".")[-2] for e in events} == {writer}
         assert json.loads((folder / "summary.json").read_text())["step"] == 6
         assert [p.name for p in sorted((folder / "checkpoints").iterdir())] == ["step_0000003", "step_0000006"]

@@ -27,7 +27,7 @@ def model_params(run):
 
 
 def tags(run_dir):
-    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0,
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0,
                                                                         "histograms": 0})
     acc.Reload()
     return acc
@@ -203,7 +203,7 @@ def test_readme_main_command(tmp_path, bank_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "done: 20 steps" in out.stdout
     assert "train (joint)" in out.stderr  # the progress bar
-    assert any((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert any((tmp_path / "run").glob("events.out.tfevents.*"))
 
 
 @pytest.fixture

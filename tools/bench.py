@@ -11,7 +11,9 @@ forward/backward and the optimiser update on a pre-rendered batch (``forward_bac
 (b) ``train_step`` with the frozen renderer, (c) ``train_step`` with the learnable (joint) renderer; the ratios
 b/a (ratio_frozen) and c/a (ratio_learnable); time per stage (``renderer.scene``, the registered rasteriser,
 compositing forward+backward, ``render_batch``, ``forward_backward``, ``optimizer_step``) and peak memory. Each
-figure is the median of --steps timed steps after --warmup. The leakage probe is off: this measures the step.
+figure is the median of --steps timed steps after --warmup; min, median and max are printed (and in the JSON's
+spread_ms), with a warning when max/min exceeds 1.5 or the load average the core count (the figures are noise).
+The leakage probe is off: this measures the step.
 With ``--match DATASET``, also (d) ``train_step`` with ``renderer.mode=match`` against that dataset's training
 images (``match.batch`` = the batch unless overridden) and the match term's forward and backward alone: d/c is
 what the match term costs per step relative to joint (joint and match steps alternate; d/c is the median of
@@ -41,7 +43,15 @@ from dr_fdsl.engine import Batch, build_run, forward_backward, optimizer_step, r
 from dr_fdsl.render import RASTERIZERS, composite, fragment_weights
 from dr_fdsl.render.composite import draw_fragments
 from dr_fdsl.render.random import image_keys
-from dr_fdsl.timing import check_bench_args, machine_and_peak_memory, median_time, memory_per_image, save_json
+from dr_fdsl.timing import (
+    check_bench_args,
+    machine_and_peak_memory,
+    median_time,
+    memory_per_image,
+    noise_warning,
+    save_json,
+    time_spread,
+)
 
 
 def main() -> int:
@@ -103,8 +113,9 @@ def main() -> int:
             forward_backward(r, rendered)
             optimizer_step(r)
 
-    step_alone = median_time(objective_and_update, args.steps, args.warmup, device)
-    step_frozen = median_time(lambda: train_step(frozen), args.steps, args.warmup, device)
+    spreads = {"(a) objective alone": time_spread(objective_and_update, args.steps, args.warmup, device),
+               "(b) frozen step": time_spread(lambda: train_step(frozen), args.steps, args.warmup, device)}
+    step_alone, step_frozen = spreads["(a) objective alone"].median, spreads["(b) frozen step"].median
 
     # Stages, each timed alone on the same batch.
     renderer, raster = frozen.renderer, RASTERIZERS.get(args.backend)
@@ -133,22 +144,23 @@ def main() -> int:
             render_batch(frozen)
 
     stages = {
-        "points_and_camera": median_time(lambda: renderer.scene(ids, seeds), args.steps, args.warmup, device),
-        "rasterise": median_time(lambda: raster(scene.points, scene.radii, args.size, args.k), args.steps,
+        "points_and_camera": time_spread(lambda: renderer.scene(ids, seeds), args.steps, args.warmup, device),
+        "rasterise": time_spread(lambda: raster(scene.points, scene.radii, args.size, args.k), args.steps,
                                  args.warmup, device),
-        "composite_fwd_bwd": median_time(composite_fb, args.steps, args.warmup, device),
-        "composite_fwd_bwd_reference": median_time(composite_fb_reference, args.steps, args.warmup, device),
-        "render_batch": median_time(render_only, args.steps, args.warmup, device),
+        "composite_fwd_bwd": time_spread(composite_fb, args.steps, args.warmup, device),
+        "composite_fwd_bwd_reference": time_spread(composite_fb_reference, args.steps, args.warmup, device),
+        "render_batch": time_spread(render_only, args.steps, args.warmup, device),
         # bank.<family>.instances: drawing each image's instance (the chaos-game replay); part of points_and_camera
-        **({"instances": median_time(lambda: renderer.instances(ids, image_keys(ids, seeds), renderer.bank_points(ids)),
+        **({"instances": time_spread(lambda: renderer.instances(ids, image_keys(ids, seeds), renderer.bank_points(ids)),
                                      args.steps, args.warmup, device)} if renderer.instances is not None else {}),
-        "forward_backward": median_time(forward_backward_only, args.steps, args.warmup, device),
-        "optimizer_step": median_time(lambda: optimizer_step(frozen), args.steps, args.warmup, device),
+        "forward_backward": time_spread(forward_backward_only, args.steps, args.warmup, device),
+        "optimizer_step": time_spread(lambda: optimizer_step(frozen), args.steps, args.warmup, device),
     }
     # Memory of rendering forward and backward (scene given), per image, for every raster backend
     memory = {backend: memory_per_image(render_fb(backend), b, device) for backend in sorted(RASTERIZERS)}
     joint = run("joint")
-    step_learnable = median_time(lambda: train_step(joint), args.steps, args.warmup, device)
+    spreads["(c) learnable step"] = time_spread(lambda: train_step(joint), args.steps, args.warmup, device)
+    step_learnable = spreads["(c) learnable step"].median
     step_match = None
     if args.match:
         match = run("match")
@@ -166,7 +178,7 @@ def main() -> int:
             images = rendered.images.detach().requires_grad_()
             match.mode.matcher(images).total.backward()
 
-        stages["match_term_fwd_bwd"] = median_time(match_term, args.steps, args.warmup, device)
+        stages["match_term_fwd_bwd"] = time_spread(match_term, args.steps, args.warmup, device)
 
     lookahead = {}
     if args.lookahead:
@@ -189,7 +201,8 @@ def main() -> int:
         "images_per_s_classifier_alone": b / step_alone, "images_per_s_frozen": b / step_frozen,
         "images_per_s_learnable": b / step_learnable, "ratio_frozen": step_alone / step_frozen,
         "ratio_learnable": step_alone / step_learnable,
-        "stage_ms": {k: round(v * 1e3, 3) for k, v in stages.items()}, "peak_memory_mib": round(peak, 1),
+        "stage_ms": {k: round(v.median * 1e3, 3) for k, v in stages.items()}, "peak_memory_mib": round(peak, 1),
+        "spread_ms": {k: [round(t * 1e3, 3) for t in v] for k, v in {**spreads, **stages}.items()},  # min, med, max
         "render_memory": memory,
     }
     if step_match is not None:
@@ -210,9 +223,14 @@ def main() -> int:
         result.update(lookahead=args.lookahead, **lookahead)
         print(f"  (e) lookahead renderer (target {args.lookahead}): step time relative to frozen "
               + ", ".join(f"k={k.rsplit('k', 1)[1]}: {v:.3f}" for k, v in lookahead.items()))
-    for key, value in stages.items():
-        print(f"      {key:<22} {value * 1e3:9.2f} ms/batch")
+    print(f"  ms per batch over {args.steps} timed calls:      min    median       max")
+    for key, value in {**spreads, **stages}.items():
+        print(f"      {key:<22} {value.min * 1e3:9.2f} {value.median * 1e3:9.2f} {value.max * 1e3:9.2f}")
     print(f"  peak memory {peak:.0f} MiB ({measured})")
+    warning = noise_warning({**spreads, **stages})
+    if warning:
+        print(warning)
+    result["noise_warning"] = warning
     for backend, figures in memory.items():
         print(f"  render fwd+bwd memory, {backend:<9} " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
     return save_json(args.json, result) if args.json else 0

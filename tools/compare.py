@@ -55,6 +55,8 @@ import contextlib
 import csv
 import itertools
 import json
+import logging
+import math
 import os
 import signal
 import statistics
@@ -129,6 +131,44 @@ class Arm(NamedTuple):
     pretrain: list[str] | None
     target_mim: bool = False
     config: str | None = None
+
+
+class Plan:
+    """What a comparison runs (pre-trainings and judgements, every seed) and how far it is, with an ETA from the
+    mean time of each kind of job so far (a kind not yet timed is costed as the other)."""
+
+    def __init__(self, pretrainings: int, judgements: int) -> None:
+        self.total = {"pre-training": pretrainings, "judgement": judgements}
+        self.done = {"pre-training": 0, "judgement": 0}
+        self.seconds = {"pre-training": 0.0, "judgement": 0.0}
+        self.start = time.monotonic()
+
+    def finished(self, kind: str, seconds: float) -> str:
+        """Counts one finished job of ``kind``; the progress line to print."""
+        from dr_fdsl.textlog import duration
+
+        self.done[kind] += 1
+        self.seconds[kind] += seconds
+        mean = {k: self.seconds[k] / self.done[k] for k in self.done if self.done[k]}
+        left = sum((self.total[k] - self.done[k]) * mean.get(k, next(iter(mean.values()))) for k in self.total)
+        elapsed = time.monotonic() - self.start
+        done, total = sum(self.done.values()), sum(self.total.values())
+        return (f"progress: {done}/{total} jobs done ({self.done['pre-training']}/{self.total['pre-training']} "
+                f"pre-trainings, {self.done['judgement']}/{self.total['judgement']} judgements), elapsed "
+                f"{duration(elapsed)}, eta {duration(left)} (estimated total {duration(elapsed + left)})")
+
+
+def plan_of(preset: dict, args: argparse.Namespace, table: dict[str, Arm], arms: list[str]) -> tuple[Plan, str]:
+    """The comparison's jobs and the plan's lines: arms x seeds x protocols, and what each job costs."""
+    pretrainings = len({(table[a].config or "", *arm_overrides(table[a], args)) for a in arms
+                        if table[a].pretrain is not None}) * len(preset["seeds"])
+    judgements = len(arms) * len(preset["seeds"]) * len(args.protocol)
+    seeds = " ".join(map(str, preset["seeds"]))
+    text = (f"plan: {len(arms)} arms ({' '.join(arms)}) x {len(preset['seeds'])} seeds ({seeds}) "
+            f"x {len(args.protocol)} protocols ({' '.join(args.protocol)}): {pretrainings} pre-trainings of "
+            f"{preset['steps']} steps at batch {preset['batch']} and {judgements} judgements on {preset['dataset']} "
+            f"({preset['epochs']} epochs); the estimated total follows each finished job")
+    return Plan(pretrainings, judgements), text
 
 
 # Flat 2D families seen whole through a fixed orthographic camera (their points are placed in NDC).
@@ -256,7 +296,7 @@ def check_pretrain_configs(preset: dict, args: argparse.Namespace, table: dict[s
 def pretrain_curve(run: Path) -> list[tuple[int, float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
     events.Reload()
     return [(e.step, e.value) for e in events.Scalars("val/top1")] if "val/top1" in events.Tags()["scalars"] else []
 
@@ -368,9 +408,11 @@ def pretrain_value(preset: dict, pretrain_set: list[str], key: str, default: str
 
 
 def run_seeds(preset: dict, args: argparse.Namespace, table: dict[str, Arm], arms: list[str],
-              masked: TargetMIMSettings, out: Path, is_main: bool) -> tuple[list[dict], dict]:
+              masked: TargetMIMSettings, out: Path, is_main: bool, plan: Plan | None = None,
+              say=print) -> tuple[list[dict], dict]:
     """Every arm for every seed of ``preset`` in this process: the result rows and the pre-training curves
-    (``{arm: {seed: [(step, held-out top-1)]}}``)."""
+    (``{arm: {seed: [(step, held-out top-1)]}}``). The main process says each result, and with ``plan`` the
+    progress and ETA after each job, through ``say``."""
     from dr_fdsl.finetune import FinetuneSettings, finetune
     from dr_fdsl.target_mim import TargetMIMSettings
 
@@ -385,12 +427,15 @@ def run_seeds(preset: dict, args: argparse.Namespace, table: dict[str, Arm], arm
                 overrides = arm_overrides(arm, args)
                 key = (arm.config or "", *overrides)
                 if key not in runs:
-                    path = out / "pretrain" / f"{mode}_s{seed}"
+                    path, start = out / "pretrain" / f"{mode}_s{seed}", time.monotonic()
                     runs[key] = pretrain(preset, overrides, seed, path, arm.config)
                     curves.setdefault(mode, {})[seed] = pretrain_curve(Path(runs[key]["output_dir"]))
+                    if is_main and plan is not None:
+                        say(plan.finished("pre-training", time.monotonic() - start))
                 summary = runs[key]
                 run = Path(summary["output_dir"])  # where the run really wrote (a numbered folder if taken)
             for protocol in args.protocol:  # every protocol judges the same pre-training
+                start = time.monotonic()
                 result = finetune(FinetuneSettings(
                     dataset=preset["dataset"], data_root=args.data_root, pretrained=str(run) if run else None,
                     **({} if run else scratch),
@@ -410,8 +455,10 @@ def run_seeds(preset: dict, args: argparse.Namespace, table: dict[str, Arm], arm
                              "target_mim_identity": (result["target_mim"]["identity_loss"][-1]
                                                      if "target_mim" in result else "")})
                 if is_main:
-                    print(f"seed {seed} {mode:>11} {protocol}: top-1 {100 * result['final_top1']:.2f}%, "
-                          f"cumulative error {result['cumulative_error']:.1f}", flush=True)
+                    say(f"seed {seed} {mode:>11} {protocol}: top-1 {100 * result['final_top1']:.2f}%, "
+                        f"cumulative error {result['cumulative_error']:.1f}")
+                    if plan is not None:
+                        say(plan.finished("judgement", time.monotonic() - start))
 
     return rows, curves
 
@@ -501,7 +548,8 @@ def stop_workers(processes: list[subprocess.Popen], grace: float = STOP_GRACE_S)
             signal.signal(signum, handler)
 
 
-def run_in_workers(argv: list[str], seeds: list[int], jobs: int, out: Path) -> tuple[list[dict] | None, dict]:
+def run_in_workers(argv: list[str], seeds: list[int], jobs: int, out: Path, say=print) -> tuple[list[dict] | None,
+                                                                                              dict]:
     """Every seed in its own process of this tool (``argv`` with ``--seeds S --out OUT/seeds/S --jobs 1``; argparse
     keeps an option's last value), ``jobs`` at a time, each with ``cpus // jobs`` threads; the rows and curves of
     all seeds in the order of ``seeds``. The first seed that fails stops the others; then ``None``, after naming its
@@ -510,7 +558,9 @@ def run_in_workers(argv: list[str], seeds: list[int], jobs: int, out: Path) -> t
     process ends them through :func:`die_with_parent`."""
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    pending, running = list(seeds), {}
+    from dr_fdsl.textlog import duration
+
+    pending, running, durations, began = list(seeds), {}, [], time.monotonic()
     try:
         while pending or running:
             while pending and len(running) < jobs:
@@ -520,7 +570,7 @@ def run_in_workers(argv: list[str], seeds: list[int], jobs: int, out: Path) -> t
                 command = [sys.executable, str(Path(__file__).resolve()), *argv, "--seeds", str(seed), "--out",
                            str(out / "seeds" / str(seed)), "--jobs", "1"]
                 running[seed] = (start_worker(command, log, env), time.monotonic())
-                print(f"seed {seed}: started (pid {running[seed][0].pid}, {threads} threads; log {log})", flush=True)
+                say(f"seed {seed}: started (pid {running[seed][0].pid}, {threads} threads; log {log})")
             time.sleep(1)
             for seed, (process, start) in list(running.items()):
                 if process.poll() is None:
@@ -531,7 +581,10 @@ def run_in_workers(argv: list[str], seeds: list[int], jobs: int, out: Path) -> t
                     print(f"error: seed {seed} failed (exit code {process.returncode}); see "
                           f"{out / 'seeds' / f'{seed}.log'}; the other seeds were stopped", file=sys.stderr)
                     return None, {}
-                print(f"seed {seed}: done in {time.monotonic() - start:.0f} s", flush=True)
+                durations.append(time.monotonic() - start)
+                rounds_left = math.ceil((len(pending) + len(running)) / jobs)  # seeds still to finish, jobs at once
+                say(f"seed {seed}: done in {durations[-1]:.0f} s; {len(durations)}/{len(seeds)} seeds done, elapsed "
+                    f"{duration(time.monotonic() - began)}, eta {duration(rounds_left * statistics.mean(durations))}")
     finally:
         stop_workers([process for process, _ in running.values()])
     rows, curves = [], {}
@@ -545,10 +598,12 @@ def run_in_workers(argv: list[str], seeds: list[int], jobs: int, out: Path) -> t
 
 def earlier_results(out: Path) -> Path | None:
     """What shows that ``out`` holds an earlier comparison's work, or None: its results (``rows.json``,
-    ``results.csv``, a worker's ``seeds/S/rows.json``), a judged arm's ``finetune.json`` or a pre-training's
-    checkpoint. A new comparison would overwrite the first two and mix its runs with the last. A folder holding only
-    ``preset.json`` and logs is one whose comparison failed before any run finished: a new comparison may use it."""
-    for pattern in ("rows.json", "results.csv", "seeds/*/rows.json", "**/finetune.json",
+    ``results.csv``, a worker's ``seeds/S/rows.json``), a judged arm's result (``finetune.json``, ``linear.json``,
+    ...) or a pre-training's checkpoint. A new comparison would overwrite the first two and mix its runs with the
+    last. A folder holding only ``preset.json`` and logs is one whose comparison failed before any run finished: a
+    new comparison may use it."""
+    for pattern in ("rows.json", "results.csv", "seeds/*/rows.json", "**/finetune*.json", "**/linear*.json",
+                    "**/knn*.json",
                     "**/checkpoints/step_*"):
         found = next(iter(sorted(out.glob(pattern))), None) if out.is_dir() else None
         if found is not None:
@@ -557,11 +612,11 @@ def earlier_results(out: Path) -> Path | None:
 
 
 def main(argv=None) -> int:
-    from accelerate import PartialState
 
     from dr_fdsl.cli import report
     from dr_fdsl.engine.build import process_state
     from dr_fdsl.target_mim import TargetMIMSettings
+    from dr_fdsl.textlog import TextLog
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -639,11 +694,29 @@ def main(argv=None) -> int:
             (out / "preset.json").write_text(json.dumps(preset, indent=2))
         except OSError as err:
             return report(err, writing=str(out))
+    # out/log.txt and the console: the plan, each result, progress with an ETA (the runs keep their own log.txt)
+    log = TextLog(out, console=True, logger=logging.getLogger("dr_fdsl_compare")) if is_main else None
+    try:
+        return _run_and_write(preset, args, table, arms, masked, out, state, argv, log)
+    finally:
+        if log is not None:
+            log.close()
+
+
+def _run_and_write(preset, args, table, arms, masked, out, state, argv, log) -> int:
+    """``main`` once the comparison's folder is set up: every run, then the results."""
+    from accelerate import PartialState
+
+    is_main = state.is_main_process
+    say = log.say if log is not None else print
+    plan, text = plan_of(preset, args, table, arms)
+    if is_main:
+        say(text)
     if args.jobs > 1:
         default = signal.signal(signal.SIGTERM, raise_terminated)  # stop the workers as Ctrl-C does
         try:
             rows, curves = run_in_workers(argv if argv is not None else sys.argv[1:], preset["seeds"], args.jobs,
-                                          out)
+                                          out, say)
         except KeyboardInterrupt as err:
             how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
             print(f"{how}: every worker was stopped; the seeds that finished are under '{out / 'seeds'}'",
@@ -654,7 +727,7 @@ def main(argv=None) -> int:
         if rows is None:
             return 1
     else:
-        rows, curves = run_seeds(preset, args, table, arms, masked, out, is_main)
+        rows, curves = run_seeds(preset, args, table, arms, masked, out, is_main, plan, say)
     if not is_main:  # under `accelerate launch`, every process ran the same runs; one writes the results
         PartialState().destroy_process_group()
         return 0

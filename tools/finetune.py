@@ -9,7 +9,9 @@ Settings are the fields of ``FinetuneSettings`` (dr_fdsl/finetune.py): a YAML fi
 overrides, checked like a training config (unknown keys and wrong types name the key). Datasets: fashion_mnist
 (Debian's dataset-fashion-mnist, or torchvision's copy under data_root), cifar10 / cifar100 (torchvision,
 downloaded into data_root when the network allows), folder:PATH (PATH/train and PATH/val, one sub-folder per
-class). Results go to output_dir (finetune.json, TensorBoard), refused while another live run writes there.
+class). Results go to output_dir, named by protocol (finetune.json, linear.json, knn.json; *_target_mim.json after
+masked pre-training on the target), with TensorBoard logs beside them (output_dir/finetune/, .../linear/, ...) and
+log.txt (settings, a line per epoch, the result); refused while another live run writes there.
 """
 
 from dr_fdsl.signals import entry, quiet_start
@@ -26,7 +28,7 @@ from dr_fdsl.cli import USER_ERROR, report, write_fault
 from dr_fdsl.config import add_config_args, load_config
 from dr_fdsl.engine.build import claim_output_dir
 from dr_fdsl.errors import DrFdslError
-from dr_fdsl.finetune import FinetuneSettings, finetune
+from dr_fdsl.finetune import FinetuneSettings, finetune, result_path
 
 
 def main(argv=None) -> int:
@@ -40,7 +42,7 @@ def main(argv=None) -> int:
         result = finetune(settings)
     except DrFdslError as err:
         return report(err)
-    except (OSError, RuntimeError) as err:  # disk full, read-only: finetune.json, TensorBoard's events
+    except (OSError, RuntimeError) as err:  # disk full, read-only: the result file, TensorBoard's events
         fault = write_fault(err, None, settings.output_dir if settings else None, checkpoints=False)
         if fault is None:
             raise  # a bug: its traceback is what to read
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
     curve = " ".join(f"{100 * a:.1f}" for a in result["top1"])
     print(f"top-1 per epoch (%): {curve}")
     print(f"final top-1 {100 * result['final_top1']:.2f}%, cumulative error (2nd half) "
-          f"{result['cumulative_error']:.1f}; {settings.output_dir}/finetune.json")
+          f"{result['cumulative_error']:.1f}; {result_path(settings)}")
     return 0
 
 

@@ -2,7 +2,13 @@
 
     python tools/preview.py --config configs/quickstart.yaml --out preview.png [--classes 8 --views 6]
 
-Rows are categories, columns are view seeds.
+    python tools/preview.py --config configs/quickstart.yaml --augmented --out aug.png   # after image_aug
+    python tools/preview.py --run runs/quickstart --out learnt.png   # a trained run's learnt colours and radii
+
+Rows are categories, columns are view seeds. --augmented passes the images through the objective's configured
+image augmentations (image_aug: pixel pipeline, flips, erasing, Mixup/CutMix; seeded, one draw per image), as the
+network sees them. --run draws with a pre-training run's own config and, for a joint, adversarial or match run,
+the rendering tables of its newest checkpoint (or of the checkpoint folder given); overrides apply on top.
 """
 
 from dr_fdsl.signals import entry, quiet_start
@@ -20,7 +26,8 @@ from dr_fdsl.bank import bank_from_config
 from dr_fdsl.cli import report
 from dr_fdsl.config import add_config_args, load_config
 from dr_fdsl.errors import ConfigError, DrFdslError
-from dr_fdsl.render import PointRenderer, render_grid, save_grid
+from dr_fdsl.preview import augmented, run_renderer
+from dr_fdsl.render import PointRenderer, image_grid, save_grid
 
 
 def main(argv=None) -> int:
@@ -29,6 +36,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="preview.png", help="the PNG to write (its folder is created)")
     parser.add_argument("--classes", type=int, default=8, help="rows: the first N categories")
     parser.add_argument("--views", type=int, default=6, help="columns: view seeds 0..N-1")
+    parser.add_argument("--augmented", action="store_true", help="apply the configured image augmentations")
+    parser.add_argument("--run", default=None, help="a pre-training output_dir or checkpoint folder: its config and "
+                        "learnt rendering tables (instead of --config)")
     args = parser.parse_intermixed_args(argv)  # overrides may stand on either side of options
     out = Path(args.out)
     try:
@@ -41,13 +51,23 @@ def main(argv=None) -> int:
         existing = next(p for p in out.absolute().parents if p.exists())  # the folder save_grid would create under
         if not existing.is_dir():
             raise ConfigError(f"--out '{out}': '{existing}' is a file, not a folder; choose another --out")
-        cfg = load_config(args.config, args.overrides)
-        bank = bank_from_config(cfg.bank, progress=True)
-        renderer = PointRenderer(bank, cfg.renderer)
-        rows = min(args.classes, bank.num_classes)
+        if args.run and args.config:
+            raise ConfigError("--run brings its own config; give --run or --config, not both")
+        if args.run:
+            cfg, renderer, folder = run_renderer(args.run, args.overrides)
+            print(f"rendering tables of {folder}")
+        else:
+            cfg = load_config(args.config, args.overrides)
+            renderer = PointRenderer(bank_from_config(cfg.bank, progress=True), cfg.renderer)
+        rows = min(args.classes, renderer.num_classes)
         ids = torch.arange(rows).repeat_interleave(args.views)
         seeds = torch.arange(args.views).repeat(rows)
-        grid = render_grid(renderer, ids, seeds, nrow=args.views)
+        with torch.no_grad():
+            images = renderer(ids, seeds)
+        if args.augmented:
+            torch.manual_seed(cfg.seed)  # the same grid every time
+            images = augmented(images, ids, cfg, renderer.num_classes)
+        grid = image_grid(images, nrow=args.views)
     except DrFdslError as err:
         return report(err)
     except OSError as err:  # reading or caching the bank: the message names the file (not --out, not written yet)

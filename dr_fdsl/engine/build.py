@@ -16,7 +16,7 @@ from timm.scheduler.scheduler import Scheduler
 
 from dr_fdsl import checkpoint, run_lock
 from dr_fdsl.bank import bank_from_config
-from dr_fdsl.config import Config, save_config, validate_config, validate_device
+from dr_fdsl.config import Config, config_text, save_config, validate_config, validate_device
 from dr_fdsl.errors import ConfigError, DrFdslError
 from dr_fdsl.modes import MODES
 from dr_fdsl.modes.base import RendererMode
@@ -26,8 +26,11 @@ from dr_fdsl.optim import create_scheduler
 from dr_fdsl.render import PointRenderer
 from dr_fdsl.static import StaticViews, static_loader
 from dr_fdsl.stream import ViewStream, held_out_views
+from dr_fdsl.textlog import TextLog
 
-TB_DIR = "tensorboard"
+# TensorBoard's events go into output_dir itself, so that `tensorboard --logdir runs` names each run after its folder
+# (runs/quickstart -> "quickstart"); a resumed run's events join them there, as one run.
+TB_DIR = "."
 
 
 @dataclass
@@ -57,10 +60,11 @@ class Run:
     static: StaticViews | None
     eval_views: tuple[torch.Tensor, torch.Tensor]  # this process's held-out (class ids, view seeds)
     grid_views: tuple[torch.Tensor, torch.Tensor]  # the (class ids, view seeds) of the TensorBoard image grid
-    writer: Any  # TensorBoard SummaryWriter on the main process, None elsewhere
+    writer: Any  # TensorBoard SummaryWriter on the main process once fit() starts (start_tensorboard), else None
     lr: float
     total_batch: int
     state: TrainState
+    log: TextLog | None = None  # output_dir/log.txt on the main process (closed by fit's end or the entry script)
 
     @property
     def output_dir(self) -> Path:
@@ -69,6 +73,15 @@ class Run:
     @property
     def num_classes(self) -> int:
         return self.renderer.num_classes
+
+
+def start_tensorboard(run: Run) -> None:
+    """Opens the run's TensorBoard events (``fit`` does, once the run has started: a start that fails, a resume
+    refused, leaves no empty run behind)."""
+    if run.writer is None:
+        run.accelerator.init_trackers(TB_DIR)
+        run.writer = run.accelerator.get_tracker("tensorboard", unwrap=True) if run.accelerator.is_main_process \
+            else None
 
 
 def open_batches(run: Run) -> None:
@@ -181,6 +194,19 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
                               f"to '{chosen}' (continue the other with --resume latest)")
         cfg = dataclasses.replace(cfg, output_dir=chosen)
     writable(cfg.output_dir)
+    # Every line of the start (the bank's progress included) goes to log.txt; on the console only when no bar is.
+    log = TextLog(cfg.output_dir, console=not t.progress) if process_state().is_main_process else None
+    try:
+        return _build(cfg, resume, log)
+    except BaseException:
+        if log is not None:
+            log.close()
+        raise
+
+
+def _build(cfg: Config, resume: str | None, log: TextLog | None) -> Run:
+    """``build_run`` once the output folder is claimed and its log open."""
+    t = cfg.train
     try:
         acc = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
                           log_with="tensorboard", project_dir=cfg.output_dir, step_scheduler_with_optimizer=False)
@@ -189,6 +215,9 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
             from err
     validate_device(cfg, acc.device, acc.native_amp)  # fp16 that would run in float32; sizes past the GPU's memory
     checkpoint.refuse_to_overwrite(cfg.output_dir, resume)
+    if log is not None:
+        log.say(f"{'resuming' if resume else 'starting'} a run in {cfg.output_dir} ({acc.num_processes} process(es), "
+                f"{acc.device}); its settings:\n{config_text(cfg)}")
     static, views = None, cfg.data.views_per_class
     if cfg.data.source == "static":  # a missing, foreign or damaged dataset fails here
         with acc.main_process_first():  # every PNG header is read once, by the main process
@@ -223,14 +252,13 @@ def build_run(cfg: Config, resume: str | None = None) -> Run:
     grid = (torch.arange(rows).repeat_interleave(4), -(10**9) - torch.arange(4).repeat(rows))  # held out
     if acc.is_main_process and resume is None:  # a resumed run writes it once the checkpoint is accepted
         save_config(cfg, Path(cfg.output_dir) / "config.yaml")
-    acc.init_trackers(TB_DIR)
-    writer = acc.get_tracker("tensorboard", unwrap=True) if acc.is_main_process else None
     run = Run(cfg=cfg, accelerator=acc, renderer=renderer, objective=objective, mode=mode,
               renderer_optimizer=renderer_optimizer, schedulers=schedulers,
               stream=ViewStream(cfg.seed, acc.process_index, num_classes, views, cfg.data.views_per_category,
                                 cfg.data.repeated_aug), static=static,
               eval_views=held_out_views(t.eval_images, num_classes, acc.process_index, acc.num_processes),
-              grid_views=grid, writer=writer, lr=lr, total_batch=total_batch,
-              state=TrainState(run_id=broadcast_object_list([checkpoint.new_run_id()])[0]))  # the main process's
+              grid_views=grid, writer=None, lr=lr, total_batch=total_batch,
+              state=TrainState(run_id=broadcast_object_list([checkpoint.new_run_id()])[0]),  # the main process's
+              log=log)
     open_batches(run)
     return run

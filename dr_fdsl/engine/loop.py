@@ -13,23 +13,26 @@ from tqdm import tqdm
 
 from dr_fdsl import checkpoint
 from dr_fdsl.config import save_config
-from dr_fdsl.engine.build import Run, open_batches
+from dr_fdsl.engine.build import Run, open_batches, start_tensorboard
 from dr_fdsl.engine.interrupt import StopRequest
 from dr_fdsl.engine.step import set_learning_rates, train_step, weights_finite, what_to_resume
 from dr_fdsl.errors import CheckpointError, IntegrityError, NonFiniteLossError, is_write_fault
 from dr_fdsl.render import image_grid
 from dr_fdsl.static import quantize
+from dr_fdsl.textlog import Progress, add_hparams
 
 
 def fit(run: Run) -> dict:
     """Trains to ``train.max_steps`` optimiser steps; returns the final summary (also ``summary.json``)."""
     acc, t = run.accelerator, run.cfg.train
+    start_tensorboard(run)
     bar = tqdm(total=t.max_steps, initial=run.state.step, desc=f"train ({run.mode.name})", unit="step",
                dynamic_ncols=True, disable=not (acc.is_main_process and t.progress))
     images_per_micro_batch = t.batch_size * acc.num_processes
     window = {"seconds": 0.0, "render_seconds": 0.0, "images": 0}  # since the last log line
     total = {"seconds": 0.0, "images": 0}  # the whole run, for summary.json
     last_eval: dict[str, float] = {}
+    progress = Progress(f"train ({run.mode.name})", t.max_steps, run.state.step)
     if run.state.step == 0:
         log_images(run)
     with StopRequest() as stop:
@@ -48,16 +51,31 @@ def fit(run: Run) -> dict:
             if run.state.step % t.log_every == 0 or last:
                 scalars = log_scalars(run, out, window)
                 bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", img_s=f"{scalars['perf/images_per_s']:.0f}")
+                say(run, progress.line(run.state.step, **_shown(scalars)))
                 window = {"seconds": 0.0, "render_seconds": 0.0, "images": 0}
             if run.state.step % t.eval_every == 0 or last:
                 last_eval = evaluate(run)
                 acc.log(last_eval, step=run.state.step)
+                say(run, f"evaluation at step {run.state.step}: "
+                    + ", ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
             if run.state.step % t.image_every == 0 or last:
                 log_images(run)
             if run.state.step % t.ckpt_every == 0 or last:
-                save_checkpoint(run)
+                say(run, f"checkpoint {save_checkpoint(run)}")
     bar.close()
     return finish(run, last_eval, total)
+
+
+def say(run: Run, line: str) -> None:
+    """A line in ``output_dir/log.txt`` (main process; on the console too when no progress bar is drawn)."""
+    if run.log is not None:
+        run.log.say(line)
+
+
+def _shown(scalars: dict[str, float]) -> dict[str, float]:
+    """The scalars of a progress line: losses, throughput and learning rates (the rest is in TensorBoard)."""
+    return {k.split("/", 1)[-1] if k.startswith("train/") else k: v for k, v in scalars.items()
+            if k.startswith(("train/", "lr/")) or k == "perf/images_per_s"}
 
 
 def log_scalars(run: Run, out: dict, window: dict) -> dict[str, float]:
@@ -301,6 +319,8 @@ def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
     for problem in state["inexact"]:
         acc.print(f"warning: resuming inexactly: {problem}")
     acc.print(f"resumed from {path} at step {run.state.step}")
+    if run.log is not None:
+        run.log.say(f"resumed from {path} at step {run.state.step}", file_only=True)
 
 
 def finish(run: Run, last_eval: dict, total: dict) -> dict:
@@ -317,15 +337,19 @@ def finish(run: Run, last_eval: dict, total: dict) -> dict:
                "last_checkpoint": str(run.state.last_checkpoint)}
     if acc.is_main_process:
         (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        hparams = {"mode": run.mode.name, "model": run.cfg.model.name, "classes": run.num_classes,
-                   "image_size": run.cfg.renderer.image_size, "total_batch": run.total_batch, "lr": run.lr,
-                   "steps": run.state.step, "renderer_lr": run.cfg.renderer.lr}
-        metrics = {f"hparam/{k.replace('/', '_')}": v for k, v in last_eval.items()}
-        if run.writer is not None and metrics:
-            run.writer.add_hparams(hparams, metrics, run_name=".")
+        say(run, f"done: {run.state.step} steps, {summary['images_per_s']:.1f} images/s; summary.json written")
+        r = run.cfg.renderer
+        hparams = {"mode": run.mode.name, "objective": run.cfg.train.objective, "family": run.cfg.bank.family,
+                   "seed": run.cfg.seed, "raster_backend": r.raster_backend, "model": run.cfg.model.name,
+                   "classes": run.num_classes, "image_size": r.image_size, "total_batch": run.total_batch,
+                   "lr": run.lr, "steps": run.state.step, "renderer_lr": r.lr}
+        if run.writer is not None and last_eval:  # the metrics: the evaluation's own tags, last logged just now
+            add_hparams(run.writer, hparams, list(last_eval))
     acc.wait_for_everyone()
     for tracker in acc.trackers:  # flush and close TensorBoard; the process group stays up (the launcher's)
         tracker.finish()
+    if run.log is not None:
+        run.log.close()
     release(run)
     return summary
 

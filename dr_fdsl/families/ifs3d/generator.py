@@ -28,6 +28,7 @@ from dr_fdsl.errors import BankError
 from dr_fdsl.families.base import FamilyOutput
 from dr_fdsl.families.ifs3d.settings import POINTS_GROUP, ROUND_SURVIVORS
 from dr_fdsl.geometry import quaternion_to_matrix
+from dr_fdsl.textlog import Progress, say
 
 if TYPE_CHECKING:
     from dr_fdsl.config import BankConfig
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 CHUNK = 8192  # candidate systems drawn and screened together; fixed so the bank does not depend on it
 SCREEN_POINTS = 1000
 SCREEN_RELAX = 0.5  # the screen keeps systems above this fraction of the threshold; the full run decides
+GAME_GROUP = 2048  # screened systems run through the full game together between two progress reports
 _MAX_DRAWS_PER_CLASS = 1000  # ~80 draws per kept system at the default threshold; beyond this, give up
 
 
@@ -183,6 +185,7 @@ def generate(cfg: BankConfig, progress: bool = False, max_draws: int | None = No
     num_kept = draws = 0
     survivors_per_kept = 12.0  # running estimate, only sizes the rounds; never changes which systems are kept
     bar = tqdm(total=cfg.num_classes, desc="fractal bank", unit="class", disable=not progress)
+    progress_line = Progress("fractal bank", cfg.num_classes, unit="category")
     while num_kept < cfg.num_classes:
         # One round: screen chunks until enough survivors are expected, then run their full game together
         # (the loop over steps costs per step, not per system, so one large run beats many small ones).
@@ -199,15 +202,27 @@ def generate(cfg: BankConfig, progress: bool = False, max_draws: int | None = No
             num_survivors += int(alive.sum())
         if num_survivors:
             affine, probs, num_maps = (torch.cat(parts) for parts in zip(*survivors))
-            stats = chaos_game(affine, probs, num_maps, u, f.burn_in, keep_points=False)
-            good = (normalized_variance(stats, cfg.num_points) > f.min_variance).all(-1)
-            good &= torch.isfinite(stats).all(dim=(1, 2))
-            good = good.nonzero().squeeze(-1)
-            survivors_per_kept = num_survivors / max(good.numel(), 1)
+            # The full game in groups, so that the categories accepted so far are reported as they come (a
+            # system's statistics depend only on it and the stream: any grouping gives the same ones); groups of
+            # GAME_GROUP keep the per-step cost of the loop small beside its arithmetic.
+            found, accepted = [], 0
+            for i in range(0, num_survivors, GAME_GROUP):
+                group = slice(i, i + GAME_GROUP)
+                stats = chaos_game(affine[group], probs[group], num_maps[group], u, f.burn_in, keep_points=False)
+                good = (normalized_variance(stats, cfg.num_points) > f.min_variance).all(-1)
+                good &= torch.isfinite(stats).all(dim=(1, 2))
+                found.append(good.nonzero().squeeze(-1) + i)
+                new = min(int(good.sum()), cfg.num_classes - num_kept - accepted)
+                accepted += new
+                bar.update(new)
+                say(progress_line.line(num_kept + accepted, draws=draws))
+                if num_kept + accepted >= cfg.num_classes:
+                    break  # the rest of the round would be cut off below
+            good = torch.cat(found)
+            survivors_per_kept = min(i + GAME_GROUP, num_survivors) / max(good.numel(), 1)
             good = good[: cfg.num_classes - num_kept]
             kept.append((affine[good], probs[good], num_maps[good]))
             num_kept += good.numel()
-            bar.update(good.numel())
         if num_kept < cfg.num_classes and draws >= max_draws:
             bar.close()
             raise BankError(
@@ -216,6 +231,7 @@ def generate(cfg: BankConfig, progress: bool = False, max_draws: int | None = No
                 "bank.ifs3d.sampler=svd")
     bar.close()
     affine, probs, num_maps = (torch.cat(parts) for parts in zip(*kept))
+    say(f"fractal bank: {num_kept} categories accepted from {draws} draws; generating their points")
     # The accepted systems' points, in groups to bound memory (float64 during the game).
     points = torch.cat([
         normalize_cloud(chaos_game(affine[i:i + POINTS_GROUP], probs[i:i + POINTS_GROUP],

@@ -20,6 +20,22 @@ _FORMAT = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
 _FORMAT.converter = time.gmtime  # UTC: jobs on several machines compare times without knowing their zones
 
 
+class _Console(logging.StreamHandler):
+    """A handler on whatever ``sys.stdout`` is when a line is written (not the one at creation: a test harness or
+    a host application may replace and close it meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # logging.StreamHandler.__init__ sets it; the property reads sys.stdout
+        pass
+
+
 class TextLog:
     """``log.txt`` in ``folder`` (appended to: a resumed run goes on in the same file), and the console.
 
@@ -36,7 +52,7 @@ class TextLog:
         self.handlers: list[logging.Handler] = [logging.FileHandler(self.path, mode="a", encoding="utf-8", delay=True)]
         self.handlers[0].setFormatter(_FORMAT)
         if console:
-            self.handlers.append(logging.StreamHandler(sys.stdout))
+            self.handlers.append(_Console())
             self.handlers[1].setFormatter(logging.Formatter("%(message)s"))
             self.handlers[1].addFilter(lambda record: not getattr(record, "file_only", False))
         logger.setLevel(logging.INFO)

@@ -367,8 +367,8 @@ def test_sort_backend_sorts_minus_zero_depth_like_plus_zero():
 def test_an_unknown_rasteriser_is_an_error_not_a_fallback():
     from dr_fdsl.render import RASTERIZERS
 
-    assert set(RASTERIZERS) == {"pytorch3d", "sort"}
-    with pytest.raises(ConfigError, match="unknown rasteriser 'cuda'; valid: pytorch3d, sort"):
+    assert set(RASTERIZERS) == {"auto", "pytorch3d", "sort"}
+    with pytest.raises(ConfigError, match="unknown rasteriser 'cuda'; valid: auto, pytorch3d, sort"):
         RASTERIZERS.get("cuda")
 
 

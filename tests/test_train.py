@@ -295,7 +295,7 @@ def test_objectives_and_families_are_chosen_by_config_key():
     from dr_fdsl.objectives.base import Objective
 
     assert set(OBJECTIVES) == {"classify", "mim", "classify+mim", "sit", "multilabel"}
-    assert set(FAMILIES) == {"ifs3d", "ofdb", "fractaldb", "visualatom", "svd2d"}
+    assert set(FAMILIES) == {"ifs3d", "ofdb", "fractaldb", "visualatom", "svd2d", "onepfrac"}
     assert all(issubclass(o, Objective) and o.name == n for n, o in OBJECTIVES.items())
     with pytest.raises(ConfigError, match=r"unknown objective 'simclr'; valid: classify, classify\+mim, mim, "
                                           r"multilabel, sit"):

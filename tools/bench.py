@@ -38,8 +38,9 @@ from pathlib import Path
 
 import torch
 
-from dr_fdsl.config import LookaheadConfig, load_config
+from dr_fdsl.config import load_config
 from dr_fdsl.engine import Batch, build_run, forward_backward, optimizer_step, render_batch, train_step
+from dr_fdsl.modes.lookahead_settings import LookaheadConfig
 from dr_fdsl.render import RASTERIZERS, composite, fragment_weights
 from dr_fdsl.render.composite import draw_fragments
 from dr_fdsl.render.random import image_keys
@@ -157,7 +158,8 @@ def main() -> int:
         "optimizer_step": time_spread(lambda: optimizer_step(frozen), args.steps, args.warmup, device),
     }
     # Memory of rendering forward and backward (scene given), per image, for every raster backend
-    memory = {backend: memory_per_image(render_fb(backend), b, device) for backend in sorted(RASTERIZERS)}
+    memory = {backend: memory_per_image(render_fb(backend), b, device) for backend in sorted(RASTERIZERS)
+              if backend != "auto"}  # auto is one of the two
     joint = run("joint")
     spreads["(c) learnable step"] = time_spread(lambda: train_step(joint), args.steps, args.warmup, device)
     step_learnable = spreads["(c) learnable step"].median

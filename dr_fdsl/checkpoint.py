@@ -11,7 +11,7 @@ A checkpoint folder ``checkpoints/step_0001000/`` holds:
   the config: 1,000 categories x 10,000 points are 160 MB of unchanging colours and radii).
 * ``mode.safetensors``: a renderer mode's own tensors (``RendererMode.state_tensors``: teach's EMA teacher and
   replayed tables), only for a mode that has any.
-* ``trainer_state.json``: the step, the view stream's position, the run id and the fingerprint of the settings
+* ``trainer_state.json``: the step, the view order's position, the run id and the fingerprint of the settings
   a resume must share (:func:`fingerprint`; a checkpoint made before content keys holds the legacy one).
 * ``content_hashes.json`` (:mod:`dr_fdsl.manifest`), written last: every file's size and SHA-256, each
   safetensors file's per-tensor SHA-256 (``tensors``), the step and the run id. Resume, export and fine-tuning

@@ -1,6 +1,6 @@
 """The run's configuration: ``Config``, composed of the sections of every part, and the checks that relate them.
 
-The loader (YAML, includes, dotted overrides, types, did-you-mean, :func:`need`, :func:`content_settings`) is
+The loader (YAML, includes, dotted overrides, types, did-you-mean, :func:`need`) is
 :mod:`dr_fdsl.settings`, which knows no section. Each part owns its section's dataclass and checks next to its
 code, in a module that imports no torch: a family's ``bank.<family>`` in ``dr_fdsl/families/<family>/settings.py``,
 an objective's (``mim``, ``sit``) in ``dr_fdsl/objectives/<name>_settings.py``, a renderer mode's (``match``) in
@@ -231,7 +231,7 @@ class RendererConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     objects: ObjectsConfig = field(default_factory=ObjectsConfig, metadata=ADDED)
     # Optimisation of the rendering parameters (modes "joint" and "adversarial"): SparseAdam on the logits
-    # (lazy: only the rows of the categories a step drew move), warm-up and cosine like the classifier.
+    # (lazy: only the rows of the categories a step drew move), warm-up and cosine like the backbone.
     lr: float = field(default=1e-2, metadata=NOT_CONTENT)
     # "adversarial": the renderer ascends the loss through a gradient reversal of this scale, and pays
     # anchor_penalty * mean squared distance of its logits from their initial values.
@@ -249,7 +249,7 @@ class RendererConfig:
 
 @dataclass
 class ModelConfig:
-    """The classifier: any timm model by name, with ``num_classes`` = categories and the renderer's image size."""
+    """The backbone: any timm model by name, with ``num_classes`` = categories and the renderer's image size."""
 
     name: str = "vit_tiny_patch16_224"
     drop_path: float = 0.1
@@ -275,7 +275,7 @@ class OptimConfig:
     min_lr: float = 1e-6  # cosine: the final learning rate
     final_steps: int = 0  # step: length of the final constant phase, optimiser steps
     final_lr: float = 0.0  # step: its learning rate (scaled by total batch / 512 like lr)
-    clip_grad: float = 1.0  # max global grad norm of classifier and of renderer, each; 0 switches it off
+    clip_grad: float = 1.0  # max global grad norm of backbone and of renderer, each; 0 switches it off
 
 
 @dataclass
@@ -383,7 +383,7 @@ class DataConfig:
     views_per_class: int = 0
     quantize: bool = False  # round rendered images to 8 bits as PNG files are (straight-through gradients)
     workers: int = field(default=2, metadata=NOT_CONTENT)  # static: data-loader worker processes (own seeds)
-    # Grouped draws (dr_fdsl/stream.py): each drawn category appears with this many different view seeds,
+    # Grouped draws (dr_fdsl/view_order.py): each drawn category appears with this many different view seeds,
     # adjacent in the micro-batch, categories distinct within it (positives of a contrastive task, e.g. sit).
     views_per_category: int = field(default=1, metadata=ADDED)
     # Repeated augmentation (DeiT, timm's RepeatAugSampler): each (category, view seed) appears this many times
@@ -773,7 +773,7 @@ def validate_device(cfg: Config, device, autocast: bool) -> None:
 
     ``autocast``: whether Accelerate enables mixed precision there (its ``native_amp``). It accepts fp16 on a
     CPU and trains in float32, while config.yaml and the fingerprint would say fp16: refused. bf16 autocasts on a
-    CPU (the classifier's layers compute in bfloat16) and is honoured. On a CUDA device the step's size estimates
+    CPU (the backbone's layers compute in bfloat16) and is honoured. On a CUDA device the step's size estimates
     are checked against the GPU's memory (at load: against this machine's)."""
     p = cfg.train.mixed_precision
     if p != "no" and not autocast:

@@ -141,6 +141,11 @@ def flatten(record: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Choices among exact equivalents (``content_as`` fields): files made before content keys recorded them as chosen
+# (an export made with raster_backend=sort holds "sort"), and they change no image: never a difference.
+EQUIVALENT = ("raster_backend",)
+
+
 def differences(saved: Any, current: Any, saved_as: str = "file", current_as: str = "config",
                 absent: str = "none", prefix: str = "") -> list[str]:
     """One ``"key: <saved_as> A, <current_as> B"`` per dotted key whose values differ, nested dicts flattened
@@ -150,6 +155,8 @@ def differences(saved: Any, current: Any, saved_as: str = "file", current_as: st
     missing = object()
     out = []
     for k in dict.fromkeys([*old, *new]):
+        if k.rsplit(".", 1)[-1] in EQUIVALENT:
+            continue
         a, b = old.get(k, missing), new.get(k, missing)
         if a != b:
             show = [absent if v is missing else repr(v) for v in (a, b)]

@@ -1,6 +1,6 @@
 """Fine-tuning on real data: the judge of a pre-training run.
 
-Loads a pre-trained classifier (or none, for training from scratch), replaces its head, fine-tunes it on a real
+Loads a pre-trained backbone (or none, for training from scratch), replaces its head, fine-tunes it on a real
 dataset under Accelerate, and reports top-1 after every epoch (or every ``eval_every``-th and the last) plus the
 seed contest's metric: the cumulative error rate, ``sum(100 - top1%)`` over the second half of the epochs, a
 measurement standing for the epochs since the one before it (lower is better; it rewards reaching a high accuracy
@@ -110,7 +110,7 @@ def cumulative_error(top1: list[float], epochs: list[int] | None = None) -> floa
 
 
 def load_pretrained(pretrained: str, argument: str = "config key 'pretrained'") -> tuple[torch.nn.Module, int]:
-    """The classifier of a pre-training run and its image size, head and all.
+    """The backbone of a pre-training run and its image size, head and all.
 
     ``pretrained``: an ``output_dir`` (its newest complete checkpoint) or a checkpoint folder; ``argument`` names
     where it was given, in messages (``tools/export.py`` passes ``"RUN"``). Nothing is used unchecked:
@@ -125,7 +125,7 @@ def load_pretrained(pretrained: str, argument: str = "config key 'pretrained'") 
     """
     folder = checkpoint.pretrained_folder(pretrained, argument)
     config = folder.parent.parent / "config.yaml"
-    weights = folder / checkpoint.MODEL_FILE  # Accelerate's name for the first prepared model: the classifier
+    weights = folder / checkpoint.MODEL_FILE  # Accelerate's name for the first prepared model: the backbone
     if not config.is_file():
         raise ConfigError(f"{argument}: checkpoint '{folder}' has no config.yaml of its run beside its checkpoints/ "
                           f"folder ({config}), so its model cannot be rebuilt; give a checkpoint folder inside its "
@@ -178,24 +178,24 @@ def result_path(s: FinetuneSettings) -> Path:
     return Path(s.output_dir) / f"{result_name(s)}.json"
 
 
-def _finish(s: FinetuneSettings, acc: Accelerator, result: dict) -> dict:
+def _finish(s: FinetuneSettings, accelerator: Accelerator, result: dict) -> dict:
     """Writes the result file and, as TensorBoard hyper-parameters, the settings with the final metrics (one run:
     Accelerate's own ``config=`` would put them in a second, timestamped one); closes the trackers and the log."""
-    if acc.is_main_process:
+    if accelerator.is_main_process:
         result_path(s).write_text(json.dumps(result, indent=2))
-        add_hparams(acc.get_tracker("tensorboard", unwrap=True), _flat(asdict(s)), [f"{s.protocol}/test_top1"])
+        add_hparams(accelerator.get_tracker("tensorboard", unwrap=True), _flat(asdict(s)), [f"{s.protocol}/test_top1"])
         say(f"done: final top-1 {100 * result['final_top1']:.2f}%, cumulative error (2nd half) "
              f"{result['cumulative_error']:.1f}; {result_path(s)}")
-    acc.wait_for_everyone()
-    for tracker in acc.trackers:  # flush and close TensorBoard; the process group stays up (the launcher's)
+    accelerator.wait_for_everyone()
+    for tracker in accelerator.trackers:  # flush and close TensorBoard; the process group stays up (the launcher's)
         tracker.finish()
     return result
 
 
-def frozen_protocol(s: FinetuneSettings, model, train, test, size: int, mean, std, acc, masked=None) -> dict:
+def frozen_protocol(s: FinetuneSettings, model, train, test, size: int, mean, std, accelerator, masked=None) -> dict:
     """``s.protocol`` ``linear`` or ``knn`` on the frozen backbone's features (every process computes the same)."""
     start = time.perf_counter()
-    features = [extract_features(model, part.images, size, mean, std, 2 * s.batch_size, acc.device)
+    features = [extract_features(model, part.images, size, mean, std, 2 * s.batch_size, accelerator.device)
                 for part in (train, test)]
     if s.protocol == "knn":
         predicted = knn_predict(features[0], train.labels, features[1], train.num_classes, s.knn_k,
@@ -211,8 +211,8 @@ def frozen_protocol(s: FinetuneSettings, model, train, test, size: int, mean, st
     if masked is not None:
         result["target_mim"] = masked
     for epoch, accuracy in enumerate(top1, 1):  # linear: after every epoch; knn: its one value
-        acc.log({f"{s.protocol}/test_top1": accuracy}, step=epoch)
-    return _finish(s, acc, result)
+        accelerator.log({f"{s.protocol}/test_top1": accuracy}, step=epoch)
+    return _finish(s, accelerator, result)
 
 
 def finetune(s: FinetuneSettings) -> dict:
@@ -220,16 +220,16 @@ def finetune(s: FinetuneSettings) -> dict:
     and the metric; ``output_dir/log.txt`` and TensorBoard (``output_dir/NAME/``) follow it as it runs."""
     out = Path(s.output_dir)
     writable(s.output_dir)  # a folder that cannot be written fails now, not after the fine-tuning
-    acc = Accelerator(log_with="tensorboard", project_dir=str(out))
-    log = TextLog(out, console=not s.progress) if acc.is_main_process else None
+    accelerator = Accelerator(log_with="tensorboard", project_dir=str(out))
+    log = TextLog(out, console=not s.progress) if accelerator.is_main_process else None
     try:
-        return _finetune(s, acc)
+        return _finetune(s, accelerator)
     finally:
         if log is not None:
             log.close()
 
 
-def _finetune(s: FinetuneSettings, acc: Accelerator) -> dict:
+def _finetune(s: FinetuneSettings, accelerator: Accelerator) -> dict:
     """``finetune`` with its folder checked, its ``Accelerator`` made and its log open."""
     say(f"{result_name(s)} on {s.dataset} in {s.output_dir}; its settings:\n{config_text(s)}")
     set_seed(s.seed)
@@ -248,24 +248,24 @@ def _finetune(s: FinetuneSettings, acc: Accelerator) -> dict:
         train = train.few_shot(s.per_class, s.seed)
     if s.max_test:
         test = datasets.ImageSet(test.images[:s.max_test], test.labels[:s.max_test], test.num_classes)
-    mean, std = (t.to(acc.device) for t in normalization(model))
+    mean, std = (t.to(accelerator.device) for t in normalization(model))
     masked = None
-    acc.init_trackers(result_name(s))  # one TensorBoard run for the masked phase and the protocol after it
+    accelerator.init_trackers(result_name(s))  # one TensorBoard run for the masked phase and the protocol after it
     if s.target_mim.epochs:  # the backbone learns the target images, unlabelled; its head is replaced below
-        masked = masked_pretrain(model, train.images, size, mean, std, s.target_mim, s.seed, acc, s.progress)
+        masked = masked_pretrain(model, train.images, size, mean, std, s.target_mim, s.seed, accelerator, s.progress)
     model.reset_classifier(train.num_classes)
     if s.protocol != "finetune":
-        return frozen_protocol(s, model.to(acc.device), train, test, size, mean, std, acc, masked)
+        return frozen_protocol(s, model.to(accelerator.device), train, test, size, mean, std, accelerator, masked)
 
     train_loader = DataLoader(TensorDataset(train.images, train.labels), batch_size=s.batch_size, shuffle=True,
-                              drop_last=len(train) >= s.batch_size * acc.num_processes,
+                              drop_last=len(train) >= s.batch_size * accelerator.num_processes,
                               generator=torch.Generator().manual_seed(s.seed))
     test_loader = DataLoader(TensorDataset(test.images, test.labels), batch_size=2 * s.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    model, optimizer, train_loader, test_loader = acc.prepare(model, optimizer, train_loader, test_loader)
+    model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
     steps_per_epoch = len(train_loader)
     need(steps_per_epoch > 0, "batch_size", f"{len(train)} training images fill no batch of {s.batch_size} on each "
-         f"of {acc.num_processes} processes; lower batch_size")
+         f"of {accelerator.num_processes} processes; lower batch_size")
     scheduler = CosineLRScheduler(optimizer, t_initial=s.epochs * steps_per_epoch, lr_min=1e-6,
                                   warmup_t=s.warmup_epochs * steps_per_epoch, warmup_lr_init=1e-6,
                                   t_in_epochs=False)
@@ -275,7 +275,7 @@ def _finetune(s: FinetuneSettings, acc: Accelerator) -> dict:
     train_loss: list[float] = []  # per epoch
     step = 0
     bar = tqdm(total=s.epochs, desc=f"finetune {s.dataset}", unit="epoch",
-               disable=not (acc.is_main_process and s.progress))
+               disable=not (accelerator.is_main_process and s.progress))
     progress = Progress(f"finetune {s.dataset}", s.epochs, unit="epoch")
     for epoch in range(s.epochs):
         model.train()
@@ -287,7 +287,7 @@ def _finetune(s: FinetuneSettings, acc: Accelerator) -> dict:
             loss = F.cross_entropy(model(x).float(), labels, label_smoothing=s.label_smoothing)
             if not math.isfinite(loss.item()):
                 raise NonFiniteLossError(f"fine-tuning loss is {loss.item()} at epoch {epoch + 1}; lower lr")
-            acc.backward(loss)
+            accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -295,7 +295,7 @@ def _finetune(s: FinetuneSettings, acc: Accelerator) -> dict:
             total, batches = total + loss.item(), batches + 1
         bar.update(1)
         train_loss.append(total / max(batches, 1))
-        acc.log({"finetune/train_loss": train_loss[-1]}, step=epoch + 1)
+        accelerator.log({"finetune/train_loss": train_loss[-1]}, step=epoch + 1)
         if (epoch + 1) % s.eval_every and epoch + 1 < s.epochs:
             say(progress.line(epoch + 1, train_loss=train_loss[-1]))
             continue
@@ -306,10 +306,10 @@ def _finetune(s: FinetuneSettings, acc: Accelerator) -> dict:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             for pixels, labels in test_loader:
                 predicted = model(model_input(pixels, size, mean, std)).argmax(1)
-                correct.append(acc.gather_for_metrics((predicted == labels).float()))
+                correct.append(accelerator.gather_for_metrics((predicted == labels).float()))
         top1.append(float(torch.cat(correct).mean()))
         evaluated.append(epoch + 1)
-        acc.log({"finetune/test_top1": top1[-1]}, step=epoch + 1)
+        accelerator.log({"finetune/test_top1": top1[-1]}, step=epoch + 1)
         bar.set_postfix(top1=f"{top1[-1]:.3f}")
         say(progress.line(epoch + 1, train_loss=train_loss[-1], test_top1=top1[-1]))
     bar.close()
@@ -319,8 +319,8 @@ def _finetune(s: FinetuneSettings, acc: Accelerator) -> dict:
               "cumulative_error": cumulative_error(top1, evaluated)}
     if masked is not None:
         result["target_mim"] = masked
-    _finish(s, acc, result)
+    _finish(s, accelerator, result)
     del model, optimizer, train_loader, test_loader  # DDP wrappers go while the process group exists
-    acc.free_memory()
+    accelerator.free_memory()
     gc.collect()
     return result

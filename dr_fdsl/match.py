@@ -12,7 +12,7 @@ The distance (``match.distance``) is a weighted sum of three terms, each a stati
 
 * ``mmd``: squared kernel maximum mean discrepancy (Gretton et al., JMLR 2012) between image features: fixed
   random convolutions (seeded, never trained) and/or the objective's backbone's first blocks (parameters detached:
-  the classifier is not pulled towards the target by this term). RBF kernels at 0.25, 1 and 4 times the median
+  the backbone is not pulled towards the target by this term). RBF kernels at 0.25, 1 and 4 times the median
   heuristic (the median squared distance of the pooled features, detached), summed. Unbiased (U-statistic, eq. 3 of
   Gretton et al.: zero in expectation when both sets come from one distribution, can be negative) or biased
   (V-statistic: exactly zero for identical sets, never negative).
@@ -23,7 +23,7 @@ The distance (``match.distance``) is a weighted sum of three terms, each a stati
 
 Meta-Sim matches features of an ImageNet-trained network; no pre-trained weights can be loaded here, so the
 default features are random convolutions (which already separate colour, texture and scale statistics), and the
-classifier's own early layers are the option that learns.
+the backbone's own early layers are the option that learns.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ from dr_fdsl.config import Config
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.frozen_eval import model_input
 from dr_fdsl.modes.match_settings import TERMS, MatchConfig, parse_distance, random_feature_bytes  # noqa: F401
-from dr_fdsl.stream import stream_seed
+from dr_fdsl.view_order import counter_seed
 
 KERNEL_SCALES = (0.25, 1.0, 4.0)  # RBF bandwidths, as multiples of the median squared distance
-_SALT = 0x6D61746368  # "match": separates the target streams from the view streams of the same seed
+_SALT = 0x6D61746368  # "match": separates the target batchess from the view streams of the same seed
 _SPECTRUM_EPS = 1e-8  # floor of the power before the logarithm (an all-black set has none)
 
 
@@ -253,7 +253,7 @@ def load_targets(cfg: Config) -> torch.Tensor:
     if m.dataset.startswith("folder:"):  # what this process loaded is what its checkpoints record
         _LOADED_DIGESTS[m.dataset] = _folder_digest(cfg)
     if 0 < m.images < len(pixels):
-        order = torch.randperm(len(pixels), generator=torch.Generator().manual_seed(stream_seed(cfg.seed, _SALT)))
+        order = torch.randperm(len(pixels), generator=torch.Generator().manual_seed(counter_seed(cfg.seed, _SALT)))
         pixels = pixels[order[:m.images].sort().values]
     return pixels.contiguous()
 
@@ -279,7 +279,7 @@ def _folder_digest(cfg: Config) -> str:
     return datasets.folder_digest(datasets.folder_split(cfg.match.dataset, train=True), cache)
 
 
-class TargetStream:
+class TargetBatches:
     """This process's stream of target batches: micro-batch ``k`` draws ``batch`` indices (with replacement) from a
     generator seeded by ``(seed, rank, k)``, so ``index`` (the next ``k``) is the whole state, checkpointed."""
 
@@ -295,7 +295,7 @@ class TargetStream:
         return model_input(self.pixels[which.to(self.pixels.device)], self.image_size, self._zeros, self._ones)
 
     def indices(self, index: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(stream_seed(self.seed, self.rank, index, _SALT))
+        generator = torch.Generator().manual_seed(counter_seed(self.seed, self.rank, index, _SALT))
         return torch.randint(0, len(self.pixels), (self.batch_size,), generator=generator)
 
     def draw(self) -> torch.Tensor:
@@ -306,7 +306,7 @@ class TargetStream:
 
 
 class Matcher:
-    """What a run in mode ``match`` holds: the distance, the target stream and the settings."""
+    """What a run in mode ``match`` holds: the distance, the target batches and the settings."""
 
     def __init__(self, cfg: Config, objective, accelerator):
         m = cfg.match
@@ -322,13 +322,13 @@ class Matcher:
         self.weight, self.joint = m.weight, m.joint
         self.distance = MatchDistance(m, backbone, mean, std).to(accelerator.device)
         pixels = load_targets(cfg).to(accelerator.device)
-        self.stream = TargetStream(pixels, cfg.renderer.image_size, m.batch, cfg.seed, accelerator.process_index)
+        self.targets = TargetBatches(pixels, cfg.renderer.image_size, m.batch, cfg.seed, accelerator.process_index)
 
     def __call__(self, rendered: torch.Tensor) -> Distance:
         """The distance between ``rendered (B, 3, H, W)`` and the next target batch."""
-        return self.distance(rendered, self.stream.draw())
+        return self.distance(rendered, self.targets.draw())
 
     def target_grid(self, count: int, nrow: int) -> torch.Tensor:
         """The first ``count`` target images (the same at every call) as a ``(3, H', W')`` grid on the CPU."""
-        which = torch.arange(min(count, len(self.stream.pixels)))
-        return make_grid(self.stream.images(which).cpu(), nrow=nrow, padding=2, pad_value=0.5)
+        which = torch.arange(min(count, len(self.targets.pixels)))
+        return make_grid(self.targets.images(which).cpu(), nrow=nrow, padding=2, pad_value=0.5)

@@ -1,4 +1,4 @@
-"""The classifier: a timm model whose classes are the bank's categories and whose input is the renderer's image."""
+"""The backbone: a timm model whose classes are the bank's categories and whose input is the renderer's image."""
 
 from __future__ import annotations
 

@@ -5,9 +5,10 @@ next to it; :mod:`dr_fdsl.config` composes them into one ``Config``). Values are
 wins): dataclass defaults, the YAML file given with ``--config`` (with what it ``include``s), then dotted
 command-line overrides such as ``train.max_steps=100 renderer.mode=joint``. Every key and value is checked against
 the dataclasses before any work starts: an unknown key, a wrong type or a value outside a ``Literal`` names the key
-and the valid choices. :func:`need` is the one shape of every value check; :func:`content_settings` says which
-fields change what a run generates (the bank cache key, the static dataset check and the checkpoint fingerprint are
-made from it).
+and the valid choices. :func:`need` is the one shape of every value check. Field metadata (:data:`NOT_CONTENT`,
+:func:`chosen_by`) says which fields change what a run generates; :mod:`dr_fdsl.content_key` makes the keys of
+banks, static datasets and checkpoints from it (:func:`content_settings` is the legacy record, for files made
+before content keys).
 
 This module imports neither torch nor any part of the package but its errors: every part's settings may use it.
 """
@@ -348,11 +349,10 @@ def add_config_args(parser) -> None:
 
 
 def content_settings(section: Any) -> dict:
-    """The fields of a config section that change what is generated (points or pixels), as plain types.
-
-    Fields marked :data:`NOT_CONTENT` are left out; of sections marked :func:`chosen_by` only the chosen one is
-    kept (of the bank's family sections, the chosen family's). This is the one source for the bank cache key, the
-    static dataset check and the checkpoint fingerprint.
+    """Legacy: the record that files made before content keys hold of a section (its content fields, those marked
+    :data:`ADDED` left out at their default; of sections marked :func:`chosen_by` only the chosen one). Only for
+    reading such files (``content_key.legacy_settings`` is the rule they are compared by); the keys of new files:
+    :mod:`dr_fdsl.content_key`.
     """
     out = {}
     for f in dataclasses.fields(section):

@@ -359,26 +359,26 @@ class StaticViews(Dataset):
         return image, category, view
 
 
-class StreamBatches(Sampler):
-    """Infinite batch sampler: micro-batch ``k`` is ``stream.batch(k)``'s (category, view seed) pairs."""
+class OrderBatches(Sampler):
+    """Infinite batch sampler: micro-batch ``k`` is ``order.batch(k)``'s (category, view seed) pairs."""
 
-    def __init__(self, stream, batch_size: int, start: int):
-        self.stream, self.batch_size, self.start = stream, batch_size, start
+    def __init__(self, order, batch_size: int, start: int):
+        self.order, self.batch_size, self.start = order, batch_size, start
 
     def __iter__(self):
         index = self.start
         while True:
-            ids, seeds = self.stream.batch(index, self.batch_size)
+            ids, seeds = self.order.batch(index, self.batch_size)
             yield list(zip(ids.tolist(), seeds.tolist()))
             index += 1
 
 
-def static_loader(dataset: StaticViews, stream, batch_size: int, start: int, workers: int) -> DataLoader:
+def static_loader(dataset: StaticViews, order, batch_size: int, start: int, workers: int) -> DataLoader:
     """Batches ``(uint8 (B, 3, H, W), ids (B,), seeds (B,))`` from micro-batch ``start`` on.
 
     The loader gets its own generator: by default a ``DataLoader`` draws its workers' base seed from torch's
     global generator, which would shift every later augmentation draw away from the in-loop run's.
     """
-    return DataLoader(dataset, batch_sampler=StreamBatches(stream, batch_size, start), num_workers=workers,
+    return DataLoader(dataset, batch_sampler=OrderBatches(order, batch_size, start), num_workers=workers,
                       pin_memory=torch.cuda.is_available(), generator=torch.Generator(),
                       persistent_workers=workers > 0)

@@ -1,6 +1,6 @@
 """Confidence intervals for comparisons over seeds: a mean with its 95% interval, and paired differences.
 
-Arms of a comparison share their seeds (same classifier initialisation and data order per seed), so "A beats B"
+Arms of a comparison share their seeds (same backbone initialisation and data order per seed), so "A beats B"
 is a statement about the per-seed differences A_s - B_s: their mean and its Student-t interval. Two arms whose
 own intervals overlap can still differ clearly when their per-seed differences are consistent.
 """

@@ -84,15 +84,15 @@ class TargetMIMSettings:
 
 
 def masked_pretrain(backbone: torch.nn.Module, images: torch.Tensor, size: int, mean: torch.Tensor,
-                    std: torch.Tensor, s: TargetMIMSettings, seed: int, acc, progress: bool = False) -> dict:
+                    std: torch.Tensor, s: TargetMIMSettings, seed: int, accelerator, progress: bool = False) -> dict:
     """Trains ``backbone`` in place (its classifier head is removed) by masked-image modelling on ``images``.
 
     Args:
-        backbone: a ViT-like timm model (patch tokens), on the CPU or ``acc.device``.
+        backbone: a ViT-like timm model (patch tokens), on the CPU or ``accelerator.device``.
         images: the training images, ``(N, 3, h, w)`` uint8, resized to ``size`` px as fine-tuning resizes them.
-        mean, std: the model's input normalisation, ``(1, 3, 1, 1)`` on ``acc.device``.
+        mean, std: the model's input normalisation, ``(1, 3, 1, 1)`` on ``accelerator.device``.
         s: the settings; ``seed`` seeds the forked generator and the data order.
-        acc: the fine-tuning's ``Accelerator`` (its trackers get ``target_mim/loss`` per epoch).
+        accelerator: the fine-tuning's ``Accelerator`` (its trackers get ``target_mim/loss`` per epoch).
 
     Returns:
         ``{"epochs", "steps", "loss", "identity_loss", "masked_loss", "seconds"}``: per epoch, the mean L1 (as
@@ -103,19 +103,19 @@ def masked_pretrain(backbone: torch.nn.Module, images: torch.Tensor, size: int, 
     need(size % s.patch == 0, "target_mim.patch", f"must divide the model's input size {size} (whole squares), "
          f"got {s.patch}")
     start = time.perf_counter()
-    devices = [acc.device] if acc.device.type == "cuda" else []
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        model = MaskedAutoencoder(backbone).to(acc.device)  # the same module the objective mim trains
+        model = MaskedAutoencoder(backbone).to(accelerator.device)  # the same module the objective mim trains
         optimizer = create_optimizer(model, s.optim(1), s.lr)
         index = torch.arange(len(images))
         loader = DataLoader(TensorDataset(images, index), batch_size=s.batch_size, shuffle=True,
-                            drop_last=len(images) >= s.batch_size * acc.num_processes,
+                            drop_last=len(images) >= s.batch_size * accelerator.num_processes,
                             generator=torch.Generator().manual_seed(seed))
-        model, optimizer, loader = acc.prepare(model, optimizer, loader)
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
         steps_per_epoch = len(loader)
         need(steps_per_epoch > 0, "target_mim.batch_size", f"{len(images)} images fill no batch of {s.batch_size} "
-             f"on each of {acc.num_processes} processes; lower it")
+             f"on each of {accelerator.num_processes} processes; lower it")
         scheduler = create_scheduler(optimizer, s.optim(steps_per_epoch), s.epochs * steps_per_epoch)
         scheduler.step_update(0)
         history: dict[str, list[float]] = {"loss": [], "identity_loss": [], "masked_loss": []}
@@ -123,8 +123,8 @@ def masked_pretrain(backbone: torch.nn.Module, images: torch.Tensor, size: int, 
         progress = Progress("masked pre-training on the target", s.epochs, unit="epoch")
         model.train()
         for epoch in tqdm(range(s.epochs), desc="masked pre-training on the target", unit="epoch",
-                          disable=not (acc.is_main_process and progress)):
-            sums = torch.zeros(3, device=acc.device)
+                          disable=not (accelerator.is_main_process and progress)):
+            sums = torch.zeros(3, device=accelerator.device)
             for pixels, which in loader:
                 clean = model_input(pixels, size, mean, std)
                 mask = pixel_mask(which, torch.full_like(which, epoch), size, s.patch, s.ratio)
@@ -133,19 +133,19 @@ def masked_pretrain(backbone: torch.nn.Module, images: torch.Tensor, size: int, 
                 if not math.isfinite(loss.item()):
                     raise NonFiniteLossError(f"masked pre-training loss is {loss.item()} at epoch {epoch + 1}; "
                                              "lower target_mim.lr")
-                acc.backward(loss)
+                accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 scheduler.step_update(step)
                 sums += torch.stack([loss.detach(), mean_l1(identity, mask, s.loss_on).mean(),
                                      mean_l1(errors.detach(), mask, "masked").mean()])
-            means = (acc.reduce(sums, "mean") / steps_per_epoch).tolist()
+            means = (accelerator.reduce(sums, "mean") / steps_per_epoch).tolist()
             history["loss"].append(means[0])
             history["identity_loss"].append(means[1])
             history["masked_loss"].append(means[2])
-            acc.log({"target_mim/loss": means[0], "target_mim/identity_loss": means[1]}, step=epoch + 1)
+            accelerator.log({"target_mim/loss": means[0], "target_mim/identity_loss": means[1]}, step=epoch + 1)
             say(progress.line(epoch + 1, loss=means[0], identity_loss=means[1]))
         del model, optimizer, loader  # DDP wrappers go while the process group exists; the backbone stays
-        acc.free_memory()
+        accelerator.free_memory()
     return {"epochs": s.epochs, "steps": step, **history, "seconds": time.perf_counter() - start}

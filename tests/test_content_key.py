@@ -206,3 +206,19 @@ def test_a_raster_backend_changes_no_key():
     assert fingerprint(sort, 1) == fingerprint(cfg, 1)
     assert legacy_fingerprint(sort, 1) == legacy_fingerprint(cfg, 1)
     assert content_key.legacy_settings(sort.renderer, "renderer")["raster_backend"] == "pytorch3d"
+
+
+def test_an_old_export_made_with_the_sort_backend_still_matches(tmp_path):
+    """Before content keys a dataset.json held raster_backend as chosen; a backend changes no pixel, so an export
+    made with 'sort' matches a config of any backend (the review found it refused)."""
+    from dr_fdsl.static import _settings_differ
+
+    cfg = tiny(tmp_path, tmp_path / "banks")
+    sort = replace(cfg, renderer=replace(cfg.renderer, raster_backend="sort"))
+    found = {"format": 2, "views": 1, "image_size": cfg.renderer.image_size,
+             "bank": content_key.legacy_settings(cfg.bank, "bank"),
+             "renderer": {**content_key.legacy_settings(cfg.renderer, "renderer"), "raster_backend": "sort"}}
+    assert _settings_differ(found, cfg, 1) == [] and _settings_differ(found, sort, 1) == []
+    assert _settings_differ(found, replace(cfg, seed=cfg.seed), 1) == []
+    moved = {**found, "renderer": {**found["renderer"], "radius_init": 0.5}}
+    assert _settings_differ(moved, cfg, 1) == [f"renderer.radius_init: dataset 0.5, config {cfg.renderer.radius_init}"]

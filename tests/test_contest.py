@@ -14,7 +14,7 @@ from dr_fdsl.bank import PointBank, bank_from_config
 from dr_fdsl.config import load_config
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.render import PointRenderer, augment, corrupt, pointwolf
-from dr_fdsl.render import random as rnd
+from dr_fdsl.render import keyed_random as rnd
 from dr_fdsl.render.background import colorize, diamond_square, diamond_square_draws, diamond_square_field
 from dr_fdsl.render.hsv import hsv8_to_rgb8
 from dr_fdsl.render.streams import Stream

@@ -19,7 +19,7 @@ from dr_fdsl.families.ofdb.params_io import read_ofdb_csv_folder
 from dr_fdsl.families.ofdb.published import exfractal_weights, point_clouds
 from dr_fdsl.families.visualatom import generator as va2d
 from dr_fdsl.render import PointRenderer
-from dr_fdsl.render import random as rnd
+from dr_fdsl.render import keyed_random as rnd
 from dr_fdsl.render.instances import IDENTITY_ROW, FractalDBInstances, OFDBInstances, VisualAtomInstances
 from dr_fdsl.render.renderer import squash
 from dr_fdsl.static import export, image_path, quantize

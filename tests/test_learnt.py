@@ -181,7 +181,9 @@ def test_a_leak_penalty_that_cannot_be_paid_is_refused_at_load(overrides, messag
 
     with pytest.raises(ConfigError, match=r"^config key 'renderer.leak_penalty': .*" + message):
         load_config(None, overrides)
-    assert load_config(None, ["renderer.leak_penalty=1", "renderer.mode=joint"]).renderer.leak_penalty == 1
+    for objective in ("classify", "classify+mim"):  # both train the probe (the spec says so, read at load)
+        cfg = load_config(None, ["renderer.leak_penalty=1", "renderer.mode=joint", f"train.objective={objective}"])
+        assert cfg.renderer.leak_penalty == 1
 
 
 @pytest.mark.parametrize("kind", ["image", "point"])

@@ -243,8 +243,8 @@ def test_the_renderers_gradient_is_the_weighted_distance_unless_joint(tmp_path, 
     run = build_run(match_run(tmp_path, bank_dir, target_folder, "match.weight=0.5", f"match.joint={joint}",
                               "train.probe=false", "image_aug.random_erasing=0"))
     # The distance's gradient for the batch and the target batch the step will draw.
-    ids, seeds = run.stream.batch(run.stream.index, 8)
-    target = run.mode.matcher.stream.images(run.mode.matcher.stream.indices(run.mode.matcher.stream.index))
+    ids, seeds = run.order.batch(run.order.index, 8)
+    target = run.mode.matcher.targets.images(run.mode.matcher.targets.indices(run.mode.matcher.targets.index))
     distance = run.mode.matcher.distance(run.renderer(ids, seeds), target).total
     expected = torch.autograd.grad(0.5 * distance, list(run.renderer.parameters()))
     out = forward_backward(run, render_batch(run))
@@ -266,7 +266,7 @@ def test_match_resume_is_exact(tmp_path, bank_dir, target_folder):
     save_checkpoint(interrupted)
     resumed = build_run(match_run(tmp_path / "b", bank_dir, target_folder, *args), resume="latest")
     resume(resumed, "latest")
-    assert resumed.state.step == 3 and resumed.mode.matcher.stream.index == 3
+    assert resumed.state.step == 3 and resumed.mode.matcher.targets.index == 3
     fit(resumed)
     for a, b in zip(model_params(straight) + renderer_params(straight),
                     model_params(resumed) + renderer_params(resumed)):

@@ -10,7 +10,7 @@ from dr_fdsl.errors import ConfigError
 from dr_fdsl.render import PointRenderer, Scene, composite, fragment_weights, render_grid, render_scene, save_grid
 from dr_fdsl.render.composite import draw_fragments
 from dr_fdsl.render.raster_pytorch3d import bin_occupancy_bound, rasterize
-from dr_fdsl.render.types import OFFSCREEN, Fragments
+from dr_fdsl.render.structures import OFFSCREEN, Fragments
 from tests.reference_render import pixel_centres, reference_render
 
 SIZE = 32
@@ -223,7 +223,7 @@ def test_view_options_project_as_computed_by_hand(view, rotation, distance, foca
 
 
 def test_view_ranges_are_drawn_inside_them_and_vary():
-    from dr_fdsl.render.random import image_keys
+    from dr_fdsl.render.keyed_random import image_keys
     from dr_fdsl.render.views import sample_views
 
     view = ViewConfig(rotation="euler", azimuth=(0, 90), roll=(-10, 10), distance=(2.5, 4.0), fov=(30, 60))

@@ -1,4 +1,4 @@
-"""Objective ``sit`` (SiT) and the grouped view stream it takes its positives from.
+"""Objective ``sit`` (SiT) and the grouped view order it takes its positives from.
 
 The published values compared against are those of Sara-Ahmed/SiT at 1aacd6a (losses.py, engine.py,
 datasets/datasets_utils.py); the references below are straightforward loops written from that code.
@@ -18,9 +18,9 @@ from dr_fdsl.errors import ConfigError
 from dr_fdsl.objectives import sit_views as sv
 from dr_fdsl.objectives.sit import SiT, nt_xent, uncertainty_weighting
 from dr_fdsl.render import PointRenderer
-from dr_fdsl.render import random as rnd
+from dr_fdsl.render import keyed_random as rnd
 from dr_fdsl.render.streams import Stream
-from dr_fdsl.stream import ViewStream, stream_seed
+from dr_fdsl.view_order import ViewOrder, counter_seed
 from tests.conftest import tiny
 
 SIT = ["train.objective=sit", "data.views_per_category=2", "renderer.view.rotation=euler",
@@ -28,23 +28,23 @@ SIT = ["train.objective=sit", "data.views_per_category=2", "renderer.view.rotati
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The view stream's grouped draws
+# The view order's grouped draws
 # ------------------------------------------------------------------------------------------------------------
 
 
 def test_default_stream_draws_as_before():
     """views_per_category = repeated_aug = 1 is the original stream: two randint draws from one generator."""
     for views in (0, 7):
-        generator = torch.Generator().manual_seed(stream_seed(3, 1, 5))
+        generator = torch.Generator().manual_seed(counter_seed(3, 1, 5))
         ids = torch.randint(0, 10, (12,), generator=generator)
         seeds = torch.randint(0, views or 2**62, (12,), generator=generator)
-        got = ViewStream(3, 1, 10, views, views_per_category=1, repeated_aug=1).batch(5, 12)
+        got = ViewOrder(3, 1, 10, views, views_per_category=1, repeated_aug=1).batch(5, 12)
         assert torch.equal(got[0], ids) and torch.equal(got[1], seeds)
 
 
 @pytest.mark.parametrize("views", [0, 3])
 def test_grouped_stream_counts_and_adjacency(views):
-    stream = ViewStream(0, 0, 10, views, views_per_category=2, repeated_aug=3)
+    stream = ViewOrder(0, 0, 10, views, views_per_category=2, repeated_aug=3)
     for index in range(5):
         ids, seeds = stream.batch(index, 24)
         groups = ids.view(4, 6)
@@ -56,7 +56,7 @@ def test_grouped_stream_counts_and_adjacency(views):
             assert seeds.min() >= 0 and seeds.max() < views
     assert not torch.equal(stream.batch(0, 24)[0], stream.batch(1, 24)[0]) or \
         not torch.equal(stream.batch(0, 24)[1], stream.batch(1, 24)[1])
-    repeated = ViewStream(0, 0, 10, views, views_per_category=1, repeated_aug=2).batch(0, 8)
+    repeated = ViewOrder(0, 0, 10, views, views_per_category=1, repeated_aug=2).batch(0, 8)
     assert torch.equal(repeated[0][0::2], repeated[0][1::2]) and torch.equal(repeated[1][0::2], repeated[1][1::2])
 
 
@@ -403,7 +403,7 @@ def test_repeated_copies_are_rendered_once(tmp_path, bank_dir, small_bank):
                "renderer.mode=adversarial")
     renderer = PointRenderer(small_bank, cfg.renderer)
     run = SimpleNamespace(cfg=cfg, accelerator=SimpleNamespace(device=torch.device("cpu")), static=None,
-                          renderer=renderer, stream=ViewStream(0, 0, small_bank.num_classes, 0, 1, 2))
+                          renderer=renderer, stream=ViewOrder(0, 0, small_bank.num_classes, 0, 1, 2))
     calls = []
     render = run.renderer.render
     run.renderer.render = lambda ids, seeds: calls.append(len(ids)) or render(ids, seeds)

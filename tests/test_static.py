@@ -143,7 +143,7 @@ def test_grouped_draws_agree_between_static_and_in_loop_runs(tmp_path_factory, b
     export(PointRenderer(bank_from_config(cfg.bank), cfg.renderer), cfg, root / "data", 2, progress=False)
     static = assert_static_run_equals_in_loop(root, bank_dir, same, root / "data", 2, steps=3, workers=1)
     group = 4 if objective == "classify" else 2  # adjacent images of one category
-    ids = static.stream.batch(0, 8)[0].view(-1, group)
+    ids = static.order.batch(0, 8)[0].view(-1, group)
     assert (ids == ids[:, :1]).all()
     if objective == "classify":  # more view seeds per category than the dataset holds: refused when it is read
         with pytest.raises(ConfigError, match="'data.views_per_category': 3 different view seeds"):

@@ -27,7 +27,7 @@ def test_masked_pretraining_learns_is_keyed_and_leaves_the_global_generator_alon
         y, x = torch.randint(0, 18, (2,), generator=g).tolist()
         images[i, :, y:y + 10, x:x + 10] = 220
         images[i, :, (y + 5) % 28, :] = 120
-    acc = Accelerator(cpu=True)
+    accelerator = Accelerator(cpu=True)
     settings = TargetMIMSettings(epochs=20, batch_size=8, lr=2e-3, final_lr=1e-3, warmup_epochs=2, final_epochs=5,
                                  ratio=0.4)
     weights = []
@@ -36,7 +36,7 @@ def test_masked_pretraining_learns_is_keyed_and_leaves_the_global_generator_alon
         mean, std = normalization(model)
         before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("head")}
         state = torch.get_rng_state()
-        result = masked_pretrain(model, images, 32, mean, std, settings, seed=3, acc=acc)
+        result = masked_pretrain(model, images, 32, mean, std, settings, seed=3, accelerator=accelerator)
         assert torch.equal(torch.get_rng_state(), state)
         assert result["steps"] == 20 * 3 and len(result["loss"]) == 20
         assert result["loss"][-1] < 0.5 * result["loss"][0]

@@ -27,10 +27,10 @@ def model_params(run):
 
 
 def tags(run_dir):
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0,
+    accelerator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0,
                                                                         "histograms": 0})
-    acc.Reload()
-    return acc
+    accelerator.Reload()
+    return accelerator
 
 
 @pytest.mark.parametrize("mode", ["frozen", "joint", "adversarial"])
@@ -49,8 +49,8 @@ def test_each_mode_trains_logs_and_checkpoints(tmp_path, bank_dir, mode):
 
     folder = tmp_path / "run"
     events = tags(folder)
-    expected = {"train/loss", "train/acc", "lr/classifier", "perf/images_per_s", "perf/render_share",
-                "grad_norm/classifier", "val/loss", "val/top1", "val/top5", "probe/val_acc", "probe/train_acc",
+    expected = {"train/loss", "train/acc", "lr/backbone", "perf/images_per_s", "perf/render_share",
+                "grad_norm/backbone", "val/loss", "val/top1", "val/top5", "probe/val_acc", "probe/train_acc",
                 "probe/color_val_acc", "probe/size_val_acc", "probe/color_train_acc", "probe/size_train_acc",
                 *(f"renderer/{part}_{what}" for part in ("color", "radius") for what in ("drift", "between", "code"))}
     if mode != "frozen":
@@ -82,7 +82,7 @@ def test_joint_descends_and_adversarial_ascends(tmp_path, bank_dir):
         run = build_run(tiny(tmp_path / mode, bank_dir, f"renderer.mode={mode}", *plain))
         start = renderer_params(run)
         # The gradient of the loss itself, from the same batch the step will draw.
-        ids, seeds = run.stream.batch(run.stream.index, 8)
+        ids, seeds = run.order.batch(run.order.index, 8)
         images = run.renderer(ids, seeds)
         loss = torch.nn.functional.cross_entropy(run.objective.model(run.objective.normalize(images)), ids,
                                                  label_smoothing=0.1)
@@ -243,7 +243,7 @@ def test_a_joint_step_moves_only_the_categories_it_drew(tmp_path, bank_dir):
     run = build_run(tiny(tmp_path, bank_dir, "renderer.mode=joint", "bank.num_classes=20", "train.probe=false",
                          "optim.warmup_steps=0", "renderer.color_init=grey"))
     before = renderer_params(run)
-    drawn = set(run.stream.batch(run.stream.index, 8)[0].tolist())
+    drawn = set(run.order.batch(run.order.index, 8)[0].tolist())
     out = train_step(run)
     assert out["perf/renderer_rows_synced"] == 2 * len(drawn)  # colour and radius rows of the drawn categories
     for old, new in zip(before, renderer_params(run)):
@@ -280,13 +280,13 @@ def test_ctrl_c_leaves_a_whole_checkpoint_to_resume_from(tmp_path, bank_dir):
 def test_stream_seeds_are_the_first_versions_and_python_independent():
     import random
 
-    from dr_fdsl.stream import stream_seed
+    from dr_fdsl.view_order import counter_seed
 
     rng = random.Random(0)
     for _ in range(2000):
         values = tuple(rng.choice([rng.randint(-3, 3), rng.randint(0, 2**40), rng.randint(-2**70, 2**70)])
                        for _ in range(3))
-        assert stream_seed(*values) == hash(values) & (2**63 - 1)  # 64-bit CPython >= 3.8
+        assert counter_seed(*values) == hash(values) & (2**63 - 1)  # 64-bit CPython >= 3.8
 
 
 def test_objectives_and_families_are_chosen_by_config_key():

@@ -23,7 +23,7 @@ from dr_fdsl.families.ofdb.params_io import (
 from dr_fdsl.families.ofdb.published import IFSSystem
 from dr_fdsl.render import Scene, render_scene
 from dr_fdsl.render.composite import composite
-from dr_fdsl.render.types import Fragments
+from dr_fdsl.render.structures import Fragments
 from tests.reference_render import pixel_centres
 
 ORDERS = ("mkl", "openblas", "openblas_fma")

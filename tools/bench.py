@@ -43,7 +43,7 @@ from dr_fdsl.engine import Batch, build_run, forward_backward, optimizer_step, r
 from dr_fdsl.modes.lookahead_settings import LookaheadConfig
 from dr_fdsl.render import RASTERIZERS, composite, fragment_weights
 from dr_fdsl.render.composite import draw_fragments
-from dr_fdsl.render.random import image_keys
+from dr_fdsl.render.keyed_random import image_keys
 from dr_fdsl.timing import (
     check_bench_args,
     machine_and_peak_memory,
@@ -200,7 +200,7 @@ def main() -> int:
     result = {
         "machine": machine, "batch": b, "size": args.size, "points": args.points, "k": args.k,
         "model": args.model, "precision": args.precision, "backend": args.backend, "objective": args.objective,
-        "images_per_s_classifier_alone": b / step_alone, "images_per_s_frozen": b / step_frozen,
+        "images_per_s_objective_alone": b / step_alone, "images_per_s_frozen": b / step_frozen,
         "images_per_s_learnable": b / step_learnable, "ratio_frozen": step_alone / step_frozen,
         "ratio_learnable": step_alone / step_learnable,
         "stage_ms": {k: round(v.median * 1e3, 3) for k, v in stages.items()}, "peak_memory_mib": round(peak, 1),
@@ -212,7 +212,7 @@ def main() -> int:
                       match_over_joint=match_over_joint)
     print(f"{machine}: batch {b}, {args.size} px, {args.points} points, K={args.k}, {args.model} "
           f"({args.precision}), raster backend {args.backend}")
-    print(f"  (a) objective + update alone   {result['images_per_s_classifier_alone']:9.1f} images/s")
+    print(f"  (a) objective + update alone   {result['images_per_s_objective_alone']:9.1f} images/s")
     print(f"  (b) frozen renderer in loop    {result['images_per_s_frozen']:9.1f} images/s   "
           f"b/a = {result['ratio_frozen']:.3f}")
     print(f"  (c) learnable renderer in loop {result['images_per_s_learnable']:9.1f} images/s   "

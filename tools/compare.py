@@ -3,7 +3,7 @@ no-pre-training baseline, with identical seeds and budgets, judges each on real 
 probe or k-NN on frozen features: --protocol, one or several), repeats over seeds, and writes results.csv,
 results.md (per arm the mean and its 95% interval; for every pair of arms the paired difference over seeds and its
 interval), curves.png (evaluation and pre-training curves) and differences.png (each arm minus frozen, paired, with
-its interval). Every arm uses the same seeds, so per seed the classifier starts from the same initialisation and
+its interval). Every arm uses the same seeds, so per seed the backbone starts from the same initialisation and
 sees the same data order in every arm.
 
     python tools/compare.py --preset cpu --out runs/compare_cpu        # minutes on a 2-core CPU

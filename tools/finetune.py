@@ -1,4 +1,4 @@
-"""Fine-tunes a pre-trained classifier (or one from scratch) on real data; prints per-epoch top-1 and the
+"""Fine-tunes a pre-trained backbone (or one from scratch) on real data; prints per-epoch top-1 and the
 cumulative error rate over the second half of the epochs.
 
     python tools/finetune.py --config configs/finetune/fashion_mnist.yaml pretrained=runs/quickstart

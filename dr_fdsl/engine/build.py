@@ -25,8 +25,8 @@ from dr_fdsl.objectives.base import Objective
 from dr_fdsl.optim import create_scheduler
 from dr_fdsl.render import PointRenderer
 from dr_fdsl.static import StaticViews, static_loader
-from dr_fdsl.stream import ViewStream, held_out_views
 from dr_fdsl.textlog import TextLog
+from dr_fdsl.view_order import ViewOrder, held_out_views
 
 # TensorBoard's events go into output_dir itself, so that `tensorboard --logdir runs` names each run after its folder
 # (runs/quickstart -> "quickstart"); a resumed run's events join them there, as one run.
@@ -36,12 +36,12 @@ TB_DIR = "."
 @dataclass
 class TrainState:
     """What changes as a run trains (a checkpoint keeps it; ``resume`` restores it). The positions of the view
-    stream and of a mode's own streams are their counters (``Run.stream.index``, ``RendererMode.positions``)."""
+    stream and of a mode's own streams are their counters (``Run.order.index``, ``RendererMode.positions``)."""
 
     run_id: str  # the run's id, the same on every process (checkpoint pruning keeps to the run's own)
     step: int = 0  # optimiser steps done
     last_checkpoint: Path | None = None  # the newest checkpoint this run wrote or resumed from
-    # Static source: the loader's iterator, opened at the view stream's position (``open_batches``); None in-loop.
+    # Static source: the loader's iterator, opened at the view order's position (``open_batches``); None in-loop.
     batches: Iterator | None = field(default=None, repr=False)
 
 
@@ -56,7 +56,7 @@ class Run:
     mode: RendererMode  # renderer.mode: which gradient reaches the renderer, its optimiser, anchors and logs
     renderer_optimizer: torch.optim.Optimizer | None  # the mode's (SparseAdam on the rendering tables; None: frozen)
     schedulers: list[Scheduler]  # objective's, then renderer's (both from optim)
-    stream: ViewStream
+    order: ViewOrder
     static: StaticViews | None
     eval_views: tuple[torch.Tensor, torch.Tensor]  # this process's held-out (class ids, view seeds)
     grid_views: tuple[torch.Tensor, torch.Tensor]  # the (class ids, view seeds) of the TensorBoard image grid
@@ -85,10 +85,10 @@ def start_tensorboard(run: Run) -> None:
 
 
 def open_batches(run: Run) -> None:
-    """Static source: (re)opens ``run.state.batches`` at the view stream's position (at build, and after a resume
+    """Static source: (re)opens ``run.state.batches`` at the view order's position (at build, and after a resume
     has moved the stream); nothing in-loop. The loader has its own generator: opening it draws on no global one."""
     if run.static is not None:
-        run.state.batches = iter(static_loader(run.static, run.stream, run.cfg.train.batch_size, run.stream.index,
+        run.state.batches = iter(static_loader(run.static, run.order, run.cfg.train.batch_size, run.order.index,
                                                run.cfg.data.workers))
 
 
@@ -208,41 +208,43 @@ def _build(cfg: Config, resume: str | None, log: TextLog | None) -> Run:
     """``build_run`` once the output folder is claimed and its log open."""
     t = cfg.train
     try:
-        acc = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
+        accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
                           log_with="tensorboard", project_dir=cfg.output_dir, step_scheduler_with_optimizer=False)
     except ValueError as err:  # e.g. fp16 without a GPU
         raise ConfigError(f"config key 'train.mixed_precision': {t.mixed_precision!r} cannot run here ({err})") \
             from err
-    validate_device(cfg, acc.device, acc.native_amp)  # fp16 that would run in float32; sizes past the GPU's memory
+    # fp16 that would run in float32; sizes past the GPU's memory
+    validate_device(cfg, accelerator.device, accelerator.native_amp)
     checkpoint.refuse_to_overwrite(cfg.output_dir, resume)
     if log is not None:
-        log.say(f"{'resuming' if resume else 'starting'} a run in {cfg.output_dir} ({acc.num_processes} process(es), "
-                f"{acc.device}); its settings:\n{config_text(cfg)}")
+        log.say(f"{'resuming' if resume else 'starting'} a run in {cfg.output_dir} ({accelerator.num_processes} "
+                f"process(es), {accelerator.device}); its settings:\n{config_text(cfg)}")
     static, views = None, cfg.data.views_per_class
     if cfg.data.source == "static":  # a missing, foreign or damaged dataset fails here
-        with acc.main_process_first():  # every PNG header is read once, by the main process
-            static = StaticViews(cfg.data.path, verify=acc.is_main_process)
+        with accelerator.main_process_first():  # every PNG header is read once, by the main process
+            static = StaticViews(cfg.data.path, verify=accelerator.is_main_process)
         views = static.check_matches(cfg)  # the views the stream draws from; refuses what the dataset cannot serve
         if static.unchecked_warning():
-            acc.print(static.unchecked_warning())
+            accelerator.print(static.unchecked_warning())
     num_classes = cfg.bank.num_classes
-    total_batch = t.batch_size * t.grad_accum * acc.num_processes
+    total_batch = t.batch_size * t.grad_accum * accelerator.num_processes
     lr = cfg.optim.lr * total_batch / 512
 
     set_seed(cfg.seed)  # shared: the networks start identical on every process (renderer tables: init_seed)
-    objective = OBJECTIVES.get(t.objective)(cfg, num_classes, lr, acc.device)
+    objective = OBJECTIVES.get(t.objective)(cfg, num_classes, lr, accelerator.device)
     # Before the bank is built: mode match reads its target images here (a missing dataset fails first); no mode
     # draws on a global generator.
-    mode = MODES.get(cfg.renderer.mode)(cfg, objective, acc)
-    with acc.main_process_first():  # the main process builds and caches the bank, the others read it
-        bank = bank_from_config(cfg.bank, progress=acc.is_main_process and t.progress)
-    renderer = PointRenderer(bank, cfg.renderer).to(acc.device)
+    mode = MODES.get(cfg.renderer.mode)(cfg, objective, accelerator)
+    with accelerator.main_process_first():  # the main process builds and caches the bank, the others read it
+        bank = bank_from_config(cfg.bank, progress=accelerator.is_main_process and t.progress)
+    renderer = PointRenderer(bank, cfg.renderer).to(accelerator.device)
 
     # Prepare what trains, the objective's backbone first (Accelerate saves it as model.safetensors). The renderer
     # stays outside DDP: its row-sparse gradients are averaged row by row (sparse_sync); its SparseAdam goes
     # through prepare like any optimiser.
-    objective.prepare(acc)
-    renderer_optimizer = mode.prepare(renderer, acc)  # after the objective's: Accelerate numbers optimisers in order
+    objective.prepare(accelerator)
+    # after the objective's: Accelerate numbers optimisers in order
+    renderer_optimizer = mode.prepare(renderer, accelerator)
     schedulers = [create_scheduler(objective.optimizer, cfg.optim, t.max_steps)]
     if renderer_optimizer is not None:
         schedulers.append(create_scheduler(renderer_optimizer, cfg.optim, t.max_steps))
@@ -250,13 +252,14 @@ def _build(cfg: Config, resume: str | None, log: TextLog | None) -> Run:
 
     rows = min(8, num_classes)
     grid = (torch.arange(rows).repeat_interleave(4), -(10**9) - torch.arange(4).repeat(rows))  # held out
-    if acc.is_main_process and resume is None:  # a resumed run writes it once the checkpoint is accepted
+    if accelerator.is_main_process and resume is None:  # a resumed run writes it once the checkpoint is accepted
         save_config(cfg, Path(cfg.output_dir) / "config.yaml")
-    run = Run(cfg=cfg, accelerator=acc, renderer=renderer, objective=objective, mode=mode,
+    run = Run(cfg=cfg, accelerator=accelerator, renderer=renderer, objective=objective, mode=mode,
               renderer_optimizer=renderer_optimizer, schedulers=schedulers,
-              stream=ViewStream(cfg.seed, acc.process_index, num_classes, views, cfg.data.views_per_category,
+              order=ViewOrder(cfg.seed, accelerator.process_index, num_classes, views, cfg.data.views_per_category,
                                 cfg.data.repeated_aug), static=static,
-              eval_views=held_out_views(t.eval_images, num_classes, acc.process_index, acc.num_processes),
+              eval_views=held_out_views(t.eval_images, num_classes, accelerator.process_index,
+                                        accelerator.num_processes),
               grid_views=grid, writer=None, lr=lr, total_batch=total_batch,
               state=TrainState(run_id=broadcast_object_list([checkpoint.new_run_id()])[0]),  # the main process's
               log=log)

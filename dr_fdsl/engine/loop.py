@@ -24,11 +24,11 @@ from dr_fdsl.textlog import Progress, add_hparams
 
 def fit(run: Run) -> dict:
     """Trains to ``train.max_steps`` optimiser steps; returns the final summary (also ``summary.json``)."""
-    acc, t = run.accelerator, run.cfg.train
+    accelerator, t = run.accelerator, run.cfg.train
     start_tensorboard(run)
     bar = tqdm(total=t.max_steps, initial=run.state.step, desc=f"train ({run.mode.name})", unit="step",
-               dynamic_ncols=True, disable=not (acc.is_main_process and t.progress))
-    images_per_micro_batch = t.batch_size * acc.num_processes
+               dynamic_ncols=True, disable=not (accelerator.is_main_process and t.progress))
+    images_per_micro_batch = t.batch_size * accelerator.num_processes
     window = {"seconds": 0.0, "render_seconds": 0.0, "images": 0}  # since the last log line
     total = {"seconds": 0.0, "images": 0}  # the whole run, for summary.json
     last_eval: dict[str, float] = {}
@@ -37,7 +37,7 @@ def fit(run: Run) -> dict:
         log_images(run)
     with StopRequest() as stop:
         while run.state.step < t.max_steps:
-            stop.check(acc)  # Ctrl-C lands here, between micro-steps (dr_fdsl/engine/interrupt.py)
+            stop.check(accelerator)  # Ctrl-C lands here, between micro-steps (dr_fdsl/engine/interrupt.py)
             before = run.state.step
             out = train_step(run)
             for meter in (window, total):
@@ -55,7 +55,7 @@ def fit(run: Run) -> dict:
                 window = {"seconds": 0.0, "render_seconds": 0.0, "images": 0}
             if run.state.step % t.eval_every == 0 or last:
                 last_eval = evaluate(run)
-                acc.log(last_eval, step=run.state.step)
+                accelerator.log(last_eval, step=run.state.step)
                 say(run, f"evaluation at step {run.state.step}: "
                     + ", ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
             if run.state.step % t.image_every == 0 or last:
@@ -80,16 +80,16 @@ def _shown(scalars: dict[str, float]) -> dict[str, float]:
 
 def log_scalars(run: Run, out: dict, window: dict) -> dict[str, float]:
     """Averages the step's metrics over processes and logs them with throughput and learning rates."""
-    acc = run.accelerator
+    accelerator = run.accelerator
     metrics = {k: v for k, v in out.items() if k not in ("seconds", "render_seconds")}
-    scalars = {k: float(acc.reduce(v.to(acc.device).float(), "mean")) for k, v in metrics.items()}
+    scalars = {k: float(accelerator.reduce(v.to(accelerator.device).float(), "mean")) for k, v in metrics.items()}
     scalars["perf/images_per_s"] = window["images"] / max(window["seconds"], 1e-9)
     scalars["perf/render_share"] = window["render_seconds"] / max(window["seconds"], 1e-9)
-    scalars["lr/classifier"] = run.objective.optimizer.param_groups[0]["lr"]
+    scalars["lr/backbone"] = run.objective.optimizer.param_groups[0]["lr"]
     scalars.update(run.mode.scalars())  # lr/renderer when the tables train
     scalars.update(run.renderer.table_statistics())  # drift and label-code spread of colours and radii (the same on
     # every process: the tables are)
-    acc.log(scalars, step=run.state.step)
+    accelerator.log(scalars, step=run.state.step)
     return scalars
 
 
@@ -108,18 +108,18 @@ def as_training_images(run: Run, images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(run: Run) -> dict[str, float]:
     """The objective's metrics on the held-out views, averaged over all processes."""
-    acc, b = run.accelerator, run.cfg.train.batch_size
+    accelerator, b = run.accelerator, run.cfg.train.batch_size
     ids, seeds = run.eval_views
     run.objective.train(False)
     rows, mode_rows = [], []
     for i in range(0, len(ids), b):
-        batch_ids, batch_seeds = ids[i:i + b].to(acc.device), seeds[i:i + b].to(acc.device)
+        batch_ids, batch_seeds = ids[i:i + b].to(accelerator.device), seeds[i:i + b].to(accelerator.device)
         images = render_eval(run, batch_ids, batch_seeds)
         rows.append(run.objective.evaluate(images, batch_ids, batch_seeds))
         mode_rows.append(run.mode.evaluate(images, batch_ids))
-    values = run.objective.summarize(acc.gather_for_metrics(torch.cat(rows)))
+    values = run.objective.summarize(accelerator.gather_for_metrics(torch.cat(rows)))
     if run.mode.eval_names:  # the mode's own (teach: its teacher's top-1)
-        values.update(zip(run.mode.eval_names, acc.gather_for_metrics(torch.cat(mode_rows)).mean(0).tolist()))
+        values.update(zip(run.mode.eval_names, accelerator.gather_for_metrics(torch.cat(mode_rows)).mean(0).tolist()))
     run.objective.train(True)
     return values
 
@@ -177,13 +177,13 @@ def _held_out_loss_finite(run: Run) -> bool:
 
     Evaluation mode, as ``evaluate`` (no dropout, no batch-norm update), and on a copy of the global random
     streams, so that the check changes no training step (resume stays bit-exact)."""
-    acc = run.accelerator
-    ids, seeds = (t[:PROBE_VIEWS].to(acc.device) for t in run.eval_views)
+    accelerator = run.accelerator
+    ids, seeds = (t[:PROBE_VIEWS].to(accelerator.device) for t in run.eval_views)
     if len(ids) == 0:
         return True
     run.objective.train(False)
     try:
-        with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
             values = run.objective.evaluate(render_eval(run, ids, seeds), ids, seeds)
     finally:
         run.objective.train(True)
@@ -213,7 +213,7 @@ def save_checkpoint(run: Run) -> Path:
     wait at the next barrier; a storage failure is one ``CheckpointError`` line naming the newest complete
     checkpoint.
     """
-    acc = run.accelerator
+    accelerator = run.accelerator
     renderer_checksums(run)
     run.objective.before_checkpoint()  # e.g. a diverged leakage probe restarts: diagnostics never stop training
     why = _why_not_good(run)  # a checkpoint named as "good" must be good
@@ -221,24 +221,25 @@ def save_checkpoint(run: Run) -> Path:
         raise NonFiniteLossError(f"{why} at step {run.state.step}; not saved; {what_to_resume(run)}")
     tmp = checkpoint.temporary_path(run.output_dir, run.state.step)
     path, problem = checkpoint.step_path(run.output_dir, run.state.step), None
-    if acc.is_main_process and tmp.exists():  # left by an interrupted save: none of its files may slip in
+    if accelerator.is_main_process and tmp.exists():  # left by an interrupted save: none of its files may slip in
         shutil.rmtree(tmp)
-    acc.wait_for_everyone()
+    accelerator.wait_for_everyone()
     try:
-        acc.save_state(str(tmp))
-        if acc.is_main_process and run.renderer_optimizer is not None:
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process and run.renderer_optimizer is not None:
             save_file({k: v.contiguous().cpu() for k, v in run.renderer.state_dict().items()},
                       str(tmp / checkpoint.RENDERER_FILE))
-        if acc.is_main_process and run.mode.state_tensors():  # identical on every process (teach: teacher, replay)
+        # identical on every process (teach: teacher, replay)
+        if accelerator.is_main_process and run.mode.state_tensors():
             save_file({k: v.contiguous().cpu() for k, v in run.mode.state_tensors().items()},
                       str(tmp / checkpoint.MODE_FILE))
     except Exception as err:  # storage failures arrive as several types (errors.is_write_fault); others go on
         if not is_write_fault(err):
             raise
         problem = err
-    if _all_ok(run, problem is None) and acc.is_main_process:
-        state = {"step": run.state.step, "stream_index": run.stream.index,
-                 "fingerprint": checkpoint.fingerprint(run.cfg, acc.num_processes), **run.mode.positions()}
+    if _all_ok(run, problem is None) and accelerator.is_main_process:
+        state = {"step": run.state.step, "stream_index": run.order.index,
+                 "fingerprint": checkpoint.fingerprint(run.cfg, accelerator.num_processes), **run.mode.positions()}
         if run.objective.trainer_state():
             state["objective"] = run.objective.trainer_state()
         try:
@@ -246,7 +247,7 @@ def save_checkpoint(run: Run) -> Path:
         except (OSError, CheckpointError, IntegrityError) as err:  # every process must reach the vote below
             problem = err
     if not _all_ok(run, problem is None):  # the previous checkpoints are untouched
-        if acc.is_main_process:
+        if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         cause = f"{type(problem).__name__}: {str(problem).strip().splitlines()[-1][:300]}" if problem else \
             "failed on another process"
@@ -262,11 +263,11 @@ def _weight_files(run: Run) -> dict[str, dict[str, torch.Tensor]]:
     plus the renderer's tables when they train."""
     from accelerate.utils import clean_state_dict_for_safetensors
 
-    acc = run.accelerator
+    accelerator = run.accelerator
     files = {}
-    for i, model in enumerate(acc._models):  # what save_state and load_state iterate over, in their order
+    for i, model in enumerate(accelerator._models):  # what save_state and load_state iterate over, in their order
         name = checkpoint.MODEL_FILE if i == 0 else checkpoint.MODEL_FILE.replace(".", f"_{i}.")
-        files[name] = clean_state_dict_for_safetensors(acc.get_state_dict(model, unwrap=False))
+        files[name] = clean_state_dict_for_safetensors(accelerator.get_state_dict(model, unwrap=False))
     if run.renderer_optimizer is not None:
         files[checkpoint.RENDERER_FILE] = run.renderer.state_dict()
     if run.mode.state_tensors():
@@ -277,7 +278,7 @@ def _weight_files(run: Run) -> dict[str, dict[str, torch.Tensor]]:
 def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
     """Restores a checkpoint (``"latest"`` or a folder) made by a run with the same settings.
 
-    Restored: weights, optimiser moments, every process's random state, the view stream, the step. From the
+    Restored: weights, optimiser moments, every process's random state, the view order, the step. From the
     current config: the learning-rate schedules and every optimiser hyper-parameter (weight decay, betas, the
     probe's lr), so ``train.max_steps``, ``optim.lr`` or ``optim.weight_decay`` may change on resume. The resumed
     run's config is written to ``output_dir/config.yaml`` once the checkpoint is accepted.
@@ -286,19 +287,19 @@ def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
     header against the state dict it loads into (names, dtypes, shapes, a layout that tiles the data), and the
     loaded weights for finiteness; each refusal is one ``IntegrityError`` naming the file.
     """
-    acc = run.accelerator
+    accelerator = run.accelerator
     path = checkpoint.resolve(run.output_dir, where)
-    state = checkpoint.read_state(path, run.cfg, acc.num_processes, allow_inexact)
+    state = checkpoint.read_state(path, run.cfg, accelerator.num_processes, allow_inexact)
     run.mode.restore_positions(state)  # first: it sizes the mode's tensors that the checkpoint fills
     checkpoint.check_weight_headers(path, _weight_files(run), digests=state["unchecked"] is None)
     optimizers = [o for o in (*run.objective.optimizers(), run.renderer_optimizer) if o is not None]
     configured = [[{k: v for k, v in g.items() if k != "params"} for g in o.param_groups] for o in optimizers]
     try:
-        acc.load_state(str(path))
+        accelerator.load_state(str(path))
         if run.renderer_optimizer is not None:
             run.renderer.load_state_dict(load_file(str(path / checkpoint.RENDERER_FILE), device="cpu"))
         if run.mode.state_tensors():
-            run.mode.load_state_tensors(load_file(str(path / checkpoint.MODE_FILE), device=str(acc.device)))
+            run.mode.load_state_tensors(load_file(str(path / checkpoint.MODE_FILE), device=str(accelerator.device)))
     except Exception as err:  # truncated or foreign files surface as many exception types
         raise CheckpointError(
             f"checkpoint '{path}' could not be loaded ({type(err).__name__}: {str(err)[:300]}); resume from "
@@ -307,35 +308,36 @@ def resume(run: Run, where: str, allow_inexact: bool = False) -> None:
     for optimizer, groups in zip(optimizers, configured):  # the moments are the checkpoint's, the settings ours
         for group, settings in zip(optimizer.param_groups, groups):
             group.update(settings)
-    run.state.step, run.stream.index, run.state.last_checkpoint = int(state["step"]), int(state["stream_index"]), path
+    run.state.step, run.order.index, run.state.last_checkpoint = int(state["step"]), int(state["stream_index"]), path
     open_batches(run)  # the static loader, from the restored position
     run.state.run_id = state.get("run_id") or run.state.run_id  # pruning goes on over the run's own checkpoints
     run.objective.load_trainer_state(state.get("objective", {}))
     set_learning_rates(run)
-    if acc.is_main_process:
+    if accelerator.is_main_process:
         save_config(run.cfg, run.output_dir / "config.yaml")
     if state["unchecked"]:
-        acc.print(f"warning: {state['unchecked']}")
+        accelerator.print(f"warning: {state['unchecked']}")
     for problem in state["inexact"]:
-        acc.print(f"warning: resuming inexactly: {problem}")
-    acc.print(f"resumed from {path} at step {run.state.step}")
+        accelerator.print(f"warning: resuming inexactly: {problem}")
+    accelerator.print(f"resumed from {path} at step {run.state.step}")
     if run.log is not None:
         run.log.say(f"resumed from {path} at step {run.state.step}", file_only=True)
 
 
 def finish(run: Run, last_eval: dict, total: dict) -> dict:
     """Writes ``summary.json`` and the hyper-parameters; releases the DDP wrappers (not the process group)."""
-    acc = run.accelerator
-    seeds = run.stream.batch(0, run.cfg.train.batch_size)[1][:4]  # this process's first, from its stream
-    summary = {"output_dir": str(run.output_dir), "step": run.state.step, "num_processes": acc.num_processes,
+    accelerator = run.accelerator
+    seeds = run.order.batch(0, run.cfg.train.batch_size)[1][:4]  # this process's first, from its stream
+    summary = {"output_dir": str(run.output_dir), "step": run.state.step, "num_processes": accelerator.num_processes,
                "total_batch": run.total_batch, "lr": run.lr, "mode": run.mode.name,
                "objective": run.cfg.train.objective, "source": run.cfg.data.source,
                "images_per_s": total["images"] / max(total["seconds"], 1e-9), **last_eval,
                **run.renderer.table_statistics(),
                "renderer_checksums": renderer_checksums(run),
-               "first_view_seeds": acc.gather(seeds.to(acc.device)).view(acc.num_processes, -1).tolist(),
+               "first_view_seeds": accelerator.gather(seeds.to(accelerator.device)).view(accelerator.num_processes,
+                                                                                        -1).tolist(),
                "last_checkpoint": str(run.state.last_checkpoint)}
-    if acc.is_main_process:
+    if accelerator.is_main_process:
         (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         say(run, f"done: {run.state.step} steps, {summary['images_per_s']:.1f} images/s; summary.json written")
         r = run.cfg.renderer
@@ -345,8 +347,8 @@ def finish(run: Run, last_eval: dict, total: dict) -> dict:
                    "lr": run.lr, "steps": run.state.step, "renderer_lr": r.lr}
         if run.writer is not None and last_eval:  # the metrics: the evaluation's own tags, last logged just now
             add_hparams(run.writer, hparams, list(last_eval))
-    acc.wait_for_everyone()
-    for tracker in acc.trackers:  # flush and close TensorBoard; the process group stays up (the launcher's)
+    accelerator.wait_for_everyone()
+    for tracker in accelerator.trackers:  # flush and close TensorBoard; the process group stays up (the launcher's)
         tracker.finish()
     if run.log is not None:
         run.log.close()

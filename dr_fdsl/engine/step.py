@@ -35,7 +35,7 @@ def render_batch(run: Run) -> Batch:
     """The next micro-batch of this process's stream, rendered in the loop or read from the static dataset."""
     device, b = run.accelerator.device, run.cfg.train.batch_size
     if run.static is None:
-        ids, seeds = (t.to(device) for t in run.stream.draw(b))
+        ids, seeds = (t.to(device) for t in run.order.draw(b))
         copies = run.cfg.data.repeated_aug  # adjacent copies of one (category, view seed): one render, repeated
         images, rows = run.renderer.render(ids[::copies], seeds[::copies])  # float32, outside autocast
         if copies > 1:  # renders are batch-independent bit for bit, so this is the batch rendered copy by copy
@@ -47,9 +47,9 @@ def render_batch(run: Run) -> Batch:
         pixels, ids, seeds = next(run.state.batches)  # opened at the stream's position (build.open_batches)
     except DatasetError as err:  # raised in a worker: its message carries the worker's traceback; keep the cause
         raise DatasetError(str(err).strip().splitlines()[-1].split("DatasetError: ", 1)[-1]) from None
-    expected = run.stream.draw(b)  # the loader's workers read ahead from the same counter-based stream
+    expected = run.order.draw(b)  # the loader's workers read ahead from the same counter-based stream
     if not (torch.equal(ids, expected[0]) and torch.equal(seeds, expected[1])):
-        raise RuntimeError(f"static loader out of step with the view stream at micro-batch {run.stream.index - 1}")
+        raise RuntimeError(f"static loader out of step with the view order at micro-batch {run.order.index - 1}")
     images = pixels.to(device, non_blocking=True).float() / 255
     return Batch(images, ids.to(device), seeds, ids.new_zeros(0))
 
@@ -104,13 +104,13 @@ def what_to_resume(run: Run, remedy: str = "a lower optim.lr") -> str:
 def optimizer_step(run: Run) -> dict[str, torch.Tensor]:
     """Steps every optimiser (Accelerate skips the step inside an accumulation); at a real step, first averages
     the renderer's sparse gradients across processes and clips. Returns gradient norms to log."""
-    acc = run.accelerator
+    accelerator = run.accelerator
     norms: dict[str, torch.Tensor] = {}
-    if acc.sync_gradients:
+    if accelerator.sync_gradients:
         if run.renderer_optimizer is not None:
-            rows = average_row_gradients(run.renderer.parameters(), acc)
+            rows = average_row_gradients(run.renderer.parameters(), accelerator)
             norms["perf/renderer_rows_synced"] = torch.tensor(float(rows))
-        acc.unscale_gradients()  # once for all optimisers (fp16); no-op otherwise
+        accelerator.unscale_gradients()  # once for all optimisers (fp16); no-op otherwise
         clip = run.cfg.optim.clip_grad or math.inf
         norms.update(run.objective.clip_gradients(clip))
         if run.renderer_optimizer is not None:
@@ -133,18 +133,18 @@ def set_learning_rates(run: Run) -> None:
 def train_step(run: Run) -> dict:
     """One micro-batch; an optimiser step when it completes an accumulation. Returns detached metrics and the
     seconds spent (``seconds``, of which ``render_seconds`` producing the batch)."""
-    acc = run.accelerator
+    accelerator = run.accelerator
     # Synchronising CUDA splits render time from the rest; only on steps that are logged (it stalls the queue).
-    timed = acc.device.type == "cuda" and (run.state.step + 1) % run.cfg.train.log_every == 0
+    timed = accelerator.device.type == "cuda" and (run.state.step + 1) % run.cfg.train.log_every == 0
     start = time.perf_counter()
-    with acc.accumulate(*run.objective.modules()):
+    with accelerator.accumulate(*run.objective.modules()):
         batch = render_batch(run)
         if timed:
             torch.cuda.synchronize()
         render_seconds = time.perf_counter() - start
         out = forward_backward(run, batch)
         norms = optimizer_step(run)
-    if acc.sync_gradients:
+    if accelerator.sync_gradients:
         run.state.step += 1
         set_learning_rates(run)
     if timed:

@@ -29,7 +29,7 @@ class Adversarial(AdversarialSpec, RendererMode):
     def losses(self, batch: Batch, objective_loss: ObjectiveLoss, stop: Stop) -> tuple[ObjectiveOutput, torch.Tensor]:
         r = self.cfg.renderer
         # Between renderer and objective: only the renderer's gradient is reversed. (The first version reversed
-        # after the classifier's input normalisation; for an adversarial_scale that is not a power of two the
+        # after the backbone's input normalisation; for an adversarial_scale that is not a power of two the
         # renderer's gradients differ from it in the last bit.)
         out = objective_loss(GradientReversal.apply(batch.images, r.adversarial_scale))
         total = out.total

@@ -38,7 +38,7 @@ from dr_fdsl.modes.base import ObjectiveLoss, RendererMode, Stop
 from dr_fdsl.modes.lookahead_settings import DATASETS, LookaheadSpec  # noqa: F401  (DATASETS: re-exported)
 from dr_fdsl.settings import need
 from dr_fdsl.static import quantize
-from dr_fdsl.stream import stream_seed
+from dr_fdsl.view_order import counter_seed
 
 if TYPE_CHECKING:
     from dr_fdsl.config import Config
@@ -275,7 +275,7 @@ class LabelledTargets:
     def episode(self, index: int) -> Episode:
         """Outer batch ``index``: ``ways`` classes, each with ``shots`` support and ``shots`` query images drawn
         without replacement."""
-        generator = torch.Generator().manual_seed(stream_seed(self.seed, self.rank, index, _SALT))
+        generator = torch.Generator().manual_seed(counter_seed(self.seed, self.rank, index, _SALT))
         chosen = self.classes[torch.randperm(len(self.classes), generator=generator)[:self.ways]]
         support, query = [], []
         for c in chosen.tolist():

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 class Match(MatchSpec, RendererMode):
     """The step computes ``match.distance`` between the rendered batch and the next target batch *before* the
-    objective (its classifier features read the backbone with detached parameters), hands the objective the images
+    objective (its backbone features read the backbone with detached parameters), hands the objective the images
     detached (so the tables' gradient is that of ``match.weight`` x the distance alone) or, with ``match.joint``,
     attached (joint + match), and backpropagates the sum. The distance's features never train the networks. Works
     under every objective; ``match.joint`` not under one whose loss the renderer can trivialise."""
@@ -56,8 +56,8 @@ class Match(MatchSpec, RendererMode):
         writer.add_image("match/renders_vs_targets", torch.cat([panels[0], spacer, panels[1]], 2), step)
 
     def positions(self) -> dict[str, int]:
-        return {"match_index": self.matcher.stream.index}
+        return {"match_index": self.matcher.targets.index}
 
     def restore_positions(self, state: dict) -> None:
         # Checkpoints from before the key: both streams advance once per micro-batch
-        self.matcher.stream.index = int(state.get("match_index", state["stream_index"]))
+        self.matcher.targets.index = int(state.get("match_index", state["stream_index"]))

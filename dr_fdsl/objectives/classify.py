@@ -29,7 +29,7 @@ class Classify(ClassifySpec, Objective):
     eval_names = ("val/loss", "val/top1", "val/top5", "probe/val_acc", "probe/color_val_acc", "probe/size_val_acc")
 
     def __init__(self, cfg: Config, num_classes: int, lr: float, device: torch.device):
-        """``lr``: the classifier's peak learning rate (the engine scales ``optim.lr`` by the total batch)."""
+        """``lr``: the backbone's peak learning rate (the engine scales ``optim.lr`` by the total batch)."""
         self.cfg, self.num_classes = cfg, num_classes
         self.model = create_classifier(cfg.model, num_classes, cfg.renderer.image_size)
         self.set_normalization(self.model, device)
@@ -129,7 +129,7 @@ class Classify(ClassifySpec, Objective):
 
     def clip_gradients(self, max_norm: float) -> dict[str, torch.Tensor]:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        return {"grad_norm/classifier": norm}
+        return {"grad_norm/backbone": norm}
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> torch.Tensor:

@@ -59,11 +59,11 @@ class ClassifyMIM(ClassifyMIMSpec, Classify):
 
     def __init__(self, cfg: Config, num_classes: int, lr: float, device: torch.device):
         """``lr``: the networks' peak learning rate (the engine scales ``optim.lr`` by the total batch)."""
-        super().__init__(cfg, num_classes, lr, device)  # classify's classifier (drawn first), probe, augmentations
+        super().__init__(cfg, num_classes, lr, device)  # classify's backbone (drawn first), probe, augmentations
         check_backbone(self.model, cfg.model.name, self.name)
         self.model = ClassifyingAutoencoder(self.model)  # prepared first: model.safetensors holds backbone.*, decoder.*
         self.plain = self.model  # never DDP-wrapped: for the image grids of the main process alone
-        self.optimizer = create_optimizer(self.model, cfg.optim, lr)  # over the classifier and the decoder
+        self.optimizer = create_optimizer(self.model, cfg.optim, lr)  # over the backbone and the decoder
 
     def _masked(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor):
         """The reconstruction branch's input: clean normalised images of the detached renders, the keyed mask and

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 class ClassifyMIMSpec(ObjectiveSpec):
     name = "classify+mim"
+    has_probe = True  # classify's leakage probe, on the classification head's images
 
     @classmethod
     def validate(cls, cfg: Config) -> None:

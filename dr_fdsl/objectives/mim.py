@@ -25,7 +25,7 @@ from dr_fdsl.models import create_classifier
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput
 from dr_fdsl.objectives.mim_settings import MIMSpec, validate_mim  # noqa: F401  (validate_mim: the shared check)
 from dr_fdsl.optim import create_optimizer
-from dr_fdsl.render import random as rnd
+from dr_fdsl.render import keyed_random as rnd
 from dr_fdsl.render.streams import Stream
 
 MASK_SALT = 0x4D494D  # "MIM": the mask's keys differ from the renderer's for the same (category, view seed)
@@ -133,7 +133,7 @@ class MaskedImageModelling(MIMSpec, Objective):
         return ObjectiveOutput(loss, loss, metrics)
 
     def clip_gradients(self, max_norm: float) -> dict[str, torch.Tensor]:
-        return {"grad_norm/classifier": torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)}
+        return {"grad_norm/backbone": torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)}
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> torch.Tensor:

@@ -91,7 +91,7 @@ class MultiLabel(MultiLabelSpec, Objective):
         return ObjectiveOutput(loss, loss, metrics)
 
     def clip_gradients(self, max_norm: float) -> dict[str, torch.Tensor]:
-        return {"grad_norm/classifier": torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)}
+        return {"grad_norm/backbone": torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)}
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ on the GPU ``engine.distortImages`` corrupts it in four stages, each always appl
 4. ``drop_rand_patches(X, X_rep)``: the same with the pixels of another image of the batch, chosen uniformly
    (nothing when it picks the image itself).
 
-Every draw here is a hash of the image's key (:mod:`dr_fdsl.render.random`), so an image gets the same rotation,
+Every draw here is a hash of the image's key (:mod:`dr_fdsl.render.keyed_random`), so an image gets the same rotation,
 jitter and corruption in every run and from either source (in-loop or static). What differs from the published
 code, and why:
 
@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from dr_fdsl.render import random as rnd
+from dr_fdsl.render import keyed_random as rnd
 from dr_fdsl.render.streams import Stream
 
 SIT_SALT = 0x536954  # "SiT": the keys differ from the renderer's and mim's for the same (category, view seed)

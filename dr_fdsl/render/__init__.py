@@ -11,17 +11,17 @@ Modules:
   Farrell's window and flips), ``hsv`` (OpenCV's 8-bit HSV), ``instances`` (each family's per-image drawer,
   registered in ``INSTANCES``: published instances and svd2d's map jitter), ``ifs_jitter`` (svd2d's map jitter
   replay).
-* Images: ``multi`` (several objects composed into one scene), ``background`` (diamond-square), ``types``
+* Images: ``multi`` (several objects composed into one scene), ``background`` (diamond-square), ``structures``
   (Scene, Fragments, constants), ``raster_pytorch3d`` and ``raster_sort`` (the two rasterisers, registered by name
   in ``rasterizers``), ``composite`` (weights, compositing, ``render_scene``), ``grid`` (image grids).
-* Randomness: ``random`` (keyed per-image draws) and ``streams`` (their stream numbers).
+* Randomness: ``keyed_random`` (keyed per-image draws) and ``streams`` (their stream numbers).
 """
 
 from dr_fdsl.render.composite import composite, fragment_weights, render_scene
 from dr_fdsl.render.grid import image_grid, render_grid, save_grid
 from dr_fdsl.render.rasterizers import RASTERIZERS
 from dr_fdsl.render.renderer import PointRenderer, Rendered
-from dr_fdsl.render.types import Fragments, Scene
+from dr_fdsl.render.structures import Fragments, Scene
 
 __all__ = ["RASTERIZERS", "Fragments", "PointRenderer", "Rendered", "Scene", "composite", "fragment_weights",
            "image_grid", "render_grid", "render_scene", "save_grid"]

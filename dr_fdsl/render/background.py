@@ -30,7 +30,7 @@ from functools import lru_cache
 
 import torch
 
-from dr_fdsl.render import random as rnd
+from dr_fdsl.render import keyed_random as rnd
 from dr_fdsl.render.hsv import hsv8_to_rgb8
 from dr_fdsl.render.streams import Stream
 

@@ -28,7 +28,7 @@ from einops import rearrange
 from pytorch3d.renderer.compositing import alpha_composite, norm_weighted_sum
 
 from dr_fdsl.render.rasterizers import RASTERIZERS
-from dr_fdsl.render.types import Fragments, Scene
+from dr_fdsl.render.structures import Fragments, Scene
 
 
 def fragment_weights(fragments: Fragments, radii: torch.Tensor) -> torch.Tensor:
@@ -102,8 +102,8 @@ def occupied(fragments: Fragments) -> Occupied:
 class _Draw(torch.autograd.Function):
     """Weights and compositing of the occupied pixels; see :func:`draw_fragments`. The forward repeats the
     reference's float32 operations in its order: ``w = clamp(1 - d / (r * r), 0, 1)``; PyTorch3D's per-pixel
-    loops (``alpha``: ``acc += (cum * w_k) * c_k; cum = cum * (1 - w_k)``; ``norm_weighted``: ``t = sum w_k``
-    floored at 1e-4, ``acc += (w_k * c_k) / t``); ``T = prod(1 - w)`` by ``torch.prod`` over the slots, as the
+    loops (``alpha``: ``accelerator += (cum * w_k) * c_k; cum = cum * (1 - w_k)``; ``norm_weighted``: ``t = sum w_k``
+    floored at 1e-4, ``accelerator += (w_k * c_k) / t``); ``T = prod(1 - w)`` by ``torch.prod`` over the slots, as the
     reference takes it; then ``clamp(image + T * bg, 0, 1)``. Empty slots (weight 0) add exactly nothing."""
 
     @staticmethod
@@ -121,13 +121,13 @@ class _Draw(torch.autograd.Function):
         bg = bg_full[where.batch, :, row, col]  # (M, 3)
         keep = 1 - weights
         transmittance = torch.prod(keep, dim=1)  # (M,)
-        acc = torch.zeros_like(bg)
+        accelerator = torch.zeros_like(bg)
         if compositor == "alpha":
             cum = torch.ones_like(transmittance)
             before = []
             for k in range(weights.shape[1]):
                 before.append(cum)
-                acc = acc + (cum * weights[:, k])[:, None] * cols[:, k]
+                accelerator = accelerator + (cum * weights[:, k])[:, None] * cols[:, k]
                 cum = cum * keep[:, k]
             extra, total = torch.stack(before, dim=1), None  # (M, K): transmittance in front of each slot
         else:
@@ -136,10 +136,10 @@ class _Draw(torch.autograd.Function):
                 total = total + weights[:, k]
             total = torch.where(total < _NORM_FLOOR, torch.full_like(total, _NORM_FLOOR), total)
             for k in range(weights.shape[1]):
-                acc = acc + (weights[:, k, None] * cols[:, k]) / total[:, None]
-            extra = acc  # (M, 3): the normalised weighted sum
-            acc = (1 - transmittance)[:, None] * acc
-        value = acc + transmittance[:, None] * bg
+                accelerator = accelerator + (weights[:, k, None] * cols[:, k]) / total[:, None]
+            extra = accelerator  # (M, 3): the normalised weighted sum
+            accelerator = (1 - transmittance)[:, None] * accelerator
+        value = accelerator + transmittance[:, None] * bg
         image = (bg_full + 0.0).clamp_(0, 1)  # empty pixels: clamp(0 + 1 * bg) (+ 0.0 turns -0.0 into 0.0)
         image[where.batch, :, row, col] = value.clamp(0, 1)
         ctx.compositor, ctx.shape = compositor, shape

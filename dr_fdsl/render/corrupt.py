@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from dr_fdsl.render import random as rnd
+from dr_fdsl.render import keyed_random as rnd
 from dr_fdsl.render.streams import Stream
 
 MAX_CLUSTERS = 7  # randint(1, 8)

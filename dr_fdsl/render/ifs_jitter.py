@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 
 from dr_fdsl.families.ifs_scan import prefix_compose
-from dr_fdsl.render import random as rnd
+from dr_fdsl.render import keyed_random as rnd
 from dr_fdsl.render.streams import Stream
 
 ATTEMPTS = 4  # generator.jitter: range(4)

@@ -3,8 +3,8 @@
 Published FDSL datasets render several instances of every category: 3D-OFDB / ExFractal scale one coefficient of
 every map by a row of a weight file (145 rows), FractalDB does the same with 25 rows and saves 4 flips of each
 image, VisualAtom moves each instance's centre and redraws every orbit's grey level. Here an image's instance is
-drawn from its key (:mod:`dr_fdsl.render.random`, stream ``INSTANCE``), so ``(category, view seed)`` still
-determines everything: the view stream is unchanged, and a static export agrees with the in-loop renderer.
+drawn from its key (:mod:`dr_fdsl.render.keyed_random`, stream ``INSTANCE``), so ``(category, view seed)`` still
+determines everything: the view order is unchanged, and a static export agrees with the in-loop renderer.
 
 IFS instances are never stored (1,000 categories x 145 instances x 10,000 points would not fit): an instance is
 the category's chaos game replayed with the instance's weighted maps and the *same* map choices as the category's
@@ -41,7 +41,7 @@ from dr_fdsl.families.ofdb.published import _select_maps, exfractal_weights
 from dr_fdsl.families.onepfrac import generator as onepfrac
 from dr_fdsl.registry import Registry
 from dr_fdsl.render import ifs_jitter
-from dr_fdsl.render import random as rnd
+from dr_fdsl.render import keyed_random as rnd
 from dr_fdsl.render.streams import Stream
 
 OFDB_TRIES = 8  # rows an image may draw before it falls back to the identity row (see OFDBInstances.forward)

@@ -24,9 +24,9 @@ from typing import NamedTuple
 import torch
 
 from dr_fdsl.config import ObjectsConfig
-from dr_fdsl.render import random as rnd
+from dr_fdsl.render import keyed_random as rnd
 from dr_fdsl.render.streams import Stream
-from dr_fdsl.render.types import OFFSCREEN, Scene
+from dr_fdsl.render.structures import OFFSCREEN, Scene
 
 # Depth added per object below the last one: larger than any cloud's depth extent (a cloud in [-1, 1]^3 spans at
 # most 2 sqrt(3) < 4), so object k is in front of every earlier object whatever its own depths.

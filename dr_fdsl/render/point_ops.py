@@ -50,7 +50,7 @@ from torch import nn
 from dr_fdsl.config import RendererConfig
 from dr_fdsl.registry import Registry
 from dr_fdsl.render import augment, corrupt, pointwolf
-from dr_fdsl.render import random as rnd
+from dr_fdsl.render import keyed_random as rnd
 from dr_fdsl.render.streams import Stream
 from dr_fdsl.render.views import Views, project, sample_views
 from dr_fdsl.render.window import window_and_flips
@@ -79,7 +79,7 @@ class SceneContext(NamedTuple):
     """What the point operations read besides the points; fixed for one scene.
 
     cfg: the renderer settings. class_ids: ``(B,)`` int64 categories. keys: ``(B,)`` int64 image keys
-    (:func:`dr_fdsl.render.random.image_keys` of category and view seed), the only source of randomness.
+    (:func:`dr_fdsl.render.keyed_random.image_keys` of category and view seed), the only source of randomness.
     mixed: ``(B, N)`` bool, the points taken from a mixed-in category (``renderer.augment.mix``).
     instances: the family's per-image drawer (:func:`dr_fdsl.render.instances.build_instances`), or None.
     """

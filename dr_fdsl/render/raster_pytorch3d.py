@@ -10,7 +10,7 @@ import torch
 from pytorch3d.renderer.points import rasterize_points
 from pytorch3d.structures import Pointclouds
 
-from dr_fdsl.render.types import Fragments
+from dr_fdsl.render.structures import Fragments
 
 
 def bin_occupancy_bound(points: torch.Tensor, radii: torch.Tensor, image_size: int, bin_size: int) -> int:

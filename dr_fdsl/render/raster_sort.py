@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from dr_fdsl.render.types import Fragments
+from dr_fdsl.render.structures import Fragments
 
 
 def pixel_centre(index: torch.Tensor, size: int) -> torch.Tensor:

@@ -13,13 +13,13 @@ from dr_fdsl.bank import PointBank
 from dr_fdsl.config import RendererConfig, table_param, validate_against_bank, validate_renderer
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.render import augment, multi
-from dr_fdsl.render import random as rnd
+from dr_fdsl.render import keyed_random as rnd
 from dr_fdsl.render.background import diamond_square
 from dr_fdsl.render.composite import render_scene
 from dr_fdsl.render.instances import build_instances
 from dr_fdsl.render.point_ops import Points, SceneContext, run_point_ops
 from dr_fdsl.render.streams import Stream
-from dr_fdsl.render.types import OFFSCREEN, Scene
+from dr_fdsl.render.structures import OFFSCREEN, Scene
 
 # Squashed parameterisations cannot reach their bounds: initial values are kept this far inside them.
 # White is then 1 - 1e-3, which still quantises to 255 in 8 bits.

@@ -110,10 +110,10 @@ def draw_candidate(rng: np.random.RandomState, num_points: int = NUM_POINTS):
 
 def _cumulative(probs: np.ndarray) -> np.ndarray:
     """Running sum of probabilities, accumulated in Python floats from 0.0 like ifs_simple.set_param."""
-    out, acc = [], 0.0
+    out, accelerator = [], 0.0
     for p in probs:
-        acc += float(p)
-        out.append(acc)
+        accelerator += float(p)
+        out.append(accelerator)
     return np.asarray(out)
 
 

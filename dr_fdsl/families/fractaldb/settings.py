@@ -54,7 +54,7 @@ def validate(cfg: BankConfig) -> None:
          f"must be in ({2 * fdb.PAD}, 65535] (6 px pad each side, uint16 pixel indices), got {f.canvas}")
     need(cfg.num_points >= 2, "bank.num_points",
          f"family fractaldb: the published min-max scaling needs at least 2 points, got {cfg.num_points}")
-    # The search runs up to 512 candidates' chaos games at once, about 22 bytes per point each (fractaldb.py);
+    # The search runs up to 512 candidates' chaos games at once, about 22 bytes per point each (generator.py);
     # the bank's games 256 categories at once (float64 points and int8 map choices), then 2 uint16 per point.
     batch = min(512, 20 * cfg.num_classes + 4)
     need_bytes("bank.fractaldb.search_points", 22 * f.search_points * batch,

@@ -1,6 +1,6 @@
 """Which (category, view seed) pairs each process trains on, and which are held out for evaluation.
 
-Counter-based: micro-batch ``k`` of process ``r`` comes from a generator seeded by :func:`stream_seed` of
+Counter-based: micro-batch ``k`` of process ``r`` comes from a generator seeded by :func:`counter_seed` of
 ``(seed, r, k)``, so a data loader may prefetch ahead and the checkpointed state is just the next ``k``.
 """
 
@@ -15,26 +15,26 @@ _XXPRIME_1, _XXPRIME_2, _XXPRIME_5 = 11400714785074694791, 14029467366897019727,
 _MERSENNE_61 = 2**61 - 1
 
 
-def stream_seed(*values: int) -> int:
+def counter_seed(*values: int) -> int:
     """A 63-bit seed from a tuple of integers: CPython's 64-bit tuple hash (xxHash-style lanes over each int's
     hash modulo the Mersenne prime 2^61 - 1), computed here with explicit integer arithmetic so that it does not
     depend on the interpreter. It equals ``hash(values) & (2**63 - 1)`` on 64-bit CPython >= 3.8, which the first
     version used, so the streams, and with them the golden loss traces, stay those of the first version (tested)."""
-    acc = _XXPRIME_5
+    h = _XXPRIME_5
     for value in values:
         lane = abs(value) % _MERSENNE_61
         lane = -lane if value < 0 else lane
         lane = (-2 if lane == -1 else lane) & _M64  # hash(-1) is -2 in CPython (-1 marks an error)
-        acc = (acc + lane * _XXPRIME_2) & _M64
-        acc = ((acc << 31) | (acc >> 33)) & _M64
-        acc = (acc * _XXPRIME_1) & _M64
-    acc = (acc + (len(values) ^ (_XXPRIME_5 ^ 3527539))) & _M64
-    if acc == _M64:
-        acc = 1546275796
-    return acc & (2**63 - 1)
+        h = (h + lane * _XXPRIME_2) & _M64
+        h = ((h << 31) | (h >> 33)) & _M64
+        h = (h * _XXPRIME_1) & _M64
+    h = (h + (len(values) ^ (_XXPRIME_5 ^ 3527539))) & _M64
+    if h == _M64:
+        h = 1546275796
+    return h & (2**63 - 1)
 
 
-class ViewStream:
+class ViewOrder:
     """This process's stream of (category, view seed) draws.
 
     View seeds are drawn in ``[0, 2^62)``, or in ``[0, views_per_class)`` to train on a static dataset's views;
@@ -61,7 +61,7 @@ class ViewStream:
 
     def batch(self, index: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Micro-batch ``index``: ``(B,)`` int64 class ids and ``(B,)`` int64 view seeds, on the CPU."""
-        generator = torch.Generator().manual_seed(stream_seed(self.seed, self.rank, index))
+        generator = torch.Generator().manual_seed(counter_seed(self.seed, self.rank, index))
         per_category, copies = self.views_per_category, self.repeated_aug
         if per_category == 1 and copies == 1:  # the original draws, kept bit for bit (golden loss traces)
             ids = torch.randint(0, self.num_classes, (batch_size,), generator=generator)

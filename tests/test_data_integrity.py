@@ -266,4 +266,4 @@ def test_views_per_class_is_honoured_or_refused_on_a_static_dataset(tmp_path, ba
         build_run(tiny(tmp_path, bank_dir, *static, "data.views_per_class=3"))
     run = build_run(tiny(tmp_path, bank_dir, *static, "data.views_per_class=1"))  # fewer: seeds 0..V-1, as in-loop
     assert run.order.views == 1 and (run.order.batch(0, 64)[1] == 0).all()
-    assert build_run(tiny(tmp_path / "all", bank_dir, *static)).stream.views == 2
+    assert build_run(tiny(tmp_path / "all", bank_dir, *static)).order.views == 2

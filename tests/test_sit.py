@@ -403,7 +403,7 @@ def test_repeated_copies_are_rendered_once(tmp_path, bank_dir, small_bank):
                "renderer.mode=adversarial")
     renderer = PointRenderer(small_bank, cfg.renderer)
     run = SimpleNamespace(cfg=cfg, accelerator=SimpleNamespace(device=torch.device("cpu")), static=None,
-                          renderer=renderer, stream=ViewOrder(0, 0, small_bank.num_classes, 0, 1, 2))
+                          renderer=renderer, order=ViewOrder(0, 0, small_bank.num_classes, 0, 1, 2))
     calls = []
     render = run.renderer.render
     run.renderer.render = lambda ids, seeds: calls.append(len(ids)) or render(ids, seeds)

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from dr_fdsl import content_key, safetensors_check
-from dr_fdsl.config import Config, table_param
+from dr_fdsl.config import Config, canonical_tables, table_param
 from dr_fdsl.errors import CheckpointError, ConfigError, IntegrityError
 from dr_fdsl.manifest import MANIFEST, read_manifest, verify_manifest, write_manifest
 from dr_fdsl.modes import MODES
@@ -165,8 +165,10 @@ def fingerprint(cfg: Config, num_processes: int) -> dict:
     meaning (bank, renderer tables, their parameterisation and radius range, model, objective, optimiser, mode,
     processes). ``exact`` (:data:`EXACT`, the objective's own sections such as ``mim``, and the mode's entries: in
     mode match the target settings and, for a folder target, a digest of its images' bytes): what changes the random
-    stream; a resume with other values runs, but not as the original would have.
+    stream; a resume with other values runs, but not as the original would have. The table parameterisations are
+    recorded as used (:func:`~dr_fdsl.config.canonical_tables`).
     """
+    cfg = dataclasses.replace(cfg, renderer=canonical_tables(cfg.renderer))
     required = {"num_processes": num_processes}
     for key in REQUIRED:
         required.update(content_key.changed_at(cfg, key))

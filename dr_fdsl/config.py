@@ -13,7 +13,7 @@ neither torch nor timm.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -661,6 +661,16 @@ def table_param(r: RendererConfig, key: str) -> str:
     ``residual`` where the tables learn and ``squash`` in mode frozen."""
     value = getattr(r, key)
     return value if value != "auto" else ("squash" if r.mode == "frozen" else "residual")
+
+
+def canonical_tables(r: RendererConfig) -> RendererConfig:
+    """``r`` with ``color_param``/``radius_param`` written as ``auto`` where they name what ``auto`` resolves to in
+    ``r.mode`` (an explicit ``squash`` under frozen, ``residual`` where the tables learn): the same tables, so the
+    same content key (checkpoint fingerprints, static datasets)."""
+    for key in ("color_param", "radius_param"):
+        if getattr(r, key) != "auto" and table_param(r, key) == table_param(replace(r, **{key: "auto"}), key):
+            r = replace(r, **{key: "auto"})
+    return r
 
 
 def validate_renderer(r: RendererConfig) -> None:

@@ -41,7 +41,7 @@ from torchvision.io import ImageReadMode, decode_png, encode_png
 from tqdm import tqdm
 
 from dr_fdsl import content_key
-from dr_fdsl.config import Config
+from dr_fdsl.config import Config, canonical_tables
 from dr_fdsl.errors import ConfigError, DatasetError
 
 FORMAT = 2  # 2: bank settings by family; with a "key": compared by content key (before: by the settings)
@@ -71,9 +71,9 @@ def dataset_settings(cfg: Config, views: int) -> dict:
 
 def images_key(cfg: Config) -> dict:
     """The content key of the bank's and the renderer's settings (``bank.*``, ``renderer.*`` that differ from
-    their defaults)."""
-    return content_key.make_key({**content_key.changed(cfg.bank, "bank"), **content_key.changed(cfg.renderer,
-                                                                                                 "renderer")})
+    their defaults; the table parameterisations as used, :func:`~dr_fdsl.config.canonical_tables`)."""
+    renderer = canonical_tables(cfg.renderer)
+    return content_key.make_key({**content_key.changed(cfg.bank, "bank"), **content_key.changed(renderer, "renderer")})
 
 
 def _legacy_dataset_settings(cfg: Config, views: int) -> dict:

@@ -222,3 +222,17 @@ def test_an_old_export_made_with_the_sort_backend_still_matches(tmp_path):
     assert _settings_differ(found, replace(cfg, seed=cfg.seed), 1) == []
     moved = {**found, "renderer": {**found["renderer"], "radius_init": 0.5}}
     assert _settings_differ(moved, cfg, 1) == [f"renderer.radius_init: dataset 0.5, config {cfg.renderer.radius_init}"]
+
+
+def test_table_parameterisations_are_keyed_as_used():
+    """An explicit squash under frozen, or residual under joint, are the tables auto gives there: the same keys. A
+    parameterisation auto would not give (squash under joint) is named (found in review)."""
+    from dr_fdsl.static import images_key
+
+    cfg = Config()
+    for mode, same in (("frozen", "squash"), ("joint", "residual")):
+        auto = replace(cfg, renderer=replace(cfg.renderer, mode=mode))
+        written = replace(auto, renderer=replace(auto.renderer, color_param=same, radius_param=same))
+        assert fingerprint(written, 1) == fingerprint(auto, 1) and images_key(written) == images_key(auto)
+    joint = replace(cfg, renderer=replace(cfg.renderer, mode="joint", color_param="squash"))
+    assert fingerprint(joint, 1)["required"]["renderer.color_param"] == "squash"

@@ -23,6 +23,15 @@ def joint_trap(cfg: Config) -> str:
     return OBJECTIVES.spec(cfg.train.objective).joint_trap
 
 
+TARGET_DATASETS = ("fashion_mnist", "cifar10", "cifar100")  # and folder:PATH (its train/ folder)
+
+
+def need_target_dataset(name: str, key: str) -> None:
+    """A mode's target dataset (``match.dataset``, ``lookahead.dataset``) is one that dr_fdsl.datasets reads."""
+    need(name in TARGET_DATASETS or (name.startswith("folder:") and len(name) > len("folder:")), key,
+         f"{name!r} is not fashion_mnist, cifar10, cifar100 or folder:PATH")
+
+
 class ModeSpec:
     """A renderer mode as the config sees it. These defaults are those of a mode whose tables train on the
     objective's loss, descending it (``joint``)."""

@@ -35,7 +35,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.frozen_eval import model_input
 from dr_fdsl.modes.base import ObjectiveLoss, RendererMode, Stop
-from dr_fdsl.modes.lookahead_settings import DATASETS, LookaheadSpec  # noqa: F401  (DATASETS: re-exported)
+from dr_fdsl.modes.lookahead_settings import LookaheadSpec
 from dr_fdsl.settings import need
 from dr_fdsl.static import quantize
 from dr_fdsl.view_order import counter_seed

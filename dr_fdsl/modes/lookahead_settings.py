@@ -7,14 +7,11 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from dr_fdsl.modes.base_settings import ModeSpec
+from dr_fdsl.modes.base_settings import ModeSpec, need_target_dataset
 from dr_fdsl.settings import NOT_CONTENT, need
 
 if TYPE_CHECKING:
     from dr_fdsl.config import Config
-
-DATASETS = ("fashion_mnist", "cifar10", "cifar100")
-
 
 @dataclass
 class LookaheadConfig:
@@ -56,8 +53,7 @@ class LookaheadSpec(ModeSpec):
         need(bool(la.dataset.strip()), "lookahead.dataset",
              "renderer.mode=lookahead measures the backbone on a labelled target dataset and none is named; set "
              "lookahead.dataset=fashion_mnist (or cifar10, cifar100, folder:PATH), or choose another renderer.mode")
-        need(la.dataset in DATASETS or (la.dataset.startswith("folder:") and len(la.dataset) > len("folder:")),
-             "lookahead.dataset", f"{la.dataset!r} is not fashion_mnist, cifar10, cifar100 or folder:PATH")
+        need_target_dataset(la.dataset, "lookahead.dataset")
         need(la.per_class >= 0, "lookahead.per_class",
              f"must be >= 0 (0: the whole training split), got {la.per_class}")
         need(la.every >= 1, "lookahead.every", f"must be >= 1 (a renderer update every k steps), got {la.every}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from dr_fdsl.errors import ConfigError
-from dr_fdsl.modes.base_settings import ModeSpec, joint_trap
+from dr_fdsl.modes.base_settings import ModeSpec, joint_trap, need_target_dataset
 from dr_fdsl.settings import NOT_CONTENT, finite, need
 
 if TYPE_CHECKING:
@@ -93,9 +93,7 @@ def validate_match(cfg: Config) -> None:
     need(bool(m.dataset.strip()), "match.dataset",
          "renderer.mode=match matches rendered images to a target dataset's training images and none is named; "
          "set match.dataset=fashion_mnist (or cifar10, cifar100, folder:PATH), or choose another renderer.mode")
-    need(m.dataset in ("fashion_mnist", "cifar10", "cifar100") or (m.dataset.startswith("folder:")
-         and len(m.dataset) > len("folder:")), "match.dataset",
-         f"{m.dataset!r} is not fashion_mnist, cifar10, cifar100 or folder:PATH")
+    need_target_dataset(m.dataset, "match.dataset")
     need(m.images >= 0, "match.images", f"must be >= 0 (0: the whole training split), got {m.images}")
     need(m.batch >= 2, "match.batch", f"must be >= 2 (MMD compares pairs within a set), got {m.batch}")
     need(cfg.train.batch_size >= 2, "train.batch_size",

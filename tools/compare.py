@@ -15,6 +15,12 @@ label) and match (the renderer matched to the target's training images); `study`
 
     python tools/compare.py --preset study --protocol finetune knn linear --jobs 2 --out runs/study
 
+`study2` (docs/results.md now) asks again with learnt arms whose tables cannot carry the label: frozen,
+frozen_random (random colours per point), joint_blind (one colour and one radius table for all categories, and the
+leak penalty), adversarial, teach, match_blind and lookahead, over 10 seeds; `study2-gpu` at the published scale:
+
+    python tools/compare.py --preset study2 --protocol finetune knn linear --jobs 2 --out runs/study2
+
 The contest presets compare the rows of the SIGNATE contest solution's ablation table instead of renderer modes
 (configs/contest_pytorch3d.yaml, frozen, one row per set of point augmentations; --arms picks some):
 
@@ -120,6 +126,28 @@ PRESETS = {
     "study-gpu": dict(config="configs/ofdb1k_vit_tiny_{mode}.yaml", arms="study", steps=240000, batch=256,
                       eval_every=5000, dataset="cifar100", per_class=0, epochs=30, ft_batch=64, ft_lr=5e-4,
                       max_test=0, seeds=[0, 1, 2, 3, 4], model="vit_tiny_patch16_224", image_size=224),
+    # Study v2 (docs/results.md): learnt arms whose tables cannot carry the label, against two frozen baselines
+    # (white, and random colours per point), over 10 seeds at the study's scale; the arms: STUDY2_ARMS.
+    "study2": dict(config="configs/quickstart.yaml", arms="study2", steps=800, batch=64, eval_every=400,
+                   dataset="fashion_mnist", per_class=20, epochs=30, ft_batch=32, ft_lr=1e-3, ft_eval_every=5,
+                   max_test=0, seeds=list(range(10)), model="test_vit", image_size=32,
+                   overrides=["model.patch_size=8", "optim.lr=2e-3", "optim.warmup_steps=50"]),
+    # The same arms at the published scale (3D-OFDB-1k, ViT-Tiny, CIFAR-100), as study-gpu.
+    "study2-gpu": dict(config="configs/ofdb1k_vit_tiny_{mode}.yaml", arms="study2", steps=240000, batch=256,
+                       eval_every=5000, dataset="cifar100", per_class=0, epochs=30, ft_batch=64, ft_lr=5e-4,
+                       max_test=0, seeds=[0, 1, 2, 3, 4], model="vit_tiny_patch16_224", image_size=224),
+}
+# Class-blind tables: one colour and one radius table for every category, so no table can hold a per-category code.
+_BLIND = ["renderer.share_colors=true", "renderer.share_radii=true"]
+LEAK_PENALTY = 1.0  # the study2 joint arm's renderer.leak_penalty
+STUDY2_ARMS = {  # name -> the pre-training's overrides ({dataset}, {per_class}: the preset's)
+    "frozen": ["renderer.mode=frozen"],
+    "frozen_random": ["renderer.mode=frozen", "renderer.augment.random_colors=point"],
+    "joint_blind": ["renderer.mode=joint", *_BLIND, f"renderer.leak_penalty={LEAK_PENALTY}"],
+    "adversarial": ["renderer.mode=adversarial"],
+    "teach": ["renderer.mode=teach"],
+    "match_blind": ["renderer.mode=match", "match.dataset={dataset}", *_BLIND],
+    "lookahead": ["renderer.mode=lookahead", "lookahead.dataset={dataset}", "lookahead.per_class={per_class}"],
 }
 
 
@@ -231,6 +259,9 @@ def arms_of(preset: dict, study: str = "modes") -> dict[str, Arm]:
     if preset.get("arms") in FAMILY_ARMS:
         return {"none": Arm(None), **{name: Arm([*preset["common"], *extra], config=config)
                                       for name, (config, extra) in FAMILY_ARMS[preset["arms"]].items()}}
+    if preset.get("arms") == "study2":
+        return {"none": Arm(None), **{name: Arm([o.format(**preset) for o in overrides])
+                                      for name, overrides in STUDY2_ARMS.items()}}
     if preset.get("arms") == "contest":
         x5 = 5 * (preset["points"] + 1) - 1
         rows = {name: Arm([o.format(points_x5=x5) for o in overrides]) for name, (overrides, _) in CONTEST_ARMS.items()}
@@ -312,7 +343,7 @@ def top1_by_arm(rows: list[dict]) -> dict[str, dict[int, float]]:
 def summarize(rows: list[dict], published: dict[str, float] | None = None) -> str:
     """Markdown: per arm the mean and 95% interval over seeds (and the published top-1 where given); per pair of
     arms the paired difference."""
-    from dr_fdsl.stats import mean_interval, paired_difference
+    from dr_fdsl.stats import holm, mean_interval, paired_difference, paired_t_test
 
     arms = list(dict.fromkeys(r["mode"] for r in rows))
     published = published or {}
@@ -330,13 +361,22 @@ def summarize(rows: list[dict], published: dict[str, float] | None = None) -> st
         lines.append(f"| {mode} | {len(mine)} | {interval([r['final_top1'] for r in mine], 100)} | "
                      f"{interval([r['cumulative_error'] for r in mine])} | {interval(pre, 100)} | "
                      f"{interval(probe, 100)} |" + (f" {published.get(mode, '-')} |" if published else ""))
-    lines += ["", "| A - B (paired over seeds) | seeds | top-1 difference (points) | interval excludes 0 |",
-              "|---|---|---|---|"]
+    lines += ["", "| A - B (paired over seeds) | seeds | top-1 difference (points) | interval excludes 0 | p | "
+              "Holm p |", "|---|---|---|---|---|---|"]
     top1 = top1_by_arm(rows)
-    for a, b in itertools.combinations(arms, 2):
+    pairs = list(itertools.combinations(arms, 2))
+    p_values = [paired_t_test(top1[a], top1[b]) for a, b in pairs]
+    for (a, b), p, adjusted in zip(pairs, p_values, holm(p_values)):
         diff = paired_difference(top1[a], top1[b])
-        lines.append(f"| {a} - {b} | {diff.n} | {diff} | {'yes' if diff.excludes_zero else 'no'} |")
+        lines.append(f"| {a} - {b} | {diff.n} | {diff} | {'yes' if diff.excludes_zero else 'no'} | {p_text(p)} | "
+                     f"{p_text(adjusted, bold=adjusted < 0.05)} |")
     return "\n".join(lines)
+
+
+def p_text(p: float, bold: bool = False) -> str:
+    """A p-value to 2 significant digits, ``-`` when undefined (fewer than 2 seeds), bold when asked."""
+    text = "-" if math.isnan(p) else f"{p:.2g}" if p >= 1e-4 else "<1e-4"
+    return f"**{text}**" if bold else text
 
 
 def plot(rows: list[dict], curves: dict, path: Path) -> None:
@@ -752,8 +792,9 @@ def _run_and_write(preset, args, table, arms, masked, out, state, argv, log) -> 
         f"# {title} compared ({args.preset} preset, protocol {', '.join(protocols)})\n\n{table}\n\n{note}"
         f"Budget: {json.dumps(preset)}\n\nMean ± half-width of the 95% Student-t interval over seeds; the paired "
         "differences are per seed (same initialisation and data order in every arm), each pair's interval at 95% "
-        "on its own (no correction for comparing several pairs). Cumulative error: sum of "
-        "(100 - top-1 %) over the second half of the evaluation epochs; lower is better.\n")
+        "on its own; p: the paired t-test's two-sided p-value; Holm p: adjusted by Holm's step-down method over "
+        "all the protocol's pairs (bold: below 0.05, a difference that survives comparing every pair). "
+        "Cumulative error: sum of (100 - top-1 %) over the second half of the evaluation epochs; lower is better.\n")
     curve_protocol = "finetune" if "finetune" in protocols else protocols[0]  # its curve is per epoch
     plot([r for r in rows if r["protocol"] == curve_protocol], curves, out / "curves.png")
     plot_differences(rows, out / "differences.png")

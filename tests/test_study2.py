@@ -23,7 +23,7 @@ def test_study2_arms_are_the_ones_docs_results_describes(tmp_path):
     assert cfgs["match_blind"].match.dataset == cfgs["lookahead"].lookahead.dataset == "fashion_mnist"
     assert cfgs["lookahead"].lookahead.per_class == preset["per_class"]
     for cfg in cfgs.values():  # one budget for every arm
-        assert (cfg.train.max_steps, cfg.train.batch_size, cfg.model.patch_size) == (800, 64, 8)
+        assert (cfg.train.max_steps, cfg.train.batch_size, cfg.model.patch_size) == (400, 64, 8)
 
 
 def test_results_table_prints_p_values_and_holm(tmp_path):

@@ -128,8 +128,10 @@ PRESETS = {
                       max_test=0, seeds=[0, 1, 2, 3, 4], model="vit_tiny_patch16_224", image_size=224),
     # Study v2 (docs/results.md): learnt arms whose tables cannot carry the label, against two frozen baselines
     # (white, and random colours per point), over 10 seeds at the study's scale; the arms: STUDY2_ARMS.
-    "study2": dict(config="configs/quickstart.yaml", arms="study2", steps=800, batch=64, eval_every=400,
-                   dataset="fashion_mnist", per_class=20, epochs=30, ft_batch=32, ft_lr=1e-3, ft_eval_every=5,
+    # Half the study's pre-training steps and fewer fine-tuning evaluations, so that 7 pre-trainings x 10 seeds
+    # fit the 2-core machine in about 90 minutes.
+    "study2": dict(config="configs/quickstart.yaml", arms="study2", steps=400, batch=64, eval_every=200,
+                   dataset="fashion_mnist", per_class=20, epochs=30, ft_batch=32, ft_lr=1e-3, ft_eval_every=10,
                    max_test=0, seeds=list(range(10)), model="test_vit", image_size=32,
                    overrides=["model.patch_size=8", "optim.lr=2e-3", "optim.warmup_steps=50"]),
     # The same arms at the published scale (3D-OFDB-1k, ViT-Tiny, CIFAR-100), as study-gpu.

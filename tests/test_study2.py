@@ -1,6 +1,7 @@
 """The study v2 preset: its arms load as the study describes them, and compare.py's table prints each pair's
 p-value and its Holm adjustment over all the protocol's pairs."""
 
+import json
 import math
 
 from dr_fdsl.stats import holm, paired_t_test
@@ -44,3 +45,21 @@ def test_results_table_prints_p_values_and_holm(tmp_path):
     assert line.endswith("| yes | <1e-4 | **<1e-4** |")
     line = next(x for x in table.splitlines() if x.startswith("| a - c |"))
     assert line.endswith(f"| {p[1]:.2g} | {adjusted[1]:.2g} |")
+
+
+def test_renderer_table_reads_every_pretraining_summary(tmp_path):
+    from tools.compare import renderer_table
+
+    for seed, drift in ((0, 0.2), (1, 0.4)):
+        for arm, extra in (("frozen", {}), ("joint_blind", {"renderer/color_drift": drift})):
+            run = tmp_path / "seeds" / str(seed) / "pretrain" / f"{arm}_s{seed}"
+            run.mkdir(parents=True)
+            (run / "summary.json").write_text(json.dumps({"val/top1": 0.5, "images_per_s": 100.0 + seed, **extra,
+                                                          "probe/val_acc": float("nan")}))
+    (tmp_path / "pretrain" / "not_a_run").mkdir(parents=True)
+    table = renderer_table(tmp_path, order=["joint_blind", "frozen"]).splitlines()
+    assert [x.split(" | ")[0] for x in table[2:]] == ["| joint_blind", "| frozen"]  # the given order
+    cells = table[2].split(" | ")
+    assert cells[1] == "2" and cells[2] == "50 ± 0" and cells[3] == "-"  # NaN probe: left out
+    assert cells[6] == f"{0.3:.3g} ± {12.706 * 0.1:.2g}"  # drift 0.2, 0.4: mean 0.3, sd 0.14, sd/sqrt(2) = 0.1
+    assert table[3].split(" | ")[6] == "-" and renderer_table(tmp_path / "nothing") == ""

@@ -64,11 +64,13 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -379,6 +381,47 @@ def p_text(p: float, bold: bool = False) -> str:
     """A p-value to 2 significant digits, ``-`` when undefined (fewer than 2 seeds), bold when asked."""
     text = "-" if math.isnan(p) else f"{p:.2g}" if p >= 1e-4 else "<1e-4"
     return f"**{text}**" if bold else text
+
+
+# What each pre-training's summary.json says its renderer learnt and cost (renderer.table_statistics, the probe).
+RENDERER_COLUMNS = (("val/top1", "held-out top-1 (%)", 100), ("probe/val_acc", "probe (%)", 100),
+                    ("probe/color_val_acc", "colour probe (%)", 100), ("probe/size_val_acc", "size probe (%)", 100),
+                    ("renderer/color_drift", "colour drift", 1), ("renderer/radius_drift", "radius drift", 1),
+                    ("renderer/color_code", "colour code", 1), ("images_per_s", "images/s", 1))
+
+
+def renderer_table(out: Path, order: Sequence[str] = ()) -> str:
+    """Markdown: per pre-trained arm, the mean and 95% interval over seeds of what its pre-trainings' summary.json
+    files under ``out`` (``pretrain/<arm>_s<seed>``, also inside ``seeds/<seed>/`` with --jobs) record: held-out
+    top-1, the leakage probe and its colour and size heads, how far colours and radii drifted from their initial
+    values (mean absolute change), the colour tables' label code (between- over within-category spread) and
+    pre-training images/s. Arms in ``order`` first, in that order. Empty when no summary is found."""
+    from dr_fdsl.stats import mean_interval
+
+    values: dict[str, dict[str, list[float]]] = {}
+    for path in sorted(out.glob("**/pretrain/*_s*/summary.json"), key=lambda p: p.parent.name):
+        name = re.fullmatch(r"(.+)_s\d+(-\d+)?", path.parent.name)
+        if name is None:
+            continue
+        summary = json.loads(path.read_text())
+        for key, _, _ in RENDERER_COLUMNS:
+            if isinstance(summary.get(key), (int, float)) and math.isfinite(summary[key]):
+                values.setdefault(name.group(1), {}).setdefault(key, []).append(float(summary[key]))
+    if not values:
+        return ""
+    lines = ["| pre-training | seeds | " + " | ".join(title for _, title, _ in RENDERER_COLUMNS) + " |",
+             "|---|---|" + "---|" * len(RENDERER_COLUMNS)]
+    for arm in sorted(values, key=lambda a: list(order).index(a) if a in order else len(order)):
+        got = values[arm]
+        cells = [_short(mean_interval([scale * v for v in got[key]])) if key in got else "-"
+                 for key, _, scale in RENDERER_COLUMNS]
+        lines.append(f"| {arm} | {max(len(v) for v in got.values())} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _short(interval) -> str:
+    """An :class:`~dr_fdsl.stats.Interval` to 3 significant digits (its half-width to 2)."""
+    return f"{interval.mean:.3g}" + (f" ± {interval.half_width:.2g}" if interval.n > 1 else "")
 
 
 def plot(rows: list[dict], curves: dict, path: Path) -> None:
@@ -790,8 +833,13 @@ def _run_and_write(preset, args, table, arms, masked, out, state, argv, log) -> 
              else "Renderer modes")
     note = ("Published top-1: the contest's own runs (CIFAR-100, its pre-training and fine-tuning recipe), for "
             "comparison at the contest preset's setting only.\n\n" if published else "")
+    learnt = renderer_table(out, arms)
+    learnt = (f"## What the renderers learnt (pre-training summaries)\n\n{learnt}\n\nDrift: mean absolute change of a "
+              "colour (0-1) or radius from its initial value; colour code: the between-category spread of the colour "
+              "tables' per-category means over their within-category spread (0 for one shared table).\n\n"
+              if learnt else "")
     (out / "results.md").write_text(
-        f"# {title} compared ({args.preset} preset, protocol {', '.join(protocols)})\n\n{table}\n\n{note}"
+        f"# {title} compared ({args.preset} preset, protocol {', '.join(protocols)})\n\n{table}\n\n{learnt}{note}"
         f"Budget: {json.dumps(preset)}\n\nMean ± half-width of the 95% Student-t interval over seeds; the paired "
         "differences are per seed (same initialisation and data order in every arm), each pair's interval at 95% "
         "on its own; p: the paired t-test's two-sided p-value; Holm p: adjusted by Holm's step-down method over "

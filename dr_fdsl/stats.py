@@ -60,8 +60,12 @@ def mean_interval(values: Sequence[float]) -> Interval:
 
 def paired_difference(a: dict[int, float], b: dict[int, float]) -> Interval:
     """``a - b`` over the seeds both have (``{seed: value}``): mean difference and its 95% interval."""
-    seeds = sorted(set(a) & set(b))
-    return mean_interval([a[s] - b[s] for s in seeds])
+    return mean_interval(differences(a, b))
+
+
+def differences(a: dict[int, float], b: dict[int, float]) -> list[float]:
+    """``a[s] - b[s]`` for every seed ``s`` both have, in seed order."""
+    return [a[s] - b[s] for s in sorted(set(a) & set(b))]
 
 
 def _incomplete_beta(a: float, b: float, x: float) -> float:
@@ -103,8 +107,7 @@ def t_two_sided_p(t: float, df: int) -> float:
 def paired_t_test(a: dict[int, float], b: dict[int, float]) -> float:
     """The two-sided p-value of the paired t-test of ``a - b`` = 0 over the seeds both have (``{seed: value}``);
     ``nan`` with fewer than 2 seeds, 1.0 when every difference is 0, 0.0 when they are equal and not 0."""
-    seeds = sorted(set(a) & set(b))
-    diffs = [a[s] - b[s] for s in seeds]
+    diffs = differences(a, b)
     if len(diffs) < 2:
         return math.nan
     mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)

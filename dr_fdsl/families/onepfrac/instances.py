@@ -15,6 +15,7 @@ from dr_fdsl.render.instances import InstanceDraw
 
 if TYPE_CHECKING:
     from dr_fdsl.bank import PointBank
+    from dr_fdsl.config import RendererConfig
 
 
 class OnePFracReplay(nn.Module):
@@ -60,3 +61,8 @@ class OnePFracReplay(nn.Module):
 
     def forward(self, class_ids: torch.Tensor, keys: torch.Tensor, base: torch.Tensor) -> InstanceDraw:
         return InstanceDraw(self.points(class_ids), None, class_ids[:, None])
+
+
+def build(bank: PointBank, cfg: RendererConfig) -> nn.Module:
+    """Family onepfrac's drawer builder (``Family.drawer``): every image's points come from the replay."""
+    return OnePFracReplay(bank)

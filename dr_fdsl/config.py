@@ -154,8 +154,8 @@ class AugmentConfig:
     # window is shifted by U(-window_shift, window_shift) of its extent and scaled by U(window_scale) on each
     # axis independently (published IFSGenerator: translate 0.2, scale [0.5, 2.0]); dihedral: a random transpose,
     # then up-down and left-right flips, each with probability 0.5 (its random_flips).
-    # Family svd2d only (dr_fdsl/render/ifs_jitter.py): one map of the category's system, chosen per image, scaled by
-    # U(map_jitter) (published IFSGenerator jitter_params=True: [0.8, 1.1], up to 4 draws until it stays
+    # Family svd2d only (dr_fdsl/families/svd2d/instances.py): one map of the category's system, chosen per image,
+    # scaled by U(map_jitter) (published IFSGenerator jitter_params=True: [0.8, 1.1], up to 4 draws until it stays
     # contractive, else unchanged); the points are its chaos game replayed with the jittered maps, in its own window.
     map_jitter: tuple[float, float] = field(default=(1.0, 1.0), metadata=ADDED)
     window_scale: tuple[float, float] = field(default=(1.0, 1.0), metadata=ADDED)

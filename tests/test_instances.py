@@ -14,13 +14,15 @@ from dr_fdsl.bank import build_bank
 from dr_fdsl.config import load_config
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.families.fractaldb import published as fdb
+from dr_fdsl.families.fractaldb.instances import FractalDBInstances
 from dr_fdsl.families.ifs_scan import prefix_compose, replay, replay_sequential, with_identity
+from dr_fdsl.families.ofdb.instances import IDENTITY_ROW, OFDBInstances
 from dr_fdsl.families.ofdb.params_io import read_ofdb_csv_folder
 from dr_fdsl.families.ofdb.published import exfractal_weights, point_clouds
 from dr_fdsl.families.visualatom import generator as va2d
+from dr_fdsl.families.visualatom.instances import VisualAtomInstances
 from dr_fdsl.render import PointRenderer
 from dr_fdsl.render import keyed_random as rnd
-from dr_fdsl.render.instances import IDENTITY_ROW, FractalDBInstances, OFDBInstances, VisualAtomInstances
 from dr_fdsl.render.renderer import squash
 from dr_fdsl.static import export, image_path, quantize
 from tests.reference_render import reference_render

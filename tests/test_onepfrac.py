@@ -14,8 +14,8 @@ from dr_fdsl.config import load_config
 from dr_fdsl.errors import BankError, ConfigError
 from dr_fdsl.families.fractaldb import published as fdb
 from dr_fdsl.families.onepfrac import generator as op
+from dr_fdsl.families.onepfrac.instances import OnePFracReplay
 from dr_fdsl.render import PointRenderer
-from dr_fdsl.render.instances import OnePFracReplay
 from dr_fdsl.static import export, image_path, quantize
 
 PUBLISHED = np.load(Path(__file__).parent / "fixtures" / "onepfrac" / "published.npz")

@@ -15,10 +15,11 @@ from dr_fdsl.bank import PointBank, build_bank
 from dr_fdsl.config import AugmentConfig, RendererConfig, ViewConfig
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.families import FAMILIES
+from dr_fdsl.families.svd2d.instances import MapJitterReplay
 from dr_fdsl.objectives import OBJECTIVES
 from dr_fdsl.registry import Registry
 from dr_fdsl.render import PointRenderer, point_ops, renderer
-from dr_fdsl.render.instances import INSTANCES, MapJitterReplay, build_instances
+from dr_fdsl.render.instances import build_instances
 from dr_fdsl.render.point_ops import PIPELINE, POINT_OPS, Points, SceneContext
 from dr_fdsl.render.rasterizers import RASTERIZERS
 from dr_fdsl.render.streams import Stream
@@ -126,11 +127,12 @@ def test_an_operation_reads_its_points_and_context_only():
 
 
 def test_the_renderer_names_no_family():
-    """No family's name as a name or a whole string in renderer.py's code (a branch such as ``family == "svd2d"``);
-    a message may still suggest one."""
-    tokens = tokenize.generate_tokens(io.StringIO(inspect.getsource(renderer)).readline)
-    named = {t.string.strip("'\"") for t in tokens if t.type in (tokenize.NAME, tokenize.STRING)}
-    assert not named & set(FAMILIES)
+    """No family's name as a name, a module path or a whole string in the code of any module of render/ (a branch
+    such as ``family == "svd2d"``, an import of a family's package); a message may still suggest one."""
+    for path in sorted(Path(renderer.__file__).parent.glob("*.py")):
+        tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+        named = {t.string.strip("'\"") for t in tokens if t.type in (tokenize.NAME, tokenize.STRING)}
+        assert not named & set(FAMILIES), path.name
 
 
 def test_map_jitter_is_svd2d_s_drawer_and_refused_elsewhere():
@@ -144,7 +146,7 @@ def test_map_jitter_is_svd2d_s_drawer_and_refused_elsewhere():
 
 
 def test_one_registry_type_with_did_you_mean():
-    for parts in (FAMILIES, OBJECTIVES, RASTERIZERS, INSTANCES, POINT_OPS):
+    for parts in (FAMILIES, OBJECTIVES, RASTERIZERS, POINT_OPS):
         assert isinstance(parts, Registry)
     with pytest.raises(ConfigError, match=r"^config key 'train.objective': unknown objective 'clasify' "
                                           r"\(did you mean 'classify'\?\); valid: classify, classify\+mim, mim, "):
@@ -152,4 +154,12 @@ def test_one_registry_type_with_did_you_mean():
     with pytest.raises(ConfigError, match=r"^config key 'renderer.raster_backend': unknown rasteriser 'sorted' "
                                           r"\(did you mean 'sort'\?\); valid: auto, pytorch3d, sort$"):
         RASTERIZERS.get("sorted")
-    assert sorted(INSTANCES) == ["fractaldb", "ofdb", "onepfrac", "svd2d", "visualatom"]
+
+
+def test_each_family_s_registration_names_its_own_drawer():
+    """A family's per-image drawer is in its own package, named by its ``Family.drawer`` (no registry in render/)."""
+    drawers = {name: family.drawer for name, family in FAMILIES.items() if family.drawer}
+    assert sorted(drawers) == ["fractaldb", "ofdb", "onepfrac", "svd2d", "visualatom"]
+    for name, path in drawers.items():
+        assert path == f"dr_fdsl.families.{name}.instances:build" and callable(FAMILIES[name].build_drawer)
+    assert FAMILIES["ifs3d"].build_drawer is None

@@ -151,7 +151,7 @@ def test_renderer_draws_the_bank_grey_levels(svd_bank):
 
 
 def test_map_jitter_draws_follow_the_published_rule(svd_bank):
-    from dr_fdsl.render import ifs_jitter
+    from dr_fdsl.families.svd2d import instances as ifs_jitter
 
     p = svd_bank.params
     ids = torch.arange(40).repeat(25)
@@ -176,7 +176,7 @@ def test_map_jitter_draws_follow_the_published_rule(svd_bank):
 
 
 def test_map_jitter_replays_the_chaos_game_with_the_jittered_maps(svd_bank):
-    from dr_fdsl.render import ifs_jitter
+    from dr_fdsl.families.svd2d import instances as ifs_jitter
 
     p = svd_bank.params
     ids = torch.tensor([0, 5, 9])

@@ -35,8 +35,8 @@ from dr_fdsl.bank import build_bank
 from dr_fdsl.cli import report
 from dr_fdsl.errors import DrFdslError
 from dr_fdsl.families.fractaldb import published as fdb
+from dr_fdsl.families.fractaldb.instances import FractalDBInstances
 from dr_fdsl.render import Scene, render_scene
-from dr_fdsl.render.instances import FractalDBInstances
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "fractaldb"
 

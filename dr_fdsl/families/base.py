@@ -50,6 +50,10 @@ class Family:
         renderer_rules: ``(section: dict, r: RendererConfig) -> None``, the family's rules against the renderer's
             settings (``section``: the content settings of ``bank.<name>``), or None; run at load and by
             ``PointRenderer`` (``config.validate_against_bank``).
+        drawer: ``"module:attribute"`` of the builder of the family's per-image drawer (its instances or replay,
+            ``dr_fdsl/families/<name>/instances.py``), imported on first use: ``(bank: PointBank, cfg:
+            RendererConfig) -> nn.Module | None`` (None: not asked for by these settings; see
+            :mod:`dr_fdsl.render.instances`); None when the family has none.
     """
 
     name: str
@@ -60,11 +64,20 @@ class Family:
     replays_maps: bool = False
     always_instances: bool = False
     renderer_rules: Callable[[dict, RendererConfig], None] | None = None
+    drawer: str | None = None
 
     @property
     def module(self) -> ModuleType:
         """The generator's module (imports torch)."""
         return importlib.import_module(self.generator)
+
+    @property
+    def build_drawer(self) -> Callable | None:
+        """The drawer's builder (imports its module, and torch), or None (see :attr:`drawer`)."""
+        if self.drawer is None:
+            return None
+        module, _, attribute = self.drawer.partition(":")
+        return getattr(importlib.import_module(module), attribute)
 
     @property
     def generate(self) -> Callable[..., FamilyOutput]:

@@ -8,9 +8,9 @@ Modules:
   one registration each, run in the documented order.
 * Their kernels: ``augment`` (sub-sampling, scale, shift, jitter, PointWOLF, depth hue, mixing), ``pointwolf``
   (published PointWOLF), ``corrupt`` (ModelNet-C), ``views`` (cameras and projection), ``window`` (Anderson &
-  Farrell's window and flips), ``hsv`` (OpenCV's 8-bit HSV), ``instances`` (each family's per-image drawer,
-  registered in ``INSTANCES``: published instances and svd2d's map jitter), ``ifs_jitter`` (svd2d's map jitter
-  replay).
+  Farrell's window and flips), ``hsv`` (OpenCV's 8-bit HSV), ``instances`` (what the families' per-image
+  drawers share, ``InstanceDraw``, and ``build_instances``, which builds the drawer a bank's ``Family.drawer``
+  names; the drawers themselves live in their family's package, ``dr_fdsl/families/<name>/instances.py``).
 * Images: ``multi`` (several objects composed into one scene), ``background`` (diamond-square), ``structures``
   (Scene, Fragments, constants), ``raster_pytorch3d`` and ``raster_sort`` (the two rasterisers, registered by name
   in ``rasterizers``), ``composite`` (weights, compositing, ``render_scene``), ``grid`` (image grids).

@@ -81,7 +81,8 @@ class SceneContext(NamedTuple):
     cfg: the renderer settings. class_ids: ``(B,)`` int64 categories. keys: ``(B,)`` int64 image keys
     (:func:`dr_fdsl.render.keyed_random.image_keys` of category and view seed), the only source of randomness.
     mixed: ``(B, N)`` bool, the points taken from a mixed-in category (``renderer.augment.mix``).
-    instances: the family's per-image drawer (:func:`dr_fdsl.render.instances.build_instances`), or None.
+    instances: the family's per-image drawer (:func:`dr_fdsl.render.instances.build_instances`: the builder its
+    ``Family.drawer`` names), or None.
     """
 
     cfg: RendererConfig

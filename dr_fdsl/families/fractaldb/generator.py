@@ -27,7 +27,7 @@ renderer draws discs of ``renderer`` colours and radii at ``renderer.image_size`
 top to bottom before saving and saved in 4 flips (``_flip0`` .. ``_flip3``): the un-flipped canvas reproduced here
 is its ``_flip1`` file, and ``image_aug.hflip`` / ``vflip`` of 0.5 draw the four equally often. The instances:
 ``bank.fractaldb.instances`` draws per image one of the 25 weight rows and one of the 4 flips, and moves each point
-to the centre of its 3 x 3 patch (:mod:`dr_fdsl.render.instances`); the 10 patch-mask draws per row are not
+to the centre of its 3 x 3 patch (:mod:`dr_fdsl.families.fractaldb.instances`); the 10 patch-mask draws per row are not
 reproduced (the published masks come from unseeded Python ``random``; tools/fractaldb_patch_iou.py measures what
 a point drawing shares with them). The published training's random 224 px crops of its 362 px images (no
 resizing) are not made: the whole canvas fills the rendered image.

@@ -37,7 +37,7 @@ class FractalDBConfig:
     canvas: int = 512
     # True: every image is one of the published instances of its category, drawn from its own key: one of the 25
     # rows of weights_0.4.csv (the chaos game replayed on the device with the category's map choices), one of the
-    # 4 flips, and the points moved to the centres of the published 3 x 3 patches (dr_fdsl/render/instances.py).
+    # 4 flips, and the points moved to the centres of the published 3 x 3 patches (families/fractaldb/instances.py).
     instances: bool = field(default=False, metadata=ADDED)
 
 
@@ -67,4 +67,5 @@ def validate(cfg: BankConfig) -> None:
              f"'{f.source}' is neither 'search' nor an existing folder of FractalDB CSVs")
 
 
-FAMILY = Family("fractaldb", FractalDBConfig, validate, "dr_fdsl.families.fractaldb.generator")
+FAMILY = Family("fractaldb", FractalDBConfig, validate, "dr_fdsl.families.fractaldb.generator",
+                drawer="dr_fdsl.families.fractaldb.instances:build")

@@ -39,7 +39,7 @@ class OFDBConfig:
     instance_weight: Literal["none", "ofdb"] = "none"
     # "exfractal145": every image is one of 145 instances of its category, drawn from its own key: the maps scaled
     # by a row of weights_ins145.csv and the category's chaos game replayed on the device with the same map choices
-    # (dr_fdsl/render/instances.py). "none": the category's cloud itself.
+    # (dr_fdsl/families/ofdb/instances.py). "none": the category's cloud itself.
     instances: Literal["none", "exfractal145"] = field(default="none", metadata=ADDED)
 
 
@@ -62,4 +62,5 @@ def validate(cfg: BankConfig) -> None:
              f"'{f.source}' is neither 'search' nor an existing CSV folder or parameter pickle")
 
 
-FAMILY = Family("ofdb", OFDBConfig, validate, "dr_fdsl.families.ofdb.generator")
+FAMILY = Family("ofdb", OFDBConfig, validate, "dr_fdsl.families.ofdb.generator",
+                drawer="dr_fdsl.families.ofdb.instances:build")

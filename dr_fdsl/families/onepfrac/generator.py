@@ -31,10 +31,11 @@ READMEs. Written anew from reading that code; what it does:
 
 The bank stores one fractal, not ``C``: ``points (C, N, 3)`` are the unperturbed fractal's drawing expanded over the
 categories (stride 0: saved once, one row in the renderer), and each category's own points are made on the device
-in the step from its factors (:class:`dr_fdsl.render.instances.OnePFracReplay`, the shared map sequence replayed as
-a prefix scan). A point lies at the centre of its published patch in the saved (flipped) image; under
-``renderer.view.rotation=none``, ``projection=orthographic``, ``ortho_scale=[1, 1]`` the image is the published
-canvas. Not reproduced in the drawing: the random patch masks (a disc covers each whole patch) and the exact grey.
+in the step from its factors (:class:`dr_fdsl.families.onepfrac.instances.OnePFracReplay`, the shared map
+sequence replayed as a prefix scan). A point lies at the centre of its published patch in the saved (flipped)
+image; under ``renderer.view.rotation=none``, ``projection=orthographic``, ``ortho_scale=[1, 1]`` the image is the
+published canvas. Not reproduced in the drawing: the random patch masks (a disc covers each whole patch) and the
+exact grey.
 """
 
 from __future__ import annotations

@@ -54,4 +54,5 @@ def validate(cfg: BankConfig) -> None:
                f"{BATCH} chaos games of {n} points")
 
 
-FAMILY = Family("onepfrac", OnePFracConfig, validate, "dr_fdsl.families.onepfrac.generator", always_instances=True)
+FAMILY = Family("onepfrac", OnePFracConfig, validate, "dr_fdsl.families.onepfrac.generator", always_instances=True,
+                drawer="dr_fdsl.families.onepfrac.instances:build")

@@ -23,7 +23,7 @@ Colour: each point's grey level is the published density colouring's input, the 
 that image over the largest count (``ifs._render_graded``), in params ``grey (C, N)``; ``renderer.color_init=bank``
 starts from it. Not reproduced here: the published hue mapping of those levels (a random hue shift, saturation
 and value per image, through HSV) and the 3 x 3 random point patches (the renderer draws discs). The per-image
-jitter of one map is ``renderer.augment.map_jitter`` (:mod:`dr_fdsl.render.ifs_jitter`).
+jitter of one map is ``renderer.augment.map_jitter`` (:mod:`dr_fdsl.families.svd2d.instances`).
 """
 
 from __future__ import annotations

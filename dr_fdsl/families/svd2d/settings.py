@@ -58,4 +58,4 @@ def validate(cfg: BankConfig) -> None:
 
 
 FAMILY = Family("svd2d", SVD2DConfig, validate, "dr_fdsl.families.svd2d.generator", colors=True,
-                replays_maps=True)
+                replays_maps=True, drawer="dr_fdsl.families.svd2d.instances:build")

@@ -5,7 +5,7 @@ canvas, in grey levels, with PIL's 1-pixel lines; later orbits overwrite earlier
 grey levels and vertices come from :mod:`dr_fdsl.families.visualatom` (an exact port of the published generator):
 replayed from the published run (``bank.visualatom.replay=true``) or drawn from a fresh stream seeded with
 ``bank.seed``. The bank holds instance 0 of each category; ``bank.visualatom.instances`` draws per image another
-centre and other orbit grey levels (:mod:`dr_fdsl.render.instances`), not the other instances' noise.
+centre and other orbit grey levels (:mod:`dr_fdsl.families.visualatom.instances`), not the other instances' noise.
 
 From vertices to points, per category:
 

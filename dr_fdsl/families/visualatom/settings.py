@@ -52,7 +52,7 @@ class VisualAtomConfig:
     spacing: float = 0.5
     # True: every image draws, from its own key, a centre and a grey level per orbit as the published instances do;
     # the orbits' shapes stay instance 0's. The bank then samples the orbits over every part any centre can bring
-    # onto the canvas (dr_fdsl/render/instances.py).
+    # onto the canvas (dr_fdsl/families/visualatom/instances.py).
     instances: bool = field(default=False, metadata=ADDED)
 
 
@@ -105,4 +105,4 @@ def renderer_rules(section: dict, r: RendererConfig) -> None:
 
 
 FAMILY = Family("visualatom", VisualAtomConfig, validate, "dr_fdsl.families.visualatom.generator", colors=True,
-                renderer_rules=renderer_rules)
+                renderer_rules=renderer_rules, drawer="dr_fdsl.families.visualatom.instances:build")

@@ -1,4 +1,4 @@
-"""Anderson & Farrell's per-image system jitter for family ``svd2d`` (``renderer.augment.map_jitter``).
+"""Family ``svd2d``'s per-image drawer: Anderson & Farrell's system jitter (``renderer.augment.map_jitter``).
 
 Published (``IFSGenerator.jitter`` with ``jitter_params=True``, ported in :func:`dr_fdsl.families.svd2d.jitter_system`):
 before every image, map ``k ~ U{0..n-1}`` of the category's system is multiplied, translation included, by
@@ -21,13 +21,20 @@ The chaos game of ``N`` steps is a composition of affine maps, so it is replayed
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+from torch import nn
 
+from dr_fdsl.errors import ConfigError
 from dr_fdsl.families.ifs_scan import prefix_compose
 from dr_fdsl.render import keyed_random as rnd
+from dr_fdsl.render.instances import InstanceDraw
 from dr_fdsl.render.streams import Stream
+
+if TYPE_CHECKING:
+    from dr_fdsl.bank import PointBank
+    from dr_fdsl.config import RendererConfig
 
 ATTEMPTS = 4  # generator.jitter: range(4)
 
@@ -107,3 +114,35 @@ def jittered_points(points: torch.Tensor, keys: torch.Tensor, system: torch.Tens
     xy = replay(jittered_system(system, jitter), maps.long())
     moved = jitter.factor != 1
     return torch.where(moved[:, None, None], window_ndc(xy, canvas), points), jitter
+
+
+class MapJitterReplay(nn.Module):
+    """Family svd2d's per-image replay (``renderer.augment.map_jitter``): each image's own system with one map
+    jittered, its chaos game replayed along the category's map sequence (see the module docstring).
+    ``shade`` and ``keep`` are None; ``index``: ``(B, 1)`` the jittered map (its factor 1 where every draw failed,
+    and then the points are the bank's exactly)."""
+
+    NEEDS = ("system", "singular_values", "num_maps", "maps")  # family svd2d's params that the replay reads
+
+    def __init__(self, bank: PointBank, factor_range: tuple[float, float]):
+        super().__init__()
+        missing = [k for k in self.NEEDS if k not in bank.params]
+        if missing:  # a bank cached by a development version
+            raise ConfigError(f"config key 'renderer.augment.map_jitter': this svd2d bank lacks {missing} (cached by "
+                              "an earlier version); rebuild it: tools/make_bank.py --config ... --rebuild")
+        for k in self.NEEDS:
+            self.register_buffer(f"ifs_{k}", bank.params[k].clone(), persistent=False)
+        self.canvas = int(bank.settings["svd2d"]["canvas"])
+        self.factor_range = factor_range
+
+    def forward(self, class_ids: torch.Tensor, keys: torch.Tensor, base: torch.Tensor) -> InstanceDraw:
+        points, jitter = jittered_points(
+            base, keys, self.ifs_system[class_ids], self.ifs_singular_values[class_ids], self.ifs_num_maps[class_ids],
+            self.ifs_maps[class_ids], self.canvas, self.factor_range)
+        return InstanceDraw(points, None, jitter.map_index[:, None])
+
+
+def build(bank: PointBank, cfg: RendererConfig) -> nn.Module | None:
+    """Family svd2d's drawer builder (``Family.drawer``): the replay when ``renderer.augment.map_jitter`` is on."""
+    jitter = cfg.augment.map_jitter
+    return None if jitter == (1.0, 1.0) else MapJitterReplay(bank, jitter)

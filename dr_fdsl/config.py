@@ -241,8 +241,8 @@ class RendererConfig:
     # radius_init + span * delta, delta from 0, clamped to [radius_min, radius_max] and projected back after every
     # renderer step (span = radius_max - radius_min: radii and colours move the same fraction of their range).
     radius_param: Literal["auto", "squash", "residual"] = field(default="auto", metadata=ADDED)
-    # > 0: the renderer pays this times the leakage probe's cross-entropy, reversed (a gradient reversal between the
-    # images' statistics and the probe, as in domain-adversarial training): it learns images whose colour and size
+    # > 0: the renderer pays this times the leakage probe's cross-entropy against uniform predictions (domain
+    # confusion; the probe's weights held fixed in that term): it learns images whose colour and size
     # statistics do not name the category. Modes whose tables descend the objective's loss (joint, match.joint).
     leak_penalty: float = field(default=0.0, metadata=NOT_CONTENT)
 

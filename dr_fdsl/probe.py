@@ -4,8 +4,8 @@ When colours and radii descend the classification loss (``renderer.mode=joint``)
 colour or size code per category: the loss falls while the network learns no shape. The probe's accuracy
 rising far above its value under the frozen renderer is the sign that this happened. Two more heads of the same
 probe say which: one sees only the foreground's colour statistics, the other only its size (the fraction of pixels
-covered). ``renderer.leak_penalty`` makes the renderer pay for the probe's accuracy: the statistics reach the whole
-probe through a gradient reversal, so the tables ascend its loss (domain-adversarial training).
+covered). ``renderer.leak_penalty`` makes the renderer pay for what the probe reads: the tables descend the whole
+probe's cross-entropy against uniform predictions (domain confusion), which no label steers.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from dr_fdsl.reversal import GradientReversal
 
 NUM_FEATURES = 14
 COLOUR_FEATURES = (6, 7, 8, 9, 10, 11, 13)  # of colour_statistics: the foreground's mean, std and brightness
@@ -64,16 +62,25 @@ class LeakageProbe(nn.Module):
         self.size_weight = nn.Parameter(torch.zeros(num_classes, len(SIZE_FEATURES)))
         self.size_bias = nn.Parameter(torch.zeros(num_classes))
 
-    def forward(self, features: torch.Tensor, reverse: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(B, 14)`` statistics -> the ``(B, C)`` logits of the whole probe, the colour head and the size head.
+    def forward(self, features: torch.Tensor, penalty: float = 0.0) -> tuple[torch.Tensor, ...]:
+        """``(B, 14)`` statistics -> the ``(B, C)`` logits of the whole probe, the colour head and the size head, all
+        on detached statistics (the probe learns only from them), and the renderer's ``()`` leak term.
 
-        ``reverse > 0``: the whole probe's input passes a gradient reversal of that scale (what computed the
-        statistics ascends its loss); the heads see them detached (they only say where a leak is)."""
+        The leak term is ``penalty`` x the whole probe's cross-entropy against the uniform distribution, its weights
+        held fixed (domain confusion, Tzeng et al. 2015): what computed the statistics descends it towards images the
+        probe cannot tell apart. Not a reversal of the probe's own cross-entropy: ascending it pushes each category's
+        images away from that category's weights, a different direction per category, which per-category tables
+        follow, writing a new colour code that the probe, as fast as the tables, reads again (quickstart, 400 steps:
+        probe 0.635 without the penalty, 0.900 with a reversal of scale 1, its colour head 0.845). The confusion
+        term's gradient does not depend on the labels. 0 (no graph) when ``penalty`` is 0."""
         x = self.norm(features)
-        whole = GradientReversal.apply(x, reverse) if reverse > 0 else x
-        x = x.detach() if reverse > 0 else x
-        return (self.linear(whole), F.linear(x[:, self.color_index], self.color_weight, self.color_bias),
-                F.linear(x[:, self.size_index], self.size_weight, self.size_bias))
+        confusion = x.new_zeros(())
+        if penalty > 0:
+            logits = F.linear(x, self.linear.weight.detach(), self.linear.bias.detach())
+            confusion = -penalty * F.log_softmax(logits.float(), 1).mean()
+        x = x.detach()
+        return (self.linear(x), F.linear(x[:, self.color_index], self.color_weight, self.color_bias),
+                F.linear(x[:, self.size_index], self.size_weight, self.size_bias), confusion)
 
 
 def weights_finite(probe: nn.Module) -> torch.Tensor:

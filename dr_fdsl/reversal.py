@@ -1,6 +1,5 @@
 """The gradient reversal of domain-adversarial training (Ganin & Lempitsky, 2015): identity forward, the gradient
-times ``-scale`` backward. Mode ``adversarial`` puts one between renderer and objective; ``renderer.leak_penalty``
-one between the images' statistics and the leakage probe."""
+times ``-scale`` backward. Mode ``adversarial`` puts one between renderer and objective."""
 
 from __future__ import annotations
 

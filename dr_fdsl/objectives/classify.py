@@ -4,8 +4,8 @@ The image augmentations (``image_aug``: the published pixel pipelines, flips, ra
 smoothing) run on the device. The leakage probe (a linear classifier on colour statistics, :mod:`dr_fdsl.probe`)
 trains beside it on detached statistics, so it never shapes the renderer; its accuracy tells whether learnt
 rendering leaks the label through colour or size (its colour-only and size-only heads: through which). With
-``renderer.leak_penalty`` the statistics are not detached: the renderer ascends the probe's loss through a gradient
-reversal of that scale, paying for what the probe can read.
+``renderer.leak_penalty`` the renderer also descends that scale x the probe's cross-entropy against uniform
+predictions (:class:`dr_fdsl.probe.LeakageProbe`), paying for what the probe can read.
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ class Classify(ClassifySpec, Objective):
     def probe_loss(self, images: torch.Tensor, class_ids: torch.Tensor, metrics: dict) -> torch.Tensor | float:
         """The leakage probe's loss (0 without a probe; the sum of its three heads'), adding to ``metrics`` its loss,
         each head's accuracy and ``probe/diverged``: a separate graph on detached statistics, so it never shapes the
-        renderer, unless ``renderer.leak_penalty`` > 0: then the whole probe's gradient reaches the images reversed
-        and scaled by it (the renderer ascends the probe's loss; the probe itself still descends it).
+        renderer, unless ``renderer.leak_penalty`` > 0: then the images also get the gradient of that scale x the whole
+        probe's cross-entropy against uniform predictions, its weights held fixed (the probe itself still descends
+        its own loss on detached statistics).
 
         A probe whose weights or loss are not finite has diverged: from then on ``probe/diverged`` is 1 and its
         accuracies are NaN (chance is not a finding), a one-line warning says so, and training goes on: the
@@ -84,14 +85,14 @@ class Classify(ClassifySpec, Objective):
             restart_(self.probe, self.probe_optimizer)
             self.restart_probe = False
         penalty = self.cfg.renderer.leak_penalty
-        heads = self.probe(colour_statistics(images, self.background, differentiable=penalty > 0), penalty)
+        *heads, confusion = self.probe(colour_statistics(images, self.background, differentiable=penalty > 0), penalty)
         losses = [F.cross_entropy(logits.float(), class_ids) for logits in heads]
-        loss = sum(losses)
+        loss = sum(losses) + confusion
         weights_ok = weights_finite(self.probe)
         if not (weights_ok & torch.isfinite(loss)).item():  # one host sync for both
             self.restart_probe = not weights_ok.item()
             self._probe_diverged("its weights are not finite" if self.restart_probe else f"its loss is {loss.item()}")
-            loss = sum((logits * 0).nan_to_num(0.0).sum() for logits in heads)  # zero, with zero gradients
+            loss = sum((t * 0).nan_to_num(0.0).sum() for t in (*heads, confusion))  # zero, with zero gradients
         metrics["probe/loss"] = losses[0].detach() if not self.probe_diverged else torch.tensor(math.nan)
         metrics["probe/diverged"] = torch.tensor(float(self.probe_diverged))
         for head, logits in zip(HEADS, heads):
@@ -123,7 +124,7 @@ class Classify(ClassifySpec, Objective):
     def probe_accuracy(self, images: torch.Tensor, class_ids: torch.Tensor) -> list[torch.Tensor]:
         """The probe's evaluation columns ``(B,)`` each, for the whole probe, its colour head and its size head: 1
         where it names the category, NaN for every image once it diverged."""
-        heads = self.probe(colour_statistics(images, self.background))
+        *heads, _ = self.probe(colour_statistics(images, self.background))
         hits = [(logits.argmax(1) == class_ids).float() for logits in heads]
         return [h.fill_(math.nan) for h in hits] if self.probe_diverged else hits
 

@@ -363,3 +363,43 @@ def test_render_dataset_run_names_a_missing_or_damaged_checkpoint_in_one_line(tr
     err = capsys.readouterr().err
     assert err.startswith("error: checkpoint ") and "'renderer.safetensors' does not match" in err
     assert err.count("\n") == 1 and not (tmp_path / "data").exists()
+
+
+def test_finetune_print_config_and_dry_run_check_without_training_or_writing(tmp_path, capsys):
+    import yaml
+
+    from dr_fdsl.config import load_config
+    from dr_fdsl.finetune import FinetuneSettings
+    from dr_fdsl.settings import from_dict
+    from tools.finetune import main
+
+    common = ["--config", "configs/finetune/fashion_mnist.yaml", f"output_dir={tmp_path / 'ft'}", "per_class=5"]
+    assert main([*common, "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert "per_class: 5  # int, default 0; limited data: k training images per class (0: all)" in text
+    settings = load_config("configs/finetune/fashion_mnist.yaml", [f"output_dir={tmp_path / 'ft'}", "per_class=5"],
+                           cls=FinetuneSettings)
+    assert from_dict(FinetuneSettings, yaml.safe_load(text)) == settings
+    assert main([*common, "--dry-run", "protocol=knn"]) == 0
+    out = capsys.readouterr().out
+    assert f"dry run: the settings are valid; would write {tmp_path / 'ft' / 'knn.json'}" in out
+    assert "50 training images (10 classes)" in out and list(tmp_path.iterdir()) == []
+    assert main([*common, "--dry-run", f"pretrained={tmp_path / 'none'}"]) == 2
+    assert f"error: config key 'pretrained': '{tmp_path / 'none'}' does not exist" in capsys.readouterr().err
+
+
+def test_compare_print_config_and_dry_run_plan_and_check_every_arm_without_training(tmp_path, capsys):
+    import yaml
+
+    from tools.compare import entry
+
+    out = ["--out", str(tmp_path / "cmp"), "--arms", "frozen", "joint", "--seeds", "0", "1"]
+    assert entry([*out, "--print-config", "--protocol", "finetune", "knn"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["arms_run"] == ["none", "frozen", "joint"] and shown["protocols"] == ["finetune", "knn"]
+    assert entry([*out, "--dry-run", "--protocol", "finetune", "knn"]) == 0
+    text = capsys.readouterr().out
+    assert "plan: 3 arms (none frozen joint) x 2 seeds (0 1) x 2 protocols (finetune knn): 4 pre-trainings" in text
+    assert not (tmp_path / "cmp").exists()
+    assert entry([*out, "--dry-run", "--pretrain-set", "renderer.raster_backend=fast"]) == 2
+    assert "error: config key 'renderer.raster_backend'" in capsys.readouterr().err

@@ -365,6 +365,18 @@ def test_render_dataset_run_names_a_missing_or_damaged_checkpoint_in_one_line(tr
     assert err.count("\n") == 1 and not (tmp_path / "data").exists()
 
 
+def _image_folder(root):
+    """A folder dataset of two classes, two 8 px images each in train/ and val/ (what a dry run reads is cheap)."""
+    from torchvision.io import write_png
+
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            (root / split / label).mkdir(parents=True)
+            for i in range(2):
+                write_png(torch.full((3, 8, 8), 60 * i, dtype=torch.uint8), str(root / split / label / f"{i}.png"))
+    return f"folder:{root}"
+
+
 def test_finetune_print_config_and_dry_run_check_without_training_or_writing(tmp_path, capsys):
     import yaml
 
@@ -380,10 +392,11 @@ def test_finetune_print_config_and_dry_run_check_without_training_or_writing(tmp
     settings = load_config("configs/finetune/fashion_mnist.yaml", [f"output_dir={tmp_path / 'ft'}", "per_class=5"],
                            cls=FinetuneSettings)
     assert from_dict(FinetuneSettings, yaml.safe_load(text)) == settings
-    assert main([*common, "--dry-run", "protocol=knn"]) == 0
+    data = _image_folder(tmp_path / "images")
+    assert main([*common, "--dry-run", "protocol=knn", f"dataset={data}", "per_class=1"]) == 0
     out = capsys.readouterr().out
     assert f"dry run: the settings are valid; would write {tmp_path / 'ft' / 'knn.json'}" in out
-    assert "50 training images (10 classes)" in out and list(tmp_path.iterdir()) == []
+    assert "2 training images (2 classes), 4 test images" in out and not (tmp_path / "ft").exists()
     assert main([*common, "--dry-run", f"pretrained={tmp_path / 'none'}"]) == 2
     assert f"error: config key 'pretrained': '{tmp_path / 'none'}' does not exist" in capsys.readouterr().err
 
@@ -393,7 +406,8 @@ def test_compare_print_config_and_dry_run_plan_and_check_every_arm_without_train
 
     from tools.compare import entry
 
-    out = ["--out", str(tmp_path / "cmp"), "--arms", "frozen", "joint", "--seeds", "0", "1"]
+    out = ["--out", str(tmp_path / "cmp"), "--arms", "frozen", "joint", "--seeds", "0", "1",
+           "--dataset", _image_folder(tmp_path / "images")]
     assert entry([*out, "--print-config", "--protocol", "finetune", "knn"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["arms_run"] == ["none", "frozen", "joint"] and shown["protocols"] == ["finetune", "knn"]

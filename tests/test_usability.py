@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from dr_fdsl.bank import bank_from_config
 from dr_fdsl.engine import build_run, fit
 from tests.conftest import tiny
 
@@ -312,7 +313,7 @@ def test_render_dataset_of_a_run_equals_the_trained_renderers_in_loop_renders(tr
     ids, seeds = torch.tensor([int(r["category"]) for r in rows]), torch.tensor([int(r["view_seed"]) for r in rows])
     with torch.no_grad():
         loop = quantize(run.renderer(ids, seeds))
-        initial = quantize(type(run.renderer)(run.bank, run.cfg.renderer)(ids, seeds))
+        initial = quantize(type(run.renderer)(bank_from_config(run.cfg.bank), run.cfg.renderer)(ids, seeds))
     pngs = torch.stack([read_image(str(root / "data" / r["path"])) for r in rows])
     assert torch.equal(pngs, loop) and not torch.equal(pngs, initial)  # the learnt tables, not the initial ones
     step2 = root / "run" / "checkpoints" / "step_0000002"
@@ -336,7 +337,7 @@ def test_a_static_training_accepts_a_run_export_only_with_the_same_tables(traine
     same = load_config(saved, frozen_overrides(load_config(saved), cfg) + ["data.source=static",
                                                                           f"data.path={root / 'data'}"])
     assert data.check_matches(same) == 3
-    assert torch.equal(build_renderer(same, run.bank).colors(), run.renderer.colors().detach())
+    assert torch.equal(build_renderer(same, bank_from_config(same.bank)).colors(), run.renderer.colors().detach())
     for other, named in (([f"renderer.tables={root / 'run' / 'checkpoints' / 'step_0000001'}"], "step_0000001"),
                          (["renderer.tables="], "config's initial tables")):
         differ = load_config(saved, frozen_overrides(load_config(saved), cfg) + other)

@@ -245,6 +245,11 @@ class RendererConfig:
     # confusion; the probe's weights held fixed in that term): it learns images whose colour and size
     # statistics do not name the category. Modes whose tables descend the objective's loss (joint, match.joint).
     leak_penalty: float = field(default=0.0, metadata=NOT_CONTENT)
+    # Mode frozen: draw with a trained run's learnt colour and radius tables (its output_dir, i.e. its newest
+    # checkpoint, or one checkpoint folder; checked against its manifest) instead of the config's initial ones
+    # (dr_fdsl/tables.py; tools/render_dataset.py --run writes the config that sets it). Not in content keys: the
+    # tables' digest is, where it matters (static datasets, checkpoints).
+    tables: str = field(default="", metadata=NOT_CONTENT)
 
 
 @dataclass
@@ -690,6 +695,9 @@ def validate_renderer(r: RendererConfig) -> None:
     need(r.anchor_penalty >= 0, "renderer.anchor_penalty", f"must be >= 0, got {r.anchor_penalty}")
     need(finite(r.leak_penalty) and r.leak_penalty >= 0, "renderer.leak_penalty",
          f"must be a number >= 0 (0: off), got {r.leak_penalty}")
+    need(not r.tables or r.mode == "frozen", "renderer.tables",
+         f"draws a trained run's tables as they are: it needs renderer.mode=frozen, got {r.mode!r} (to train a run "
+         "further, resume it: train.py --resume)")
     view, aug = r.view, r.augment
     for key in ("azimuth", "elevation", "roll", "distance", "fov", "ortho_scale"):
         lo, hi = getattr(view, key)

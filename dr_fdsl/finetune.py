@@ -215,6 +215,43 @@ def frozen_protocol(s: FinetuneSettings, model, train, test, size: int, mean, st
     return _finish(s, accelerator, result)
 
 
+def dry_run(s: FinetuneSettings) -> list[str]:
+    """What ``finetune`` checks before its work, without training or writing: the pre-trained run (its model
+    against its checkpoint's manifest and config), both splits of the dataset (read, never downloaded), the output
+    folder (not a file, not held by a live run). Returns the plan's lines.
+
+    Raises:
+        DrFdslError: what the fine-tuning would have refused, with the same message.
+    """
+    from dr_fdsl import run_lock
+
+    if s.pretrained:
+        model, size = load_pretrained(s.pretrained)
+    else:
+        size = s.image_size
+        model = create_classifier(ModelConfig(name=s.model or "test_vit", drop_path=0.0, patch_size=s.patch_size),
+                                  10, size)
+    train, test = (datasets.load(s.dataset, part, s.data_root, size, download=False) for part in (True, False))
+    out = Path(s.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"config key 'output_dir': '{out}' is a file, not a folder; choose another folder")
+    if out.is_dir():  # a live run there is refused now, as the fine-tuning would be
+        run_lock.lock(out, "output_dir")
+        run_lock.release(out)
+    images = min(s.per_class * train.num_classes, len(train)) if s.per_class else len(train)
+    tests = min(s.max_test, len(test)) if s.max_test else len(test)
+    what = {"finetune": f"{s.epochs} epochs of fine-tuning at batch {s.batch_size}",
+            "linear": f"a linear probe on frozen features, {s.epochs} epochs", "knn": f"k-NN (k={s.knn_k})"}
+    masked = f" after {s.target_mim.epochs} epochs of masked pre-training on them" if s.target_mim.epochs else ""
+    parameters = sum(p.numel() for p in model.parameters())
+    return [f"dry run: the settings are valid; would write {result_path(s)} (and log.txt, TensorBoard "
+            f"{out / result_name(s)}/)" + (" replacing the result there" if result_path(s).exists() else ""),
+            f"backbone: {s.pretrained or 'from scratch'}, {parameters / 1e6:.2f} M parameters at {size} px",
+            f"data: {s.dataset}, {images} training images ({train.num_classes} classes), {tests} test images; "
+            f"{what[s.protocol]}{masked}",
+            f"settings ({len(config_text(s).splitlines())} lines): tools/finetune.py --print-config"]
+
+
 def finetune(s: FinetuneSettings) -> dict:
     """Runs the fine-tuning; returns (and writes to ``output_dir/NAME.json``, :func:`result_name`) per-epoch top-1
     and the metric; ``output_dir/log.txt`` and TensorBoard (``output_dir/NAME/``) follow it as it runs."""

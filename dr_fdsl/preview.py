@@ -7,34 +7,27 @@ from pathlib import Path
 
 import torch
 
-from dr_fdsl import checkpoint, safetensors_check
 from dr_fdsl.bank import bank_from_config
-from dr_fdsl.config import Config, load_config
+from dr_fdsl.config import Config
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.render import PointRenderer
+from dr_fdsl.tables import build_renderer, run_config, tables_digest
 
 
 def run_renderer(run: str, overrides: list[str] = ()) -> tuple[Config, PointRenderer, Path]:
     """The renderer of a pre-training run (its ``output_dir`` or one checkpoint folder) as its checkpoint left it:
-    the run's own config (``overrides`` on top), with the learnt colour and radius tables of a joint, adversarial or
-    match run (a frozen run's are rebuilt from the config, as training does). Returns the config, the renderer and
-    the checkpoint folder used.
+    the run's frozen equivalent (:func:`~dr_fdsl.tables.run_config`: its own config, ``overrides`` on top, with the
+    learnt colour and radius tables of a learnable mode's checkpoint; a frozen run's are rebuilt from the config,
+    as training does). Returns the config, the renderer and the checkpoint folder used.
 
     Raises:
         ConfigError: no such run or checkpoint.
         IntegrityError: the tables' file does not match the checkpoint's manifest or the renderer's shapes.
     """
-    folder = checkpoint.pretrained_folder(run, "--run")
-    config = folder.parent.parent / "config.yaml"
-    if not config.is_file():
-        raise ConfigError(f"--run {run}: no config.yaml beside its checkpoints/ folder ({config}); give a run's "
-                          "output_dir")
-    cfg = load_config(config, overrides)
-    renderer = PointRenderer(bank_from_config(cfg.bank, progress=True), cfg.renderer)
-    tables = folder / checkpoint.RENDERER_FILE
-    if tables.is_file():  # learnable modes: the tables as trained
-        checkpoint.verify_contents(folder, names=[checkpoint.RENDERER_FILE])
-        renderer.load_state_dict(safetensors_check.load_checked(tables, renderer.state_dict()))
+    cfg, folder = run_config(run, overrides)
+    if cfg.renderer.tables:  # checked before the bank is built
+        tables_digest(cfg.renderer.tables)
+    renderer = build_renderer(cfg, bank_from_config(cfg.bank, progress=True))
     return cfg, renderer.requires_grad_(False), folder
 
 

@@ -64,9 +64,21 @@ def image_path(category: int, view: int) -> str:
 def dataset_settings(cfg: Config, views: int) -> dict:
     """What a dataset's pixels depend on: the bank, the renderer (as first initialised), the views per category.
 
-    ``key`` (:func:`images_key`) is what is compared; ``bank`` and ``renderer`` describe them in full."""
-    return {"format": FORMAT, "views": views, "image_size": cfg.renderer.image_size, "key": images_key(cfg),
-            "bank": content_key.settings(cfg.bank), "renderer": content_key.settings(cfg.renderer)}
+    ``key`` (:func:`images_key`) and, for a trained run's tables (``renderer.tables``), ``tables`` (their SHA-256,
+    :func:`~dr_fdsl.tables.tables_digest`, and where they were read) are what is compared; ``bank`` and ``renderer``
+    describe them in full."""
+    out = {"format": FORMAT, "views": views, "image_size": cfg.renderer.image_size, "key": images_key(cfg),
+           "bank": content_key.settings(cfg.bank), "renderer": content_key.settings(cfg.renderer)}
+    if cfg.renderer.tables:
+        out["tables"] = {"sha256": _tables_sha256(cfg), "from": cfg.renderer.tables}
+    return out
+
+
+def _tables_sha256(cfg: Config) -> str | None:
+    """The digest of the learnt tables ``cfg`` draws with (``renderer.tables``), None for its initial ones."""
+    from dr_fdsl.tables import tables_digest  # the checkpoint side; only where a config names learnt tables
+
+    return tables_digest(cfg.renderer.tables) if cfg.renderer.tables else None
 
 
 def images_key(cfg: Config) -> dict:
@@ -87,6 +99,13 @@ def _settings_differ(found: dict, cfg: Config, views: int) -> list[str]:
     """The keys whose values differ between a ``dataset.json`` and ``cfg`` ("key: dataset A, config B"): its content
     key's values, or for an export made before content keys its recorded settings; and the views per category."""
     out = [] if found.get("views") == views else [f"views: dataset {found.get('views')!r}, config {views!r}"]
+    tables = found.get("tables") or {}
+    theirs, ours = tables.get("sha256") if isinstance(tables, dict) else tables, _tables_sha256(cfg)
+    if theirs != ours:
+        def name(digest, where):
+            return f"learnt tables sha256 {str(digest)[:12]} ({where})" if digest else "the config's initial tables"
+        out.append(f"renderer.tables: dataset {name(theirs, tables.get('from') if isinstance(tables, dict) else '')}, "
+                   f"config {name(ours, cfg.renderer.tables)}")
     if "key" not in found:
         legacy = _legacy_dataset_settings(cfg, views)
         return out + [line for part in ("bank", "renderer") for line in content_key.differences(

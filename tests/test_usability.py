@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from dr_fdsl.bank import bank_from_config
 from dr_fdsl.engine import build_run, fit
 from tests.conftest import tiny
 
@@ -271,7 +272,7 @@ def test_preview_of_a_run_draws_with_its_learnt_tables(tmp_path, bank_dir):
     run = build_run(tiny(tmp_path, bank_dir, "renderer.mode=joint", "train.max_steps=2", "train.probe=false"))
     fit(run)
     cfg, renderer, folder = run_renderer(str(tmp_path / "run"))
-    assert folder.name == "step_0000002" and cfg.renderer.mode == "joint"
+    assert folder.name == "step_0000002" and cfg.renderer.mode == "frozen" and cfg.renderer.tables == str(folder)
     trained = {k: v.cpu() for k, v in run.renderer.state_dict().items()}
     assert all(torch.equal(renderer.state_dict()[k], v) for k, v in trained.items())
     ids, seeds = torch.tensor([0, 1, 2, 3]), torch.tensor([7, 7, 7, 7])
@@ -280,3 +281,140 @@ def test_preview_of_a_run_draws_with_its_learnt_tables(tmp_path, bank_dir):
     assert main(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "p.png"), "--classes", "2",
                  "--views", "2"]) == 0
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, bank_dir):
+    """A joint run of two steps (checkpoints at steps 1 and 2, tables moved) and its frozen-equivalent export."""
+    from tools.render_dataset import main
+
+    root = tmp_path_factory.mktemp("learnt")
+    run = build_run(tiny(root, bank_dir, "renderer.mode=joint", "train.max_steps=2", "train.ckpt_every=1",
+                         "train.eval_every=2", "train.probe=false", "renderer.color_init=grey"))
+    fit(run)
+    assert main(["--run", str(root / "run"), "--out", str(root / "data"), "--views", "3", "--batch", "5"]) == 0
+    return root, run
+
+
+def test_render_dataset_of_a_run_equals_the_trained_renderers_in_loop_renders(trained, capsys):
+    """render_dataset.py --run RUN: every PNG is the trained renderer's in-loop render of its (category, view),
+    quantised as a static run reads it; dataset.json records the tables' digest as the checkpoint's manifest does."""
+    import csv
+
+    from torchvision.io import read_image
+
+    from dr_fdsl.manifest import read_manifest
+    from dr_fdsl.static import quantize
+
+    root, run = trained
+    with open(root / "data" / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 * 3
+    ids, seeds = torch.tensor([int(r["category"]) for r in rows]), torch.tensor([int(r["view_seed"]) for r in rows])
+    with torch.no_grad():
+        loop = quantize(run.renderer(ids, seeds))
+        initial = quantize(type(run.renderer)(bank_from_config(run.cfg.bank), run.cfg.renderer)(ids, seeds))
+    pngs = torch.stack([read_image(str(root / "data" / r["path"])) for r in rows])
+    assert torch.equal(pngs, loop) and not torch.equal(pngs, initial)  # the learnt tables, not the initial ones
+    step2 = root / "run" / "checkpoints" / "step_0000002"
+    info = json.loads((root / "data" / "dataset.json").read_text())
+    assert info["tables"] == {"sha256": read_manifest(step2)["files"]["renderer.safetensors"]["sha256"],
+                              "from": str(step2)}
+
+
+def test_a_static_training_accepts_a_run_export_only_with_the_same_tables(trained):
+    """The printed overrides make a frozen training that accepts the export (and draws the same tables in the loop);
+    the config's initial tables, or another checkpoint's, are refused by name."""
+    from dr_fdsl.config import load_config
+    from dr_fdsl.errors import ConfigError
+    from dr_fdsl.static import StaticViews
+    from dr_fdsl.tables import build_renderer, frozen_overrides, run_config
+
+    root, run = trained
+    data = StaticViews(root / "data")
+    cfg, folder = run_config(str(root / "run"))
+    saved = root / "run" / "config.yaml"
+    same = load_config(saved, frozen_overrides(load_config(saved), cfg) + ["data.source=static",
+                                                                          f"data.path={root / 'data'}"])
+    assert data.check_matches(same) == 3
+    assert torch.equal(build_renderer(same, bank_from_config(same.bank)).colors(), run.renderer.colors().detach())
+    for other, named in (([f"renderer.tables={root / 'run' / 'checkpoints' / 'step_0000001'}"], "step_0000001"),
+                         (["renderer.tables="], "config's initial tables")):
+        differ = load_config(saved, frozen_overrides(load_config(saved), cfg) + other)
+        with pytest.raises(ConfigError, match=rf"renderer\.tables: dataset learnt tables sha256 .*{named}"):
+            data.check_matches(differ)
+
+
+def test_render_dataset_run_names_a_missing_or_damaged_checkpoint_in_one_line(trained, tmp_path, capsys):
+    import shutil
+
+    from tools.render_dataset import main
+
+    root, _ = trained
+    out = ["--out", str(tmp_path / "data"), "--views", "1"]
+    assert main(["--run", str(tmp_path / "nothing"), *out]) == 2
+    assert f"error: --run: '{tmp_path / 'nothing'}' does not exist" in capsys.readouterr().err
+    copy = tmp_path / "run"
+    shutil.copytree(root / "run", copy, ignore=shutil.ignore_patterns("step_0000001", "tensorboard"))
+    tables = copy / "checkpoints" / "step_0000002" / "renderer.safetensors"
+    data = bytearray(tables.read_bytes())
+    data[-1] ^= 0xFF
+    tables.write_bytes(bytes(data))
+    assert main(["--run", str(copy), *out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: checkpoint ") and "'renderer.safetensors' does not match" in err
+    assert err.count("\n") == 1 and not (tmp_path / "data").exists()
+
+
+def _image_folder(root):
+    """A folder dataset of two classes, two 8 px images each in train/ and val/ (what a dry run reads is cheap)."""
+    from torchvision.io import write_png
+
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            (root / split / label).mkdir(parents=True)
+            for i in range(2):
+                write_png(torch.full((3, 8, 8), 60 * i, dtype=torch.uint8), str(root / split / label / f"{i}.png"))
+    return f"folder:{root}"
+
+
+def test_finetune_print_config_and_dry_run_check_without_training_or_writing(tmp_path, capsys):
+    import yaml
+
+    from dr_fdsl.config import load_config
+    from dr_fdsl.finetune import FinetuneSettings
+    from dr_fdsl.settings import from_dict
+    from tools.finetune import main
+
+    common = ["--config", "configs/finetune/fashion_mnist.yaml", f"output_dir={tmp_path / 'ft'}", "per_class=5"]
+    assert main([*common, "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert "per_class: 5  # int, default 0; limited data: k training images per class (0: all)" in text
+    settings = load_config("configs/finetune/fashion_mnist.yaml", [f"output_dir={tmp_path / 'ft'}", "per_class=5"],
+                           cls=FinetuneSettings)
+    assert from_dict(FinetuneSettings, yaml.safe_load(text)) == settings
+    data = _image_folder(tmp_path / "images")
+    assert main([*common, "--dry-run", "protocol=knn", f"dataset={data}", "per_class=1"]) == 0
+    out = capsys.readouterr().out
+    assert f"dry run: the settings are valid; would write {tmp_path / 'ft' / 'knn.json'}" in out
+    assert "2 training images (2 classes), 4 test images" in out and not (tmp_path / "ft").exists()
+    assert main([*common, "--dry-run", f"pretrained={tmp_path / 'none'}"]) == 2
+    assert f"error: config key 'pretrained': '{tmp_path / 'none'}' does not exist" in capsys.readouterr().err
+
+
+def test_compare_print_config_and_dry_run_plan_and_check_every_arm_without_training(tmp_path, capsys):
+    import yaml
+
+    from tools.compare import entry
+
+    out = ["--out", str(tmp_path / "cmp"), "--arms", "frozen", "joint", "--seeds", "0", "1",
+           "--dataset", _image_folder(tmp_path / "images")]
+    assert entry([*out, "--print-config", "--protocol", "finetune", "knn"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["arms_run"] == ["none", "frozen", "joint"] and shown["protocols"] == ["finetune", "knn"]
+    assert entry([*out, "--dry-run", "--protocol", "finetune", "knn"]) == 0
+    text = capsys.readouterr().out
+    assert "plan: 3 arms (none frozen joint) x 2 seeds (0 1) x 2 protocols (finetune knn): 4 pre-trainings" in text
+    assert not (tmp_path / "cmp").exists()
+    assert entry([*out, "--dry-run", "--pretrain-set", "renderer.raster_backend=fast"]) == 2
+    assert "error: config key 'renderer.raster_backend'" in capsys.readouterr().err

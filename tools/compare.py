@@ -732,6 +732,11 @@ def main(argv=None) -> int:
                         help="seeds run at once, each in its own process of this tool with an equal share of the "
                              "CPU threads (on a small CPU, two one-thread processes outrun one two-thread process); "
                              "not with several accelerate processes")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved settings (the preset with its overrides, the arms) and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check every arm's pre-training config, the dataset and --out, print the plan and exit "
+                             "without training or writing")
     args = parser.parse_args(argv)
     preset = dict(PRESETS[args.preset])
     table = arms_of(preset, args.study)
@@ -766,6 +771,11 @@ def main(argv=None) -> int:
         print(f"error: --out '{out}' is a file, not a folder; choose a folder (new or empty) for the comparison",
               file=sys.stderr)
         return 2
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump({"out": str(out), **preset}, sort_keys=False), end="")
+        return 0
     check_pretrain_configs(preset, args, table, arms, out)
     earlier = earlier_results(out)
     state.wait_for_everyone()  # every process has looked before the main one writes
@@ -773,6 +783,8 @@ def main(argv=None) -> int:
         print(f"error: '{out}' holds an earlier comparison ({earlier.relative_to(out)}); choose another --out "
               "(nothing is overwritten)", file=sys.stderr)
         return 2
+    if args.dry_run:
+        return dry_run(preset, args, table, arms, out)
     if is_main:
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -786,6 +798,18 @@ def main(argv=None) -> int:
     finally:
         if log is not None:
             log.close()
+
+
+def dry_run(preset: dict, args: argparse.Namespace, table: dict[str, Arm], arms: list[str], out: Path) -> int:
+    """--dry-run, once every arm's pre-training config loaded and --out holds no comparison: the judging dataset is
+    there (read, not downloaded); prints the plan. Exit 0, or 2 with one ``error:`` line."""
+    from dr_fdsl import datasets
+
+    for part in (True, False):  # a DataError is entry()'s one line
+        datasets.load(preset["dataset"], part, args.data_root, 32, download=False)
+    print(f"dry run: every arm's pre-training config is valid; would write to {out}")
+    print(plan_of(preset, args, table, arms)[1])
+    return 0
 
 
 def _run_and_write(preset, args, table, arms, masked, out, state, argv, log) -> int:

@@ -12,6 +12,10 @@ downloaded into data_root when the network allows), folder:PATH (PATH/train and 
 class). Results go to output_dir, named by protocol (finetune.json, linear.json, knn.json; *_target_mim.json after
 masked pre-training on the target), with TensorBoard logs beside them (output_dir/finetune/, .../linear/, ...) and
 log.txt (settings, a line per epoch, the result); refused while another live run writes there.
+
+--print-config prints the resolved settings (the keys this fine-tuning uses, each with its type, default and
+comment) and exits; --dry-run checks the settings, the pre-trained run (its checkpoint against its manifest, its
+model), both splits of the dataset (no download) and the output folder, prints the plan and exits, writing nothing.
 """
 
 from dr_fdsl.signals import entry, quiet_start
@@ -34,7 +38,14 @@ from dr_fdsl.finetune import FinetuneSettings, finetune, result_path
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved settings with each key's type, default and comment, and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the settings, the pre-trained run, the dataset and the output folder, print the "
+                             "plan and exit without training or writing")
     args = parser.parse_intermixed_args(argv)  # overrides may stand on either side of options
+    if args.print_config or args.dry_run:
+        return inspect_settings(args)
     settings = None
     try:
         settings = load_config(args.config, args.overrides, cls=FinetuneSettings)
@@ -54,6 +65,23 @@ def main(argv=None) -> int:
     print(f"top-1 per epoch (%): {curve}")
     print(f"final top-1 {100 * result['final_top1']:.2f}%, cumulative error (2nd half) "
           f"{result['cumulative_error']:.1f}; {result_path(settings)}")
+    return 0
+
+
+def inspect_settings(args) -> int:
+    """--print-config and --dry-run: the settings loaded and checked as a fine-tuning would, then printed or tried."""
+    from dr_fdsl.config_doc import commented_config
+    from dr_fdsl.finetune import dry_run
+    from dr_fdsl.settings import used_settings
+
+    try:
+        settings = load_config(args.config, args.overrides, cls=FinetuneSettings)
+        if args.print_config:
+            print(commented_config(settings, used_settings(settings)), end="")
+        if args.dry_run:
+            print("\n".join(dry_run(settings)))
+    except DrFdslError as err:
+        return report(err)
     return 0
 
 

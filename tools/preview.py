@@ -7,8 +7,9 @@
 
 Rows are categories, columns are view seeds. --augmented passes the images through the objective's configured
 image augmentations (image_aug: pixel pipeline, flips, erasing, Mixup/CutMix; seeded, one draw per image), as the
-network sees them. --run draws with a pre-training run's own config and, for a joint, adversarial or match run,
-the rendering tables of its newest checkpoint (or of the checkpoint folder given); overrides apply on top.
+network sees them. --run draws with a pre-training run's own config and, for a learnable mode (joint, adversarial,
+match, teach, lookahead), the rendering tables of its newest checkpoint (or of the checkpoint folder given), as
+render_dataset.py --run exports them; overrides apply on top.
 """
 
 from dr_fdsl.signals import entry, quiet_start
@@ -27,7 +28,8 @@ from dr_fdsl.cli import report
 from dr_fdsl.config import add_config_args, load_config
 from dr_fdsl.errors import ConfigError, DrFdslError
 from dr_fdsl.preview import augmented, run_renderer
-from dr_fdsl.render import PointRenderer, image_grid, save_grid
+from dr_fdsl.render import image_grid, save_grid
+from dr_fdsl.tables import build_renderer
 
 
 def main(argv=None) -> int:
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
             print(f"rendering tables of {folder}")
         else:
             cfg = load_config(args.config, args.overrides)
-            renderer = PointRenderer(bank_from_config(cfg.bank, progress=True), cfg.renderer)
+            renderer = build_renderer(cfg, bank_from_config(cfg.bank, progress=True))  # renderer.tables too
         rows = min(args.classes, renderer.num_classes)
         ids = torch.arange(rows).repeat_interleave(args.views)
         seeds = torch.arange(args.views).repeat(rows)

@@ -25,6 +25,7 @@ from dr_fdsl.objectives.base import Objective
 from dr_fdsl.optim import create_scheduler
 from dr_fdsl.render import PointRenderer
 from dr_fdsl.static import StaticViews, static_loader
+from dr_fdsl.tables import build_renderer, tables_digest
 from dr_fdsl.textlog import TextLog
 from dr_fdsl.view_order import ViewOrder, held_out_views
 
@@ -219,6 +220,8 @@ def _build(cfg: Config, resume: str | None, log: TextLog | None) -> Run:
     if log is not None:
         log.say(f"{'resuming' if resume else 'starting'} a run in {cfg.output_dir} ({accelerator.num_processes} "
                 f"process(es), {accelerator.device}); its settings:\n{config_text(cfg)}")
+    if cfg.renderer.tables:  # a missing or damaged checkpoint fails before the bank is built
+        tables_digest(cfg.renderer.tables)
     static, views = None, cfg.data.views_per_class
     if cfg.data.source == "static":  # a missing, foreign or damaged dataset fails here
         with accelerator.main_process_first():  # every PNG header is read once, by the main process
@@ -237,7 +240,7 @@ def _build(cfg: Config, resume: str | None, log: TextLog | None) -> Run:
     mode = MODES.get(cfg.renderer.mode)(cfg, objective, accelerator)
     with accelerator.main_process_first():  # the main process builds and caches the bank, the others read it
         bank = bank_from_config(cfg.bank, progress=accelerator.is_main_process and t.progress)
-    renderer = PointRenderer(bank, cfg.renderer).to(accelerator.device)
+    renderer = build_renderer(cfg, bank).to(accelerator.device)  # renderer.tables: a trained run's, loaded
 
     # Prepare what trains, the objective's backbone first (Accelerate saves it as model.safetensors). The renderer
     # stays outside DDP: its row-sparse gradients are averaged row by row (sparse_sync); its SparseAdam goes

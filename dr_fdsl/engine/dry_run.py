@@ -20,6 +20,10 @@ def dry_run(cfg: Config, resume: str | None = None) -> list[str]:
     from dr_fdsl.static import StaticViews
 
     model = create_classifier(cfg.model, cfg.bank.num_classes, cfg.renderer.image_size)  # name, size, patches
+    if cfg.renderer.tables:
+        from dr_fdsl.tables import tables_digest
+
+        tables_digest(cfg.renderer.tables)
     if cfg.data.source == "static":
         StaticViews(cfg.data.path, verify=True).check_matches(cfg)
     if resume is not None:
@@ -35,7 +39,8 @@ def dry_run(cfg: Config, resume: str | None = None) -> list[str]:
              f"bank: {c} categories x {n} points of family {cfg.bank.family} ({gib(c * n * 3 * 4)} as float32)",
              f"model: {cfg.model.name}, {parameters / 1e6:.2f} M parameters at {cfg.renderer.image_size} px",
              f"renderer {cfg.renderer.mode}: "
-             + ("tables rebuilt from the config (nothing stored)" if cfg.renderer.mode == "frozen" else
+             + (f"the learnt tables of {cfg.renderer.tables}" if cfg.renderer.tables else
+                "tables rebuilt from the config (nothing stored)" if cfg.renderer.mode == "frozen" else
                 f"learnt tables of {gib(16 * c * n)} (+ {gib(32 * c * n)} of optimiser moments)")]
     lines += [f"per step, {what}: {gib(nbytes)} ({key})" for key, nbytes, what, _ in batch_sizes(cfg)]
     lines.append(f"settings ({len(config_text(cfg).splitlines())} lines as config.yaml): train.py --print-config")

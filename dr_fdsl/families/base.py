@@ -50,6 +50,8 @@ class Family:
         renderer_rules: ``(section: dict, r: RendererConfig) -> None``, the family's rules against the renderer's
             settings (``section``: the content settings of ``bank.<name>``), or None; run at load and by
             ``PointRenderer`` (``config.validate_against_bank``).
+        learnt_perturbation: True when its drawer can learn the size of its categories' perturbation
+            (``renderer.perturbation``: ``onepfrac``).
     """
 
     name: str
@@ -60,6 +62,7 @@ class Family:
     replays_maps: bool = False
     always_instances: bool = False
     renderer_rules: Callable[[dict, RendererConfig], None] | None = None
+    learnt_perturbation: bool = False
 
     @property
     def module(self) -> ModuleType:

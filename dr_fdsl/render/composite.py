@@ -221,4 +221,25 @@ def render_scene(scene: Scene, image_size: int, points_per_pixel: int, composito
     """Rasterise (``backend``, a name in :data:`dr_fdsl.render.rasterizers.RASTERIZERS`), weight and composite a
     :class:`Scene`: ``(B, 3, H, W)`` float32 in [0, 1]."""
     fragments = RASTERIZERS.get(backend)(scene.points, scene.radii, image_size, points_per_pixel)
+    if scene.points.requires_grad:  # a learnt shape (renderer.perturbation): the reference, autograd to positions
+        fragments = fragments._replace(dists=position_dists(fragments, scene.points, image_size))
+        return composite(fragments, fragment_weights(fragments, scene.radii), scene.colors, scene.background,
+                         compositor)
     return draw_fragments(fragments, scene.radii, scene.colors, scene.background, compositor)
+
+
+def position_dists(fragments: Fragments, points: torch.Tensor, image_size: int) -> torch.Tensor:
+    """``fragments.dists`` ``(B, H, W, K)`` with a gradient to ``points (B, N, 3)`` NDC: the rasteriser's values
+    exactly, and the derivative of ``(x_pixel - x)^2 + (y_pixel - y)^2`` (pixel centres as
+    :func:`dr_fdsl.render.raster_sort.pixel_centre`, PyTorch3D's +x left, +y up). Only occupied slots are gathered
+    (see :func:`fragment_weights`). Where a point crosses a pixel's disk edge its weight is 0, so the images are
+    continuous in the positions until the K nearest bind (as in the radius)."""
+    b, h, w, k = fragments.idx.shape
+    valid = fragments.idx >= 0
+    xy = points[..., :2].reshape(-1, 2)[fragments.idx[valid]]  # (F, 2)
+    _, row, col, _ = valid.nonzero(as_tuple=True)
+    centre = torch.stack([1 - (2 * col + 1) / w, 1 - (2 * row + 1) / h], dim=1).to(xy.dtype)
+    d = ((centre - xy) ** 2).sum(1)
+    dists = fragments.dists.clone()
+    dists[valid] = dists[valid] + (d - d.detach())
+    return dists

@@ -179,6 +179,26 @@ class ObjectsConfig:
     offset: float = 1.0
 
 
+@dataclass
+class PerturbationConfig:
+    """A learnt shape perturbation (family onepfrac: :class:`dr_fdsl.families.onepfrac.instances.OnePFracReplay`): the size
+    ``m`` of every category's perturbation, shared by all categories (no category owns it, so it cannot write the
+    label into the image), the factors ``1 + m u`` with ``u`` the category's unit draw (``m = bank.onepfrac.delta``:
+    the bank's categories). ``m`` starts at ``bank.onepfrac.delta`` and ascends the objective's loss under
+    ``renderer.mode=adversarial`` (the only mode it takes), held in ``budget`` by a projection."""
+
+    # [low, high] of m; [0, 0]: off (the bank's fixed delta, the published pixel snap)
+    budget: tuple[float, float] = (0.0, 0.0)
+    # "all": one m; "map": one per map; "parameter": one per map and parameter a..f (each in the budget)
+    per: Literal["all", "map", "parameter"] = "all"
+    # whether the colour and radius tables learn too (by the same mode); false: the perturbation alone
+    tables: bool = False
+
+    @property
+    def on(self) -> bool:
+        return tuple(self.budget) != (0.0, 0.0)
+
+
 MAX_POINTS_PER_PIXEL = 150  # PyTorch3D's kernels hold at most this many fragments per pixel
 
 
@@ -250,6 +270,8 @@ class RendererConfig:
     # (dr_fdsl/tables.py; tools/render_dataset.py --run writes the config that sets it). Not in content keys: the
     # tables' digest is, where it matters (static datasets, checkpoints).
     tables: str = field(default="", metadata=NOT_CONTENT)
+    # Family onepfrac: its perturbation's size learnt within a budget (PerturbationConfig)
+    perturbation: PerturbationConfig = field(default_factory=PerturbationConfig)
 
 
 @dataclass
@@ -657,6 +679,10 @@ def validate_against_bank(r: RendererConfig, bank_settings: dict, num_classes: i
         need(aug.mix == 0, "renderer.augment.mix",
              f"must be 0 with {what} (a mixed-in point would need the other category's instance, "
              f"which is not drawn); got {aug.mix}")
+    learning = [n for n, f in FAMILIES.items() if f.learnt_perturbation]
+    need(not r.perturbation.on or (spec is not None and spec.learnt_perturbation), "renderer.perturbation.budget",
+         f"learns the size of a family's perturbation, which only bank.family={' or '.join(learning)} has; got "
+         f"bank.family={family!r}; set it to [0, 0]")
     if spec is not None and spec.renderer_rules is not None:
         spec.renderer_rules(bank_settings[family], r)  # the family's own (visualatom's instances and colours)
 
@@ -733,6 +759,13 @@ def validate_renderer(r: RendererConfig) -> None:
     jitter = aug.map_jitter
     need(finite(jitter[1]) and 0 < jitter[0] <= jitter[1], "renderer.augment.map_jitter",
          f"need 0 < low <= high (published [0.8, 1.1]; [1, 1]: off), got {list(jitter)}")
+    pert = r.perturbation
+    low, high = pert.budget
+    need(finite(low) and finite(high) and 0 <= low <= high < 1, "renderer.perturbation.budget",
+         f"need 0 <= low <= high < 1 (a perturbation's size; [0, 0]: off), got {list(pert.budget)}")
+    need(not pert.on or r.mode == "adversarial", "renderer.perturbation.budget",
+         f"the perturbation's size is learnt by renderer.mode=adversarial (it ascends the loss within the budget; "
+         f"descending it would only widen the perturbation), got renderer.mode={r.mode}")
     obj = r.objects
     need(0 <= obj.max <= 16, "renderer.objects.max", f"must be in [0, 16] (0: off; published 5), got {obj.max}")
     need(finite(obj.scale[1]) and 0 < obj.scale[0] <= obj.scale[1], "renderer.objects.scale",

@@ -164,11 +164,15 @@ def test_the_delta_sweep_presets_load_one_config_per_delta(name, tmp_path):
 
     preset = PRESETS[name]
     arms = {k: a for k, a in arms_of(preset).items() if a.pretrain is not None}
-    assert sorted(arms) == ["delta_0.01", "delta_0.05", "delta_0.1", "delta_0.2"]
+    assert sorted(arms) == ["delta_0.01", "delta_0.05", "delta_0.1", "delta_0.2", "learnt"]
     for arm_name, arm in arms.items():
         cfg = pretrain_config(preset, arm.pretrain, 0, tmp_path / arm_name, arm.config)
-        assert cfg.bank.family == "onepfrac" and cfg.bank.onepfrac.delta == float(arm_name.split("_")[1])
-        assert cfg.renderer.mode == "frozen"
+        learnt = arm_name == "learnt"
+        assert cfg.bank.family == "onepfrac" and cfg.bank.onepfrac.delta == (0.1 if learnt else
+                                                                           float(arm_name.split("_")[1]))
+        assert cfg.renderer.mode == ("adversarial" if learnt else "frozen")
+        assert cfg.renderer.perturbation.budget == ((0.05, 0.2) if learnt else (0.0, 0.0))
+        assert not cfg.renderer.perturbation.tables and arm.config == arms["delta_0.1"].config
     if name == "onepfrac-gpu":
         assert (cfg.bank.num_classes, cfg.renderer.image_size, cfg.model.name, preset["dataset"]) == (
             1000, 224, "vit_tiny_patch16_224", "cifar100")
@@ -177,3 +181,127 @@ def test_the_delta_sweep_presets_load_one_config_per_delta(name, tmp_path):
 def test_the_map_limit_is_the_lockstep_games_table_width():
     """settings.py (torch-free) states the limit as a number; it must stay the published FractalDB port's."""
     assert op.MAX_MAPS == fdb.MAX_MAPS_EXCLUSIVE - 1
+
+
+# --- The learnt perturbation (renderer.perturbation; OnePFracReplay's learnt mode) ---------------------------------
+LEARNT = ["renderer.mode=adversarial", "renderer.perturbation.budget=[0.05,0.2]"]
+TINY = dict(num_classes=5, num_points=400, canvas=64)  # the learnt tests' bank: a scan of 400 steps takes ms
+SMALL = ["bank.family=onepfrac", "bank.num_classes=5", "bank.num_points=400", "bank.onepfrac.canvas=64",
+         "renderer.image_size=32", "renderer.radius_init=0.04", "renderer.share_colors=true",
+         "renderer.share_radii=true", *FLAT]
+
+
+@pytest.fixture(scope="module")
+def tiny_bank():
+    return build_bank(family="onepfrac", seed=0, cache_dir=None, **TINY)
+
+
+def learnt_renderer(bank, *overrides):
+    return PointRenderer(bank, load_config(None, [*SMALL, *LEARNT, *overrides]).renderer)
+
+
+def test_learnt_size_at_delta_is_the_banks_categories_without_the_pixel_snap(tiny_bank):
+    replay = learnt_renderer(tiny_bank).instances
+    ids = torch.arange(5)
+    m = replay.magnitude()
+    assert m.dtype == torch.float64 and torch.equal(m, torch.full((2, 6), 0.1, dtype=torch.float64))
+    assert torch.equal(replay.learnt_factors(ids, m), tiny_bank.params["factors"])  # bit for bit at m = delta
+    snapped = replay.points(ids)[..., :2].double()
+    # the snap removed: each point within half a canvas pixel (1 / canvas in NDC) of its published patch centre
+    assert (replay.continuous_points(ids, m) - snapped).abs().max() <= 1 / 64 + 1e-6
+    assert list(OnePFracReplay(tiny_bank).parameters()) == []  # off: no parameter, the snapped points
+
+
+@pytest.mark.parametrize("per", ["all", "parameter"])
+def test_learnt_points_gradients_match_finite_differences_in_float64(tiny_bank, per):
+    """Through the factors, the prefix scan of affine maps, the min-max rescale and the placement."""
+    replay = learnt_renderer(tiny_bank, f"renderer.perturbation.per={per}").instances
+    ids = torch.tensor([1, 3])
+    weights = torch.randn(3, 2, 400, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    start = torch.full((1,) if per == "all" else (2, 6), 0.1, dtype=torch.float64, requires_grad=True)
+
+    def projected(m):
+        xy = replay.continuous_points(ids, m.expand(2, 6))
+        return (weights * xy).sum(dim=(1, 2, 3))  # three random projections: three backward passes, not 8,000
+
+    assert torch.autograd.gradcheck(projected, (start,), eps=1e-7, atol=1e-5, rtol=1e-4)
+
+
+def test_one_adversarial_step_moves_the_size_up_the_loss_and_leaves_the_tables(tiny_bank):
+    """The renderer's image gradient (positions through the compositor) agrees with a finite difference of the
+    float32 render, and one step of mode adversarial moves m the way that gradient says: up the loss."""
+    from dr_fdsl.engine import Batch
+    from dr_fdsl.modes import MODES
+    from dr_fdsl.objectives.base import ObjectiveOutput
+    from tests.test_modes import Accelerator
+
+    renderer = learnt_renderer(tiny_bank)
+    ids, seeds = torch.tensor([0, 2]), torch.zeros(2, dtype=torch.long)
+    weights = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    logits = renderer.instances.perturbation_logits
+
+    def loss_at(logit):
+        with torch.no_grad():
+            logits.fill_(logit)
+            return float((weights * renderer(ids, seeds)).sum())
+
+    # m moves by 1e-5: the chaos game is strongly non-linear in m (the difference at 1e-3 is twice the derivative)
+    h = 1e-5 / 0.15
+    difference = (loss_at(h) - loss_at(-h)) / (2 * h)
+    with torch.no_grad():
+        logits.zero_()
+    cfg = load_config(None, [*SMALL, *LEARNT, "renderer.lr=0.01"])
+    mode = MODES.get("adversarial")(cfg, None, None)
+    optimizer = mode.prepare(renderer, Accelerator())
+    colors, radii = renderer.color_logits.clone(), renderer.radius_logits.clone()
+    rendered = renderer.render(ids, seeds)
+
+    def objective_loss(x):
+        loss = (weights * x).sum()
+        return ObjectiveOutput(loss, loss, {})
+
+    _, total = mode.losses(Batch(rendered.images, ids, seeds, rendered.rows), objective_loss, None)
+    total.backward()
+    grad = -float(renderer.instances.perturbation_logits.grad.to_dense())  # reversed: minus dL/dp
+    assert grad == pytest.approx(difference, rel=0.02) and abs(difference) > 1.0
+    optimizer.step()
+    renderer.project_()
+    moved = renderer.table_statistics()["renderer/perturbation"] - 0.1
+    assert moved * difference > 0 and abs(moved) == pytest.approx(0.01 * 0.15, rel=1e-3)  # Adam: lr of the budget
+    assert torch.equal(renderer.color_logits, colors) and torch.equal(renderer.radius_logits, radii)
+    assert renderer.color_logits.grad is None and renderer.radius_logits.grad is None
+
+
+@pytest.mark.parametrize("per", ["all", "map"])
+def test_the_learnt_size_stays_in_its_budget_and_keeps_its_gradient_there(tiny_bank, per):
+    renderer = learnt_renderer(tiny_bank, f"renderer.perturbation.per={per}")
+    logits = renderer.instances.perturbation_logits
+    for push, bound in ((100.0, 0.2), (-100.0, 0.05)):
+        with torch.no_grad():
+            logits.fill_(push)
+        renderer.project_()
+        m = renderer.instances.magnitude()
+        assert torch.equal(m, torch.full((2, 6), bound, dtype=torch.float64))
+        stats = renderer.table_statistics()
+        assert stats["renderer/perturbation"] == bound
+        logits.grad = None
+        m.sum().backward()  # straight through at the bound: the slope is the budget's span
+        assert torch.allclose(logits.grad.to_dense(), torch.full_like(logits, 0.15 * 12 / logits.numel()))
+    if per == "map":
+        assert stats["renderer/perturbation_min"] == stats["renderer/perturbation_max"] == 0.05
+
+
+def test_a_learnt_perturbation_is_refused_outside_its_family_and_mode():
+    with pytest.raises(ConfigError, match=r"'renderer.perturbation.budget': learns the size .* only "
+                                          r"bank.family=onepfrac has; got bank.family='ifs3d'"):
+        load_config(None, LEARNT)
+    for overrides, pattern in (
+            (["renderer.perturbation.budget=[0.05,0.2]"], "is learnt by renderer.mode=adversarial .* got "
+                                                          "renderer.mode=frozen"),
+            (["renderer.mode=joint", "renderer.perturbation.budget=[0.05,0.2]"], "got renderer.mode=joint"),
+            (["renderer.mode=adversarial", "renderer.perturbation.budget=[0.2,0.05]"], "need 0 <= low <= high < 1"),
+            (["renderer.mode=adversarial", "renderer.perturbation.budget=[0.2,0.3]"],
+             r"starts at bank.onepfrac.delta=0.1, which must be > 0 and inside the budget"),
+            ([*LEARNT, "renderer.perturbation.per=layer"], "'renderer.perturbation.per'")):
+        with pytest.raises(ConfigError, match=pattern):
+            load_config(None, ["bank.family=onepfrac", *overrides])

@@ -27,10 +27,9 @@ def model_params(run):
 
 
 def tags(run_dir):
-    accelerator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0,
-                                                                        "histograms": 0})
-    accelerator.Reload()
-    return accelerator
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+    events.Reload()
+    return events
 
 
 @pytest.mark.parametrize("mode", ["frozen", "joint", "adversarial"])

@@ -54,6 +54,8 @@ class Family:
             ``dr_fdsl/families/<name>/instances.py``), imported on first use: ``(bank: PointBank, cfg:
             RendererConfig) -> nn.Module | None`` (None: not asked for by these settings; see
             :mod:`dr_fdsl.render.instances`); None when the family has none.
+        learnt_perturbation: True when its drawer can learn the size of its categories' perturbation
+            (``renderer.perturbation``: ``onepfrac``).
     """
 
     name: str
@@ -65,6 +67,7 @@ class Family:
     always_instances: bool = False
     renderer_rules: Callable[[dict, RendererConfig], None] | None = None
     drawer: str | None = None
+    learnt_perturbation: bool = False
 
     @property
     def module(self) -> ModuleType:

@@ -102,8 +102,8 @@ def occupied(fragments: Fragments) -> Occupied:
 class _Draw(torch.autograd.Function):
     """Weights and compositing of the occupied pixels; see :func:`draw_fragments`. The forward repeats the
     reference's float32 operations in its order: ``w = clamp(1 - d / (r * r), 0, 1)``; PyTorch3D's per-pixel
-    loops (``alpha``: ``accelerator += (cum * w_k) * c_k; cum = cum * (1 - w_k)``; ``norm_weighted``: ``t = sum w_k``
-    floored at 1e-4, ``accelerator += (w_k * c_k) / t``); ``T = prod(1 - w)`` by ``torch.prod`` over the slots, as the
+    loops (``alpha``: ``accum += (cum * w_k) * c_k; cum = cum * (1 - w_k)``; ``norm_weighted``: ``t = sum w_k``
+    floored at 1e-4, ``accum += (w_k * c_k) / t``); ``T = prod(1 - w)`` by ``torch.prod`` over the slots, as the
     reference takes it; then ``clamp(image + T * bg, 0, 1)``. Empty slots (weight 0) add exactly nothing."""
 
     @staticmethod
@@ -121,13 +121,13 @@ class _Draw(torch.autograd.Function):
         bg = bg_full[where.batch, :, row, col]  # (M, 3)
         keep = 1 - weights
         transmittance = torch.prod(keep, dim=1)  # (M,)
-        accelerator = torch.zeros_like(bg)
+        accum = torch.zeros_like(bg)
         if compositor == "alpha":
             cum = torch.ones_like(transmittance)
             before = []
             for k in range(weights.shape[1]):
                 before.append(cum)
-                accelerator = accelerator + (cum * weights[:, k])[:, None] * cols[:, k]
+                accum = accum + (cum * weights[:, k])[:, None] * cols[:, k]
                 cum = cum * keep[:, k]
             extra, total = torch.stack(before, dim=1), None  # (M, K): transmittance in front of each slot
         else:
@@ -136,10 +136,10 @@ class _Draw(torch.autograd.Function):
                 total = total + weights[:, k]
             total = torch.where(total < _NORM_FLOOR, torch.full_like(total, _NORM_FLOOR), total)
             for k in range(weights.shape[1]):
-                accelerator = accelerator + (weights[:, k, None] * cols[:, k]) / total[:, None]
-            extra = accelerator  # (M, 3): the normalised weighted sum
-            accelerator = (1 - transmittance)[:, None] * accelerator
-        value = accelerator + transmittance[:, None] * bg
+                accum = accum + (weights[:, k, None] * cols[:, k]) / total[:, None]
+            extra = accum  # (M, 3): the normalised weighted sum
+            accum = (1 - transmittance)[:, None] * accum
+        value = accum + transmittance[:, None] * bg
         image = (bg_full + 0.0).clamp_(0, 1)  # empty pixels: clamp(0 + 1 * bg) (+ 0.0 turns -0.0 into 0.0)
         image[where.batch, :, row, col] = value.clamp(0, 1)
         ctx.compositor, ctx.shape = compositor, shape
@@ -221,4 +221,25 @@ def render_scene(scene: Scene, image_size: int, points_per_pixel: int, composito
     """Rasterise (``backend``, a name in :data:`dr_fdsl.render.rasterizers.RASTERIZERS`), weight and composite a
     :class:`Scene`: ``(B, 3, H, W)`` float32 in [0, 1]."""
     fragments = RASTERIZERS.get(backend)(scene.points, scene.radii, image_size, points_per_pixel)
+    if scene.points.requires_grad:  # a learnt shape (renderer.perturbation): the reference, autograd to positions
+        fragments = fragments._replace(dists=position_dists(fragments, scene.points, image_size))
+        return composite(fragments, fragment_weights(fragments, scene.radii), scene.colors, scene.background,
+                         compositor)
     return draw_fragments(fragments, scene.radii, scene.colors, scene.background, compositor)
+
+
+def position_dists(fragments: Fragments, points: torch.Tensor, image_size: int) -> torch.Tensor:
+    """``fragments.dists`` ``(B, H, W, K)`` with a gradient to ``points (B, N, 3)`` NDC: the rasteriser's values
+    exactly, and the derivative of ``(x_pixel - x)^2 + (y_pixel - y)^2`` (pixel centres as
+    :func:`dr_fdsl.render.raster_sort.pixel_centre`, PyTorch3D's +x left, +y up). Only occupied slots are gathered
+    (see :func:`fragment_weights`). Where a point crosses a pixel's disk edge its weight is 0, so the images are
+    continuous in the positions until the K nearest bind (as in the radius)."""
+    b, h, w, k = fragments.idx.shape
+    valid = fragments.idx >= 0
+    xy = points[..., :2].reshape(-1, 2)[fragments.idx[valid]]  # (F, 2)
+    _, row, col, _ = valid.nonzero(as_tuple=True)
+    centre = torch.stack([1 - (2 * col + 1) / w, 1 - (2 * row + 1) / h], dim=1).to(xy.dtype)
+    d = ((centre - xy) ** 2).sum(1)
+    dists = fragments.dists.clone()
+    dists[valid] = dists[valid] + (d - d.detach())
+    return dists

@@ -144,6 +144,9 @@ class PointRenderer(nn.Module):
         self.requires_grad_(cfg.mode != "frozen")
         # The family's per-image points (bank.<family>.instances, renderer.augment.map_jitter), drawn in the step
         self.instances = build_instances(bank, cfg)
+        if cfg.perturbation.on and not cfg.perturbation.tables:  # the drawer's learnt perturbation alone trains
+            self.color_logits.requires_grad_(False)
+            self.radius_logits.requires_grad_(False)
 
     @property
     def image_size(self) -> int:
@@ -188,6 +191,8 @@ class PointRenderer(nn.Module):
         if self.radius_param == "residual" and span > 0:
             r0 = self.cfg.radius_init
             self.radius_logits.clamp_((self.cfg.radius_min - r0) / span, (self.cfg.radius_max - r0) / span)
+        if hasattr(self.instances, "project_"):  # a drawer's own learnt parameters (renderer.perturbation)
+            self.instances.project_()
 
     def radii(self) -> torch.Tensor:
         """Radius tables ``(C or 1, N)`` float32 in [radius_min, radius_max], NDC units."""
@@ -211,7 +216,9 @@ class PointRenderer(nn.Module):
         root mean square over categories and channels; floored at 1e-3 of the value's range, so that tables that
         all start at one value read 0 until they move): how much of a label code the tables could carry.
 
-        Values are the tables' own (before any point operation); cost: a few passes over the tables.
+        Values are the tables' own (before any point operation); cost: a few passes over the tables. A drawer's own
+        learnt values join them (``renderer/perturbation``: :meth:`OnePFracReplay.statistics
+        <dr_fdsl.families.onepfrac.instances.OnePFracReplay.statistics>`).
         """
         span = self.cfg.radius_max - self.cfg.radius_min
         colors, radii = self.colors(), self.radii()[..., None]  # (T, N, 3), (T, N, 1)
@@ -226,6 +233,8 @@ class PointRenderer(nn.Module):
             out[f"renderer/{part}_drift"] = drift
             out[f"renderer/{part}_between"] = between
             out[f"renderer/{part}_code"] = between / max(within, 1e-3 * scale) if scale > 0 else 0.0
+        if hasattr(self.instances, "statistics"):  # a drawer's learnt values (renderer/perturbation)
+            out.update(self.instances.statistics())
         return out
 
     def _rows(self, table: nn.Parameter, rows: torch.Tensor) -> torch.Tensor:

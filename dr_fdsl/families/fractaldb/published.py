@@ -110,10 +110,10 @@ def draw_candidate(rng: np.random.RandomState, num_points: int = NUM_POINTS):
 
 def _cumulative(probs: np.ndarray) -> np.ndarray:
     """Running sum of probabilities, accumulated in Python floats from 0.0 like ifs_simple.set_param."""
-    out, accelerator = [], 0.0
+    out, total = [], 0.0
     for p in probs:
-        accelerator += float(p)
-        out.append(accelerator)
+        total += float(p)
+        out.append(total)
     return np.asarray(out)
 
 

@@ -12,7 +12,7 @@ from dr_fdsl.memory import FLOAT64, need_bytes
 from dr_fdsl.settings import finite, need
 
 if TYPE_CHECKING:
-    from dr_fdsl.config import BankConfig
+    from dr_fdsl.config import BankConfig, RendererConfig
 
 MAX_MAPS = 7  # the lockstep chaos game's table width (FractalDB's np.random.randint(2, 8): at most 7 maps)
 BATCH = 64  # categories whose chaos games run in lockstep: (N, 2, 64) float64 = 100 MB at N = 100,000
@@ -54,5 +54,16 @@ def validate(cfg: BankConfig) -> None:
                f"{BATCH} chaos games of {n} points")
 
 
+def renderer_rules(section: dict, r: RendererConfig) -> None:
+    """A learnt perturbation (``renderer.perturbation``) starts at the bank's ``delta``, inside its budget."""
+    if r.perturbation.on:
+        low, high = r.perturbation.budget
+        delta = section["delta"]
+        need(delta > 0 and low <= delta <= high, "renderer.perturbation.budget",
+             f"the learnt size starts at bank.onepfrac.delta={delta}, which must be > 0 and inside the budget, got "
+             f"{list(r.perturbation.budget)}; widen it or set bank.onepfrac.delta inside it")
+
+
 FAMILY = Family("onepfrac", OnePFracConfig, validate, "dr_fdsl.families.onepfrac.generator", always_instances=True,
+                renderer_rules=renderer_rules, learnt_perturbation=True,
                 drawer="dr_fdsl.families.onepfrac.instances:build")

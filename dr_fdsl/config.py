@@ -492,12 +492,6 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), c
 # --------------------------------------------------------------------------------------------------------
 
 
-def image_settings(cfg: Config) -> dict:
-    """Legacy (see :func:`content_settings`): the bank's and the renderer's records of files made before content
-    keys."""
-    return {"bank": content_settings(cfg.bank), "renderer": content_settings(cfg.renderer)}
-
-
 # Refuse sizes whose buffers would not fit in memory, with an estimate (bytes per element x count; dr_fdsl/memory.py).
 _FRAGMENT_BYTES = 8 + 4 + 4 + 4  # packed index, depth, squared distance, weight per (pixel, slot)
 _PIXEL_BYTES = 3 * 4 * 4  # float32 RGB: the image, its augmented copy, and their gradients

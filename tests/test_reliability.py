@@ -420,17 +420,15 @@ def test_finetune_data_that_cannot_serve_the_request_is_refused(tmp_path):
 
 def test_default_settings_keep_the_keys_of_earlier_versions():
     """Files made before content keys are read by the legacy rule: content keys added since f6f5a45 are left out
-    while at their default (``ADDED``), so static datasets and checkpoints made before them still match. The
-    snapshot was recorded with f6f5a45's own config module."""
+    while at their default (marked ``ADDED`` or absent from ``content_legacy.FIELDS``, so that a new option needs no
+    metadata), so static datasets and checkpoints made before them still match. The snapshot was recorded with
+    f6f5a45's own config module."""
 
-    from dr_fdsl.config import Config, content_settings, image_settings
+    from dr_fdsl.config import Config
     from dr_fdsl.content_key import legacy_settings
 
     snapshot = json.loads((ROOT / "tests" / "golden" / "default_settings_f6f5a45.json").read_text())
     cfg = Config()
-    assert json.loads(json.dumps(image_settings(cfg))) == snapshot["image_settings"]
-    assert json.loads(json.dumps(content_settings(cfg.data))) == snapshot["data"]
-    assert json.loads(json.dumps(content_settings(cfg.image_aug))) == snapshot["image_aug"]
     legacy = {k: legacy_settings(getattr(cfg, k), k) for k in ("bank", "renderer", "data", "image_aug")}
     assert json.loads(json.dumps(legacy)) == {**snapshot["image_settings"], "data": snapshot["data"],
                                               "image_aug": snapshot["image_aug"]}

@@ -163,3 +163,15 @@ def test_teach_resumes_exactly_with_its_teacher_and_replay(tmp_path, bank_dir):
 def test_teach_refuses_what_it_cannot_do_at_load(tmp_path, bank_dir, override, message):
     with pytest.raises(ConfigError, match=message):
         tiny(tmp_path, bank_dir, "renderer.mode=teach", override)
+
+
+def test_teach_anchor_tool_states_why_its_claim_fails():
+    """tools/teach_anchor.py's verdict: the claim needs both halves, teach at the bound and the adversary collapsed."""
+    from tools.teach_anchor import verdict
+
+    good = {"teach": {0: 0.50, 1: 0.41}, "adversarial_unanchored": {0: 0.10, 1: 0.12}}
+    assert verdict(good, 0.35, 0.15)[0]
+    holds, line = verdict({**good, "teach": {0: 0.50, 1: 0.30}}, 0.35, 0.15)
+    assert not holds and "teach below 0.35 on seeds [1]" in line
+    holds, line = verdict({**good, "adversarial_unanchored": {0: 0.40, 1: 0.12}}, 0.35, 0.15)
+    assert not holds and "did not collapse" in line and "[0]" in line

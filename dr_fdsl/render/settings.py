@@ -12,7 +12,7 @@ from typing import Literal
 
 from dr_fdsl.families import FAMILIES
 from dr_fdsl.modes import MODES
-from dr_fdsl.render.point_ops_settings import POINT_OPS
+from dr_fdsl.render.point_ops_settings import POINT_OPS, pipeline
 from dr_fdsl.settings import ADDED, NOT_CONTENT, compose, finite, need
 
 
@@ -312,41 +312,12 @@ def validate_renderer(r: RendererConfig) -> None:
     need(not r.tables or r.mode == "frozen", "renderer.tables",
          f"draws a trained run's tables as they are: it needs renderer.mode=frozen, got {r.mode!r} (to train a run "
          "further, resume it: train.py --resume)")
-    view, aug = r.view, r.augment
-    for key in ("azimuth", "elevation", "roll", "distance", "fov", "ortho_scale"):
-        lo, hi = getattr(view, key)
-        need(lo <= hi, f"renderer.view.{key}", f"range [{lo}, {hi}] has low > high")
-    need(view.distance[0] > 0, "renderer.view.distance", "must be positive (camera to cloud centre)")
-    need(view.fov[0] > 0 and view.fov[1] < 180, "renderer.view.fov", "must lie in (0, 180) degrees")
-    need(view.ortho_scale[0] > 0, "renderer.view.ortho_scale", "must be positive")
-    need(0 < aug.scale[0] <= aug.scale[1], "renderer.augment.scale", f"need 0 < low <= high, got {aug.scale}")
-    need(0 < aug.subsample[0] <= aug.subsample[1] <= 1, "renderer.augment.subsample",
-         f"need 0 < low <= high <= 1 (fractions of points kept), got {aug.subsample}")
-    need(aug.shift >= 0 and aug.jitter >= 0, "renderer.augment.shift", "shift and jitter must be >= 0")
-    need(0 <= aug.mix < 1, "renderer.augment.mix",
-         f"fraction of points from another category must be in [0, 1), got {aug.mix}")
-    need(aug.pointwolf_anchors >= 1 and aug.pointwolf_sigma > 0, "renderer.augment.pointwolf_anchors",
-         "need at least one anchor and a positive pointwolf_sigma")
-    need(0 < aug.pointwolf_scale[0] <= aug.pointwolf_scale[1], "renderer.augment.pointwolf_scale",
-         "need 0 < low <= high")
-    for key in ("subsample_prob", "scale_shift_prob", "jitter_prob"):
-        value = getattr(aug, key)
-        need(0 <= value <= 1, f"renderer.augment.{key}", f"is a probability: must be in [0, 1], got {value}")
-    for key in ("drop_local", "add_global", "add_local"):
-        need(getattr(aug, key) >= 0, f"renderer.augment.{key}", f"is a number of points: must be >= 0, got "
-             f"{getattr(aug, key)}")
-    for key in ("depth_hue_saturation", "depth_hue_value"):
-        lo, hi = getattr(aug, key)
-        need(0 <= lo <= hi <= 1, f"renderer.augment.{key}", f"need 0 <= low <= high <= 1, got {(lo, hi)}")
-    need(0 < aug.radius_scale[0] <= aug.radius_scale[1], "renderer.augment.radius_scale",
-         f"need 0 < low <= high, got {aug.radius_scale}")
-    need(finite(aug.window_scale[1]) and 0 < aug.window_scale[0] <= aug.window_scale[1],
-         "renderer.augment.window_scale", f"need 0 < low <= high (published [0.5, 2.0]), got {list(aug.window_scale)}")
-    need(finite(aug.window_shift) and aug.window_shift >= 0, "renderer.augment.window_shift",
-         f"is a fraction of the window: must be >= 0 (published 0.2), got {aug.window_shift}")
-    jitter = aug.map_jitter
-    need(finite(jitter[1]) and 0 < jitter[0] <= jitter[1], "renderer.augment.map_jitter",
-         f"need 0 < low <= high (published [0.8, 1.1]; [1, 1]: off), got {list(jitter)}")
+    need(0 <= r.augment.mix < 1, "renderer.augment.mix",
+         f"fraction of points from another category must be in [0, 1), got {r.augment.mix}")
+    for name in pipeline():  # each point operation's own checks (renderer.view.*, renderer.augment.*)
+        op = POINT_OPS[name]
+        if op.validate is not None:
+            op.validate(r)
     pert = r.perturbation
     low, high = pert.budget
     need(finite(low) and finite(high) and 0 <= low <= high < 1, "renderer.perturbation.budget",
@@ -360,6 +331,3 @@ def validate_renderer(r: RendererConfig) -> None:
          f"need 0 < low <= high (fractions of the image; published [0.15, 0.6]), got {list(obj.scale)}")
     need(finite(obj.offset) and obj.offset >= 0, "renderer.objects.offset",
          f"must be >= 0 (NDC; 1.0: centres anywhere in the image), got {obj.offset}")
-    for op in POINT_OPS.values():  # the point operations that own their checks (those registered with a validate)
-        if op.validate is not None:
-            op.validate(r)

@@ -207,12 +207,14 @@ point_op("toyop_b", "toyparts.op:shift_x", after="jitter")
 point_op("toyop_c", "toyparts.op:shift_x", after="toyop")
 at = pipeline().index("jitter")
 assert pipeline()[at:at + 5] == ("jitter", "toyop", "toyop_c", "toyop_b", "view"), pipeline()
-try:
-    point_op("toyop_d", "toyparts.op:shift_x", after="jiter")
-except ValueError as err:
-    assert "'jiter', which is not registered" in str(err), err
-else:
-    raise AssertionError("after='jiter' was accepted")
+for late, message in ({"after": "jiter"}, "'jiter', which is not registered"), \
+        ({"settings": type(aug.toyop)}, "register it before dr_fdsl.config"):  # its section could not be composed
+    try:
+        point_op("toyop_d", "toyparts.op:shift_x", **late)
+    except ValueError as err:
+        assert message in str(err), err
+    else:
+        raise AssertionError(f"{late} was accepted")
 print("ok")
 '''
 

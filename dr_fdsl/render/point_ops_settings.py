@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -78,9 +79,12 @@ def point_op(name: str, path: str, *, keys: tuple[str, ...] = (), streams: tuple
     """Registers operation ``name`` (see :class:`PointOp`) and returns it. ``keys`` defaults to the fields of
     ``settings`` (``<name>.<field>``). Programming errors, raised at registration: a name taken, ``after`` naming
     no registered operation, a stream number already drawn by ``Stream`` or another operation, ``settings`` that
-    is not a dataclass."""
+    is not a dataclass, or given once ``AugmentConfig`` is composed (the renderer's settings imported)."""
     if settings is not None and not dataclasses.is_dataclass(settings):
         raise TypeError(f"point operation {name!r}: settings must be a dataclass, got {settings!r}")
+    if settings is not None and "dr_fdsl.render.settings" in sys.modules:  # AugmentConfig is composed already
+        raise ValueError(f"point operation {name!r} has its own settings: register it before dr_fdsl.config (or "
+                         "dr_fdsl.render.settings) is first imported, or AugmentConfig has no section for it")
     if after is not None and after not in POINT_OPS:
         raise ValueError(f"point operation {name!r} runs after {after!r}, which is not registered; registered: "
                          f"{', '.join(_ORDER)}")

@@ -41,10 +41,11 @@ from pathlib import Path
 import torch
 
 from dr_fdsl import content_key, safetensors_check
-from dr_fdsl.config import Config, canonical_tables, table_param
+from dr_fdsl.config import Config
 from dr_fdsl.errors import CheckpointError, ConfigError, IntegrityError
 from dr_fdsl.manifest import MANIFEST, read_manifest, verify_manifest, write_manifest
 from dr_fdsl.modes import MODES
+from dr_fdsl.render.settings import canonical_tables, table_param
 
 STATE_FILE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"  # Accelerate's name for the first prepared model (the objective's backbone)
@@ -166,7 +167,7 @@ def fingerprint(cfg: Config, num_processes: int) -> dict:
     processes). ``exact`` (:data:`EXACT`, the objective's own sections such as ``mim``, and the mode's entries: in
     mode match the target settings and, for a folder target, a digest of its images' bytes): what changes the random
     stream; a resume with other values runs, but not as the original would have. The table parameterisations are
-    recorded as used (:func:`~dr_fdsl.config.canonical_tables`).
+    recorded as used (:func:`~dr_fdsl.render.settings.canonical_tables`).
     """
     cfg = dataclasses.replace(cfg, renderer=canonical_tables(cfg.renderer))
     required = {"num_processes": num_processes}

@@ -25,7 +25,17 @@ _FIELD = re.compile(r"^\s*(\w+)\s*:")
 @cache
 def field_comments(cls: type) -> dict[str, str]:
     """``{field: comment}`` of a dataclass: the comment at the end of the field's line, else the block of comment
-    lines right above it (joined into one line)."""
+    lines right above it (joined into one line). A composed section (``settings.compose``: ``BankConfig``,
+    ``AugmentConfig``, ``Config``) has no source of its own: its fields' comments are its bases'."""
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is not object and dataclasses.is_dataclass(klass):
+            comments.update(_own_comments(klass))
+    return comments
+
+
+def _own_comments(cls: type) -> dict[str, str]:
+    """:func:`field_comments` of the fields written in ``cls``'s own source."""
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError):

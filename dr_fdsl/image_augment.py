@@ -17,7 +17,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
 from dr_fdsl import image_ops as ops
-from dr_fdsl.config import ImageAugConfig
+from dr_fdsl.image_augment_settings import ImageAugConfig
 from dr_fdsl.randaugment import RandAugment, parse_randaugment
 
 

@@ -41,8 +41,9 @@ from torchvision.io import ImageReadMode, decode_png, encode_png
 from tqdm import tqdm
 
 from dr_fdsl import content_key
-from dr_fdsl.config import Config, canonical_tables
+from dr_fdsl.config import Config
 from dr_fdsl.errors import ConfigError, DatasetError
+from dr_fdsl.render.settings import canonical_tables
 
 FORMAT = 2  # 2: bank settings by family; with a "key": compared by content key (before: by the settings)
 INFO = "dataset.json"
@@ -83,7 +84,7 @@ def _tables_sha256(cfg: Config) -> str | None:
 
 def images_key(cfg: Config) -> dict:
     """The content key of the bank's and the renderer's settings (``bank.*``, ``renderer.*`` that differ from
-    their defaults; the table parameterisations as used, :func:`~dr_fdsl.config.canonical_tables`)."""
+    their defaults; the table parameterisations as used, :func:`~dr_fdsl.render.settings.canonical_tables`)."""
     renderer = canonical_tables(cfg.renderer)
     return content_key.make_key({**content_key.changed(cfg.bank, "bank"), **content_key.changed(renderer, "renderer")})
 

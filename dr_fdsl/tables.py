@@ -15,9 +15,10 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from dr_fdsl import checkpoint, safetensors_check
-from dr_fdsl.config import Config, load_config, table_param, validate_config
+from dr_fdsl.config import Config, load_config, validate_config
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.manifest import digest_file
+from dr_fdsl.render.settings import table_param
 
 KEY = "config key 'renderer.tables'"
 

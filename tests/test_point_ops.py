@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from dr_fdsl.bank import PointBank, build_bank
-from dr_fdsl.config import AugmentConfig, RendererConfig, ViewConfig
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.families import FAMILIES
 from dr_fdsl.families.svd2d.instances import MapJitterReplay
@@ -20,8 +19,9 @@ from dr_fdsl.objectives import OBJECTIVES
 from dr_fdsl.registry import Registry
 from dr_fdsl.render import PointRenderer, point_ops, renderer
 from dr_fdsl.render.instances import build_instances
-from dr_fdsl.render.point_ops import PIPELINE, POINT_OPS, Points, SceneContext
+from dr_fdsl.render.point_ops import POINT_OPS, Points, SceneContext, pipeline
 from dr_fdsl.render.rasterizers import RASTERIZERS
+from dr_fdsl.render.settings import AugmentConfig, RendererConfig, ViewConfig, validate_renderer
 from dr_fdsl.render.streams import Stream
 
 DOCUMENTED = ("subsample", "instances", "corrupt", "pointwolf", "scale", "shift", "jitter", "view", "camera_shift",
@@ -46,17 +46,41 @@ def make(aug=None, bank=None):
 
 def scene_without(monkeypatch, r, skip):
     """The scene (points, colours, radii) with operation ``skip`` left out of the pipeline."""
-    monkeypatch.setattr(point_ops, "PIPELINE", tuple(n for n in DOCUMENTED if n != skip))
+    monkeypatch.setattr(point_ops, "pipeline", lambda: tuple(n for n in DOCUMENTED if n != skip))
     scene, _ = r.scene(torch.tensor([0, 1, 3]), torch.tensor([5, 6, 7]))
-    monkeypatch.setattr(point_ops, "PIPELINE", DOCUMENTED)
+    monkeypatch.setattr(point_ops, "pipeline", lambda: DOCUMENTED)
     return scene
 
 
 def test_the_pipeline_runs_the_documented_order_and_the_docs_list_it():
-    assert PIPELINE == DOCUMENTED and sorted(POINT_OPS) == sorted(DOCUMENTED)
-    listed = ", ".join(f"`{n}`" for n in PIPELINE)
+    assert pipeline() == DOCUMENTED and sorted(POINT_OPS) == sorted(DOCUMENTED)
+    listed = ", ".join(f"`{n}`" for n in pipeline())
     for doc in ("docs/architecture.md", "docs/rendering.md"):
         assert listed in re.sub(r"\s+", " ", (ROOT / doc).read_text()), doc
+
+
+@pytest.mark.parametrize("name, bad, key", [
+    ("subsample", {"subsample": (0.0, 1.0)}, "subsample"), ("subsample", {"subsample_prob": 1.5}, "subsample_prob"),
+    ("instances", {"map_jitter": (0.0, 1.0)}, "map_jitter"), ("corrupt", {"add_global": -1}, "add_global"),
+    ("pointwolf", {"pointwolf_anchors": 0}, "pointwolf_anchors"), ("scale", {"scale_shift_prob": 2.0},
+                                                                    "scale_shift_prob"),
+    ("shift", {"shift": -0.1}, "shift"), ("jitter", {"jitter": -0.1}, "jitter"),
+    ("view", {"fov": (10.0, 190.0)}, "renderer.view.fov"), ("window", {"window_shift": -1.0}, "window_shift"),
+    ("depth_hue", {"depth_hue_value": (0.5, 2.0)}, "depth_hue_value"),
+    ("point_size", {"radius_scale": (0.0, 1.0)}, "radius_scale"),
+])
+def test_each_operation_checks_its_own_keys(name, bad, key):
+    """An operation's ``validate`` refuses a bad value of a key it owns, naming that key; ``validate_renderer``
+    (load_config, ``PointRenderer``) runs it."""
+    op = POINT_OPS[name]
+    assert key in op.keys or key.startswith("renderer.view.") and op.keys == ("renderer.view.*",), (name, key)
+    section = "view" if key.startswith("renderer.view.") else "augment"
+    r = RendererConfig(**{section: (ViewConfig if section == "view" else AugmentConfig)(**bad)})
+    dotted = key if section == "view" else f"renderer.augment.{key}"
+    for check in (op.validate, validate_renderer):
+        with pytest.raises(ConfigError, match=rf"^config key '{re.escape(dotted)}': "):
+            check(r)
+    op.validate(RendererConfig())  # the defaults pass
 
 
 def test_every_operation_has_the_one_signature():

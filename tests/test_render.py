@@ -7,8 +7,8 @@ import torch
 from dr_fdsl.bank import PointBank
 from dr_fdsl.config import AugmentConfig, RendererConfig, ViewConfig
 from dr_fdsl.errors import ConfigError
-from dr_fdsl.render import PointRenderer, Scene, composite, fragment_weights, render_grid, render_scene, save_grid
-from dr_fdsl.render.composite import draw_fragments
+from dr_fdsl.render import PointRenderer, Scene, fragment_weights, render_grid, render_scene, save_grid
+from dr_fdsl.render.composite import composite, draw_fragments
 from dr_fdsl.render.raster_pytorch3d import bin_occupancy_bound, rasterize
 from dr_fdsl.render.structures import OFFSCREEN, Fragments
 from tests.reference_render import pixel_centres, reference_render

@@ -96,3 +96,13 @@ def test_index_bytes_at_load_are_the_index_dtype_s_widths():
 
     for count in (1, 2**8, 2**8 + 1, 2**15, 2**15 + 1, 2**31, 2**31 + 1):
         assert index_bytes(count) == index_dtype(count).itemsize, count
+
+
+def test_composed_sections_keep_their_fields_comments():
+    """--print-config reads each key's comment from its dataclass's source: a composed section (BankConfig,
+    AugmentConfig with the point operations' sections) has none of its own, so its base's comments are used."""
+    from dr_fdsl.config import AugmentConfig
+    from dr_fdsl.config_doc import field_comments
+
+    assert "Gaussian noise" in field_comments(AugmentConfig)["jitter"]
+    assert "cached" in field_comments(BankConfig)["cache_dir"]

@@ -41,8 +41,8 @@ import torch
 from dr_fdsl.config import load_config
 from dr_fdsl.engine import Batch, build_run, forward_backward, optimizer_step, render_batch, train_step
 from dr_fdsl.modes.lookahead_settings import LookaheadConfig
-from dr_fdsl.render import RASTERIZERS, composite, fragment_weights
-from dr_fdsl.render.composite import draw_fragments
+from dr_fdsl.render import RASTERIZERS, fragment_weights
+from dr_fdsl.render.composite import composite, draw_fragments
 from dr_fdsl.render.keyed_random import image_keys
 from dr_fdsl.timing import (
     check_bench_args,

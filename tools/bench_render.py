@@ -23,7 +23,8 @@ from dr_fdsl.bank import build_bank
 from dr_fdsl.cli import report
 from dr_fdsl.config import AugmentConfig, RendererConfig, load_config
 from dr_fdsl.errors import DrFdslError
-from dr_fdsl.render import RASTERIZERS, PointRenderer, composite, fragment_weights
+from dr_fdsl.render import RASTERIZERS, PointRenderer, fragment_weights
+from dr_fdsl.render.composite import composite
 from dr_fdsl.timing import check_bench_args, machine_and_peak_memory, median_time, save_json
 
 

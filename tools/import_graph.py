@@ -3,7 +3,8 @@
 Prints each module's level (0: imports no dr_fdsl module; otherwise 1 + the highest level it imports) and what it
 imports, then checks that the graph has no cycle and that the torch-free floor stays so: ``dr_fdsl.settings``,
 ``dr_fdsl.registry``, ``dr_fdsl.errors``, ``dr_fdsl.memory`` and every part's settings module
-(``*_settings``, ``families/*/settings``, ``families/base``, the registries) import neither torch nor any module above
+(``*_settings``, ``families/*/settings``, ``render/settings``, ``families/base``, the registries, and the
+``render`` package itself, whose names are imported on first use) import neither torch nor any module above
 them. Exit status 1 on a violation.
 
     python tools/import_graph.py            # levels and violations
@@ -113,7 +114,8 @@ def is_floor(name: str) -> bool:
     """The torch-free modules the config loader runs."""
     leaf = name.rpartition(".")[2]
     return (name in ("dr_fdsl.settings", "dr_fdsl.registry", "dr_fdsl.errors", "dr_fdsl.memory", "dr_fdsl.config",
-                     "dr_fdsl.families", "dr_fdsl.objectives", "dr_fdsl.modes", "dr_fdsl.families.base")
+                     "dr_fdsl.families", "dr_fdsl.objectives", "dr_fdsl.modes", "dr_fdsl.families.base",
+                     "dr_fdsl.render", "dr_fdsl.render.settings", "dr_fdsl.render.streams")
             or leaf.endswith("_settings") or (name.startswith("dr_fdsl.families.") and leaf == "settings")
             or name.count(".") == 2 and name.startswith("dr_fdsl.families.") and leaf not in ("ifs_scan",))
 

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     import torch
 
-    from dr_fdsl.config import BankConfig, RendererConfig
+    from dr_fdsl.config import BankConfig
+    from dr_fdsl.render.settings import RendererConfig
 
 
 class FamilyOutput(NamedTuple):
@@ -49,7 +50,7 @@ class Family:
             the section says (``onepfrac``: the bank holds one fractal, each category its perturbation factors).
         renderer_rules: ``(section: dict, r: RendererConfig) -> None``, the family's rules against the renderer's
             settings (``section``: the content settings of ``bank.<name>``), or None; run at load and by
-            ``PointRenderer`` (``config.validate_against_bank``).
+            ``PointRenderer`` (``render.settings.validate_against_bank``).
         drawer: ``"module:attribute"`` of the builder of the family's per-image drawer (its instances or replay,
             ``dr_fdsl/families/<name>/instances.py``), imported on first use: ``(bank: PointBank, cfg:
             RendererConfig) -> nn.Module | None`` (None: not asked for by these settings; see

@@ -10,11 +10,11 @@ import math
 
 import torch
 
-from dr_fdsl.config import AugmentConfig
 from dr_fdsl.geometry import axis_rotation
 from dr_fdsl.render import keyed_random as rnd
 from dr_fdsl.render.corrupt import uniform_ranks
 from dr_fdsl.render.hsv import hsv8_to_rgb8
+from dr_fdsl.render.settings import AugmentConfig
 from dr_fdsl.render.streams import Stream
 
 

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dr_fdsl.config import RendererConfig, instances_on
 from dr_fdsl.families import FAMILIES
 from dr_fdsl.render import keyed_random as rnd
+from dr_fdsl.render.settings import RendererConfig, instances_on
 from dr_fdsl.render.streams import Stream
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def build_instances(bank: PointBank, cfg: RendererConfig | None = None) -> nn.Mo
     """The per-image drawer that the bank's family (its ``Family.drawer``) and the renderer settings ask for, or
     None (a family without a drawer, or none asked for: no ``bank.<family>.instances``, no
     ``renderer.augment.map_jitter``). What the renderer settings cannot be combined with is refused before, by
-    ``config.validate_against_bank`` (map_jitter with a family that stores no maps included)."""
+    ``render.settings.validate_against_bank`` (map_jitter with a family that stores no maps included)."""
     cfg = cfg if cfg is not None else RendererConfig()
     family = bank.settings.get("family")
     build = FAMILIES[family].build_drawer if family in FAMILIES else None

@@ -23,8 +23,8 @@ from typing import NamedTuple
 
 import torch
 
-from dr_fdsl.config import ObjectsConfig
 from dr_fdsl.render import keyed_random as rnd
+from dr_fdsl.render.settings import ObjectsConfig
 from dr_fdsl.render.streams import Stream
 from dr_fdsl.render.structures import OFFSCREEN, Scene
 

@@ -1,13 +1,17 @@
 """The point operations of a scene: one signature, one registration each, run in one documented order.
 
 :meth:`~dr_fdsl.render.renderer.PointRenderer.scene` gathers each image's bank points with their colours and radii
-(a :class:`Points`), runs :data:`PIPELINE` over them with :func:`run_point_ops`, and hands the result to the
+(a :class:`Points`), runs the registered operations over them in the order of
+:func:`~dr_fdsl.render.point_ops_settings.pipeline` with :func:`run_point_ops`, and hands the result to the
 rasteriser. Every operation is a function ``(points: Points, ctx: SceneContext) -> Points`` registered in
-:data:`POINT_OPS` with the config keys it reads and the random streams it draws (:class:`PointOp`). Each draws from
+:data:`~dr_fdsl.render.point_ops_settings.POINT_OPS` by its path, with the config keys it reads, the random
+streams it draws and its place in the order (:class:`~dr_fdsl.render.point_ops_settings.PointOp`; the
+registrations are torch-free, so that the config loader reads them without importing this module). Each draws from
 its image's key only (never from the batch), so an image depends only on (category, view seed) and a static export
 equals the in-loop render. Each is the identity (returns its input) at its keys' defaults, except ``view`` and
-``project``, which are the camera. The keys' checks live in ``config.validate_renderer`` (the config loader must
-not import torch); :attr:`PointOp.keys` says which keys each operation owns.
+``project``, which are the camera. The built-in operations' keys are flat fields of ``renderer.augment`` (and
+``renderer.view``), checked in ``render.settings.validate_renderer``; :attr:`PointOp.keys` says which keys each
+operation owns.
 
 The order is the contest's (sub-sampling first, so that what follows sees only the kept points; its mask does not
 depend on positions), then the camera:
@@ -34,23 +38,27 @@ point_size      radius_scale                                           radii tim
 ``shift`` and ``camera_shift`` are one draw (streams ``SHIFT`` and the scale's coin ``SCALE_SHIFT_GATE``, one coin
 for scale and shift as the contest's ``random_shift_scale_point_cloud``) made at one of two places, whichever
 ``shift_frame`` names; every other stream belongs to one operation (tests/test_point_ops.py checks it).
-To add an operation: a function here registered with :func:`point_op`, its name in :data:`PIPELINE`, its keys in
-``RendererConfig`` with identity defaults and their checks in ``validate_renderer``, its draws on new ``Stream``
-numbers.
+To add an operation: its function ``(points, ctx) -> points`` in a module of its own (with torch), its settings
+dataclass (identity defaults) and ``validate(r)`` in a torch-free module, and one registration line,
+``point_op(name, "package.module:function", settings=..., validate=..., streams=(new numbers), after="jitter")``
+(:func:`~dr_fdsl.render.point_ops_settings.point_op`; run before the config is first imported, as a family's
+registration). Its keys become the section ``renderer.augment.<name>``, checked at load; nothing here, in
+``AugmentConfig``, ``validate_renderer`` or ``Stream`` changes (``tests/test_plugins.py`` adds one from a package
+outside dr_fdsl). The built-in operations below keep their flat keys (renaming them would break every user config
+and content key) and their registrations in ``point_ops_settings``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from dr_fdsl.config import RendererConfig
-from dr_fdsl.registry import Registry
 from dr_fdsl.render import augment, corrupt, pointwolf
 from dr_fdsl.render import keyed_random as rnd
+from dr_fdsl.render.point_ops_settings import POINT_OPS, PointOp, pipeline, point_op  # noqa: F401  (re-exported)
+from dr_fdsl.render.settings import RendererConfig
 from dr_fdsl.render.streams import Stream
 from dr_fdsl.render.views import Views, project, sample_views
 from dr_fdsl.render.window import window_and_flips
@@ -92,46 +100,18 @@ class SceneContext(NamedTuple):
     instances: nn.Module | None
 
 
-class PointOp(NamedTuple):
-    """A registered point operation: ``apply(points, ctx) -> points``; ``keys``: the config keys it reads (bare
-    names are ``renderer.augment.*``); ``streams``: the random streams it draws."""
-
-    apply: Callable[[Points, SceneContext], Points]
-    keys: tuple[str, ...]
-    streams: tuple[Stream, ...]
-
-
-POINT_OPS: Registry[PointOp] = Registry("point operation", "renderer.augment")
-
-# The order they run in (docs/architecture.md and docs/rendering.md list it).
-PIPELINE = ("subsample", "instances", "corrupt", "pointwolf", "scale", "shift", "jitter", "view", "camera_shift",
-            "project", "window", "depth_hue", "random_colors", "point_size")
-
-
-def point_op(name: str, keys: tuple[str, ...], streams: tuple[Stream, ...]):
-    """Registers the decorated ``(points, ctx) -> points`` function as operation ``name``."""
-    def register(apply: Callable[[Points, SceneContext], Points]) -> Callable[[Points, SceneContext], Points]:
-        POINT_OPS.register(name, PointOp(apply, keys, streams))
-        return apply
-    return register
-
-
 def run_point_ops(points: Points, ctx: SceneContext) -> Points:
-    """Every operation of :data:`PIPELINE`, in order."""
-    for name in PIPELINE:
+    """Every registered operation, in the order of :func:`~dr_fdsl.render.point_ops_settings.pipeline`."""
+    for name in pipeline():
         points = POINT_OPS[name].apply(points, ctx)
     return points
 
 
-@point_op("subsample", ("subsample", "subsample_exact", "subsample_prob"),
-          (Stream.SUBSAMPLE_RATE, Stream.SUBSAMPLE, Stream.SUBSAMPLE_GATE))
 def subsample(points: Points, ctx: SceneContext) -> Points:
     """Random sub-sampling (:func:`~dr_fdsl.render.augment.subsample_mask`): a mask, positions untouched."""
     return points._replace(keep=points.keep & augment.subsample_mask(ctx.keys, points.keep.shape[1], ctx.cfg.augment))
 
 
-@point_op("instances", ("bank.<family>.instances", "map_jitter"),
-          (Stream.INSTANCE, Stream.INSTANCE_GREY, Stream.MAP_JITTER))
 def instances(points: Points, ctx: SceneContext) -> Points:
     """The family's per-image points (its instance, or svd2d's jittered system) and colour shades.
 
@@ -146,10 +126,6 @@ def instances(points: Points, ctx: SceneContext) -> Points:
     return points._replace(xyz=xyz, colors=colors, keep=keep)
 
 
-@point_op("corrupt", ("drop_local", "add_global", "add_local"),
-          (Stream.DROP_LOCAL, Stream.DROP_LOCAL_SIZES, Stream.DROP_LOCAL_CENTRES, Stream.ADD_GLOBAL,
-           Stream.ADD_GLOBAL_SOURCE, Stream.ADD_LOCAL, Stream.ADD_LOCAL_SIZES, Stream.ADD_LOCAL_CENTRES,
-           Stream.ADD_LOCAL_SIGMA, Stream.ADD_LOCAL_OFFSET))
 def corruptions(points: Points, ctx: SceneContext) -> Points:
     """ModelNet-C's drop-local (a mask), add-global and add-local (points appended after the others, each with the
     colour and radius of its source point, gradients included): see :mod:`dr_fdsl.render.corrupt`."""
@@ -170,10 +146,6 @@ def corruptions(points: Points, ctx: SceneContext) -> Points:
                            keep=torch.cat([keep, torch.ones_like(source, dtype=torch.bool)], 1))
 
 
-@point_op("pointwolf", ("pointwolf", "pointwolf_kind", "pointwolf_anchors", "pointwolf_sigma", "pointwolf_rotation",
-                        "pointwolf_scale", "pointwolf_shift"),
-          (Stream.WOLF_ANCHOR, Stream.WOLF_SCALE, Stream.WOLF_ROTATION, Stream.WOLF_SHIFT, Stream.WOLF_START,
-           Stream.WOLF_DROPOUT, Stream.WOLF_AXIS, Stream.WOLF_KERNEL_AXIS))
 def point_wolf(points: Points, ctx: SceneContext) -> Points:
     """PointWOLF: the published one over the kept points (:mod:`dr_fdsl.render.pointwolf`), or ours
     (:func:`dr_fdsl.render.augment.pointwolf`)."""
@@ -185,7 +157,6 @@ def point_wolf(points: Points, ctx: SceneContext) -> Points:
     return points._replace(xyz=augment.pointwolf(points.xyz, ctx.keys, aug))
 
 
-@point_op("scale", ("scale", "scale_shift_prob"), (Stream.SCALE, Stream.SCALE_SHIFT_GATE))
 def scale(points: Points, ctx: SceneContext) -> Points:
     """Isotropic scale per image in ``scale`` (:func:`~dr_fdsl.render.augment.random_scale`)."""
     aug = ctx.cfg.augment
@@ -194,7 +165,6 @@ def scale(points: Points, ctx: SceneContext) -> Points:
     return points._replace(xyz=points.xyz * augment.random_scale(ctx.keys, aug)[:, None, None])
 
 
-@point_op("shift", ("shift", "shift_frame", "scale_shift_prob"), (Stream.SHIFT, Stream.SCALE_SHIFT_GATE))
 def object_shift(points: Points, ctx: SceneContext) -> Points:
     """With ``shift_frame: object``: ``p * s + t`` (the contest's ``random_shift_scale_point_cloud``)."""
     aug = ctx.cfg.augment
@@ -203,7 +173,6 @@ def object_shift(points: Points, ctx: SceneContext) -> Points:
     return points._replace(xyz=points.xyz + augment.random_shift(ctx.keys, aug)[:, None])
 
 
-@point_op("jitter", ("jitter", "jitter_prob"), (Stream.JITTER, Stream.JITTER_GATE))
 def jitter(points: Points, ctx: SceneContext) -> Points:
     """Gaussian jitter of std ``jitter`` per coordinate, on an image when its coin (``jitter_prob``) says so."""
     aug = ctx.cfg.augment
@@ -214,13 +183,11 @@ def jitter(points: Points, ctx: SceneContext) -> Points:
     return points._replace(xyz=points.xyz + (noise if on is None else noise * on[:, None, None]))
 
 
-@point_op("view", ("renderer.view.*",), (Stream.ROTATION, Stream.DISTANCE, Stream.FOCAL))
 def view(points: Points, ctx: SceneContext) -> Points:
     """Draws each image's camera (:func:`~dr_fdsl.render.views.sample_views`; rotation streams 1 to 3)."""
     return points._replace(views=sample_views(ctx.keys, ctx.cfg.view))
 
 
-@point_op("camera_shift", ("shift", "shift_frame", "scale_shift_prob"), (Stream.SHIFT, Stream.SCALE_SHIFT_GATE))
 def camera_shift(points: Points, ctx: SceneContext) -> Points:
     """With ``shift_frame: camera``: a camera-space shift ``s``, which is a shift of the cloud along ``R^T s``
     before the rotation."""
@@ -231,7 +198,6 @@ def camera_shift(points: Points, ctx: SceneContext) -> Points:
     return points._replace(xyz=points.xyz + shift[:, None] @ points.views.rotation)
 
 
-@point_op("project", ("renderer.view.projection", "renderer.view.pytorch3d_arithmetic"), ())
 def projection(points: Points, ctx: SceneContext) -> Points:
     """NDC through the cameras (:func:`~dr_fdsl.render.views.project`); points behind a camera leave ``keep``."""
     view_cfg = ctx.cfg.view
@@ -239,14 +205,11 @@ def projection(points: Points, ctx: SceneContext) -> Points:
     return points._replace(ndc=ndc, keep=visible & points.keep)
 
 
-@point_op("window", ("window_shift", "window_scale", "dihedral"),
-          (Stream.WINDOW_SHIFT, Stream.WINDOW_SCALE, Stream.DIHEDRAL))
 def window(points: Points, ctx: SceneContext) -> Points:
     """Anderson & Farrell's window and flips on the projected points (:mod:`dr_fdsl.render.window`)."""
     return points._replace(ndc=window_and_flips(points.ndc, ctx.keys, ctx.cfg.augment))
 
 
-@point_op("depth_hue", ("depth_hue", "depth_hue_saturation", "depth_hue_value"), (Stream.DEPTH_HUE,))
 def depth_hue(points: Points, ctx: SceneContext) -> Points:
     """Colours times the contest's depth hue (:func:`~dr_fdsl.render.augment.depth_hue_colors`) over the drawn
     points: white tables give the published colours."""
@@ -257,7 +220,6 @@ def depth_hue(points: Points, ctx: SceneContext) -> Points:
     return points._replace(colors=points.colors * augment.depth_hue_colors(toward_camera, points.keep, ctx.keys, aug))
 
 
-@point_op("random_colors", ("random_colors",), (Stream.RANDOM_COLORS,))
 def random_colors(points: Points, ctx: SceneContext) -> Points:
     """Colours times uniform random RGB in [0, 1): one per image (``image``) or per point (``point``, by the point's
     index, so a point keeps its colour whatever else sub-sampling drops). White tables give the random colours."""
@@ -268,7 +230,6 @@ def random_colors(points: Points, ctx: SceneContext) -> Points:
     return points._replace(colors=points.colors * rnd.uniform(ctx.keys, Stream.RANDOM_COLORS, shape))
 
 
-@point_op("point_size", ("radius_scale",), (Stream.RADIUS_SCALE,))
 def point_size(points: Points, ctx: SceneContext) -> Points:
     """Radii times a factor per image, uniform in ``radius_scale``."""
     aug = ctx.cfg.augment
@@ -277,6 +238,3 @@ def point_size(points: Points, ctx: SceneContext) -> Points:
     factor = rnd.uniform_range(ctx.keys, Stream.RADIUS_SCALE, aug.radius_scale)
     return points._replace(radii=points.radii * factor[:, None])
 
-
-if set(PIPELINE) != set(POINT_OPS) or len(PIPELINE) != len(POINT_OPS):  # an operation registered but never run
-    raise RuntimeError(f"PIPELINE {PIPELINE} and POINT_OPS {POINT_OPS.names()} disagree")

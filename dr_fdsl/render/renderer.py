@@ -10,7 +10,6 @@ from einops import rearrange
 from torch import nn
 
 from dr_fdsl.bank import PointBank
-from dr_fdsl.config import RendererConfig, table_param, validate_against_bank, validate_renderer
 from dr_fdsl.errors import ConfigError
 from dr_fdsl.render import augment, multi
 from dr_fdsl.render import keyed_random as rnd
@@ -18,6 +17,7 @@ from dr_fdsl.render.background import diamond_square
 from dr_fdsl.render.composite import render_scene
 from dr_fdsl.render.instances import build_instances
 from dr_fdsl.render.point_ops import Points, SceneContext, run_point_ops
+from dr_fdsl.render.settings import RendererConfig, table_param, validate_against_bank, validate_renderer
 from dr_fdsl.render.streams import Stream
 from dr_fdsl.render.structures import OFFSCREEN, Scene
 
@@ -56,7 +56,7 @@ def bounded(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
 def initial_colors(cfg: RendererConfig, tables: int, num_points: int, generator: torch.Generator,
                    bank_grey: torch.Tensor | None = None) -> torch.Tensor:
     """Initial colours ``(tables, N, 3)`` in [0, 1] for ``cfg.color_init``; ``"bank"`` takes ``bank_grey (C, N)``
-    (the bank's ``grey`` param, which ``config.validate_against_bank`` requires) on all three channels."""
+    (the bank's ``grey`` param, which ``render.settings.validate_against_bank`` requires) on all three channels."""
     if cfg.color_init == "bank":
         if bank_grey.shape != (tables, num_points):
             raise ConfigError(f"config key 'renderer.color_init': the bank's grey levels have shape "
@@ -252,9 +252,9 @@ class PointRenderer(nn.Module):
 
     def scene(self, class_ids: torch.Tensor, view_seeds: torch.Tensor) -> tuple[Scene, torch.Tensor]:
         """Everything but the drawing: the bank's points gathered with their colours and radii, then the point
-        operations of :data:`~dr_fdsl.render.point_ops.PIPELINE` in order (sub-sampling, the family's per-image
-        points, corruptions, PointWOLF, scale, shift, jitter, camera, projection, window, depth hue, point size),
-        then the dropped points moved off screen; returns the scene and the ``(R,)`` table rows it reads (see
+        operations in the order of :func:`~dr_fdsl.render.point_ops_settings.pipeline` (sub-sampling, the family's
+        per-image points, corruptions, PointWOLF, scale, shift, jitter, camera, projection, window, depth hue, point
+        size), then the dropped points moved off screen; returns the scene and the ``(R,)`` table rows it reads (see
         :class:`Rendered`). The scene holds the bank's ``N`` points per image, plus ``augment.add_global +
         augment.add_local`` added ones.
 

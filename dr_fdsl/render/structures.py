@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from dr_fdsl.config import MAX_POINTS_PER_PIXEL  # noqa: F401  (a renderer setting's bound, checked at load)
+from dr_fdsl.render.settings import MAX_POINTS_PER_PIXEL  # noqa: F401  (a renderer setting's bound, checked at load)
 
 OFFSCREEN = 1.0e4  # NDC coordinate for points that must not be drawn (far outside every pixel and bin)
 

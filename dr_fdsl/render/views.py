@@ -12,9 +12,9 @@ from typing import NamedTuple
 
 import torch
 
-from dr_fdsl.config import ViewConfig
 from dr_fdsl.geometry import euler_rotation, quaternion_to_matrix
 from dr_fdsl.render import keyed_random as rnd
+from dr_fdsl.render.settings import ViewConfig
 from dr_fdsl.render.streams import Stream
 
 NEAR = 1e-2  # points closer than this to the camera plane are dropped (their projection would explode)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from dr_fdsl.config import AugmentConfig
 from dr_fdsl.render import keyed_random as rnd
+from dr_fdsl.render.settings import AugmentConfig
 from dr_fdsl.render.streams import Stream
 
 

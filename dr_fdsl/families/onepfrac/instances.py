@@ -16,7 +16,7 @@ from dr_fdsl.render.instances import InstanceDraw
 
 if TYPE_CHECKING:
     from dr_fdsl.bank import PointBank
-    from dr_fdsl.config import PerturbationConfig, RendererConfig
+    from dr_fdsl.render.settings import PerturbationConfig, RendererConfig
 
 
 class OnePFracReplay(nn.Module):
@@ -43,7 +43,7 @@ class OnePFracReplay(nn.Module):
     (its mean offset from it is 0) and moves smoothly with ``m``. Gradients reach ``m`` through the scan, the
     min-max rescale and the projection.
 
-    Why the adversarial mode (``config.validate_renderer`` refuses any other): descending the classifier's loss, the
+    Why the adversarial mode (``render.settings.validate_renderer`` refuses any): descending the classifier's loss, the
     renderer's easy way is to spread the categories apart (the task made trivial, up to the budget's ``high``);
     ascending it (the objective's networks still descending it) looks for the categories that are hardest to tell
     apart, the fine geometric discrimination that 1p-frac trains, and the budget's ``low`` keeps it off the

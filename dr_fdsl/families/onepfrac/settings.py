@@ -12,7 +12,8 @@ from dr_fdsl.memory import FLOAT64, need_bytes
 from dr_fdsl.settings import finite, need
 
 if TYPE_CHECKING:
-    from dr_fdsl.config import BankConfig, RendererConfig
+    from dr_fdsl.config import BankConfig
+    from dr_fdsl.render.settings import RendererConfig
 
 MAX_MAPS = 7  # the lockstep chaos game's table width (FractalDB's np.random.randint(2, 8): at most 7 maps)
 BATCH = 64  # categories whose chaos games run in lockstep: (N, 2, 64) float64 = 100 MB at N = 100,000

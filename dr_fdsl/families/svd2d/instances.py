@@ -34,7 +34,7 @@ from dr_fdsl.render.streams import Stream
 
 if TYPE_CHECKING:
     from dr_fdsl.bank import PointBank
-    from dr_fdsl.config import RendererConfig
+    from dr_fdsl.render.settings import RendererConfig
 
 ATTEMPTS = 4  # generator.jitter: range(4)
 

@@ -13,7 +13,8 @@ from dr_fdsl.memory import FLOAT64, INT64, need_bytes
 from dr_fdsl.settings import ADDED, need
 
 if TYPE_CHECKING:
-    from dr_fdsl.config import BankConfig, RendererConfig
+    from dr_fdsl.config import BankConfig
+    from dr_fdsl.render.settings import RendererConfig
 
 
 @dataclass

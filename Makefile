@@ -30,7 +30,7 @@ train: $(STAMP)
 
 test: $(STAMP) $(FMNIST)
 	$(BIN)/python -m ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .

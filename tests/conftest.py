@@ -13,8 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = os.path.dirname(sys.executable)  # the environment's console scripts: accelerate, torchrun
 sys.path.insert(0, str(ROOT))  # `tools.*` importable from tests (the package itself is installed)
 
-# Two CPU cores in CI: keep torch from oversubscribing them across pytest and subprocesses.
-torch.set_num_threads(2)
+# Two CPU cores in CI: keep torch from oversubscribing them across pytest and subprocesses. Under pytest-xdist
+# (`make test` runs `-n 2`) each of the two workers gets one thread, and so do the processes its tests start
+# (OMP_NUM_THREADS, read by torch at import; a test that sets its own keeps it); alone, one process takes both.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+else:
+    torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")

@@ -171,6 +171,7 @@ def test_teach_anchor_tool_states_why_its_claim_fails():
 
     good = {"teach": {0: 0.50, 1: 0.41}, "adversarial_unanchored": {0: 0.10, 1: 0.12}}
     assert verdict(good, 0.35, 0.15)[0]
+    assert verdict({**good, "adversarial_unanchored": {0: 0.15000000596}}, 0.35, 0.15)[0]  # float32 at the bound
     holds, line = verdict({**good, "teach": {0: 0.50, 1: 0.30}}, 0.35, 0.15)
     assert not holds and "teach below 0.35 on seeds [1]" in line
     holds, line = verdict({**good, "adversarial_unanchored": {0: 0.40, 1: 0.12}}, 0.35, 0.15)

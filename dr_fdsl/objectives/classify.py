@@ -5,7 +5,9 @@ smoothing) run on the device. The leakage probe (a linear classifier on colour s
 trains beside it on detached statistics, so it never shapes the renderer; its accuracy tells whether learnt
 rendering leaks the label through colour or size (its colour-only and size-only heads: through which). With
 ``renderer.leak_penalty`` the renderer also descends that scale x the probe's cross-entropy against uniform
-predictions (:class:`dr_fdsl.probe.LeakageProbe`), paying for what the probe can read.
+predictions (:class:`dr_fdsl.probe.LeakageProbe`), paying for what the probe can read; with
+``renderer.leak_form=moments``, that scale x the between-category share of the statistics' variance
+(:func:`dr_fdsl.probe.between_category_share`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dr_fdsl.models import create_classifier
 from dr_fdsl.objectives.base import Objective, ObjectiveOutput
 from dr_fdsl.objectives.classify_settings import ClassifySpec
 from dr_fdsl.optim import create_optimizer
-from dr_fdsl.probe import HEADS, LeakageProbe, colour_statistics, restart_, weights_finite
+from dr_fdsl.probe import HEADS, LeakageProbe, between_category_share, colour_statistics, restart_, weights_finite
 
 
 class Classify(ClassifySpec, Objective):
@@ -71,7 +73,8 @@ class Classify(ClassifySpec, Objective):
         each head's accuracy and ``probe/diverged``: a separate graph on detached statistics, so it never shapes the
         renderer, unless ``renderer.leak_penalty`` > 0: then the images also get the gradient of that scale x the whole
         probe's cross-entropy against uniform predictions, its weights held fixed (the probe itself still descends
-        its own loss on detached statistics).
+        its own loss on detached statistics); with ``renderer.leak_form=moments``, of that scale x
+        :func:`between_category_share` of the statistics (no probe weight in it).
 
         A probe whose weights or loss are not finite has diverged: from then on ``probe/diverged`` is 1 and its
         accuracies are NaN (chance is not a finding), a one-line warning says so, and training goes on: the
@@ -85,14 +88,19 @@ class Classify(ClassifySpec, Objective):
             restart_(self.probe, self.probe_optimizer)
             self.restart_probe = False
         penalty = self.cfg.renderer.leak_penalty
-        *heads, confusion = self.probe(colour_statistics(images, self.background, differentiable=penalty > 0), penalty)
+        features = colour_statistics(images, self.background, differentiable=penalty > 0)
+        if self.cfg.renderer.leak_form == "moments":
+            *heads, _ = self.probe(features.detach())
+            leak = penalty * between_category_share(features, class_ids) if penalty > 0 else heads[0].new_zeros(())
+        else:
+            *heads, leak = self.probe(features, penalty)
         losses = [F.cross_entropy(logits.float(), class_ids) for logits in heads]
-        loss = sum(losses) + confusion
+        loss = sum(losses) + leak
         weights_ok = weights_finite(self.probe)
         if not (weights_ok & torch.isfinite(loss)).item():  # one host sync for both
             self.restart_probe = not weights_ok.item()
             self._probe_diverged("its weights are not finite" if self.restart_probe else f"its loss is {loss.item()}")
-            loss = sum((t * 0).nan_to_num(0.0).sum() for t in (*heads, confusion))  # zero, with zero gradients
+            loss = sum((t * 0).nan_to_num(0.0).sum() for t in (*heads, leak))  # zero, with zero gradients
         metrics["probe/loss"] = losses[0].detach() if not self.probe_diverged else torch.tensor(math.nan)
         metrics["probe/diverged"] = torch.tensor(float(self.probe_diverged))
         for head, logits in zip(HEADS, heads):

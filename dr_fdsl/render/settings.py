@@ -154,6 +154,8 @@ MAX_POINTS_PER_PIXEL = 150  # PyTorch3D's kernels hold at most this many fragmen
 
 # The registered renderer modes (dr_fdsl/modes/__init__.py), in registry order: a new mode is one registration.
 ModeName = Literal[tuple(MODES)]
+LEAK_FORMS = ("confusion", "moments")  # renderer.leak_form
+LeakForm = Literal[LEAK_FORMS]
 
 
 @dataclass
@@ -222,6 +224,10 @@ class RendererConfig:
     tables: str = field(default="", metadata=NOT_CONTENT)
     # Family onepfrac: its perturbation's size learnt within a budget (PerturbationConfig)
     perturbation: PerturbationConfig = field(default_factory=PerturbationConfig)
+    # What renderer.leak_penalty pays for (dr_fdsl/probe.py): "confusion": the probe's cross-entropy against uniform
+    # predictions (a target that moves as the probe retrains); "moments": the between-category share of the variance
+    # of the statistics the probe reads (no probe weights: its minimum, equal category means, stays put).
+    leak_form: LeakForm = field(default="confusion", metadata=NOT_CONTENT)
 
 
 def instances_on(bank_settings: dict) -> bool:
@@ -309,6 +315,8 @@ def validate_renderer(r: RendererConfig) -> None:
     need(r.anchor_penalty >= 0, "renderer.anchor_penalty", f"must be >= 0, got {r.anchor_penalty}")
     need(finite(r.leak_penalty) and r.leak_penalty >= 0, "renderer.leak_penalty",
          f"must be a number >= 0 (0: off), got {r.leak_penalty}")
+    need(r.leak_form in LEAK_FORMS, "renderer.leak_form",
+         f"must be one of {', '.join(LEAK_FORMS)} (what renderer.leak_penalty pays for), got {r.leak_form!r}")
     need(not r.tables or r.mode == "frozen", "renderer.tables",
          f"draws a trained run's tables as they are: it needs renderer.mode=frozen, got {r.mode!r} (to train a run "
          "further, resume it: train.py --resume)")

@@ -23,6 +23,13 @@ from dr_fdsl.errors import ConfigError
 T = TypeVar("T")
 
 
+def resolve(path: str):
+    """The object a ``"package.module:attribute"`` path names, its module imported (how every part registered by
+    its path is loaded on first use: registries, ``Family.drawer``, a point operation's function)."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 class Registry(Mapping[str, T], Generic[T]):
     """Parts of one kind by name.
 
@@ -87,8 +94,7 @@ class Registry(Mapping[str, T], Generic[T]):
     def __getitem__(self, name: str) -> T:
         part = self._parts[name]
         if isinstance(part, str):  # registered by its path: imported now, once
-            module, _, attribute = part.partition(":")
-            part = self._parts[name] = getattr(importlib.import_module(module), attribute)
+            part = self._parts[name] = resolve(part)
         return part
 
     def __iter__(self) -> Iterator[str]:

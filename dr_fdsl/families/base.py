@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, NamedTuple
 
+from dr_fdsl.registry import resolve
+
 if TYPE_CHECKING:
     import torch
 
@@ -78,10 +80,7 @@ class Family:
     @property
     def build_drawer(self) -> Callable | None:
         """The drawer's builder (imports its module, and torch), or None (see :attr:`drawer`)."""
-        if self.drawer is None:
-            return None
-        module, _, attribute = self.drawer.partition(":")
-        return getattr(importlib.import_module(module), attribute)
+        return None if self.drawer is None else resolve(self.drawer)
 
     @property
     def generate(self) -> Callable[..., FamilyOutput]:

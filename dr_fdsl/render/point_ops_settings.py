@@ -23,14 +23,13 @@ stream would draw the same numbers).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from dr_fdsl.registry import Registry
+from dr_fdsl.registry import Registry, resolve
 from dr_fdsl.render.streams import Stream
 from dr_fdsl.settings import finite, need
 
@@ -61,8 +60,7 @@ class PointOp:
     @cached_property
     def apply(self) -> Callable:
         """The operation's function, imported on first use."""
-        module, _, attribute = self.path.partition(":")
-        return getattr(importlib.import_module(module), attribute)
+        return resolve(self.path)
 
 
 POINT_OPS: Registry[PointOp] = Registry("point operation", "renderer.augment")

@@ -11,6 +11,7 @@ from torch import nn
 
 from dr_fdsl.config import ModelConfig
 from dr_fdsl.errors import ConfigError
+from dr_fdsl.patch_conv import use_patch_conv
 
 
 def create_classifier(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
@@ -39,7 +40,9 @@ def create_classifier(cfg: ModelConfig, num_classes: int, image_size: int) -> nn
 
 
 def _checked(model: nn.Module, name: str, num_classes: int, image_size: int) -> nn.Module:
-    """``model`` after one dry forward of an ``image_size`` px image and a check of its patch grid and logits."""
+    """``model`` after one dry forward of an ``image_size`` px image and a check of its patch grid and logits,
+    its patch embedding's input gradient computed as one product on CPU (:mod:`dr_fdsl.patch_conv`)."""
+    model = use_patch_conv(model)
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     if patch is not None and any(image_size % p for p in patch):
         raise ConfigError(f"renderer.image_size={image_size} is not a multiple of {name}'s patch size "

@@ -10,7 +10,8 @@ from dr_fdsl.errors import ConfigError
 from dr_fdsl.render import PointRenderer, Scene, fragment_weights, render_grid, render_scene, save_grid
 from dr_fdsl.render.composite import composite, draw_fragments
 from dr_fdsl.render.raster_pytorch3d import bin_occupancy_bound, rasterize
-from dr_fdsl.render.structures import OFFSCREEN, Fragments
+from dr_fdsl.render.raster_sort import rasterize_sorted_list
+from dr_fdsl.render.structures import OFFSCREEN, FragmentList, Fragments
 from tests.reference_render import pixel_centres, reference_render
 
 SIZE = 32
@@ -455,3 +456,56 @@ def test_draw_fragments_holds_the_weight_floor_constant():
     background = torch.full((1, 3, 1, 1), 0.3, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda c, r: draw_fragments(fragments, r, c, background, "norm_weighted"),
                                     (colors, radii), eps=1e-9, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_fragment_lists_are_the_occupied_slots_of_pytorch3ds_fragments(k):
+    """The sort backend's list equals the listing of PyTorch3D's dense fragments field by field, in pixel-major,
+    front-to-back order, and a list's dense form is those fragments bit for bit."""
+    scene = random_scene(b=2, n=80, seed=5)
+    dense = rasterize(scene.points, scene.radii, SIZE, k)
+    listed = FragmentList.of(dense)
+    sort = rasterize_sorted_list(scene.points, scene.radii, SIZE, k)
+    assert listed.shape == sort.shape == (2, SIZE, SIZE, k)
+    for a, b in zip(listed[:5], sort[:5]):
+        assert torch.equal(a, b)
+    assert bool((listed.pixel[1:] >= listed.pixel[:-1]).all())
+    for a, b in zip(listed.dense(), dense):
+        assert torch.equal(a, b)
+    # ranks run 0, 1, ... within each pixel (what the slot-by-slot compositing relies on)
+    counts = (dense.idx >= 0).sum(-1).reshape(-1)
+    assert torch.equal(torch.bincount(listed.pixel, minlength=counts.numel()), counts)
+    assert bool((listed.rank < counts[listed.pixel]).all())
+
+
+@pytest.mark.parametrize("compositor", ["alpha", "norm_weighted"])
+def test_draw_fragments_with_nothing_on_screen_is_the_background(compositor):
+    scene = random_scene(b=2, n=10, seed=6, noise_background=True)
+    scene = scene._replace(points=torch.full_like(scene.points, OFFSCREEN))
+    listed = rasterize_sorted_list(scene.points, scene.radii, SIZE, 4)
+    assert listed.idx.numel() == 0
+    colors, radii, background = (t.clone().requires_grad_() for t in (scene.colors, scene.radii, scene.background))
+    image = draw_fragments(listed, radii, colors, background, compositor)
+    assert torch.equal(image, scene.background.clamp(0, 1))
+    image.sum().backward()
+    assert not colors.grad.any() and not radii.grad.any() and torch.equal(background.grad, torch.ones_like(background))
+
+
+def test_sort_backend_finds_every_pixel_on_the_edge_of_a_disk():
+    """Centres on pixel centres, pixel edges and between, radii whole and fractional multiples of the pixel pitch
+    (and a hair either side), one radius per batch (the candidate square's span follows the largest): the
+    squares miss no pixel PyTorch3D's kernel finds, and the edge itself (distance = radius, not drawn) is
+    refused alike."""
+    size, pitch = 16, 2 / 16
+    offsets = torch.tensor([0.0, 0.5, 0.25, 1 / 3, 0.1, 0.6, 0.9]) * pitch + pitch * 0.5  # + pitch / 2: a centre
+    x, y = torch.meshgrid(offsets, offsets.flip(0), indexing="ij")
+    points = torch.stack([x.reshape(-1), y.reshape(-1), torch.ones(x.numel())], -1)[None]
+    drawn = 0
+    for radius in [0.5, 0.75, 1.0, 1.2, 1.5, 1.8, 2.0, 2.5]:
+        for scale in (1, 1 + 1e-6, 1 - 1e-6):
+            radii = torch.full((1, x.numel()), radius * scale * pitch)
+            dense = rasterize(points, radii, size, 16)
+            for a, b in zip(rasterize_sorted_list(points, radii, size, 16).dense(), dense):
+                assert torch.equal(a, b)
+            drawn += int((dense.idx >= 0).sum())
+    assert drawn > 1000

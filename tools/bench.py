@@ -42,6 +42,7 @@ from dr_fdsl.config import load_config
 from dr_fdsl.engine import Batch, build_run, forward_backward, optimizer_step, render_batch, train_step
 from dr_fdsl.modes.lookahead_settings import LookaheadConfig
 from dr_fdsl.render import RASTERIZERS, fragment_weights
+from dr_fdsl.render.rasterizers import rasterize_list
 from dr_fdsl.render.composite import composite, draw_fragments
 from dr_fdsl.render.keyed_random import image_keys
 from dr_fdsl.timing import (
@@ -123,17 +124,18 @@ def main() -> int:
     ids, seeds = rendered.class_ids, rendered.view_seeds
     scene, _ = renderer.scene(ids, seeds)
     fragments = raster(scene.points, scene.radii, args.size, args.k)
+    listed = rasterize_list(args.backend, scene.points, scene.radii, args.size, args.k)
     colors, radii = scene.colors.detach().requires_grad_(), scene.radii.detach().requires_grad_()
 
-    def composite_fb():  # what render_scene runs: draw_fragments (occupied pixels, hand-written backward)
-        draw_fragments(fragments, radii, colors, scene.background).mean().backward()
+    def composite_fb():  # what render_scene runs: draw_fragments (occupied slots, hand-written backward)
+        draw_fragments(listed, radii, colors, scene.background).mean().backward()
 
     def composite_fb_reference():  # PyTorch3D's compositors on the dense fragments, autograd throughout
         image = composite(fragments, fragment_weights(fragments, radii), colors, scene.background)
         image.mean().backward()
 
     def render_fb(backend: str):  # rasterise with ``backend``, composite, backward to colours and radii
-        return lambda: draw_fragments(RASTERIZERS.get(backend)(scene.points, radii, args.size, args.k), radii,
+        return lambda: draw_fragments(rasterize_list(backend, scene.points, radii, args.size, args.k), radii,
                                       colors, scene.background).mean().backward()
 
     def forward_backward_only():
@@ -146,8 +148,9 @@ def main() -> int:
 
     stages = {
         "points_and_camera": time_spread(lambda: renderer.scene(ids, seeds), args.steps, args.warmup, device),
-        "rasterise": time_spread(lambda: raster(scene.points, scene.radii, args.size, args.k), args.steps,
-                                 args.warmup, device),
+        # what the renderer runs: the occupied slots (the sort backend lists them; others' dense fragments listed)
+        "rasterise": time_spread(lambda: rasterize_list(args.backend, scene.points, scene.radii, args.size, args.k),
+                                 args.steps, args.warmup, device),
         "composite_fwd_bwd": time_spread(composite_fb, args.steps, args.warmup, device),
         "composite_fwd_bwd_reference": time_spread(composite_fb_reference, args.steps, args.warmup, device),
         "render_batch": time_spread(render_only, args.steps, args.warmup, device),

@@ -27,8 +27,8 @@ import torch
 from einops import rearrange
 from pytorch3d.renderer.compositing import alpha_composite, norm_weighted_sum
 
-from dr_fdsl.render.rasterizers import RASTERIZERS
-from dr_fdsl.render.structures import Fragments, Scene
+from dr_fdsl.render.rasterizers import RASTERIZERS, rasterize_list
+from dr_fdsl.render.structures import FragmentList, Fragments, Scene
 
 
 def fragment_weights(fragments: Fragments, radii: torch.Tensor) -> torch.Tensor:
@@ -78,141 +78,168 @@ def composite(fragments: Fragments, weights: torch.Tensor, colors: torch.Tensor,
 _NORM_FLOOR = 1e-4  # PyTorch3D's norm_weighted_sum: the weight sum is at least this
 
 
-class Occupied(NamedTuple):
-    """The pixels that hold at least one fragment, with their fragments (``M`` pixels).
+class Layers(NamedTuple):
+    """A :class:`FragmentList` laid out for compositing slot by slot (``M`` occupied pixels, ``F`` fragments).
 
-    batch, pixel: ``(M,)`` int64, the image and its flat pixel ``row * W + col``. idx: ``(M, K)`` int64 packed
-    point index, -1 where empty. dists: ``(M, K)`` float32 squared NDC distances.
+    The occupied pixels are ordered by their number of fragments, most first, so the pixels that hold a
+    fragment in slot ``k`` are the first ``counts[k]`` of them, and slot ``k``'s fragments are the contiguous
+    block ``F[starts[k] : starts[k] + counts[k]]`` of the slot-major order: compositing slot ``k`` is arithmetic
+    on slices, with no index and no empty slot.
+
+    batch, row, col: ``(M,)`` int64, each occupied pixel. slot_major: ``(F,)`` int64, the list's fragment at each
+    slot-major position. position: ``(F,)`` int64, its inverse (the slot-major position of each listed fragment).
+    counts, starts: python ints, one per slot that holds a fragment.
     """
 
     batch: torch.Tensor
-    pixel: torch.Tensor
-    idx: torch.Tensor
-    dists: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+    slot_major: torch.Tensor
+    position: torch.Tensor
+    counts: list[int]
+    starts: list[int]
 
 
-def occupied(fragments: Fragments) -> Occupied:
-    """The occupied pixels of ``fragments`` (in row-major order of ``(B, H, W)``) and their fragments."""
-    b, h, w, k = fragments.idx.shape
-    idx = fragments.idx.reshape(-1, k)
-    where = (idx.amax(dim=1) >= 0).nonzero().squeeze(1)
-    return Occupied(where // (h * w), where % (h * w), idx[where], fragments.dists.reshape(-1, k)[where])
+def layers(fragments: FragmentList) -> Layers:
+    """The slot-major layout of ``fragments`` (see :class:`Layers`)."""
+    b, h, w, _ = fragments.shape
+    device = fragments.pixel.device
+    first = torch.ones_like(fragments.pixel, dtype=torch.bool)
+    first[1:] = fragments.pixel[1:] != fragments.pixel[:-1]
+    pixel_of = first.cumsum(0) - 1  # each fragment's occupied pixel, in list order
+    pixels = fragments.pixel[first]
+    sizes = torch.bincount(pixel_of, minlength=pixels.numel())
+    by_size = torch.sort(sizes, descending=True, stable=True).indices
+    place = torch.empty_like(by_size)
+    place[by_size] = torch.arange(by_size.numel(), device=device)  # each pixel's place in the size order
+    per_slot = torch.bincount(fragments.rank)  # fragments in slot k = pixels with more than k fragments
+    offsets = torch.cumsum(per_slot, 0) - per_slot
+    position = offsets[fragments.rank] + place[pixel_of]
+    slot_major = torch.empty_like(position)
+    slot_major[position] = torch.arange(position.numel(), device=device)
+    pixels = pixels[by_size]
+    counts, starts = per_slot.tolist(), offsets.tolist()
+    return Layers(pixels // (h * w), pixels % (h * w) // w, pixels % w, slot_major, position, counts, starts)
 
 
 class _Draw(torch.autograd.Function):
-    """Weights and compositing of the occupied pixels; see :func:`draw_fragments`. The forward repeats the
+    """Weights and compositing of the listed fragments; see :func:`draw_fragments`. The forward repeats the
     reference's float32 operations in its order: ``w = clamp(1 - d / (r * r), 0, 1)``; PyTorch3D's per-pixel
-    loops (``alpha``: ``accum += (cum * w_k) * c_k; cum = cum * (1 - w_k)``; ``norm_weighted``: ``t = sum w_k``
-    floored at 1e-4, ``accum += (w_k * c_k) / t``); ``T = prod(1 - w)`` by ``torch.prod`` over the slots, as the
-    reference takes it; then ``clamp(image + T * bg, 0, 1)``. Empty slots (weight 0) add exactly nothing."""
+    loops over the slots front to back (``alpha``: ``accum += (cum * w_k) * c_k; cum = cum * (1 - w_k)``;
+    ``norm_weighted``: ``t = sum w_k`` floored at 1e-4, ``accum += (w_k * c_k) / t``); ``T = prod(1 - w)`` in slot
+    order; then ``clamp(image + T * bg, 0, 1)``. An empty slot (weight 0) changes none of these values exactly,
+    so only occupied slots are visited, slot by slot over the pixels that hold one (:class:`Layers`)."""
 
     @staticmethod
-    def forward(ctx, colors, radii, background, where: Occupied, shape: tuple[int, int, int], compositor: str):
-        # colors (B*N, 3), radii (B*N,), background (B, 3, H|1, W|1); shape (B, H, W)
-        b, h, w = shape
-        valid = where.idx >= 0
-        point = where.idx.clamp(min=0)  # empty slots read point 0; their weight is 0 and they send no gradient
+    def forward(ctx, colors, radii, background, fragments: FragmentList, lay: Layers, compositor: str):
+        # colors (B*N, 3), radii (B*N,), background (B, 3, H|1, W|1)
+        b, h, w, _ = fragments.shape
+        point = fragments.idx[lay.slot_major]  # (F,) slot-major from here on
+        d = fragments.dists[lay.slot_major]
         r = radii[point]
-        raw = 1 - where.dists / (r * r)
-        weights = torch.where(valid, raw.clamp(0, 1), torch.zeros_like(raw))
-        cols = colors[point]  # (M, K, 3)
-        row, col = where.pixel // w, where.pixel % w
+        raw = 1 - d / (r * r)
+        weights = raw.clamp(0, 1)
+        cols = colors[point]  # (F, 3)
         bg_full = background.expand(b, 3, h, w)
-        bg = bg_full[where.batch, :, row, col]  # (M, 3)
+        bg = bg_full[lay.batch, :, lay.row, lay.col]  # (M, 3)
         keep = 1 - weights
-        transmittance = torch.prod(keep, dim=1)  # (M,)
         accum = torch.zeros_like(bg)
-        if compositor == "alpha":
-            cum = torch.ones_like(transmittance)
-            before = []
-            for k in range(weights.shape[1]):
-                before.append(cum)
-                accum = accum + (cum * weights[:, k])[:, None] * cols[:, k]
-                cum = cum * keep[:, k]
-            extra, total = torch.stack(before, dim=1), None  # (M, K): transmittance in front of each slot
-        else:
-            total = torch.zeros_like(transmittance)
-            for k in range(weights.shape[1]):
-                total = total + weights[:, k]
+        cum = torch.ones_like(bg[:, 0])  # transmittance in front of the next slot
+        front = torch.empty_like(weights)  # (F,): transmittance in front of each fragment
+        total = torch.zeros_like(cum) if compositor == "norm_weighted" else None
+        for m, start in zip(lay.counts, lay.starts):
+            k = slice(start, start + m)
+            front[k] = cum[:m]
+            if compositor == "alpha":
+                accum[:m] = accum[:m] + (cum[:m] * weights[k])[:, None] * cols[k]
+            else:
+                total[:m] = total[:m] + weights[k]
+            cum[:m] = cum[:m] * keep[k]
+        transmittance = cum
+        if compositor == "norm_weighted":
             total = torch.where(total < _NORM_FLOOR, torch.full_like(total, _NORM_FLOOR), total)
-            for k in range(weights.shape[1]):
-                accum = accum + (weights[:, k, None] * cols[:, k]) / total[:, None]
-            extra = accum  # (M, 3): the normalised weighted sum
+            for m, start in zip(lay.counts, lay.starts):
+                k = slice(start, start + m)
+                accum[:m] = accum[:m] + (weights[k, None] * cols[k]) / total[:m, None]
+            normed = accum  # (M, 3): the normalised weighted sum
             accum = (1 - transmittance)[:, None] * accum
+        else:
+            normed = None
         value = accum + transmittance[:, None] * bg
         image = (bg_full + 0.0).clamp_(0, 1)  # empty pixels: clamp(0 + 1 * bg) (+ 0.0 turns -0.0 into 0.0)
-        image[where.batch, :, row, col] = value.clamp(0, 1)
-        ctx.compositor, ctx.shape = compositor, shape
+        image[lay.batch, :, lay.row, lay.col] = value.clamp(0, 1)
+        ctx.compositor, ctx.shape, ctx.lay = compositor, (b, h, w), lay
         ctx.num_points, ctx.background_shape = colors.shape[0], background.shape
-        ctx.save_for_backward(weights, cols, bg, transmittance, value, r, raw, valid, extra, total, background,
-                              *where)
+        ctx.save_for_backward(weights, cols, bg, front, transmittance, value, r, raw, d, point, normed, total,
+                              background)
         return image
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_image):
-        weights, cols, bg, transmittance, value, r, raw, valid, extra, total, background, *where = ctx.saved_tensors
-        where, (b, h, w) = Occupied(*where), ctx.shape
-        row, col = where.pixel // w, where.pixel % w
+        weights, cols, bg, front, transmittance, value, r, raw, d, point, normed, total, background = \
+            ctx.saved_tensors
+        lay, (b, h, w) = ctx.lay, ctx.shape
         inside = (value >= 0) & (value <= 1)  # clamp's gradient, as torch passes it (bounds included)
-        g = grad_image[where.batch, :, row, col] * inside  # (M, 3)
-        slots = weights.shape[1]
+        g = grad_image[lay.batch, :, lay.row, lay.col] * inside  # (M, 3)
+        grad_w, grad_c = torch.empty_like(weights), torch.empty_like(cols)
+        slots = list(zip(lay.counts, lay.starts))
         if ctx.compositor == "alpha":
             # d image / d w_k = front_k (c_k - behind_k), behind_k the colour seen through slot k (background last)
-            front, behind = extra, bg
-            grad_w, grad_c = torch.empty_like(weights), torch.empty_like(cols)
-            for k in reversed(range(slots)):
-                grad_w[:, k] = (g * (cols[:, k] - behind)).sum(1) * front[:, k]
-                grad_c[:, k] = g * (front[:, k] * weights[:, k])[:, None]
-                behind = weights[:, k, None] * cols[:, k] + (1 - weights[:, k, None]) * behind
+            behind = bg.clone()
+            for m, start in reversed(slots):
+                k = slice(start, start + m)
+                grad_w[k] = (g[:m] * (cols[k] - behind[:m])).sum(1) * front[k]
+                grad_c[k] = g[:m] * (front[k] * weights[k])[:, None]
+                behind[:m] = weights[k, None] * cols[k] + (1 - weights[k, None]) * behind[:m]
         else:
-            keep, normed = 1 - weights, extra
-            # d T / d w_k = -prod_{j != k} (1 - w_j): products in front and behind, no division by 1 - w_k
-            ahead = torch.cumprod(torch.cat([torch.ones_like(keep[:, :1]), keep[:, :-1]], dim=1), dim=1)
-            after = torch.cumprod(torch.cat([torch.ones_like(keep[:, :1]), keep.flip(1)[:, :-1]], dim=1), dim=1)
-            others = ahead * after.flip(1)
-            # Where the floor holds t at 1e-4, t is a constant: the true derivative (PyTorch3D's backward
-            # differentiates t there as if it were the sum)
-            floored = total <= _NORM_FLOOR
-            bright = (1 - transmittance) / total  # (M,)
-            grad_c = g[:, None, :] * (weights * bright[:, None])[..., None]
-            spread = torch.where(floored[:, None, None], cols, cols - normed[:, None, :])
-            grad_w = (g[:, None, :] * (others[..., None] * (normed - bg)[:, None, :]
-                                       + bright[:, None, None] * spread)).sum(-1)
-        grad_w = torch.where(valid, grad_w, torch.zeros_like(grad_w))
+            # d T / d w_k = -prod_{j != k} (1 - w_j): the products in front (front) and behind, no division
+            keep = 1 - weights
+            behind = torch.ones_like(transmittance)
+            floored = total <= _NORM_FLOOR  # there t is the constant 1e-4: the true derivative (PyTorch3D's
+            bright = (1 - transmittance) / total  # backward differentiates t there as if it were the sum)
+            for m, start in reversed(slots):
+                k = slice(start, start + m)
+                others = front[k] * behind[:m]
+                grad_c[k] = g[:m] * (weights[k] * bright[:m])[:, None]
+                spread = torch.where(floored[:m, None], cols[k], cols[k] - normed[:m])
+                grad_w[k] = (g[:m] * (others[:, None] * (normed[:m] - bg[:m]) + bright[:m, None] * spread)).sum(-1)
+                behind[:m] = behind[:m] * keep[k]
         grad_colors = grad_radii = grad_background = None
-        fragment = where.idx[valid]
+        fragment = point[lay.position]  # gradients are summed per point in list order, as autograd would
         if ctx.needs_input_grad[0]:
             grad_colors = torch.zeros(ctx.num_points, 3, dtype=cols.dtype, device=cols.device)
-            grad_colors.index_add_(0, fragment, grad_c[valid])
+            grad_colors.index_add_(0, fragment, grad_c[lay.position])
         if ctx.needs_input_grad[1]:
             # w = clamp(1 - d / r^2, 0, 1): dw/dr = 2 d / r^3 where the clamp passes it
             passes = (raw >= 0) & (raw <= 1)
-            grad_r = torch.where(passes, grad_w * 2 * (where.dists / (r * r)) / r, torch.zeros_like(grad_w))
+            grad_r = torch.where(passes, grad_w * 2 * (d / (r * r)) / r, torch.zeros_like(grad_w))
             grad_radii = torch.zeros(ctx.num_points, dtype=r.dtype, device=r.device)
-            grad_radii.index_add_(0, fragment, grad_r[valid])
+            grad_radii.index_add_(0, fragment, grad_r[lay.position])
         if ctx.needs_input_grad[2]:
             full = grad_image.clone()  # empty pixels: d clamp(bg) / d bg
             full = full * ((background.expand(b, 3, h, w) >= 0) & (background.expand(b, 3, h, w) <= 1))
-            full[where.batch, :, row, col] = g * transmittance[:, None]
+            full[lay.batch, :, lay.row, lay.col] = g * transmittance[:, None]
             grad_background = full.sum_to_size(ctx.background_shape)
         return grad_colors, grad_radii, grad_background, None, None, None
 
 
-def draw_fragments(fragments: Fragments, radii: torch.Tensor, colors: torch.Tensor, background: torch.Tensor,
-                   compositor: str = "alpha") -> torch.Tensor:
+def draw_fragments(fragments: Fragments | FragmentList, radii: torch.Tensor, colors: torch.Tensor,
+                   background: torch.Tensor, compositor: str = "alpha") -> torch.Tensor:
     """``composite(fragments, fragment_weights(fragments, radii), colors, background, compositor)``, the same
-    images bit for bit, computed on the occupied pixels only with a hand-written backward: ``(B, 3, H, W)``
+    images bit for bit, computed on the occupied slots only with a hand-written backward: ``(B, 3, H, W)``
     float32 in [0, 1]. Gradients go to ``colors``, ``radii`` and ``background`` (whichever require grad).
 
     Args:
+        fragments: dense, or their occupied slots (:class:`FragmentList`, what ``rasterize_list`` gives).
         radii: ``(B, N)`` (with grad), in packed order ``b * N + n``. colors: ``(B, N, 3)`` in [0, 1].
         background: ``(B, 3, H, W)`` or ``(B, 3, 1, 1)``.
     """
     if compositor not in ("alpha", "norm_weighted"):
         raise ValueError(f"renderer.compositor must be 'alpha' or 'norm_weighted', got {compositor!r}")
-    b, h, w, _ = fragments.idx.shape
-    return _Draw.apply(colors.reshape(-1, 3), radii.reshape(-1), background, occupied(fragments), (b, h, w),
+    if isinstance(fragments, Fragments):
+        fragments = FragmentList.of(fragments)
+    return _Draw.apply(colors.reshape(-1, 3), radii.reshape(-1), background, fragments, layers(fragments),
                        compositor)
 
 
@@ -220,11 +247,12 @@ def render_scene(scene: Scene, image_size: int, points_per_pixel: int, composito
                  backend: str = "pytorch3d") -> torch.Tensor:
     """Rasterise (``backend``, a name in :data:`dr_fdsl.render.rasterizers.RASTERIZERS`), weight and composite a
     :class:`Scene`: ``(B, 3, H, W)`` float32 in [0, 1]."""
-    fragments = RASTERIZERS.get(backend)(scene.points, scene.radii, image_size, points_per_pixel)
     if scene.points.requires_grad:  # a learnt shape (renderer.perturbation): the reference, autograd to positions
+        fragments = RASTERIZERS.get(backend)(scene.points, scene.radii, image_size, points_per_pixel)
         fragments = fragments._replace(dists=position_dists(fragments, scene.points, image_size))
         return composite(fragments, fragment_weights(fragments, scene.radii), scene.colors, scene.background,
                          compositor)
+    fragments = rasterize_list(backend, scene.points, scene.radii, image_size, points_per_pixel)
     return draw_fragments(fragments, scene.radii, scene.colors, scene.background, compositor)
 
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from dr_fdsl.render.structures import Fragments
+from dr_fdsl.render.structures import FragmentList, Fragments
+
+
+_MARGIN = 1e-3  # px: candidate squares are this much wider on each side than the disk
 
 
 def pixel_centre(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -21,7 +24,15 @@ def pixel_centre(index: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def rasterize_sorted(points: torch.Tensor, radii: torch.Tensor, image_size: int, points_per_pixel: int) -> Fragments:
-    """Same contract as :func:`dr_fdsl.render.raster_pytorch3d.rasterize`.
+    """Same contract as :func:`dr_fdsl.render.raster_pytorch3d.rasterize`: the dense fragments of
+    :func:`rasterize_sorted_list`."""
+    return rasterize_sorted_list(points, radii, image_size, points_per_pixel).dense()
+
+
+def rasterize_sorted_list(points: torch.Tensor, radii: torch.Tensor, image_size: int,
+                          points_per_pixel: int) -> FragmentList:
+    """The occupied slots of PyTorch3D's fragments (what the renderer composites), made without the dense
+    ``(B, H, W, K)`` tensors.
 
     Args:
         points: ``(B, N, 3)`` float32 NDC points (z >= 0 is drawn). radii: ``(B, N)`` float32, used detached.
@@ -37,41 +48,43 @@ def rasterize_sorted(points: torch.Tensor, radii: torch.Tensor, image_size: int,
     reach = radii * s / 2
     drawn = (z >= 0) & (col + reach >= -1) & (col - reach <= s) & (row + reach >= -1) & (row - reach <= s)
     flat = drawn.reshape(-1).nonzero().squeeze(1)  # only points that can touch the image, packed index b * N + n
-    empty = Fragments(*(torch.full((b, s, s, k), -1, dtype=dt, device=device)
-                        for dt in (torch.long, torch.float32, torch.float32)))
     if flat.numel() == 0:
-        return empty
-    col, row, reach, px, py, pz, r2 = (t.reshape(-1)[flat] for t in (col, row, reach, x, y, z, radii ** 2))
-    # Candidate pixels: a square around the centre one pixel wider than the disk; the exact test decides.
-    first_col = (col - reach).floor().clamp(0, s - 1).long()
-    first_row = (row - reach).floor().clamp(0, s - 1).long()
-    span = int((2 * reach).ceil().max()) + 2
+        nothing = torch.zeros(0, dtype=torch.long, device=device)
+        return FragmentList(nothing, nothing, nothing, points.new_zeros(0), points.new_zeros(0), (b, s, s, k))
+    # One gather for the seven per-point values (the same values as seven gathers)
+    col, row, reach, px, py, pz, r2 = torch.stack([col, row, reach, x, y, z, radii ** 2], -1).reshape(-1, 7)[flat].T
+    # Candidate pixels: the square of the disk's columns and rows, widened by _MARGIN px on each side against
+    # rounding (the float32 errors here are ~1e-5 px); the exact test decides. At most ceil(2 reach) + 1 pixels of
+    # a row lie within reach of the centre, so that is the span (one more than a disk of any radius needs).
+    first_col = (col - reach - _MARGIN).floor().clamp(0, s - 1).long()
+    first_row = (row - reach - _MARGIN).floor().clamp(0, s - 1).long()
+    span = int((2 * reach + 2 * _MARGIN).ceil().max()) + 1
     offsets = torch.arange(span, device=device)
     cols = first_col[:, None] + offsets  # (P, span): the square's columns, then its rows
     rows = first_row[:, None] + offsets
     # Per axis, then broadcast to (P, span rows, span cols): the same float32 operations as on the full square.
-    dx = pixel_centre(cols.float(), s) - px[:, None]
-    dy = pixel_centre(rows.float(), s) - py[:, None]
+    # Columns and rows past the image's edge get an infinite distance, so the one test below refuses them.
+    far = torch.tensor(float("inf"), device=device)
+    dx = torch.where(cols < s, pixel_centre(cols.float(), s) - px[:, None], far)
+    dy = torch.where(rows < s, pixel_centre(rows.float(), s) - py[:, None], far)
     dist2 = (dy * dy)[:, :, None] + (dx * dx)[:, None, :]
-    hit = (dist2 < r2[:, None, None]) & ((rows < s)[:, :, None] & (cols < s)[:, None, :])
-    owner, hit_row, hit_col = hit.nonzero(as_tuple=True)  # point-major: ties keep packed order
-    image = flat[owner] // n
-    pixel = (image * s + first_row[owner] + hit_row) * s + first_col[owner] + hit_col
+    hits = (dist2 < r2[:, None, None]).view(-1).nonzero().squeeze(1)  # point-major: ties keep packed order
+    owner, within = hits // (span * span), hits % (span * span)
+    corner = ((flat // n) * s + first_row) * s + first_col  # each point's square's first pixel
+    pixel = corner[owner] + (within // span) * s + within % span
     depth = pz[owner]
-    dist2 = dist2[owner, hit_row, hit_col]
-    packed = flat[owner]
     # Sort by (pixel, depth): depths are >= 0, so their float32 bit patterns order like the values, except -0.0
     # (drawn, as PyTorch3D draws it), whose sign bit makes its pattern negative: adding +0.0 turns it into +0.0.
     key = pixel * 2**31 + (depth + 0.0).view(torch.int32).long()
     order = torch.sort(key, stable=True).indices
-    pixel, depth, dist2, packed = pixel[order], depth[order], dist2[order], packed[order]
+    pixel = pixel[order]
     # Rank of each fragment within its pixel: position minus the position where its pixel's run starts.
     position = torch.arange(pixel.numel(), device=device)
     starts = torch.ones_like(pixel, dtype=torch.bool)
     starts[1:] = pixel[1:] != pixel[:-1]
     rank = position - torch.cummax(torch.where(starts, position, 0), dim=0).values
-    keep = rank < k
-    slot = pixel[keep] * k + rank[keep]
-    idx, zbuf, dists = (t.view(-1) for t in empty)
-    idx[slot], zbuf[slot], dists[slot] = packed[keep], depth[keep], dist2[keep]
-    return empty
+    if rank.numel() and int(rank.max()) >= k:  # the K nearest of each pixel only
+        keep = (rank < k).nonzero().squeeze(1)
+        pixel, rank, order = pixel[keep], rank[keep], order[keep]
+    fragment = hits[order]
+    return FragmentList(pixel, rank, flat[owner[order]], depth[order], dist2.view(-1)[fragment], (b, s, s, k))

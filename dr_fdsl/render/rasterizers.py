@@ -1,7 +1,8 @@
 """The rasterisers, by name (``renderer.raster_backend``): used by the renderer and by both benchmarks.
 
 Each takes ``points (B, N, 3)`` float32 NDC, ``radii (B, N)`` (used detached), the image size and K, and returns
-the same :class:`~dr_fdsl.render.structures.Fragments`; the tests check the two bit for bit.
+the same :class:`~dr_fdsl.render.structures.Fragments`; the tests check the two bit for bit. The renderer
+composites only the occupied slots (:func:`rasterize_list`), which the sort backend makes without the dense tensors.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from collections.abc import Callable
 
 from dr_fdsl.registry import Registry
 from dr_fdsl.render.raster_pytorch3d import rasterize
-from dr_fdsl.render.raster_sort import rasterize_sorted
-from dr_fdsl.render.structures import Fragments
+from dr_fdsl.render.raster_sort import rasterize_sorted, rasterize_sorted_list
+from dr_fdsl.render.structures import FragmentList, Fragments
 
 # RASTERIZERS.get(name): an unknown name is a config error naming the key, never a silent fallback.
 RASTERIZERS: Registry[Callable[..., Fragments]] = Registry("rasteriser", "renderer.raster_backend")
@@ -31,3 +32,16 @@ def rasterize_auto(points, radii, image_size: int, points_per_pixel: int) -> Fra
     same fragments bit for bit (tests/test_render.py), so the choice changes no pixel."""
     backend = RASTERIZERS.get(auto_backend(points.device.type))
     return backend(points, radii, image_size, points_per_pixel)
+
+
+# Backends that list the occupied slots themselves; any other backend's dense fragments are listed after it.
+_LISTING = {"sort": rasterize_sorted_list}
+
+
+def rasterize_list(backend: str, points, radii, image_size: int, points_per_pixel: int) -> FragmentList:
+    """The occupied slots (:class:`FragmentList`) of ``RASTERIZERS.get(backend)``'s fragments."""
+    if backend == "auto":
+        backend = auto_backend(points.device.type)
+    if backend in _LISTING:
+        return _LISTING[backend](points, radii, image_size, points_per_pixel)
+    return FragmentList.of(RASTERIZERS.get(backend)(points, radii, image_size, points_per_pixel))

@@ -82,6 +82,11 @@ class Rendered(NamedTuple):
     rows: torch.Tensor
 
 
+def _picked(values: torch.Tensor, pick: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``values (R, N, W)`` at the flat rows ``pick (B * N,)`` of its ``(R * N, W)`` view: ``(*shape, W)``."""
+    return values.reshape(-1, values.shape[-1]).index_select(0, pick).view(*shape, values.shape[-1])
+
+
 class PointRenderer(nn.Module):
     """Renders (category, view seed) pairs of a bank, differentiably in colours and radii.
 
@@ -285,11 +290,13 @@ class PointRenderer(nn.Module):
         other, mixed = augment.mix_partners(class_ids, keys, self.num_classes, n, self.cfg.augment)
         rows, inverse = torch.unique(torch.cat([class_ids, other]), return_inverse=True)
         source = torch.where(mixed, inverse[len(class_ids):, None], inverse[:len(class_ids), None])  # (B, N)
-        point_index = torch.arange(n, device=keys.device).expand_as(source)
-        xyz = self.bank_points(rows)[source, point_index]  # (B, N, 3)
-        start = None if self.color_start is None else self._lookup(self.color_start, rows, source, point_index, 3)
-        colors = self.color_values(self._lookup(self.color_logits, rows, source, point_index, 3), start)
-        radii = self._radius(self._lookup(self.radius_logits, rows, source, point_index, 1).squeeze(-1))
+        # Each point's flat row in an (R * N, width) view: one index_select per table (advanced indexing with two
+        # (B, N) indices is the same values, at several times the cost on CPU)
+        pick = (source * n + torch.arange(n, device=keys.device)).reshape(-1)
+        xyz = _picked(self.bank_points(rows), pick, source.shape)  # (B, N, 3)
+        start = None if self.color_start is None else self._lookup(self.color_start, rows, pick, source.shape, 3)
+        colors = self.color_values(self._lookup(self.color_logits, rows, pick, source.shape, 3), start)
+        radii = self._radius(self._lookup(self.radius_logits, rows, pick, source.shape, 1).squeeze(-1))
         return Points(xyz, colors, radii, torch.ones_like(mixed)), mixed, rows
 
     def bank_points(self, class_ids: torch.Tensor) -> torch.Tensor:
@@ -297,13 +304,13 @@ class PointRenderer(nn.Module):
         shared = self.points.shape[0] == 1 < self.num_classes
         return self.points[torch.zeros_like(class_ids) if shared else class_ids]
 
-    def _lookup(self, table: torch.Tensor, rows: torch.Tensor, source: torch.Tensor, point_index: torch.Tensor,
+    def _lookup(self, table: torch.Tensor, rows: torch.Tensor, pick: torch.Tensor, shape: torch.Size,
                 width: int) -> torch.Tensor:
         """Each point's entries ``(B, N, width)``: row ``rows[source]`` of ``table`` (a parameter or the start buffer
-        beside it; row 0 if shared)."""
+        beside it; row 0 if shared), ``pick (B * N,)`` the flat rows of :meth:`_gather`."""
         if table.shape[0] == 1:
-            rows, source = torch.zeros_like(rows[:1]), torch.zeros_like(source)
-        return rearrange(self._rows(table, rows), "r (n w) -> r n w", w=width)[source, point_index]
+            rows, pick = torch.zeros_like(rows[:1]), pick % self.num_points
+        return _picked(rearrange(self._rows(table, rows), "r (n w) -> r n w", w=width), pick, shape)
 
     def _background(self, keys: torch.Tensor) -> torch.Tensor:
         cfg, b = self.cfg, keys.shape[0]

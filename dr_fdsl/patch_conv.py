@@ -32,8 +32,7 @@ class _PatchConv(torch.autograd.Function):
         return F.conv2d(x, weight, bias, stride=k)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out):  # differentiable itself (einsum, convolution_backward): double backward works
         x, weight = ctx.saved_tensors
         d, c, k, _ = weight.shape
         grad_x = grad_w = grad_b = None

@@ -75,3 +75,18 @@ def test_classifier_keeps_its_parameters_and_state_dict_names():
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
     x = torch.rand(3, 3, 32, 32)
     assert torch.equal(model.eval()(x), reference.eval()(x))
+
+
+def test_double_backward_matches_autograd():
+    """The lookahead mode's exact hypergradient differentiates the weight gradient with respect to the image."""
+    conv, fast = _pair(64, 8, True, seed=2)
+    x = torch.rand(2, 3, 16, 16)
+    v = torch.randn_like(conv.weight)
+    second = []
+    for module in (conv, fast):
+        xi = x.clone().requires_grad_()
+        (grad_w,) = torch.autograd.grad(module(xi).pow(2).sum(), module.weight, create_graph=True)
+        (grad_x,) = torch.autograd.grad((grad_w * v).sum(), xi)
+        second.append(grad_x)
+    assert second[0].abs().max() > 0
+    torch.testing.assert_close(second[1], second[0], rtol=1e-4, atol=1e-5)

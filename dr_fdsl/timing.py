@@ -8,6 +8,7 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -63,6 +64,41 @@ def time_spread(fn, steps: int, warmup: int, device: torch.device) -> Spread:
         times.append(time.perf_counter() - start)
     times.sort()
     return Spread(times[0], times[len(times) // 2], times[-1])
+
+
+def _timed(fn, cuda: bool) -> float:
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def interleaved(fns: dict[str, Callable[[], object]], steps: int, warmup: int, device: torch.device
+                ) -> tuple[dict[str, Spread], list[dict[str, float]]]:
+    """Every function of ``fns`` once per round, in turn, for ``warmup`` rounds and then ``steps`` timed ones:
+    each function's spread over the timed rounds, and the rounds' wall times in seconds. A load that comes and goes
+    weighs on every function of a round alike, so a ratio between two of them is best taken per round
+    (:func:`median_ratio`) rather than between medians measured minutes apart."""
+    cuda = device.type == "cuda"
+    rounds = []
+    for i in range(warmup + steps):
+        times = {name: _timed(fn, cuda) for name, fn in fns.items()}
+        if i >= warmup:
+            rounds.append(times)
+    spreads = {}
+    for name in fns:
+        times = sorted(r[name] for r in rounds)
+        spreads[name] = Spread(times[0], times[len(times) // 2], times[-1])
+    return spreads, rounds
+
+
+def median_ratio(rounds: list[dict[str, float]], numerator: str, denominator: str) -> float:
+    """The median over ``rounds`` (from :func:`interleaved`) of ``numerator``'s time over ``denominator``'s."""
+    ratios = sorted(r[numerator] / r[denominator] for r in rounds)
+    return ratios[len(ratios) // 2]
 
 
 def machine_and_peak_memory(device: torch.device) -> tuple[str, float, str]:

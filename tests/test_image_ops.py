@@ -369,3 +369,23 @@ def test_contest_batch_equals_one_image_at_a_time():
         torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-3, rtol=0)
     assert draws["ssr"].any() and draws["hsv"].any() and (draws["distort"] & draws["optical"]).any()
     assert (draws["distort"] & ~draws["optical"]).any()
+
+
+def test_random_erasing_as_one_select_is_timms_in_place_erasing():
+    """ImageAugment.erased against timm's RandomErasing on a copy, in place: the same images bit for bit, the same
+    random state after (python's and torch's), and the gradient of the in-place version (0 where erased)."""
+    augment = _augment(random_erasing=0.9)
+    images = torch.rand(12, 3, 16, 16)
+    outs = []
+    for ours in (False, True):
+        random.seed(3)
+        torch.manual_seed(3)
+        x = images.clone().requires_grad_()
+        out = augment.erased(x) if ours else augment.erase(x.clone())
+        (out * torch.arange(out.numel()).view_as(out)).sum().backward()
+        outs.append((out.detach(), x.grad, random.random(), torch.rand(1)))
+    (ref, ref_grad, ref_py, ref_torch), (new, new_grad, new_py, new_torch) = outs
+    assert torch.equal(new, ref) and torch.equal(new_grad, ref_grad)
+    assert ref_py == new_py and torch.equal(ref_torch, new_torch)
+    erased = ref != images
+    assert erased.any() and not ref_grad[erased].any()

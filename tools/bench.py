@@ -8,10 +8,11 @@
 
 Builds real runs with ``build_run`` and times the functions ``train_step`` is made of: (a) the objective's
 forward/backward and the optimiser update on a pre-rendered batch (``forward_backward`` + ``optimizer_step``),
-(b) ``train_step`` with the frozen renderer, (c) ``train_step`` with the learnable (joint) renderer; the ratios
-b/a (ratio_frozen) and c/a (ratio_learnable); time per stage (``renderer.scene``, the registered rasteriser,
-compositing forward+backward, ``render_batch``, ``forward_backward``, ``optimizer_step``) and peak memory. Each
-figure is the median of --steps timed steps after --warmup; min, median and max are printed (and in the JSON's
+(b) ``train_step`` with the frozen renderer, (c) ``train_step`` with the learnable (joint) renderer, timed in
+turn round by round; the ratios b/a (ratio_frozen) and c/a (ratio_learnable), each the median of the per-round
+ratios (so that a load that comes and goes weighs on both sides alike); time per stage (``renderer.scene``, the
+rasteriser's occupied slots, compositing forward+backward, ``render_batch``, ``forward_backward``,
+``optimizer_step``) and peak memory. Each figure is the median of --steps timed steps after --warmup; min, median and max are printed (and in the JSON's
 spread_ms), with a warning when max/min exceeds 1.5 or the load average the core count (the figures are noise).
 The leakage probe is off: this measures the step.
 With ``--match DATASET``, also (d) ``train_step`` with ``renderer.mode=match`` against that dataset's training
@@ -47,7 +48,9 @@ from dr_fdsl.render.composite import composite, draw_fragments
 from dr_fdsl.render.keyed_random import image_keys
 from dr_fdsl.timing import (
     check_bench_args,
+    interleaved,
     machine_and_peak_memory,
+    median_ratio,
     median_time,
     memory_per_image,
     noise_warning,
@@ -115,9 +118,15 @@ def main() -> int:
             forward_backward(r, rendered)
             optimizer_step(r)
 
-    spreads = {"(a) objective alone": time_spread(objective_and_update, args.steps, args.warmup, device),
-               "(b) frozen step": time_spread(lambda: train_step(frozen), args.steps, args.warmup, device)}
+    joint = run("joint")
+    # (a), (b) and (c) in turn, round by round: the ratios are the medians of the per-round ratios
+    spreads, rounds = interleaved({"(a) objective alone": objective_and_update,
+                                   "(b) frozen step": lambda: train_step(frozen),
+                                   "(c) learnable step": lambda: train_step(joint)}, args.steps, args.warmup, device)
     step_alone, step_frozen = spreads["(a) objective alone"].median, spreads["(b) frozen step"].median
+    step_learnable = spreads["(c) learnable step"].median
+    ratio_frozen = median_ratio(rounds, "(a) objective alone", "(b) frozen step")
+    ratio_learnable = median_ratio(rounds, "(a) objective alone", "(c) learnable step")
 
     # Stages, each timed alone on the same batch.
     renderer, raster = frozen.renderer, RASTERIZERS.get(args.backend)
@@ -163,9 +172,6 @@ def main() -> int:
     # Memory of rendering forward and backward (scene given), per image, for every raster backend
     memory = {backend: memory_per_image(render_fb(backend), b, device) for backend in sorted(RASTERIZERS)
               if backend != "auto"}  # auto is one of the two
-    joint = run("joint")
-    spreads["(c) learnable step"] = time_spread(lambda: train_step(joint), args.steps, args.warmup, device)
-    step_learnable = spreads["(c) learnable step"].median
     step_match = None
     if args.match:
         match = run("match")
@@ -204,8 +210,8 @@ def main() -> int:
         "machine": machine, "batch": b, "size": args.size, "points": args.points, "k": args.k,
         "model": args.model, "precision": args.precision, "backend": args.backend, "objective": args.objective,
         "images_per_s_objective_alone": b / step_alone, "images_per_s_frozen": b / step_frozen,
-        "images_per_s_learnable": b / step_learnable, "ratio_frozen": step_alone / step_frozen,
-        "ratio_learnable": step_alone / step_learnable,
+        "images_per_s_learnable": b / step_learnable, "ratio_frozen": ratio_frozen,
+        "ratio_learnable": ratio_learnable,
         "stage_ms": {k: round(v.median * 1e3, 3) for k, v in stages.items()}, "peak_memory_mib": round(peak, 1),
         "spread_ms": {k: [round(t * 1e3, 3) for t in v] for k, v in {**spreads, **stages}.items()},  # min, med, max
         "render_memory": memory,

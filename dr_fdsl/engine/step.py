@@ -115,12 +115,13 @@ def optimizer_step(run: Run) -> dict[str, torch.Tensor]:
         norms.update(run.objective.clip_gradients(clip))
         if run.renderer_optimizer is not None:
             norms["grad_norm/renderer"] = clip_sparse_grad_norm_(run.renderer.parameters(), clip)
+    changed = run.renderer.changed_rows() if run.renderer_optimizer is not None else None
     for opt in (*run.objective.optimizers(), run.renderer_optimizer):
         if opt is not None:
             opt.step()
             opt.zero_grad(set_to_none=True)
     if run.renderer_optimizer is not None:
-        run.renderer.project_()  # renderer.color_param=clamp: colours back into [0, 1]
+        run.renderer.project_(changed)  # the rows the step moved, back into their bounds
     return norms
 
 

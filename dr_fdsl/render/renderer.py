@@ -87,6 +87,15 @@ def _picked(values: torch.Tensor, pick: torch.Tensor, shape: torch.Size) -> torc
     return values.reshape(-1, values.shape[-1]).index_select(0, pick).view(*shape, values.shape[-1])
 
 
+def _project_rows(table: torch.Tensor, rows: torch.Tensor | None, project) -> None:
+    """``project(values, rows)`` in place on ``table``'s ``rows`` (all of it when None, or when the table is one
+    shared row)."""
+    if rows is None or table.shape[0] == 1:
+        project(table, None)
+    else:
+        table[rows] = project(table[rows], rows)
+
+
 class PointRenderer(nn.Module):
     """Renders (category, view seed) pairs of a bank, differentiably in colours and radii.
 
@@ -183,21 +192,44 @@ class PointRenderer(nn.Module):
         return logits.clamp(0, 1) if self.color_param == "clamp" else squash(logits)
 
     @torch.no_grad()
-    def project_(self) -> None:
+    def project_(self, changed: dict[str, torch.Tensor | None] | None = None) -> None:
         """After a renderer optimiser step: colours back into [0, 1] (``color_param: clamp`` or ``residual``) and
         ``residual`` radii back into [radius_min, radius_max]; nothing for ``squash``. Entries already inside are
-        untouched, so categories a step did not draw stay bit-identical."""
-        if self.color_param == "clamp":
-            self.color_logits.clamp_(0, 1)
-        elif self.color_param == "residual":
-            torch.maximum(self.color_logits, -self.color_start, out=self.color_logits)
-            torch.minimum(self.color_logits, 1 - self.color_start, out=self.color_logits)
+        untouched, so categories a step did not draw stay bit-identical.
+
+        Args:
+            changed: from :meth:`changed_rows` before the step: per table (``"color"``, ``"radius"``) the only rows
+                the step can have moved (SparseAdam moves no other; None: all), a table left out unmoved. Every
+                other entry is inside its bounds already, so projecting these alone gives the same tables at the
+                cost of those rows, not of the whole tables every step. None: every table, whole.
+        """
+        changed = {"color": None, "radius": None} if changed is None else changed
+        if self.color_param in ("clamp", "residual") and "color" in changed:
+            _project_rows(self.color_logits, changed["color"], self._project_colors)
         span = self.cfg.radius_max - self.cfg.radius_min
-        if self.radius_param == "residual" and span > 0:
+        if self.radius_param == "residual" and span > 0 and "radius" in changed:
             r0 = self.cfg.radius_init
-            self.radius_logits.clamp_((self.cfg.radius_min - r0) / span, (self.cfg.radius_max - r0) / span)
+            low, high = (self.cfg.radius_min - r0) / span, (self.cfg.radius_max - r0) / span
+            _project_rows(self.radius_logits, changed["radius"], lambda logits, _: logits.clamp_(low, high))
         if hasattr(self.instances, "project_"):  # a drawer's own learnt parameters (renderer.perturbation)
             self.instances.project_()
+
+    def _project_colors(self, logits: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        if self.color_param == "clamp":
+            return logits.clamp_(0, 1)
+        start = self.color_start if rows is None else self.color_start[rows]
+        torch.maximum(logits, -start, out=logits)
+        return torch.minimum(logits, 1 - start, out=logits)
+
+    def changed_rows(self) -> dict[str, torch.Tensor | None]:
+        """What an optimiser step about to be taken can move, for :meth:`project_`: per table with a gradient
+        (``"color"``, ``"radius"``) the rows of its row-sparse gradient ``(R,)`` int64 (None: a dense gradient,
+        every row). A table without a gradient is left out: SparseAdam does not touch it."""
+        out = {}
+        for name, table in (("color", self.color_logits), ("radius", self.radius_logits)):
+            if table.grad is not None:
+                out[name] = table.grad.coalesce().indices()[0] if table.grad.is_sparse else None
+        return out
 
     def radii(self) -> torch.Tensor:
         """Radius tables ``(C or 1, N)`` float32 in [radius_min, radius_max], NDC units."""

@@ -126,6 +126,24 @@ class AlbumentationsPipeline:
         return x
 
 
+class _Flip(torch.autograd.Function):
+    """``where(chosen, x.flip(dim), x)``, whose gradient is the same permutation of the incoming one: one flip and
+    one select, where autograd's would be two selects, a flip and a sum of the two branches (the learnable
+    renderer's images carry a gradient through every flip)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, chosen: torch.Tensor, dim: int) -> torch.Tensor:
+        # x (B, C, H, W); chosen (B, 1, 1, 1) bool
+        ctx.save_for_backward(chosen)
+        ctx.dim = dim
+        return torch.where(chosen, x.flip(dim), x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (chosen,) = ctx.saved_tensors
+        return torch.where(chosen, grad.flip(ctx.dim), grad), None, None
+
+
 class ImageAugment(nn.Module):
     """Batched image augmentations and the matching loss.
 
@@ -189,7 +207,7 @@ class ImageAugment(nn.Module):
         for prob, dim in ((self.cfg.hflip, 3), (self.cfg.vflip, 2)):
             if prob > 0:
                 flip = (torch.rand(b, device=images.device) < prob).view(b, 1, 1, 1)
-                images = torch.where(flip, images.flip(dim), images)
+                images = _Flip.apply(images, flip, dim)
         return images
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:

@@ -389,3 +389,19 @@ def test_random_erasing_as_one_select_is_timms_in_place_erasing():
     assert ref_py == new_py and torch.equal(ref_torch, new_torch)
     erased = ref != images
     assert erased.any() and not ref_grad[erased].any()
+
+
+def test_flips_pass_the_gradient_of_where_and_flip():
+    from dr_fdsl.image_augment import _Flip
+
+    x = torch.rand(6, 3, 5, 7, requires_grad=True)
+    chosen = torch.tensor([True, False, True, True, False, False]).view(6, 1, 1, 1)
+    weight = torch.rand(6, 3, 5, 7)
+    for dim in (2, 3):
+        ours = _Flip.apply(x, chosen, dim)
+        (ours * weight).sum().backward()
+        grad, x.grad = x.grad, None
+        reference = torch.where(chosen, x.flip(dim), x)
+        (reference * weight).sum().backward()
+        assert torch.equal(ours, reference) and torch.equal(grad, x.grad)
+        x.grad = None

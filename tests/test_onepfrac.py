@@ -164,14 +164,15 @@ def test_the_delta_sweep_presets_load_one_config_per_delta(name, tmp_path):
 
     preset = PRESETS[name]
     arms = {k: a for k, a in arms_of(preset).items() if a.pretrain is not None}
-    assert sorted(arms) == ["delta_0.01", "delta_0.05", "delta_0.1", "delta_0.2", "learnt"]
+    assert sorted(arms) == ["delta_0.01", "delta_0.05", "delta_0.1", "delta_0.2", "fixed_unsnapped", "learnt"]
+    budgets = {"learnt": (0.05, 0.2), "fixed_unsnapped": (0.1, 0.1)}  # its control: the same drawing, m fixed
     for arm_name, arm in arms.items():
         cfg = pretrain_config(preset, arm.pretrain, 0, tmp_path / arm_name, arm.config)
-        learnt = arm_name == "learnt"
+        learnt = arm_name in budgets
         assert cfg.bank.family == "onepfrac" and cfg.bank.onepfrac.delta == (0.1 if learnt else
                                                                            float(arm_name.split("_")[1]))
         assert cfg.renderer.mode == ("adversarial" if learnt else "frozen")
-        assert cfg.renderer.perturbation.budget == ((0.05, 0.2) if learnt else (0.0, 0.0))
+        assert cfg.renderer.perturbation.budget == budgets.get(arm_name, (0.0, 0.0))
         assert not cfg.renderer.perturbation.tables and arm.config == arms["delta_0.1"].config
     if name == "onepfrac-gpu":
         assert (cfg.bank.num_classes, cfg.renderer.image_size, cfg.model.name, preset["dataset"]) == (

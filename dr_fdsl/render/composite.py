@@ -12,11 +12,14 @@ it does not see the jump. Tested: ``tests/test_truth.py::test_image_jumps_in_the
 
 Two implementations of the same images: :func:`fragment_weights` + :func:`composite` (PyTorch3D's compositors on
 the dense ``(B, H, W, K)`` fragments, autograd through every step: the reference) and :func:`draw_fragments`
-(one autograd function over the occupied pixels only, with a hand-written backward; what :func:`render_scene`
-uses). On CPU at 64 px, 2,000 points, K=8, 3% of the fragment slots and 10% of the pixels hold a point, and the
-reference spends most of its time copying and masking the empty ones. :func:`draw_fragments` repeats PyTorch3D's
-float32 arithmetic in its order, so its images equal the reference's bit for bit (tested); its gradients are the
-same derivatives, rounded differently (tested against the reference and by ``gradcheck`` in float64).
+(one autograd function over the occupied slots only, a :class:`~dr_fdsl.render.structures.FragmentList`, with a
+hand-written backward; what :func:`render_scene` uses). On CPU at 64 px, 2,000 points, K=8, 3% of the fragment
+slots and 10% of the pixels hold a point, and the reference spends most of its time copying and masking the empty
+ones. :func:`draw_fragments` composites slot by slot over the pixels that hold a fragment in that slot
+(:class:`Layers`: the pixels ordered by their number of fragments, so each slot's pixels are a prefix and each
+slot's work is arithmetic on slices), repeating PyTorch3D's float32 arithmetic in its order, so its images equal
+the reference's bit for bit (tested); its gradients are the same derivatives, rounded differently (tested against
+the reference and by ``gradcheck`` in float64).
 """
 
 from __future__ import annotations
@@ -110,14 +113,13 @@ def layers(fragments: FragmentList) -> Layers:
     pixels = fragments.pixel[first]
     sizes = torch.bincount(pixel_of, minlength=pixels.numel())
     by_size = torch.sort(sizes, descending=True, stable=True).indices
-    place = torch.empty_like(by_size)
-    place[by_size] = torch.arange(by_size.numel(), device=device)  # each pixel's place in the size order
+    # each pixel's place in the size order (index_select and scatter_: the 1-D gathers and scatters that cost least)
+    place = torch.empty_like(by_size).scatter_(0, by_size, torch.arange(by_size.numel(), device=device))
     per_slot = torch.bincount(fragments.rank)  # fragments in slot k = pixels with more than k fragments
     offsets = torch.cumsum(per_slot, 0) - per_slot
-    position = offsets[fragments.rank] + place[pixel_of]
-    slot_major = torch.empty_like(position)
-    slot_major[position] = torch.arange(position.numel(), device=device)
-    pixels = pixels[by_size]
+    position = offsets.index_select(0, fragments.rank) + place.index_select(0, pixel_of)
+    slot_major = torch.empty_like(position).scatter_(0, position, torch.arange(position.numel(), device=device))
+    pixels = pixels.index_select(0, by_size)
     counts, starts = per_slot.tolist(), offsets.tolist()
     return Layers(pixels // (h * w), pixels % (h * w) // w, pixels % w, slot_major, position, counts, starts)
 
@@ -134,12 +136,12 @@ class _Draw(torch.autograd.Function):
     def forward(ctx, colors, radii, background, fragments: FragmentList, lay: Layers, compositor: str):
         # colors (B*N, 3), radii (B*N,), background (B, 3, H|1, W|1)
         b, h, w, _ = fragments.shape
-        point = fragments.idx[lay.slot_major]  # (F,) slot-major from here on
-        d = fragments.dists[lay.slot_major]
-        r = radii[point]
+        point = fragments.idx.index_select(0, lay.slot_major)  # (F,) slot-major from here on
+        d = fragments.dists.index_select(0, lay.slot_major)
+        r = radii.index_select(0, point)
         raw = 1 - d / (r * r)
         weights = raw.clamp(0, 1)
-        cols = colors[point]  # (F, 3)
+        cols = colors.index_select(0, point)  # (F, 3)
         bg_full = background.expand(b, 3, h, w)
         bg = bg_full[lay.batch, :, lay.row, lay.col]  # (M, 3)
         keep = 1 - weights
@@ -170,14 +172,14 @@ class _Draw(torch.autograd.Function):
         image[lay.batch, :, lay.row, lay.col] = value.clamp(0, 1)
         ctx.compositor, ctx.shape, ctx.lay = compositor, (b, h, w), lay
         ctx.num_points, ctx.background_shape = colors.shape[0], background.shape
-        ctx.save_for_backward(weights, cols, bg, front, transmittance, value, r, raw, d, point, normed, total,
-                              background)
+        ctx.save_for_backward(weights, cols, bg, front, transmittance, value, r, raw, d, fragments.idx, normed,
+                              total, background)
         return image
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_image):
-        weights, cols, bg, front, transmittance, value, r, raw, d, point, normed, total, background = \
+        weights, cols, bg, front, transmittance, value, r, raw, d, fragment, normed, total, background = \
             ctx.saved_tensors
         lay, (b, h, w) = ctx.lay, ctx.shape
         inside = (value >= 0) & (value <= 1)  # clamp's gradient, as torch passes it (bounds included)
@@ -206,16 +208,16 @@ class _Draw(torch.autograd.Function):
                 grad_w[k] = (g[:m] * (others[:, None] * (normed[:m] - bg[:m]) + bright[:m, None] * spread)).sum(-1)
                 behind[:m] = behind[:m] * keep[k]
         grad_colors = grad_radii = grad_background = None
-        fragment = point[lay.position]  # gradients are summed per point in list order, as autograd would
+        # per point, the fragments' gradients are summed in list order (the order autograd's reference sums them)
         if ctx.needs_input_grad[0]:
             grad_colors = torch.zeros(ctx.num_points, 3, dtype=cols.dtype, device=cols.device)
-            grad_colors.index_add_(0, fragment, grad_c[lay.position])
+            grad_colors.index_add_(0, fragment, grad_c.index_select(0, lay.position))
         if ctx.needs_input_grad[1]:
             # w = clamp(1 - d / r^2, 0, 1): dw/dr = 2 d / r^3 where the clamp passes it
             passes = (raw >= 0) & (raw <= 1)
             grad_r = torch.where(passes, grad_w * 2 * (d / (r * r)) / r, torch.zeros_like(grad_w))
             grad_radii = torch.zeros(ctx.num_points, dtype=r.dtype, device=r.device)
-            grad_radii.index_add_(0, fragment, grad_r[lay.position])
+            grad_radii.index_add_(0, fragment, grad_r.index_select(0, lay.position))
         if ctx.needs_input_grad[2]:
             full = grad_image.clone()  # empty pixels: d clamp(bg) / d bg
             full = full * ((background.expand(b, 3, h, w) >= 0) & (background.expand(b, 3, h, w) <= 1))

@@ -52,7 +52,7 @@ def rasterize_sorted_list(points: torch.Tensor, radii: torch.Tensor, image_size:
         nothing = torch.zeros(0, dtype=torch.long, device=device)
         return FragmentList(nothing, nothing, nothing, points.new_zeros(0), points.new_zeros(0), (b, s, s, k))
     # One gather for the seven per-point values (the same values as seven gathers)
-    col, row, reach, px, py, pz, r2 = torch.stack([col, row, reach, x, y, z, radii ** 2], -1).reshape(-1, 7)[flat].T
+    col, row, reach, px, py, pz, r2 = torch.stack([col, row, reach, x, y, z, radii ** 2], -1).reshape(-1, 7).index_select(0, flat).T
     # Candidate pixels: the square of the disk's columns and rows, widened by _MARGIN px on each side against
     # rounding (the float32 errors here are ~1e-5 px); the exact test decides. At most ceil(2 reach) + 1 pixels of
     # a row lie within reach of the centre, so that is the span (one more than a disk of any radius needs).
@@ -71,13 +71,14 @@ def rasterize_sorted_list(points: torch.Tensor, radii: torch.Tensor, image_size:
     hits = (dist2 < r2[:, None, None]).view(-1).nonzero().squeeze(1)  # point-major: ties keep packed order
     owner, within = hits // (span * span), hits % (span * span)
     corner = ((flat // n) * s + first_row) * s + first_col  # each point's square's first pixel
-    pixel = corner[owner] + (within // span) * s + within % span
-    depth = pz[owner]
+    # (1-D gathers by index_select throughout: the cheapest gather on CPU)
+    pixel = corner.index_select(0, owner) + (within // span) * s + within % span
+    depth = pz.index_select(0, owner)
     # Sort by (pixel, depth): depths are >= 0, so their float32 bit patterns order like the values, except -0.0
     # (drawn, as PyTorch3D draws it), whose sign bit makes its pattern negative: adding +0.0 turns it into +0.0.
     key = pixel * 2**31 + (depth + 0.0).view(torch.int32).long()
     order = torch.sort(key, stable=True).indices
-    pixel = pixel[order]
+    pixel = pixel.index_select(0, order)
     # Rank of each fragment within its pixel: position minus the position where its pixel's run starts.
     position = torch.arange(pixel.numel(), device=device)
     starts = torch.ones_like(pixel, dtype=torch.bool)
@@ -85,6 +86,7 @@ def rasterize_sorted_list(points: torch.Tensor, radii: torch.Tensor, image_size:
     rank = position - torch.cummax(torch.where(starts, position, 0), dim=0).values
     if rank.numel() and int(rank.max()) >= k:  # the K nearest of each pixel only
         keep = (rank < k).nonzero().squeeze(1)
-        pixel, rank, order = pixel[keep], rank[keep], order[keep]
-    fragment = hits[order]
-    return FragmentList(pixel, rank, flat[owner[order]], depth[order], dist2.view(-1)[fragment], (b, s, s, k))
+        pixel, rank, order = (t.index_select(0, keep) for t in (pixel, rank, order))
+    packed = flat.index_select(0, owner.index_select(0, order))
+    dist2 = dist2.view(-1).index_select(0, hits.index_select(0, order))
+    return FragmentList(pixel, rank, packed, depth.index_select(0, order), dist2, (b, s, s, k))

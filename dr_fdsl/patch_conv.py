@@ -3,9 +3,9 @@
 A learnable renderer needs the gradient of the loss with respect to the image, and the first thing it flows back
 through is the patch embedding: a convolution whose kernel equals its stride (non-overlapping patches). On CPU,
 PyTorch hands that input gradient to oneDNN, which computes it as a strided transposed convolution and is slow at
-it: on this project's 2-core VM, timm ``test_vit`` at 64 px, batch 32 (``tools/bench.py``'s setting),
-``convolution_backward`` took 37.6 ms with the input gradient and 6.7 ms without, and the same input gradient
-as an einsum 2.3 ms.
+it: on this project's 2-core VM (quiet, 2026-12-08), timm ``test_vit``'s patch embedding at 64 px, batch 32
+(``tools/bench.py``'s setting), forward and backward took 9.7-12.4 ms with the input gradient and 1.6 ms without
+it; with the input gradient as one product, 2.7-4.0 ms.
 
 With non-overlapping patches the input gradient is exactly ``grad_x[b, c, h*k + i, w*k + j] = sum_d
 grad_y[b, d, h, w] * W[d, c, i, j]``, a ``(B*H*W, D) x (D, C*k*k)`` product. The forward and the weight and bias

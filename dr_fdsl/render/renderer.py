@@ -334,7 +334,7 @@ class PointRenderer(nn.Module):
     def bank_points(self, class_ids: torch.Tensor) -> torch.Tensor:
         """The bank's points ``(B, N, 3)`` of ``class_ids (B,)`` (on the renderer's device)."""
         shared = self.points.shape[0] == 1 < self.num_classes
-        return self.points[torch.zeros_like(class_ids) if shared else class_ids]
+        return self.points.index_select(0, torch.zeros_like(class_ids) if shared else class_ids)
 
     def _lookup(self, table: torch.Tensor, rows: torch.Tensor, pick: torch.Tensor, shape: torch.Size,
                 width: int) -> torch.Tensor:

@@ -12,8 +12,9 @@ forward/backward and the optimiser update on a pre-rendered batch (``forward_bac
 turn round by round; the ratios b/a (ratio_frozen) and c/a (ratio_learnable), each the median of the per-round
 ratios (so that a load that comes and goes weighs on both sides alike); time per stage (``renderer.scene``, the
 rasteriser's occupied slots, compositing forward+backward, ``render_batch``, ``forward_backward``,
-``optimizer_step``) and peak memory. Each figure is the median of --steps timed steps after --warmup; min, median and max are printed (and in the JSON's
-spread_ms), with a warning when max/min exceeds 1.5 or the load average the core count (the figures are noise).
+``optimizer_step``) and peak memory. Each figure is the median of --steps timed steps after --warmup; min, median
+and max are printed (and in the JSON's spread_ms), with a warning when max/min exceeds 1.5 or the load average the
+core count (the figures are noise).
 The leakage probe is off: this measures the step.
 With ``--match DATASET``, also (d) ``train_step`` with ``renderer.mode=match`` against that dataset's training
 images (``match.batch`` = the batch unless overridden) and the match term's forward and backward alone: d/c is
@@ -43,9 +44,9 @@ from dr_fdsl.config import load_config
 from dr_fdsl.engine import Batch, build_run, forward_backward, optimizer_step, render_batch, train_step
 from dr_fdsl.modes.lookahead_settings import LookaheadConfig
 from dr_fdsl.render import RASTERIZERS, fragment_weights
-from dr_fdsl.render.rasterizers import rasterize_list
 from dr_fdsl.render.composite import composite, draw_fragments
 from dr_fdsl.render.keyed_random import image_keys
+from dr_fdsl.render.rasterizers import rasterize_list
 from dr_fdsl.timing import (
     check_bench_args,
     interleaved,

@@ -14,7 +14,6 @@ import torch
 
 from dr_fdsl.render.structures import FragmentList, Fragments
 
-
 _MARGIN = 1e-3  # px: candidate squares are this much wider on each side than the disk
 
 

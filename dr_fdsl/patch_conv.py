@@ -39,6 +39,8 @@ class _PatchConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             b, _, h, w = grad_out.shape
             grad_x = torch.einsum("bdhw,dcij->bchiwj", grad_out, weight).reshape(b, c, h * k, w * k)
+            if grad_x.shape != x.shape:  # rows and columns past the last whole patch: the convolution drops them
+                grad_x = F.pad(grad_x, (0, x.shape[3] - w * k, 0, x.shape[2] - h * k))
         wants = [False, ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
         if wants[1] or wants[2]:  # PyTorch's own weight and bias gradients, as autograd would ask for them
             _, grad_w, grad_b = torch.ops.aten.convolution_backward(

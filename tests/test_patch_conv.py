@@ -20,7 +20,8 @@ def _pair(d: int, k: int, bias: bool = True, seed: int = 0) -> tuple[nn.Conv2d, 
     return conv, use_patch_conv(holder).patch_embed.proj
 
 
-@pytest.mark.parametrize("d,k,size,bias", [(64, 16, 64, True), (64, 8, 32, True), (192, 16, 224, False)])
+@pytest.mark.parametrize("d,k,size,bias", [(64, 16, 64, True), (64, 8, 32, True), (192, 16, 224, False),
+                                         (64, 8, 37, True)])  # 37 px: the convolution drops the last 5
 def test_forward_equal_and_gradients_match_autograd(d, k, size, bias):
     conv, fast = _pair(d, k, bias)
     assert isinstance(fast, PatchConv2d)

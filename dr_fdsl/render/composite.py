@@ -128,9 +128,10 @@ class _Draw(torch.autograd.Function):
     """Weights and compositing of the listed fragments; see :func:`draw_fragments`. The forward repeats the
     reference's float32 operations in its order: ``w = clamp(1 - d / (r * r), 0, 1)``; PyTorch3D's per-pixel
     loops over the slots front to back (``alpha``: ``accum += (cum * w_k) * c_k; cum = cum * (1 - w_k)``;
-    ``norm_weighted``: ``t = sum w_k`` floored at 1e-4, ``accum += (w_k * c_k) / t``); ``T = prod(1 - w)`` in slot
-    order; then ``clamp(image + T * bg, 0, 1)``. An empty slot (weight 0) changes none of these values exactly,
-    so only occupied slots are visited, slot by slot over the pixels that hold one (:class:`Layers`)."""
+    ``norm_weighted``: ``t = sum w_k`` floored at 1e-4, ``accum += (w_k * c_k) / t``); ``T = prod(1 - w)`` by
+    ``torch.prod`` over the slots, as the reference takes it; then ``clamp(image + T * bg, 0, 1)``. An empty slot
+    (weight 0) changes none of these values exactly, so only occupied slots are visited, slot by slot over the
+    pixels that hold one (:class:`Layers`)."""
 
     @staticmethod
     def forward(ctx, colors, radii, background, fragments: FragmentList, lay: Layers, compositor: str):
@@ -157,7 +158,13 @@ class _Draw(torch.autograd.Function):
             else:
                 total[:m] = total[:m] + weights[k]
             cum[:m] = cum[:m] * keep[k]
-        transmittance = cum
+        # T = prod(1 - w) as the reference takes it: torch.prod over the K slots of each pixel, empty ones 1. A running
+        # product is the same value only while the reduction is sequential (on AVX2 CPUs it splits into vector
+        # accumulators from K = 32 on, measured: 1 ulp apart)
+        keeps = torch.ones(cum.shape[0], fragments.shape[3], dtype=keep.dtype, device=keep.device)  # (M, K)
+        for slot, (m, start) in enumerate(zip(lay.counts, lay.starts)):
+            keeps[:m, slot] = keep[start:start + m]
+        transmittance = torch.prod(keeps, dim=1)
         if compositor == "norm_weighted":
             total = torch.where(total < _NORM_FLOOR, torch.full_like(total, _NORM_FLOOR), total)
             for m, start in zip(lay.counts, lay.starts):
@@ -173,13 +180,13 @@ class _Draw(torch.autograd.Function):
         ctx.compositor, ctx.shape, ctx.lay = compositor, (b, h, w), lay
         ctx.num_points, ctx.background_shape = colors.shape[0], background.shape
         ctx.save_for_backward(weights, cols, bg, front, transmittance, value, r, raw, d, fragments.idx, normed,
-                              total, background)
+                              total, background, keeps)
         return image
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_image):
-        weights, cols, bg, front, transmittance, value, r, raw, d, fragment, normed, total, background = \
+        weights, cols, bg, front, transmittance, value, r, raw, d, fragment, normed, total, background, keeps = \
             ctx.saved_tensors
         lay, (b, h, w) = ctx.lay, ctx.shape
         inside = (value >= 0) & (value <= 1)  # clamp's gradient, as torch passes it (bounds included)
@@ -195,18 +202,19 @@ class _Draw(torch.autograd.Function):
                 grad_c[k] = g[:m] * (front[k] * weights[k])[:, None]
                 behind[:m] = weights[k, None] * cols[k] + (1 - weights[k, None]) * behind[:m]
         else:
-            # d T / d w_k = -prod_{j != k} (1 - w_j): the products in front (front) and behind, no division
-            keep = 1 - weights
-            behind = torch.ones_like(transmittance)
+            # d T / d w_k = -prod_{j != k} (1 - w_j): the products in front and behind, no division by 1 - w_k;
+            # torch.cumprod over the (M, K) slots (on CPU it accumulates in float64: rounded as before)
+            ahead = torch.cumprod(torch.cat([torch.ones_like(keeps[:, :1]), keeps[:, :-1]], dim=1), dim=1)
+            after = torch.cumprod(torch.cat([torch.ones_like(keeps[:, :1]), keeps.flip(1)[:, :-1]], dim=1), dim=1)
+            others_all = ahead * after.flip(1)  # (M, K)
             floored = total <= _NORM_FLOOR  # there t is the constant 1e-4: the true derivative (PyTorch3D's
             bright = (1 - transmittance) / total  # backward differentiates t there as if it were the sum)
-            for m, start in reversed(slots):
+            for slot, (m, start) in reversed(list(enumerate(slots))):
                 k = slice(start, start + m)
-                others = front[k] * behind[:m]
+                others = others_all[:m, slot]
                 grad_c[k] = g[:m] * (weights[k] * bright[:m])[:, None]
                 spread = torch.where(floored[:m, None], cols[k], cols[k] - normed[:m])
                 grad_w[k] = (g[:m] * (others[:, None] * (normed[:m] - bg[:m]) + bright[:m, None] * spread)).sum(-1)
-                behind[:m] = behind[:m] * keep[k]
         grad_colors = grad_radii = grad_background = None
         # per point, the fragments' gradients are summed in list order (the order autograd's reference sums them)
         if ctx.needs_input_grad[0]:

@@ -54,8 +54,9 @@ def rasterize_sorted_list(points: torch.Tensor, radii: torch.Tensor, image_size:
     col, row, reach, px, py, pz, r2 = (t.reshape(-1).index_select(0, flat) for t in (col, row, reach, x, y, z,
                                                                                       radii ** 2))
     # Candidate pixels: the square of the disk's columns and rows, widened by _MARGIN px on each side against
-    # rounding (the float32 errors here are ~1e-5 px); the exact test decides. At most ceil(2 reach) + 1 pixels of
-    # a row lie within reach of the centre, so that is the span (one more than a disk of any radius needs).
+    # rounding (the float32 errors here are ~1e-5 px); the exact test decides. From the first column,
+    # floor(col - reach - _MARGIN), to the last within reach + _MARGIN there are at most
+    # ceil(2 reach + 2 _MARGIN) + 1 columns (floor(a + w) - floor(a) <= ceil(w)): that is the span.
     first_col = (col - reach - _MARGIN).floor().clamp(0, s - 1).long()
     first_row = (row - reach - _MARGIN).floor().clamp(0, s - 1).long()
     span = int((2 * reach + 2 * _MARGIN).ceil().max()) + 1

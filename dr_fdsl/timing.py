@@ -50,23 +50,18 @@ def median_time(fn, steps: int, warmup: int, device: torch.device) -> float:
 def time_spread(fn, steps: int, warmup: int, device: torch.device) -> Spread:
     """Min, median and max wall time of ``fn()`` in seconds over ``steps`` calls after ``warmup`` calls (CUDA
     synchronised)."""
-    cuda = device.type == "cuda"
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(steps):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    times.sort()
+    return _spread([_timed(fn, device.type == "cuda") for _ in range(steps)])
+
+
+def _spread(times: list[float]) -> Spread:
+    times = sorted(times)
     return Spread(times[0], times[len(times) // 2], times[-1])
 
 
 def _timed(fn, cuda: bool) -> float:
+    """Wall time of one ``fn()`` in seconds (CUDA synchronised before and after)."""
     if cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -88,11 +83,7 @@ def interleaved(fns: dict[str, Callable[[], object]], steps: int, warmup: int, d
         times = {name: _timed(fn, cuda) for name, fn in fns.items()}
         if i >= warmup:
             rounds.append(times)
-    spreads = {}
-    for name in fns:
-        times = sorted(r[name] for r in rounds)
-        spreads[name] = Spread(times[0], times[len(times) // 2], times[-1])
-    return spreads, rounds
+    return {name: _spread([r[name] for r in rounds]) for name in fns}, rounds
 
 
 def median_ratio(rounds: list[dict[str, float]], numerator: str, denominator: str) -> float:

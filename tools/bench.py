@@ -52,7 +52,6 @@ from dr_fdsl.timing import (
     interleaved,
     machine_and_peak_memory,
     median_ratio,
-    median_time,
     memory_per_image,
     noise_warning,
     save_json,
@@ -178,13 +177,10 @@ def main() -> int:
         match = run("match")
         # Joint and match steps alternate, so that a load that comes and goes on a shared machine weighs on both
         # alike: d/c is the median of the per-pair ratios.
-        pairs = []
-        for i in range(args.warmup + args.steps):
-            pair = [median_time(lambda r=r: train_step(r), 1, 0, device) for r in (joint, match)]
-            if i >= args.warmup:
-                pairs.append(pair)
-        step_match = sorted(m for _, m in pairs)[len(pairs) // 2]
-        match_over_joint = sorted(m / j for j, m in pairs)[len(pairs) // 2]
+        pair_spreads, pairs = interleaved({"joint": lambda: train_step(joint), "match": lambda: train_step(match)},
+                                          args.steps, args.warmup, device)
+        step_match = pair_spreads["match"].median
+        match_over_joint = median_ratio(pairs, "match", "joint")
 
         def match_term():  # the distance to the next target batch, forward and backward to the images
             images = rendered.images.detach().requires_grad_()
@@ -198,13 +194,11 @@ def main() -> int:
                              LookaheadConfig().every)
         for every in sorted({1, default_every}):
             looking = run("lookahead", f"lookahead.every={every}", f"output_dir={scratch / f'lookahead{every}'}")
-            ratios = []
-            for i in range(args.warmup + args.steps):  # each lookahead block starts with its one update
-                pair = [median_time(lambda r=r, k=every: [train_step(r) for _ in range(k)], 1, 0, device)
-                        for r in (frozen, looking)]
-                if i >= args.warmup:
-                    ratios.append(pair[1] / pair[0])
-            lookahead[f"lookahead_over_frozen_k{every}"] = sorted(ratios)[len(ratios) // 2]
+            # blocks of k frozen and k lookahead steps in turn; each lookahead block starts with its one update
+            _, blocks = interleaved({"frozen": lambda k=every: [train_step(frozen) for _ in range(k)],
+                                     "lookahead": lambda k=every, r=looking: [train_step(r) for _ in range(k)]},
+                                    args.steps, args.warmup, device)
+            lookahead[f"lookahead_over_frozen_k{every}"] = median_ratio(blocks, "lookahead", "frozen")
 
     machine, peak, measured = machine_and_peak_memory(device)
     result = {

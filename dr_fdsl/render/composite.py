@@ -150,7 +150,8 @@ class _Draw(torch.autograd.Function):
         cum = torch.ones_like(bg[:, 0])  # transmittance in front of the next slot
         front = torch.empty_like(weights)  # (F,): transmittance in front of each fragment
         total = torch.zeros_like(cum) if compositor == "norm_weighted" else None
-        for m, start in zip(lay.counts, lay.starts):
+        keeps = torch.ones(cum.shape[0], fragments.shape[3], dtype=keep.dtype, device=keep.device)  # (M, K)
+        for slot, (m, start) in enumerate(zip(lay.counts, lay.starts)):
             k = slice(start, start + m)
             front[k] = cum[:m]
             if compositor == "alpha":
@@ -158,12 +159,10 @@ class _Draw(torch.autograd.Function):
             else:
                 total[:m] = total[:m] + weights[k]
             cum[:m] = cum[:m] * keep[k]
+            keeps[:m, slot] = keep[k]
         # T = prod(1 - w) as the reference takes it: torch.prod over the K slots of each pixel, empty ones 1. A running
-        # product is the same value only while the reduction is sequential (on AVX2 CPUs it splits into vector
+        # product (cum) is the same value only while the reduction is sequential (on AVX2 CPUs it splits into vector
         # accumulators from K = 32 on, measured: 1 ulp apart)
-        keeps = torch.ones(cum.shape[0], fragments.shape[3], dtype=keep.dtype, device=keep.device)  # (M, K)
-        for slot, (m, start) in enumerate(zip(lay.counts, lay.starts)):
-            keeps[:m, slot] = keep[start:start + m]
         transmittance = torch.prod(keeps, dim=1)
         if compositor == "norm_weighted":
             total = torch.where(total < _NORM_FLOOR, torch.full_like(total, _NORM_FLOOR), total)
